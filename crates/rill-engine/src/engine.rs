@@ -1,0 +1,244 @@
+//! The engine: a loaded model, its tokenizer and chat template, the KV block pool, the compute
+//! pool, and [`Engine::step`], which runs one batched forward pass over any mix of decode tokens
+//! and prefill chunks of many sequences. It knows nothing about requests or clients: the
+//! scheduler drives it from its own thread.
+
+use std::path::Path;
+
+use crate::chat_template::ChatTemplate;
+use crate::error::{EngineError, Result};
+use crate::gguf::GgufFile;
+use crate::kv_cache::{BlockId, KvCache, KvStats, SeqId, BLOCK_TOKENS};
+use crate::model::{ForwardBatch, ForwardCtx, Model, ModelConfig, Workspace};
+use crate::quant::Kernels;
+use crate::threadpool::ThreadPool;
+use crate::tokenizer::Tokenizer;
+
+/// How to size the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Compute threads including the engine thread (0: one per physical core).
+    pub threads: usize,
+    /// KV cache capacity in tokens (rounded up to whole blocks); 0: the model's context length.
+    pub kv_tokens: usize,
+    /// Force a kernel tier by name (`scalar`, `avx2`, `avx512`); None: best available.
+    pub kernels: Option<String>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            kv_tokens: 0,
+            kernels: None,
+        }
+    }
+}
+
+/// One sequence's share of a step: `tokens` are appended at the sequence's current length.
+#[derive(Debug, Clone)]
+pub struct StepItem<'a> {
+    pub seq: SeqId,
+    pub tokens: &'a [u32],
+    /// Return logits for the last token of this item.
+    pub want_logits: bool,
+}
+
+pub struct Engine {
+    model: Model,
+    pub tokenizer: Tokenizer,
+    pub chat_template: ChatTemplate,
+    kv: KvCache,
+    pool: ThreadPool,
+    kernels: Kernels,
+    ws: Workspace,
+    logits: Vec<f32>,
+}
+
+impl Engine {
+    pub fn load(path: &Path, cfg: &EngineConfig) -> Result<Self> {
+        let gguf = GgufFile::open(path)?;
+        let model = Model::load(&gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        if tokenizer.vocab_size() < model.config().vocab_size {
+            return Err(EngineError::BadMetadata {
+                key: "tokenizer.ggml.tokens".into(),
+                reason: format!(
+                    "{} tokens for an embedding of {} rows",
+                    tokenizer.vocab_size(),
+                    model.config().vocab_size
+                ),
+            });
+        }
+        let tok_text = |id: Option<u32>| {
+            id.map(|i| String::from_utf8_lossy(tokenizer.token_bytes(i)).into_owned())
+                .unwrap_or_default()
+        };
+        let chat_template = ChatTemplate::new(
+            tokenizer.chat_template.as_deref(),
+            &tok_text(tokenizer.bos_id),
+            &tok_text(tokenizer.eos_id),
+        )?;
+        let kernels = match &cfg.kernels {
+            Some(name) => Kernels::by_name(name).ok_or_else(|| {
+                EngineError::InvalidInput(format!(
+                    "kernel set `{name}` is not supported on this CPU (try scalar, avx2, avx512)"
+                ))
+            })?,
+            None => Kernels::detect(),
+        };
+        let threads = if cfg.threads == 0 {
+            crate::sysinfo::physical_cores()
+        } else {
+            cfg.threads
+        };
+        let kv_tokens = if cfg.kv_tokens == 0 {
+            model.config().context_length
+        } else {
+            cfg.kv_tokens
+        };
+        let kv = KvCache::new(model.config().kv_layout(), kv_tokens.div_ceil(BLOCK_TOKENS));
+        Ok(Self {
+            model,
+            tokenizer,
+            chat_template,
+            kv,
+            pool: ThreadPool::new(threads),
+            kernels,
+            ws: Workspace::new(),
+            logits: Vec::new(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
+    }
+
+    pub fn kv_stats(&self) -> KvStats {
+        self.kv.stats()
+    }
+
+    pub fn add_sequence(&mut self, seq: SeqId) -> Result<()> {
+        self.kv.add_sequence(seq)
+    }
+
+    /// Frees a sequence and its KV blocks (idempotent).
+    pub fn free_sequence(&mut self, seq: SeqId) {
+        self.kv.free_sequence(seq)
+    }
+
+    pub fn seq_len(&self, seq: SeqId) -> Option<usize> {
+        self.kv.seq_len(seq)
+    }
+
+    /// Drops the last tokens of a sequence (speculative rollback, recompute after preemption).
+    pub fn truncate_sequence(&mut self, seq: SeqId, len: usize) -> Result<()> {
+        self.kv.truncate(seq, len)
+    }
+
+    /// Runs one batched forward pass. Returns one row of `vocab_size` logits per item with
+    /// `want_logits`, in item order. All-or-nothing: on error no sequence changed.
+    pub fn step(&mut self, items: &[StepItem<'_>]) -> Result<StepLogits<'_>> {
+        let n_ctx = self.model.config().context_length;
+        let vocab = self.model.config().vocab_size;
+        let mut needed = 0;
+        for (i, it) in items.iter().enumerate() {
+            let len = self
+                .kv
+                .seq_len(it.seq)
+                .ok_or(EngineError::UnknownSequence(it.seq.0))?;
+            if it.tokens.is_empty() {
+                return Err(EngineError::InvalidInput(format!(
+                    "step item for sequence {} has no tokens",
+                    it.seq.0
+                )));
+            }
+            if items[..i].iter().any(|o| o.seq == it.seq) {
+                return Err(EngineError::InvalidInput(format!(
+                    "sequence {} appears twice in one step",
+                    it.seq.0
+                )));
+            }
+            if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(EngineError::BadToken(bad));
+            }
+            if len + it.tokens.len() > n_ctx {
+                return Err(EngineError::ContextOverflow {
+                    seq: it.seq.0,
+                    n_ctx,
+                });
+            }
+            needed += self.kv.blocks_needed(it.seq, it.tokens.len());
+        }
+        let free = self.kv.stats().free_blocks;
+        if needed > free {
+            return Err(EngineError::OutOfBlocks { needed, free });
+        }
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut table_of_token = Vec::new();
+        let mut logit_rows = Vec::new();
+        let mut tables: Vec<Vec<BlockId>> = Vec::with_capacity(items.len());
+        for (i, it) in items.iter().enumerate() {
+            let start = self.kv.extend(it.seq, it.tokens.len())?;
+            tables.push(self.kv.block_table(it.seq).unwrap_or(&[]).to_vec());
+            for (j, &t) in it.tokens.iter().enumerate() {
+                tokens.push(t);
+                positions.push(start + j);
+                table_of_token.push(i);
+            }
+            if it.want_logits {
+                logit_rows.push(tokens.len() - 1);
+            }
+        }
+        let token_tables: Vec<&[BlockId]> = table_of_token.iter().map(|&i| tables[i].as_slice()).collect();
+        let batch = ForwardBatch {
+            tokens: &tokens,
+            positions: &positions,
+            tables: &token_tables,
+            logit_rows: &logit_rows,
+        };
+        let ctx = ForwardCtx {
+            pool: &self.pool,
+            kernels: &self.kernels,
+        };
+        self.model
+            .forward(&ctx, &mut self.ws, &batch, &mut self.kv, &mut self.logits);
+        Ok(StepLogits {
+            data: &self.logits,
+            vocab,
+        })
+    }
+}
+
+/// Logit rows returned by a step.
+pub struct StepLogits<'a> {
+    data: &'a [f32],
+    vocab: usize,
+}
+
+impl<'a> StepLogits<'a> {
+    pub fn len(&self) -> usize {
+        self.data.len() / self.vocab.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+}

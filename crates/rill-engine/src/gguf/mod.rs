@@ -1,0 +1,93 @@
+//! GGUF files: the header, the metadata key/value store and the tensor directory, read from an
+//! mmap without copying tensor data. Every read is bounds-checked: a truncated or corrupt file
+//! yields [`EngineError`], never a panic.
+
+mod reader;
+mod value;
+
+pub use reader::{GgufFile, TensorInfo};
+pub use value::Value;
+
+use crate::error::EngineError;
+
+/// Tensor element types as numbered by ggml. Only the ones rill can compute with are named;
+/// others are kept as their raw number so the error can say which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Other(u32),
+}
+
+impl GgmlType {
+    pub fn from_raw(v: u32) -> Self {
+        match v {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
+            8 => Self::Q8_0,
+            10 => Self::Q2K,
+            11 => Self::Q3K,
+            12 => Self::Q4K,
+            13 => Self::Q5K,
+            14 => Self::Q6K,
+            o => Self::Other(o),
+        }
+    }
+
+    /// (elements per block, bytes per block), or None for a type whose layout we do not know.
+    pub fn block_layout(self) -> Option<(usize, usize)> {
+        Some(match self {
+            Self::F32 => (1, 4),
+            Self::F16 => (1, 2),
+            Self::Q4_0 => (32, 18),
+            Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
+            Self::Q5_1 => (32, 24),
+            Self::Q8_0 => (32, 34),
+            Self::Q2K => (256, 84),
+            Self::Q3K => (256, 110),
+            Self::Q4K => (256, 144),
+            Self::Q5K => (256, 176),
+            Self::Q6K => (256, 210),
+            Self::Other(_) => return None,
+        })
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Self::Other(v) => format!("ggml type {v}"),
+            t => format!("{t:?}"),
+        }
+    }
+
+    /// Bytes used by `n` elements, checking divisibility by the block size.
+    pub fn bytes_for(self, n: usize, tensor: &str) -> Result<usize, EngineError> {
+        let (bs, bb) = self
+            .block_layout()
+            .ok_or_else(|| EngineError::UnsupportedTensorType {
+                name: tensor.to_string(),
+                dtype: self.name(),
+            })?;
+        if n % bs != 0 {
+            return Err(EngineError::BadTensor {
+                name: tensor.to_string(),
+                reason: format!("{n} elements is not a multiple of the {self:?} block size {bs}"),
+            });
+        }
+        Ok(n / bs * bb)
+    }
+}

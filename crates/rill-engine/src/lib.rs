@@ -1,0 +1,25 @@
+//! rill's inference engine: GGUF loading, tokenizer and chat template, quantized CPU kernels,
+//! a batched forward pass over a paged KV cache, sampling and streaming detokenization.
+
+pub mod chat_template;
+pub mod detokenizer;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod kv_cache;
+pub mod model;
+pub mod quant;
+pub mod sampler;
+pub mod sysinfo;
+pub mod threadpool;
+pub mod tokenizer;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use detokenizer::{Detokenizer, Released};
+pub use engine::{Engine, EngineConfig, StepItem, StepLogits};
+pub use error::{EngineError, Result};
+pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use kv_cache::{KvStats, SeqId, BLOCK_TOKENS};
+pub use sampler::{SampledToken, Sampler, SamplingParams};
+pub use tokenizer::Tokenizer;

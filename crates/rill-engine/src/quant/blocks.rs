@@ -1,0 +1,151 @@
+//! `#[repr(C)]` quantized block layouts, byte-compatible with ggml's, plus the activation blocks
+//! (8-bit) that each weight type is paired with in dot products.
+
+use half::f16;
+
+pub const QK: usize = 32;
+pub const QK_K: usize = 256;
+
+#[inline(always)]
+pub fn f16_to_f32(bits: u16) -> f32 {
+    f16::from_bits(bits).to_f32()
+}
+
+#[inline(always)]
+pub fn f32_to_f16(v: f32) -> u16 {
+    f16::from_f32(v).to_bits()
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct BlockQ4_0 {
+    pub d: u16,
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
+
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: u16,
+    pub m: u16,
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct BlockQ5_0 {
+    pub d: u16,
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
+
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct BlockQ5_1 {
+    pub d: u16,
+    pub m: u16,
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: u16,
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+
+/// Q8_1: like Q8_0 plus `s = d * sum(qs)`, which pairs with the offset (`m`) of Q4_1/Q5_1.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ8_1 {
+    pub d: u16,
+    pub s: u16,
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ4K {
+    pub d: u16,
+    pub dmin: u16,
+    pub scales: [u8; 12],
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ6K {
+    pub ql: [u8; QK_K / 2],
+    pub qh: [u8; QK_K / 4],
+    pub scales: [i8; QK_K / 16],
+    pub d: u16,
+}
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
+
+/// The activation block for K-quants: f32 scale and per-16 sums.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
+
+impl Default for BlockQ8_0 {
+    fn default() -> Self {
+        Self { d: 0, qs: [0; QK] }
+    }
+}
+impl Default for BlockQ8_1 {
+    fn default() -> Self {
+        Self {
+            d: 0,
+            s: 0,
+            qs: [0; QK],
+        }
+    }
+}
+impl Default for BlockQ8K {
+    fn default() -> Self {
+        Self {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        }
+    }
+}
+
+/// Marker for plain-old-data blocks that may be viewed from raw file bytes.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, contain only integer fields and have no padding.
+pub unsafe trait PodBlock: Copy + 'static {}
+unsafe impl PodBlock for BlockQ4_0 {}
+unsafe impl PodBlock for BlockQ4_1 {}
+unsafe impl PodBlock for BlockQ5_0 {}
+unsafe impl PodBlock for BlockQ5_1 {}
+unsafe impl PodBlock for BlockQ8_0 {}
+unsafe impl PodBlock for BlockQ4K {}
+unsafe impl PodBlock for BlockQ6K {}
+unsafe impl PodBlock for u16 {}
+unsafe impl PodBlock for f32 {}
+
+/// Views bytes as a slice of blocks. Returns None when the length or alignment does not fit.
+pub fn cast_blocks<T: PodBlock>(bytes: &[u8]) -> Option<&[T]> {
+    let size = std::mem::size_of::<T>();
+    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+        return None;
+    }
+    // SAFETY: length and alignment checked above; T is POD (PodBlock contract), so every bit
+    // pattern is a valid value.
+    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
+}

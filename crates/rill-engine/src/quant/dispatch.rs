@@ -1,0 +1,142 @@
+//! Runtime kernel selection. [`Kernels::detect`] checks the CPU once and is the only way to reach
+//! the `unsafe` SIMD functions; [`Kernels::scalar`] is always available and is the reference.
+
+use super::blocks::*;
+use super::scalar;
+
+/// The instruction-set tier a kernel set was built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelTier {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl std::fmt::Display for KernelTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KernelTier::Scalar => "scalar",
+            KernelTier::Avx2 => "avx2+fma",
+            KernelTier::Avx512Vnni => "avx512-vnni",
+        })
+    }
+}
+
+/// One function pointer per (weight, activation) pair, plus activation quantizers.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    pub tier: KernelTier,
+    pub dot_q4_0_q8_0: fn(&[BlockQ4_0], &[BlockQ8_0]) -> f32,
+    pub dot_q4_1_q8_1: fn(&[BlockQ4_1], &[BlockQ8_1]) -> f32,
+    pub dot_q5_0_q8_0: fn(&[BlockQ5_0], &[BlockQ8_0]) -> f32,
+    pub dot_q5_1_q8_1: fn(&[BlockQ5_1], &[BlockQ8_1]) -> f32,
+    pub dot_q8_0_q8_0: fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
+    pub dot_q4k_q8k: fn(&[BlockQ4K], &[BlockQ8K]) -> f32,
+    pub dot_q6k_q8k: fn(&[BlockQ6K], &[BlockQ8K]) -> f32,
+    pub dot_f32: fn(&[f32], &[f32]) -> f32,
+    pub dot_f16_f16: fn(&[u16], &[u16]) -> f32,
+    pub quantize_q8_0: fn(&[f32], &mut [BlockQ8_0]),
+    pub quantize_q8_1: fn(&[f32], &mut [BlockQ8_1]),
+    pub quantize_q8k: fn(&[f32], &mut [BlockQ8K]),
+    pub swiglu: fn(&mut [f32], &[f32]),
+}
+
+impl Kernels {
+    pub fn scalar() -> Self {
+        Self {
+            tier: KernelTier::Scalar,
+            dot_q4_0_q8_0: scalar::dot_q4_0_q8_0,
+            dot_q4_1_q8_1: scalar::dot_q4_1_q8_1,
+            dot_q5_0_q8_0: scalar::dot_q5_0_q8_0,
+            dot_q5_1_q8_1: scalar::dot_q5_1_q8_1,
+            dot_q8_0_q8_0: scalar::dot_q8_0_q8_0,
+            dot_q4k_q8k: scalar::dot_q4k_q8k,
+            dot_q6k_q8k: scalar::dot_q6k_q8k,
+            dot_f32: scalar::dot_f32,
+            dot_f16_f16: scalar::dot_f16_f16,
+            quantize_q8_0: scalar::quantize_q8_0,
+            quantize_q8_1: scalar::quantize_q8_1,
+            quantize_q8k: scalar::quantize_q8k,
+            swiglu: scalar::swiglu,
+        }
+    }
+
+    /// The best set this CPU supports.
+    pub fn detect() -> Self {
+        Self::all_supported()
+            .into_iter()
+            .last()
+            .unwrap_or_else(Self::scalar)
+    }
+
+    /// Every kernel set this CPU can run, scalar first (tests loop over these).
+    pub fn all_supported() -> Vec<Self> {
+        #[allow(unused_mut)]
+        let mut v = vec![Self::scalar()];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
+                v.push(x86_sets::avx2());
+                if std::is_x86_feature_detected!("avx512vnni")
+                    && std::is_x86_feature_detected!("avx512vl")
+                {
+                    v.push(x86_sets::vnni());
+                }
+            }
+        }
+        v
+    }
+
+    /// A set by name (`scalar`, `avx2`, `avx512-vnni`), if this CPU supports it.
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::all_supported().into_iter().find(|k| {
+            k.tier.to_string() == name
+                || matches!(
+                    (name, k.tier),
+                    ("avx2", KernelTier::Avx2) | ("avx512", KernelTier::Avx512Vnni)
+                )
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86_sets {
+    use super::*;
+    use crate::quant::x86;
+
+    /// Wraps each `unsafe` ISA function of module `$m` in a safe fn. Only reachable through
+    /// `all_supported`, which checked the features first.
+    macro_rules! set {
+        ($m:ident, $tier:expr) => {{
+            Kernels {
+                tier: $tier,
+                // SAFETY (all below): `all_supported` verified this tier's CPU features before
+                // building this set; slice lengths are the callers' (equal by construction).
+                dot_q4_0_q8_0: |x, y| unsafe { x86::$m::dot_q4_0_q8_0(x, y) },
+                dot_q4_1_q8_1: |x, y| unsafe { x86::$m::dot_q4_1_q8_1(x, y) },
+                dot_q5_0_q8_0: scalar::dot_q5_0_q8_0,
+                dot_q5_1_q8_1: scalar::dot_q5_1_q8_1,
+                dot_q8_0_q8_0: |x, y| unsafe { x86::$m::dot_q8_0_q8_0(x, y) },
+                dot_q4k_q8k: |x, y| unsafe { x86::$m::dot_q4k_q8k(x, y) },
+                dot_q6k_q8k: |x, y| unsafe { x86::$m::dot_q6k_q8k(x, y) },
+                dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
+                dot_f16_f16: |x, y| unsafe { x86::$m::dot_f16_f16(x, y) },
+                quantize_q8_0: |x, y| unsafe { x86::$m::quantize_q8_0(x, y) },
+                quantize_q8_1: |x, y| unsafe { x86::$m::quantize_q8_1(x, y) },
+                quantize_q8k: scalar::quantize_q8k,
+                swiglu: |g, u| unsafe { x86::$m::swiglu(g, u) },
+            }
+        }};
+    }
+
+    pub fn avx2() -> Kernels {
+        set!(avx2, KernelTier::Avx2)
+    }
+
+    pub fn vnni() -> Kernels {
+        set!(vnni, KernelTier::Avx512Vnni)
+    }
+}

