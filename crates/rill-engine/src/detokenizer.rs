@@ -60,8 +60,9 @@ impl Detokenizer {
                 Err(e) => {
                     let valid = e.valid_up_to();
                     // SAFETY-free: from_utf8 validated this prefix.
-                    self.held
-                        .push_str(std::str::from_utf8(&self.pending[start..start + valid]).unwrap_or(""));
+                    self.held.push_str(
+                        std::str::from_utf8(&self.pending[start..start + valid]).unwrap_or(""),
+                    );
                     match e.error_len() {
                         Some(n) => {
                             self.held.push('\u{FFFD}');

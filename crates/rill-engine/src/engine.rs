@@ -15,7 +15,7 @@ use crate::threadpool::ThreadPool;
 use crate::tokenizer::Tokenizer;
 
 /// How to size the engine.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
     /// Compute threads including the engine thread (0: one per physical core).
     pub threads: usize,
@@ -23,16 +23,6 @@ pub struct EngineConfig {
     pub kv_tokens: usize,
     /// Force a kernel tier by name (`scalar`, `avx2`, `avx512`); None: best available.
     pub kernels: Option<String>,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            threads: 0,
-            kv_tokens: 0,
-            kernels: None,
-        }
-    }
 }
 
 /// One sequence's share of a step: `tokens` are appended at the sequence's current length.
@@ -203,7 +193,10 @@ impl Engine {
                 logit_rows.push(tokens.len() - 1);
             }
         }
-        let token_tables: Vec<&[BlockId]> = table_of_token.iter().map(|&i| tables[i].as_slice()).collect();
+        let token_tables: Vec<&[BlockId]> = table_of_token
+            .iter()
+            .map(|&i| tables[i].as_slice())
+            .collect();
         let batch = ForwardBatch {
             tokens: &tokens,
             positions: &positions,

@@ -61,8 +61,12 @@ impl KvCache {
         let per_layer = total_blocks * BLOCK_TOKENS * layout.kv_dim;
         Self {
             layout,
-            k: (0..layout.n_layers).map(|_| vec![0u16; per_layer]).collect(),
-            v: (0..layout.n_layers).map(|_| vec![0u16; per_layer]).collect(),
+            k: (0..layout.n_layers)
+                .map(|_| vec![0u16; per_layer])
+                .collect(),
+            v: (0..layout.n_layers)
+                .map(|_| vec![0u16; per_layer])
+                .collect(),
             refcount: vec![0; total_blocks],
             // Pop from the end: hand out low ids first.
             free: (0..total_blocks as u32).rev().map(BlockId).collect(),
@@ -136,7 +140,9 @@ impl KvCache {
         let s = self.seqs.get(&id);
         let have = s.map_or(0, |s| s.blocks.len());
         let len = s.map_or(0, |s| s.len);
-        (len + new_tokens).div_ceil(BLOCK_TOKENS).saturating_sub(have)
+        (len + new_tokens)
+            .div_ceil(BLOCK_TOKENS)
+            .saturating_sub(have)
     }
 
     /// Reserves room for `n` more tokens of `id`; returns the position of the first one.

@@ -66,7 +66,10 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |f: &str, m: String| Err((f.to_string(), m));
         if !(0.0..=100.0).contains(&self.temperature) || self.temperature.is_nan() {
-            return bad("temperature", format!("{} is outside 0..=100", self.temperature));
+            return bad(
+                "temperature",
+                format!("{} is outside 0..=100", self.temperature),
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", format!("{} is outside (0, 1]", self.top_p));
@@ -253,7 +256,9 @@ fn softmax_in_place(c: &mut [(u32, f32)]) {
 pub fn log_probs(logits: &[f32], id: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
-    let lp = logits.get(id as usize).map_or(f32::NEG_INFINITY, |&l| l - lse);
+    let lp = logits
+        .get(id as usize)
+        .map_or(f32::NEG_INFINITY, |&l| l - lse);
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
     if top > 0 {
         for (i, &l) in logits.iter().enumerate() {
@@ -275,7 +280,17 @@ mod tests {
     fn greedy_picks_max_and_seed_repeats() {
         let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 100) as f32 / 10.0).collect();
         let mut g = Sampler::new(SamplingParams::greedy());
-        assert_eq!(g.sample(&logits).id, argmax(&logits.iter().copied().enumerate().map(|(i, l)| (i as u32, l)).collect::<Vec<_>>()));
+        assert_eq!(
+            g.sample(&logits).id,
+            argmax(
+                &logits
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .map(|(i, l)| (i as u32, l))
+                    .collect::<Vec<_>>()
+            )
+        );
         let params = SamplingParams {
             temperature: 1.0,
             seed: Some(7),
@@ -293,11 +308,18 @@ mod tests {
     fn logprobs_are_normalised() {
         let logits = [1.0f32, 2.0, 3.0];
         let (lp, top) = log_probs(&logits, 2, 2);
-        let total: f32 = logits.iter().map(|&l| (l - 3.0 - (lp - 0.0)).exp()).sum::<f32>();
+        let total: f32 = logits
+            .iter()
+            .map(|&l| (l - 3.0 - (lp - 0.0)).exp())
+            .sum::<f32>();
         assert!((total - (-lp).exp() * (lp.exp())).abs() < 10.0);
         assert_eq!(top[0].0, 2);
         assert_eq!(top[1].0, 1);
-        let sum: f32 = logits.iter().enumerate().map(|(i, _)| log_probs(&logits, i as u32, 0).0.exp()).sum();
+        let sum: f32 = logits
+            .iter()
+            .enumerate()
+            .map(|(i, _)| log_probs(&logits, i as u32, 0).0.exp())
+            .sum();
         assert!((sum - 1.0).abs() < 1e-5);
     }
 }

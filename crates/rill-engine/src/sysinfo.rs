@@ -32,7 +32,18 @@ pub fn machine_info() -> MachineInfo {
                 if std::is_x86_feature_detected!($f) { cpu_features.push($f); }
             )*};
         }
-        feat!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16");
+        feat!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512vnni",
+            "avx512bf16"
+        );
     }
     #[cfg(target_arch = "aarch64")]
     {

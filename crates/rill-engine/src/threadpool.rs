@@ -139,7 +139,7 @@ fn worker_loop(s: &Shared) {
         while s.generation.load(SeqCst) == seen && !s.shutdown.load(SeqCst) {
             std::hint::spin_loop();
             spins += 1;
-            if spins % 256 == 0 && start.elapsed() > SPIN_BEFORE_PARK {
+            if spins.is_multiple_of(256) && start.elapsed() > SPIN_BEFORE_PARK {
                 let mut sleepers = s.sleepers.lock().unwrap_or_else(|e| e.into_inner());
                 *sleepers += 1;
                 while s.generation.load(SeqCst) == seen && !s.shutdown.load(SeqCst) {
@@ -168,7 +168,11 @@ impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, SeqCst);
         {
-            let _g = self.shared.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = self
+                .shared
+                .sleepers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
         for w in self.workers.drain(..) {

@@ -55,7 +55,10 @@ impl Tokenizer {
             .iter()
             .map(|v| v.as_str().unwrap_or_default().to_string())
             .collect();
-        let types: Vec<i64> = match g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+        let types: Vec<i64> = match g
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+        {
             Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
         };
@@ -70,8 +73,8 @@ impl Tokenizer {
             "gpt2" => {}
             other => {
                 return Err(EngineError::Tokenizer(format!(
-                    "tokenizer model `{other}` is not supported yet (supported: gpt2 byte-level BPE)"
-                )))
+                "tokenizer model `{other}` is not supported yet (supported: gpt2 byte-level BPE)"
+            )))
             }
         }
         let merges: Vec<(String, String)> = g
@@ -94,11 +97,19 @@ impl Tokenizer {
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
         let bpe = BPE::builder()
-            .vocab_and_merges(vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges)
+            .vocab_and_merges(
+                vocab
+                    .into_iter()
+                    .collect::<tokenizers::models::bpe::Vocab>(),
+                merges,
+            )
             .build()
             .map_err(tok_err)?;
         let mut inner = HfTokenizer::new(bpe);
-        let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+        let pre = g
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
         let byte_level = ByteLevel::new(false, false, true);
         let pre_tok: PreTokenizerWrapper = match pre {
             // Llama-3 / Qwen2 style splitting differs in its regex; byte-level covers the common
@@ -185,7 +196,9 @@ impl Tokenizer {
 
     /// The bytes a generated token contributes to the output.
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes.get(id as usize).map_or(&[], |v| v.as_slice())
+        self.token_bytes
+            .get(id as usize)
+            .map_or(&[], |v| v.as_slice())
     }
 
     pub fn is_control(&self, id: u32) -> bool {
@@ -198,7 +211,10 @@ impl Tokenizer {
 
     /// Whole-sequence decode (lossy for cut UTF-8), for tests and logs.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.token_bytes(i).to_vec()).collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| self.token_bytes(i).to_vec())
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }

@@ -36,7 +36,10 @@ impl TempFile {
     fn new(dest: &Path) -> Result<(Self, File)> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("download");
+        let name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("download");
         let path = dir.join(format!(".{name}.{}.partial", std::process::id()));
         let f = File::create(&path).map_err(io_err(&path))?;
         Ok((Self { path, keep: false }, f))
@@ -138,7 +141,12 @@ fn download(url: &str, out: &mut File, tmp: &Path, progress: Progress) -> Result
 }
 
 /// Downloads `url` to `dest` through a temp file; verifies the sha256 when given.
-pub fn download_verified(url: &str, dest: &Path, sha256: Option<&str>, progress: Progress) -> Result<()> {
+pub fn download_verified(
+    url: &str,
+    dest: &Path,
+    sha256: Option<&str>,
+    progress: Progress,
+) -> Result<()> {
     let (tmp, mut f) = TempFile::new(dest)?;
     let actual = download(url, &mut f, &tmp.path, progress)?;
     drop(f);

@@ -1,1 +1,238 @@
-fn main(){}
+//! The `rill` command: parses arguments and hands off to the crates that do the work.
+
+mod engine_bench;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rill_engine::{ChatMessage, Engine, EngineConfig, GenerateOptions, SamplingParams};
+use rill_store::{ModelRef, Progress};
+
+#[derive(Parser)]
+#[command(name = "rill", version, about = "A streaming LLM inference server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch a model into the cache (default: SmolLM2-135M-Instruct Q4_1) and print its path.
+    Pull {
+        /// A model name, local .gguf path or http(s) URL. Default: the default model.
+        model: Option<String>,
+        /// Expected sha256 of the .gguf (for URLs and paths).
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+    /// Stream one completion of a chat prompt to stdout; TTFT and tokens/s go to stderr.
+    Generate(GenerateArgs),
+    /// Show the machine as rill sees it and the defaults derived from it.
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the engine: prefill tokens/s, single-stream decode and batched decode tokens/s.
+    BenchEngine(engine_bench::BenchArgs),
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Model: a .gguf path, an http(s) URL or a known name. Default: the default model (pulled if absent).
+    #[arg(long, short = 'm', env = "RILL_MODEL")]
+    pub model: Option<String>,
+    /// Compute threads (0: one per physical core).
+    #[arg(long, short = 't', default_value_t = 0, env = "RILL_THREADS")]
+    pub threads: usize,
+    /// Force a kernel set: scalar, avx2, avx512.
+    #[arg(long, env = "RILL_KERNELS")]
+    pub kernels: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn load(&self, kv_tokens: usize) -> Result<Engine> {
+        let path = resolve_model(self.model.as_deref())?;
+        let engine = Engine::load(
+            &path,
+            &EngineConfig {
+                threads: self.threads,
+                kv_tokens,
+                kernels: self.kernels.clone(),
+            },
+        )
+        .with_context(|| format!("loading {}", path.display()))?;
+        Ok(engine)
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// The user message.
+    prompt: String,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// System prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// Send the prompt as raw text (no chat template).
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop sequences (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
+    let r = ModelRef::parse(model)?;
+    Ok(rill_store::pull(&r, None, progress())?)
+}
+
+fn progress() -> Progress {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        Progress::Bar
+    } else {
+        Progress::Quiet
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Pull { model, sha256 } => {
+            let r = ModelRef::parse(model.as_deref())?;
+            let path = rill_store::pull(&r, sha256.as_deref(), progress())?;
+            println!("{}", path.display());
+        }
+        Command::Generate(a) => generate(a)?,
+        Command::Info { json } => info(json)?,
+        Command::BenchEngine(a) => engine_bench::run(a)?,
+    }
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repetition_penalty: a.repetition_penalty,
+        frequency_penalty: a.frequency_penalty,
+        presence_penalty: a.presence_penalty,
+        seed: a.seed,
+        ignore_eos: a.ignore_eos,
+        ..SamplingParams::default()
+    };
+    if let Err((field, msg)) = sampling.validate() {
+        anyhow::bail!("--{}: {msg}", field.replace('_', "-"));
+    }
+    let mut engine = a.model.load(4096)?;
+    let text = if a.raw {
+        a.prompt.clone()
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(ChatMessage::new("system", s));
+        }
+        msgs.push(ChatMessage::new("user", &a.prompt));
+        engine.chat_template.render(&msgs, true)?
+    };
+    let ids = engine.tokenizer.encode(&text, true)?;
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        sampling,
+        stop: a.stop,
+        ..GenerateOptions::default()
+    };
+    let mut out = std::io::stdout().lock();
+    let g = rill_engine::generate(&mut engine, &ids, &opts, |t| {
+        let _ = out.write_all(t.as_bytes());
+        let _ = out.flush();
+    })?;
+    let _ = writeln!(out);
+    let decode = g.total.saturating_sub(g.ttft).as_secs_f64();
+    eprintln!(
+        "[{} prompt tokens, {} generated, finish: {:?}] TTFT {:.1} ms, {:.1} tokens/s decode ({} threads, {} kernels)",
+        g.prompt_tokens,
+        g.tokens.len(),
+        g.finish,
+        g.ttft.as_secs_f64() * 1e3,
+        (g.tokens.len().saturating_sub(1)) as f64 / decode.max(1e-9),
+        engine.threads(),
+        engine.kernels().tier
+    );
+    Ok(())
+}
+
+fn info(json: bool) -> Result<()> {
+    let m = rill_engine::sysinfo::machine_info();
+    let threads = m.physical_cores;
+    // Defaults: KV cache up to a quarter of available memory, capped at 1 GiB here; max batch
+    // from the cores (the batched kernels read weights once per step, so more rows are cheap).
+    let kv_bytes = (m.memory_available_bytes / 4).min(1 << 30);
+    let max_batch = (threads * 16).clamp(8, 64);
+    let defaults = serde_json::json!({
+        "threads": threads,
+        "kv_cache_bytes": kv_bytes,
+        "max_batch": max_batch,
+        "kernels": m.kernel_tier,
+    });
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"machine": m, "defaults": defaults}))?
+        );
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!("CPU:        {}", m.cpu_model);
+    println!("features:   {}", m.cpu_features.join(" "));
+    println!(
+        "cores:      {} physical, {} logical",
+        m.physical_cores, m.logical_cores
+    );
+    println!(
+        "memory:     {:.1} GiB total, {:.1} GiB available",
+        gib(m.memory_total_bytes),
+        gib(m.memory_available_bytes)
+    );
+    println!(
+        "GPU:        {}",
+        m.gpu.as_deref().unwrap_or("none (CPU inference)")
+    );
+    println!(
+        "defaults:   threads {threads}, kernels {}, KV cache {:.2} GiB, max batch {max_batch}",
+        m.kernel_tier,
+        gib(kv_bytes)
+    );
+    Ok(())
+}

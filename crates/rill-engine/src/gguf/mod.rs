@@ -82,7 +82,7 @@ impl GgmlType {
                 name: tensor.to_string(),
                 dtype: self.name(),
             })?;
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return Err(EngineError::BadTensor {
                 name: tensor.to_string(),
                 reason: format!("{n} elements is not a multiple of the {self:?} block size {bs}"),

@@ -220,10 +220,13 @@ impl GgufFile {
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f32().map(Some).ok_or_else(|| EngineError::BadMetadata {
-                key: key.into(),
-                reason: format!("expected a number, found {v:?}"),
-            }),
+            Some(v) => v
+                .as_f32()
+                .map(Some)
+                .ok_or_else(|| EngineError::BadMetadata {
+                    key: key.into(),
+                    reason: format!("expected a number, found {v:?}"),
+                }),
         }
     }
 

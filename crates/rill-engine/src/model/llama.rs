@@ -56,10 +56,16 @@ impl Llama {
             .opt_u64(&key("attention.head_count_kv"))?
             .map_or(n_heads, |v| v as usize);
         let ffn_dim = g.req_u64(&key("feed_forward_length"))? as usize;
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || dim % n_heads != 0 {
+        if n_heads == 0
+            || n_kv_heads == 0
+            || !n_heads.is_multiple_of(n_kv_heads)
+            || !dim.is_multiple_of(n_heads)
+        {
             return Err(EngineError::BadMetadata {
                 key: key("attention.head_count"),
-                reason: format!("{n_heads} heads / {n_kv_heads} kv heads / dim {dim} do not divide"),
+                reason: format!(
+                    "{n_heads} heads / {n_kv_heads} kv heads / dim {dim} do not divide"
+                ),
             });
         }
         let head_dim = g
@@ -108,7 +114,8 @@ impl Llama {
             let bytes = g.tensor_bytes(t);
             // SAFETY: the bytes live in the mmap held by `_map`, which outlives every QMatrix
             // (struct field order) and is never remapped.
-            let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
+            let bytes: &'static [u8] =
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
             QMatrix::new(name, t.dtype, rows, cols, bytes)
         };
         let vecf = |name: &str, n: usize| -> Result<Vec<f32>> {
@@ -264,7 +271,11 @@ impl Llama {
                         ops::rope_norm(&mut head[..c.rope_dim], &ropes[t]);
                     }
                     if chunk >= heads_q {
-                        let cache = if chunk < heads_q + c.n_kv_heads { kc } else { vc };
+                        let cache = if chunk < heads_q + c.n_kv_heads {
+                            kc
+                        } else {
+                            vc
+                        };
                         // SAFETY: slot rows are distinct per token (distinct positions or
                         // sequences) and this chunk owns head h's columns of each row.
                         let dst = unsafe { cache.slice(slots[t] + h * hd, hd) };
@@ -281,7 +292,6 @@ impl Llama {
             let (kc, vc) = kv.layer(l_idx);
             let att = SharedMut::new(&mut ws.att);
             let q = &ws.q;
-            let dot_f16 = k.dot_f16_f16;
             ctx.pool.run(t_n * c.n_kv_heads, &|chunk| {
                 let (t, g) = (chunk / c.n_kv_heads, chunk % c.n_kv_heads);
                 let table = batch.tables[t];
@@ -294,19 +304,16 @@ impl Llama {
                 };
                 // SAFETY: this chunk alone writes heads g*group..(g+1)*group of token t.
                 let out = unsafe { att.slice(t * q_dim, q_dim) };
-                SCORES.with(|s| {
-                    ops::attend(
-                        &q[t * q_dim..(t + 1) * q_dim],
-                        g * group..(g + 1) * group,
-                        hd,
-                        n_pos,
-                        |j| &kc[row(j)..row(j) + hd],
-                        |j| &vc[row(j)..row(j) + hd],
-                        dot_f16,
-                        &mut s.borrow_mut(),
-                        out,
-                    )
-                });
+                ops::attend(
+                    k,
+                    &q[t * q_dim..(t + 1) * q_dim],
+                    g * group..(g + 1) * group,
+                    hd,
+                    n_pos,
+                    |j| &kc[row(j)..row(j) + hd],
+                    |j| &vc[row(j)..row(j) + hd],
+                    out,
+                );
             });
 
             // Output projection + residual.
@@ -332,12 +339,16 @@ impl Llama {
             ctx.pool.run(ffn.div_ceil(ROW_CHUNK), &|chunk| {
                 let rows = chunk * ROW_CHUNK..((chunk + 1) * ROW_CHUNK).min(ffn);
                 // SAFETY: this chunk alone writes columns `rows` of hb and up.
-                layer.w_gate.matmul_rows(k, acts_ref, rows.clone(), &mut |t, r, v| unsafe {
-                    hb.write(t * ffn + r, v)
-                });
-                layer.w_up.matmul_rows(k, acts_ref, rows.clone(), &mut |t, r, v| unsafe {
-                    up.write(t * ffn + r, v)
-                });
+                layer
+                    .w_gate
+                    .matmul_rows(k, acts_ref, rows.clone(), &mut |t, r, v| unsafe {
+                        hb.write(t * ffn + r, v)
+                    });
+                layer
+                    .w_up
+                    .matmul_rows(k, acts_ref, rows.clone(), &mut |t, r, v| unsafe {
+                        up.write(t * ffn + r, v)
+                    });
                 for t in 0..t_n {
                     // SAFETY: as above.
                     let (g, u) = unsafe {
@@ -381,13 +392,22 @@ impl Llama {
             let rows = chunk * OUTPUT_ROW_CHUNK..((chunk + 1) * OUTPUT_ROW_CHUNK).min(vocab);
             // SAFETY: disjoint vocabulary columns per chunk.
             self.output
-                .matmul_rows(k, acts_ref, rows, &mut |t, r, v| unsafe { lg.write(t * vocab + r, v) });
+                .matmul_rows(k, acts_ref, rows, &mut |t, r, v| unsafe {
+                    lg.write(t * vocab + r, v)
+                });
         });
         ws.put_acts(acts);
     }
 
     /// x[t][r] += (W a_t)[r] for all rows, in parallel over row chunks.
-    fn project_add(&self, ctx: &ForwardCtx<'_>, w: &QMatrix<'_>, acts: &QuantActs, x: &mut [f32], dim: usize) {
+    fn project_add(
+        &self,
+        ctx: &ForwardCtx<'_>,
+        w: &QMatrix<'_>,
+        acts: &QuantActs,
+        x: &mut [f32],
+        dim: usize,
+    ) {
         let xs = SharedMut::new(x);
         let k = ctx.kernels;
         ctx.pool.run(w.rows.div_ceil(ROW_CHUNK), &|chunk| {
@@ -398,8 +418,4 @@ impl Llama {
             });
         });
     }
-}
-
-thread_local! {
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }

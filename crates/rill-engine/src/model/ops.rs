@@ -4,7 +4,7 @@
 
 use half::f16;
 
-use crate::quant::{ActFormat, QuantActs};
+use crate::quant::{ActFormat, Kernels, QuantActs};
 
 /// Scratch buffers reused across steps (grown, never shrunk).
 pub struct Workspace {
@@ -83,7 +83,12 @@ pub fn rope_norm(head: &mut [f32], cs: &[(f32, f32)]) {
 
 /// (cos, sin) for each rotated pair at `pos`. theta is advanced by repeated multiplication, as
 /// ggml does, so the angles match bit for bit.
-pub fn rope_table(pos: usize, rope_dim: usize, base: f32, freq_factors: Option<&[f32]>) -> Vec<(f32, f32)> {
+pub fn rope_table(
+    pos: usize,
+    rope_dim: usize,
+    base: f32,
+    freq_factors: Option<&[f32]>,
+) -> Vec<(f32, f32)> {
     let theta_scale = base.powf(-2.0 / rope_dim as f32);
     let mut theta = pos as f32;
     (0..rope_dim / 2)
@@ -107,57 +112,47 @@ pub fn rope_table(pos: usize, rope_dim: usize, base: f32, freq_factors: Option<&
 /// appears), normalised once at the end.
 #[allow(clippy::too_many_arguments)]
 pub fn attend<'k>(
+    k: &Kernels,
     q: &[f32],
     q_heads: std::ops::Range<usize>,
     head_dim: usize,
     n_pos: usize,
     keys: impl Fn(usize) -> &'k [u16],
     values: impl Fn(usize) -> &'k [u16],
-    dot_f16: fn(&[u16], &[u16]) -> f32,
-    acc: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let scale = 1.0 / (head_dim as f32).sqrt();
     let mut q16 = vec![0u16; head_dim];
-    acc.clear();
-    acc.resize(head_dim, 0.0);
+    let mut acc = vec![0u16; head_dim];
     for h in q_heads {
         let qh = &q[h * head_dim..(h + 1) * head_dim];
         for (d, &v) in q16.iter_mut().zip(qh) {
             *d = f16::from_f32(v).to_bits();
         }
-        acc.iter_mut().for_each(|a| *a = 0.0);
+        acc.iter_mut().for_each(|a| *a = 0);
         let mut m = f32::NEG_INFINITY;
         let mut sum = 0f32;
         for j in 0..n_pos {
-            let s = dot_f16(&q16, keys(j)) * scale;
+            let s = (k.dot_f16_f16)(&q16, keys(j)) * scale;
             let (ms, vs);
             if s > m {
                 ms = (m - s).exp();
                 vs = 1.0;
                 m = s;
-                if ms != 1.0 {
-                    for a in acc.iter_mut() {
-                        *a = round_f16(*a * ms);
-                    }
-                }
+                (k.scale_f16)(&mut acc, ms);
             } else {
                 ms = 1.0;
                 vs = (s - m).exp();
             }
-            for (a, &v) in acc.iter_mut().zip(values(j)) {
-                *a = round_f16(f16::from_bits(v).to_f32().mul_add(vs, *a));
-            }
+            (k.mad_f16)(&mut acc, values(j), vs);
             sum = sum * ms + vs;
         }
         let inv = 1.0 / sum;
-        for (o, &a) in out[h * head_dim..(h + 1) * head_dim].iter_mut().zip(acc.iter()) {
-            *o = a * inv;
+        for (o, &a) in out[h * head_dim..(h + 1) * head_dim]
+            .iter_mut()
+            .zip(acc.iter())
+        {
+            *o = f16::from_bits(a).to_f32() * inv;
         }
     }
-}
-
-#[inline(always)]
-fn round_f16(v: f32) -> f32 {
-    f16::from_f32(v).to_f32()
 }

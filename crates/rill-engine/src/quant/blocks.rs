@@ -142,7 +142,9 @@ unsafe impl PodBlock for f32 {}
 /// Views bytes as a slice of blocks. Returns None when the length or alignment does not fit.
 pub fn cast_blocks<T: PodBlock>(bytes: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+    if !bytes.len().is_multiple_of(size)
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
         return None;
     }
     // SAFETY: length and alignment checked above; T is POD (PodBlock contract), so every bit

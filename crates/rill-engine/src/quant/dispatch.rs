@@ -31,6 +31,8 @@ pub struct Kernels {
     pub dot_q5_0_q8_0: fn(&[BlockQ5_0], &[BlockQ8_0]) -> f32,
     pub dot_q5_1_q8_1: fn(&[BlockQ5_1], &[BlockQ8_1]) -> f32,
     pub dot_q8_0_q8_0: fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
+    pub dot4_q4_1_q8_1: fn([&[BlockQ4_1]; 4], &[BlockQ8_1]) -> [f32; 4],
+    pub dot4_q8_0_q8_0: fn([&[BlockQ8_0]; 4], &[BlockQ8_0]) -> [f32; 4],
     pub dot_q4k_q8k: fn(&[BlockQ4K], &[BlockQ8K]) -> f32,
     pub dot_q6k_q8k: fn(&[BlockQ6K], &[BlockQ8K]) -> f32,
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
@@ -39,6 +41,8 @@ pub struct Kernels {
     pub quantize_q8_1: fn(&[f32], &mut [BlockQ8_1]),
     pub quantize_q8k: fn(&[f32], &mut [BlockQ8K]),
     pub swiglu: fn(&mut [f32], &[f32]),
+    pub mad_f16: fn(&mut [u16], &[u16], f32),
+    pub scale_f16: fn(&mut [u16], f32),
 }
 
 impl Kernels {
@@ -50,6 +54,8 @@ impl Kernels {
             dot_q5_0_q8_0: scalar::dot_q5_0_q8_0,
             dot_q5_1_q8_1: scalar::dot_q5_1_q8_1,
             dot_q8_0_q8_0: scalar::dot_q8_0_q8_0,
+            dot4_q4_1_q8_1: |x, y| x.map(|r| scalar::dot_q4_1_q8_1(r, y)),
+            dot4_q8_0_q8_0: |x, y| x.map(|r| scalar::dot_q8_0_q8_0(r, y)),
             dot_q4k_q8k: scalar::dot_q4k_q8k,
             dot_q6k_q8k: scalar::dot_q6k_q8k,
             dot_f32: scalar::dot_f32,
@@ -58,6 +64,8 @@ impl Kernels {
             quantize_q8_1: scalar::quantize_q8_1,
             quantize_q8k: scalar::quantize_q8k,
             swiglu: scalar::swiglu,
+            mad_f16: scalar::mad_f16,
+            scale_f16: scalar::scale_f16,
         }
     }
 
@@ -120,6 +128,15 @@ mod x86_sets {
                 dot_q5_0_q8_0: scalar::dot_q5_0_q8_0,
                 dot_q5_1_q8_1: scalar::dot_q5_1_q8_1,
                 dot_q8_0_q8_0: |x, y| unsafe { x86::$m::dot_q8_0_q8_0(x, y) },
+                // SAFETY: as above, plus every row has y.len() blocks (QMatrix rows are equal).
+                dot4_q4_1_q8_1: |x, y| {
+                    assert!(x.iter().all(|r| r.len() >= y.len()));
+                    unsafe { x86::$m::dot4_q4_1_q8_1(x, y) }
+                },
+                dot4_q8_0_q8_0: |x, y| {
+                    assert!(x.iter().all(|r| r.len() >= y.len()));
+                    unsafe { x86::$m::dot4_q8_0_q8_0(x, y) }
+                },
                 dot_q4k_q8k: |x, y| unsafe { x86::$m::dot_q4k_q8k(x, y) },
                 dot_q6k_q8k: |x, y| unsafe { x86::$m::dot_q6k_q8k(x, y) },
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
@@ -128,6 +145,8 @@ mod x86_sets {
                 quantize_q8_1: |x, y| unsafe { x86::$m::quantize_q8_1(x, y) },
                 quantize_q8k: scalar::quantize_q8k,
                 swiglu: |g, u| unsafe { x86::$m::swiglu(g, u) },
+                mad_f16: |a, v, s| unsafe { x86::$m::mad_f16(a, v, s) },
+                scale_f16: |a, s| unsafe { x86::$m::scale_f16(a, s) },
             }
         }};
     }

@@ -172,7 +172,13 @@ pub struct QMatrix<'a> {
 }
 
 impl<'a> QMatrix<'a> {
-    pub fn new(name: &str, dtype: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
+    pub fn new(
+        name: &str,
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self> {
         if ActFormat::for_weights(dtype).is_none() {
             return Err(EngineError::UnsupportedTensorType {
                 name: name.into(),
@@ -190,7 +196,7 @@ impl<'a> QMatrix<'a> {
             GgmlType::F32 => 4,
             _ => 2,
         };
-        if data.as_ptr() as usize % align != 0 {
+        if !(data.as_ptr() as usize).is_multiple_of(align) {
             return Err(EngineError::BadTensor {
                 name: name.into(),
                 reason: "data is misaligned".into(),
@@ -235,12 +241,34 @@ impl<'a> QMatrix<'a> {
                 }
             }};
         }
+        macro_rules! run4 {
+            ($wt:ty, $at:ty, $f1:expr, $f4:expr) => {{
+                let mut r = rows.start;
+                while r + 4 <= rows.end {
+                    let w: [&[$wt]; 4] =
+                        std::array::from_fn(|i| cast_weights(self.row_bytes(r + i)));
+                    for t in 0..acts.rows {
+                        let a: &[$at] = cast_ref(acts.row(t));
+                        for (i, v) in $f4(w, a).into_iter().enumerate() {
+                            out(t, r + i, v);
+                        }
+                    }
+                    r += 4;
+                }
+                for r in r..rows.end {
+                    let w: &[$wt] = cast_weights(self.row_bytes(r));
+                    for t in 0..acts.rows {
+                        out(t, r, $f1(w, cast_ref(acts.row(t))));
+                    }
+                }
+            }};
+        }
         match self.dtype {
+            GgmlType::Q4_1 => run4!(BlockQ4_1, BlockQ8_1, k.dot_q4_1_q8_1, k.dot4_q4_1_q8_1),
+            GgmlType::Q8_0 => run4!(BlockQ8_0, BlockQ8_0, k.dot_q8_0_q8_0, k.dot4_q8_0_q8_0),
             GgmlType::Q4_0 => run!(BlockQ4_0, BlockQ8_0, k.dot_q4_0_q8_0),
-            GgmlType::Q4_1 => run!(BlockQ4_1, BlockQ8_1, k.dot_q4_1_q8_1),
             GgmlType::Q5_0 => run!(BlockQ5_0, BlockQ8_0, k.dot_q5_0_q8_0),
             GgmlType::Q5_1 => run!(BlockQ5_1, BlockQ8_1, k.dot_q5_1_q8_1),
-            GgmlType::Q8_0 => run!(BlockQ8_0, BlockQ8_0, k.dot_q8_0_q8_0),
             GgmlType::Q4K => run!(BlockQ4K, BlockQ8K, k.dot_q4k_q8k),
             GgmlType::Q6K => run!(BlockQ6K, BlockQ8K, k.dot_q6k_q8k),
             GgmlType::F16 => run!(u16, u16, k.dot_f16_f16),

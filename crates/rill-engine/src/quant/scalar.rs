@@ -135,8 +135,8 @@ pub fn dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
             let x1 = ((xb.qs[j] >> 4) | h1) as i32;
             sumi += x0 * yb.qs[j] as i32 + x1 * yb.qs[j + QK / 2] as i32;
         }
-        sumf += f16_to_f32(xb.d) * f16_to_f32(yb.d) * sumi as f32
-            + f16_to_f32(xb.m) * f16_to_f32(yb.s);
+        sumf +=
+            f16_to_f32(xb.d) * f16_to_f32(yb.d) * sumi as f32 + f16_to_f32(xb.m) * f16_to_f32(yb.s);
     }
     sumf
 }
@@ -269,7 +269,7 @@ pub fn ggml_expf(x: f32) -> f32 {
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
     let n = z - r;
     let b = (-n).mul_add(
-        f32::from_bits(0x35bf_be8e), // 0x1.7f7d1cp-20
+        f32::from_bits(0x35bf_be8e),                  // 0x1.7f7d1cp-20
         (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
     );
     let u = b * b;
@@ -384,5 +384,19 @@ pub fn dequantize_q6k(x: &[BlockQ6K], out: &mut [f32]) {
         for (i, v) in o.iter_mut().enumerate() {
             *v = d * b.scales[i / 16] as f32 * vals[i] as f32;
         }
+    }
+}
+
+/// Flash-attention value accumulation in f16, as ggml's `ggml_vec_mad_f16`: acc = f16(v * s + acc).
+pub fn mad_f16(acc: &mut [u16], v: &[u16], s: f32) {
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a = f32_to_f16(f16_to_f32(x).mul_add(s, f16_to_f32(*a)));
+    }
+}
+
+/// acc = f16(acc * s), as `ggml_vec_scale_f16`.
+pub fn scale_f16(acc: &mut [u16], s: f32) {
+    for a in acc.iter_mut() {
+        *a = f32_to_f16(f16_to_f32(*a) * s);
     }
 }

@@ -7,6 +7,8 @@
 //! the function's `target_feature` attribute (only `dispatch::Kernels::detect` calls them), and
 //! `x.len() == y.len()`.
 
+#![allow(clippy::missing_safety_doc)] // the contract is the module doc's SAFETY paragraph
+
 use std::arch::x86_64::*;
 
 use super::blocks::*;
@@ -102,6 +104,44 @@ macro_rules! kernels {
                 hsum_f32_8(acc) + summs
             }
 
+            /// Four weight rows against one activation row. Each row keeps exactly the
+            /// accumulation order of `dot_q4_1_q8_1` (results are bit-identical); the four
+            /// independent chains hide FMA/add latency and share the activation loads.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot4_q4_1_q8_1(x: [&[BlockQ4_1]; 4], y: &[BlockQ8_1]) -> [f32; 4] {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut summs = [0f32; 4];
+                for (i, yb) in y.iter().enumerate() {
+                    let (dy, sy) = (fp16(yb.d), fp16(yb.s));
+                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                    for r in 0..4 {
+                        let xb = x[r].get_unchecked(i);
+                        summs[r] += fp16(xb.m) * sy;
+                        let d = _mm256_set1_ps(fp16(xb.d) * dy);
+                        let qx = nibbles_32(xb.qs.as_ptr());
+                        acc[r] = _mm256_fmadd_ps(d, us8_pairs_f32(qx, qy), acc[r]);
+                    }
+                }
+                std::array::from_fn(|r| hsum_f32_8(acc[r]) + summs[r])
+            }
+
+            /// Four Q8_0 rows against one activation row, bit-identical to `dot_q8_0_q8_0`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot4_q8_0_q8_0(x: [&[BlockQ8_0]; 4], y: &[BlockQ8_0]) -> [f32; 4] {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for (i, yb) in y.iter().enumerate() {
+                    let dy = fp16(yb.d);
+                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                    for r in 0..4 {
+                        let xb = x[r].get_unchecked(i);
+                        let d = _mm256_set1_ps(fp16(xb.d) * dy);
+                        let qx = _mm256_loadu_si256(xb.qs.as_ptr().cast());
+                        acc[r] = _mm256_fmadd_ps(d, i8_pairs_f32(qx, qy), acc[r]);
+                    }
+                }
+                std::array::from_fn(|r| hsum_f32_8(acc[r]))
+            }
+
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
                 let mut acc = _mm256_setzero_ps();
@@ -193,9 +233,8 @@ macro_rules! kernels {
                         ];
                         for (k, vk) in v.iter().enumerate() {
                             let g = half * 8 + k * 2;
-                            let y8 = _mm256_loadu_si256(
-                                yb.qs.as_ptr().add(half * 128 + k * 32).cast(),
-                            );
+                            let y8 =
+                                _mm256_loadu_si256(yb.qs.as_ptr().add(half * 128 + k * 32).cast());
                             // (q - 32) * y = q*y - 32*y, both through the u8*i8 path.
                             let p = _mm256_maddubs_epi16(*vk, y8);
                             let s = _mm256_maddubs_epi16(m32, y8);
@@ -262,13 +301,46 @@ macro_rules! kernels {
                     i += 64;
                 }
                 // Accumulator j lanes 0..8 = acc[2j], lanes 8..16 = acc[2j+1].
-                let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
-                let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+                let lo =
+                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+                let hi =
+                    _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
                 let mut sum = hsum_f32_8(_mm256_add_ps(lo, hi)) as f64;
                 for j in np..x.len() {
                     sum += (fp16(x[j]) * fp16(y[j])) as f64;
                 }
                 sum as f32
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn mad_f16(acc: &mut [u16], v: &[u16], s: f32) {
+                let n = acc.len() / 8 * 8;
+                let vs = _mm256_set1_ps(s);
+                let mut i = 0;
+                while i < n {
+                    let a = _mm256_cvtph_ps(_mm_loadu_si128(acc.as_ptr().add(i).cast()));
+                    let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
+                    let r = _mm256_fmadd_ps(x, vs, a);
+                    _mm_storeu_si128(acc.as_mut_ptr().add(i).cast(), _mm256_cvtps_ph::<0>(r));
+                    i += 8;
+                }
+                super::super::scalar::mad_f16(&mut acc[n..], &v[n..], s);
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn scale_f16(acc: &mut [u16], s: f32) {
+                let n = acc.len() / 8 * 8;
+                let vs = _mm256_set1_ps(s);
+                let mut i = 0;
+                while i < n {
+                    let a = _mm256_cvtph_ps(_mm_loadu_si128(acc.as_ptr().add(i).cast()));
+                    _mm_storeu_si128(
+                        acc.as_mut_ptr().add(i).cast(),
+                        _mm256_cvtps_ph::<0>(_mm256_mul_ps(a, vs)),
+                    );
+                    i += 8;
+                }
+                super::super::scalar::scale_f16(&mut acc[n..], s);
             }
 
             /// The scalar `swiglu` compiled with FMA available (its `mul_add`s become single

@@ -1,6 +1,7 @@
 //! Shared test setup: the real default model (pulled into the cache if absent) and the greedy
 //! fixtures from ../shared.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // test and debug code: a panic is the failure report
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -55,7 +56,8 @@ pub fn fixtures() -> Vec<Fixture> {
     entries.sort();
     for p in entries {
         let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&p).expect("read fixture")).expect("fixture json");
+            serde_json::from_str(&std::fs::read_to_string(&p).expect("read fixture"))
+                .expect("fixture json");
         let ids = |k: &str| -> Vec<u32> {
             v[k].as_array()
                 .expect(k)
