@@ -14,7 +14,8 @@ use super::ops::{self, resize, Workspace};
 use super::{ForwardBatch, ForwardCtx, ModelConfig};
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgmlType, GgufFile};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, BLOCK_TOKENS};
+use crate::quant::scalar::KvRows;
 use crate::quant::{QMatrix, QuantActs};
 use crate::threadpool::SharedMut;
 
@@ -268,7 +269,7 @@ impl Llama {
                     // SAFETY: same disjoint column range, per token row.
                     let head = unsafe { buf.slice(t * width + h * hd, hd) };
                     if chunk < heads_q + c.n_kv_heads {
-                        ops::rope_norm(&mut head[..c.rope_dim], &ropes[t]);
+                        (k.rope_norm)(&mut head[..c.rope_dim], &ropes[t]);
                     }
                     if chunk >= heads_q {
                         let cache = if chunk < heads_q + c.n_kv_heads {
@@ -295,23 +296,24 @@ impl Llama {
             ctx.pool.run(t_n * c.n_kv_heads, &|chunk| {
                 let (t, g) = (chunk / c.n_kv_heads, chunk % c.n_kv_heads);
                 let table = batch.tables[t];
-                let n_pos = batch.positions[t] + 1;
-                let off = g * hd;
-                let row = |j: usize| {
-                    let b = table[j / crate::kv_cache::BLOCK_TOKENS].0 as usize;
-                    (b * crate::kv_cache::BLOCK_TOKENS + j % crate::kv_cache::BLOCK_TOKENS) * kv_dim
-                        + off
+                let offsets: Vec<usize> = (0..=batch.positions[t])
+                    .map(|j| {
+                        let b = table[j / BLOCK_TOKENS].0 as usize;
+                        (b * BLOCK_TOKENS + j % BLOCK_TOKENS) * kv_dim + g * hd
+                    })
+                    .collect();
+                let rows = KvRows {
+                    keys: kc,
+                    values: vc,
+                    offsets: &offsets,
                 };
                 // SAFETY: this chunk alone writes heads g*group..(g+1)*group of token t.
                 let out = unsafe { att.slice(t * q_dim, q_dim) };
-                ops::attend(
-                    k,
+                (k.attend)(
                     &q[t * q_dim..(t + 1) * q_dim],
                     g * group..(g + 1) * group,
                     hd,
-                    n_pos,
-                    |j| &kc[row(j)..row(j) + hd],
-                    |j| &vc[row(j)..row(j) + hd],
+                    &rows,
                     out,
                 );
             });

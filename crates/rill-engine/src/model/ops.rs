@@ -1,10 +1,8 @@
-//! Element-wise and row operations of the forward pass (RMSNorm, RoPE, SwiGLU, attention), and
+//! Row operations of the forward pass that are not kernels (RMSNorm, RoPE tables), and
 //! the per-step scratch buffers. Arithmetic follows ggml's CPU ops where it changes results
 //! (RMSNorm sums squares in f64; queries are rounded to f16 before the f16 key dot products).
 
-use half::f16;
-
-use crate::quant::{ActFormat, Kernels, QuantActs};
+use crate::quant::{ActFormat, QuantActs};
 
 /// Scratch buffers reused across steps (grown, never shrunk).
 pub struct Workspace {
@@ -71,16 +69,6 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     }
 }
 
-/// Rotary embedding, "normal" mode (adjacent pairs), for one head in place. `cs` holds
-/// (cos, sin) per pair from [`rope_table`].
-pub fn rope_norm(head: &mut [f32], cs: &[(f32, f32)]) {
-    for (i, &(c, s)) in cs.iter().enumerate() {
-        let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-        head[2 * i] = x0 * c - x1 * s;
-        head[2 * i + 1] = x0 * s + x1 * c;
-    }
-}
-
 /// (cos, sin) for each rotated pair at `pos`. theta is advanced by repeated multiplication, as
 /// ggml does, so the angles match bit for bit.
 pub fn rope_table(
@@ -101,58 +89,4 @@ pub fn rope_table(
             (t.cos(), t.sin())
         })
         .collect()
-}
-
-/// Causal attention for the query heads `q_heads` (all sharing one KV head) of one token.
-/// `keys(j)` / `values(j)` give the f16 rows of position j. Writes head outputs into `out`.
-///
-/// This is ggml's CPU flash-attention arithmetic, because matching llama.cpp's greedy output
-/// needs it: the query is rounded to f16, scores are f16 dot products summed in f32, and the
-/// softmax is online with the value accumulator *kept in f16* (rescaled when a new maximum
-/// appears), normalised once at the end.
-#[allow(clippy::too_many_arguments)]
-pub fn attend<'k>(
-    k: &Kernels,
-    q: &[f32],
-    q_heads: std::ops::Range<usize>,
-    head_dim: usize,
-    n_pos: usize,
-    keys: impl Fn(usize) -> &'k [u16],
-    values: impl Fn(usize) -> &'k [u16],
-    out: &mut [f32],
-) {
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut q16 = vec![0u16; head_dim];
-    let mut acc = vec![0u16; head_dim];
-    for h in q_heads {
-        let qh = &q[h * head_dim..(h + 1) * head_dim];
-        for (d, &v) in q16.iter_mut().zip(qh) {
-            *d = f16::from_f32(v).to_bits();
-        }
-        acc.iter_mut().for_each(|a| *a = 0);
-        let mut m = f32::NEG_INFINITY;
-        let mut sum = 0f32;
-        for j in 0..n_pos {
-            let s = (k.dot_f16_f16)(&q16, keys(j)) * scale;
-            let (ms, vs);
-            if s > m {
-                ms = (m - s).exp();
-                vs = 1.0;
-                m = s;
-                (k.scale_f16)(&mut acc, ms);
-            } else {
-                ms = 1.0;
-                vs = (s - m).exp();
-            }
-            (k.mad_f16)(&mut acc, values(j), vs);
-            sum = sum * ms + vs;
-        }
-        let inv = 1.0 / sum;
-        for (o, &a) in out[h * head_dim..(h + 1) * head_dim]
-            .iter_mut()
-            .zip(acc.iter())
-        {
-            *o = f16::from_bits(a).to_f32() * inv;
-        }
-    }
 }

@@ -43,7 +43,12 @@ pub struct Kernels {
     pub swiglu: fn(&mut [f32], &[f32]),
     pub mad_f16: fn(&mut [u16], &[u16], f32),
     pub scale_f16: fn(&mut [u16], f32),
+    pub rope_norm: fn(&mut [f32], &[(f32, f32)]),
+    pub attend: AttendFn,
 }
+
+/// Attention for a group of query heads over one sequence's K/V rows (see `scalar::attend`).
+pub type AttendFn = fn(&[f32], std::ops::Range<usize>, usize, &scalar::KvRows<'_>, &mut [f32]);
 
 impl Kernels {
     pub fn scalar() -> Self {
@@ -66,6 +71,8 @@ impl Kernels {
             swiglu: scalar::swiglu,
             mad_f16: scalar::mad_f16,
             scale_f16: scalar::scale_f16,
+            rope_norm: scalar::rope_norm,
+            attend: scalar::attend,
         }
     }
 
@@ -147,6 +154,11 @@ mod x86_sets {
                 swiglu: |g, u| unsafe { x86::$m::swiglu(g, u) },
                 mad_f16: |a, v, s| unsafe { x86::$m::mad_f16(a, v, s) },
                 scale_f16: |a, s| unsafe { x86::$m::scale_f16(a, s) },
+                rope_norm: |h, cs| unsafe { x86::$m::rope_norm(h, cs) },
+                attend: |q, hs, hd, kv, o| {
+                    assert!(hd <= 256 && q.len() >= hs.end * hd && o.len() >= hs.end * hd);
+                    unsafe { x86::$m::attend(q, hs, hd, kv, o) }
+                },
             }
         }};
     }

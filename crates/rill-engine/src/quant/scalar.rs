@@ -95,11 +95,13 @@ pub fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     hsum8(&acc)
 }
 
+#[inline(always)]
 pub fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     let mut acc = [0f32; 8];
     let mut summs = 0f32;
     for (xb, yb) in x.iter().zip(y) {
-        summs += f16_to_f32(xb.m) * f16_to_f32(yb.s);
+        // llama.cpp's compiler fuses `summs += m * s` into one FMA; so do we.
+        summs = f16_to_f32(xb.m).mul_add(f16_to_f32(yb.s), summs);
         let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
         lanes_fma(&mut acc, d, |k| nibble(&xb.qs, k) * yb.qs[k] as i32);
     }
@@ -399,4 +401,96 @@ pub fn scale_f16(acc: &mut [u16], s: f32) {
     for a in acc.iter_mut() {
         *a = f32_to_f16(f16_to_f32(*a) * s);
     }
+}
+
+/// Rotary embedding, "normal" mode (adjacent pairs), in place. `cs` holds (cos, sin) per pair.
+/// The products are fused exactly as llama.cpp's compiled (vectorised, FMA-contracted) RoPE
+/// does, found by fitting its dumped tensors: x0*cos - x1*sin is fma(x0, cos, -(x1*sin)) and
+/// x0*sin + x1*cos is fma(x0, sin, x1*cos).
+#[inline(always)]
+pub fn rope_norm(head: &mut [f32], cs: &[(f32, f32)]) {
+    for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
+        let (x0, x1) = (pair[0], pair[1]);
+        pair[0] = x0.mul_add(c, -(x1 * s));
+        pair[1] = x0.mul_add(s, x1 * c);
+    }
+}
+
+/// Where the K/V rows of a sequence live: row `j` starts at `row_offset(j)` (f16 elements).
+pub struct KvRows<'a> {
+    pub keys: &'a [u16],
+    pub values: &'a [u16],
+    /// Offset of each position's row (already including the KV head's column offset).
+    pub offsets: &'a [usize],
+}
+
+/// Causal attention for query heads `q_heads` (sharing one KV head) of one token, over the
+/// positions in `kv.offsets`. This is ggml's CPU flash-attention arithmetic, which matching
+/// llama.cpp's greedy output needs: query rounded to f16, f16 dot products (ggml's summation
+/// tree), online softmax with the value accumulator kept in f16, the running sum updated as
+/// fma(S, ms, vs), one normalisation at the end.
+#[inline(always)]
+pub fn attend_with(
+    dot: impl Fn(&[u16], &[u16]) -> f32,
+    mad: impl Fn(&mut [u16], &[u16], f32),
+    scale_acc: impl Fn(&mut [u16], f32),
+    q: &[f32],
+    q_heads: std::ops::Range<usize>,
+    head_dim: usize,
+    kv: &KvRows<'_>,
+    out: &mut [f32],
+) {
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut q16 = [0u16; 256];
+    let mut acc = [0u16; 256];
+    let (q16, acc) = (&mut q16[..head_dim], &mut acc[..head_dim]);
+    for h in q_heads {
+        for (d, &v) in q16.iter_mut().zip(&q[h * head_dim..(h + 1) * head_dim]) {
+            *d = f32_to_f16(v);
+        }
+        acc.fill(0);
+        let mut m = f32::NEG_INFINITY;
+        let mut sum = 0f32;
+        for &off in kv.offsets {
+            let s = dot(q16, &kv.keys[off..off + head_dim]) * scale;
+            let (ms, vs);
+            if s > m {
+                ms = (m - s).exp();
+                vs = 1.0;
+                m = s;
+                scale_acc(acc, ms);
+            } else {
+                ms = 1.0;
+                vs = (s - m).exp();
+            }
+            mad(acc, &kv.values[off..off + head_dim], vs);
+            sum = sum.mul_add(ms, vs);
+        }
+        let inv = 1.0 / sum;
+        for (o, &a) in out[h * head_dim..(h + 1) * head_dim]
+            .iter_mut()
+            .zip(acc.iter())
+        {
+            *o = f16_to_f32(a) * inv;
+        }
+    }
+}
+
+pub fn attend(
+    q: &[f32],
+    q_heads: std::ops::Range<usize>,
+    head_dim: usize,
+    kv: &KvRows<'_>,
+    out: &mut [f32],
+) {
+    attend_with(
+        dot_f16_f16,
+        mad_f16,
+        scale_f16,
+        q,
+        q_heads,
+        head_dim,
+        kv,
+        out,
+    )
 }

@@ -95,7 +95,7 @@ macro_rules! kernels {
                 let mut acc = _mm256_setzero_ps();
                 let mut summs = 0f32;
                 for (xb, yb) in x.iter().zip(y) {
-                    summs += fp16(xb.m) * fp16(yb.s);
+                    summs = fp16(xb.m).mul_add(fp16(yb.s), summs);
                     let d = _mm256_set1_ps(fp16(xb.d) * fp16(yb.d));
                     let qx = nibbles_32(xb.qs.as_ptr());
                     let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
@@ -116,7 +116,7 @@ macro_rules! kernels {
                     let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
                     for r in 0..4 {
                         let xb = x[r].get_unchecked(i);
-                        summs[r] += fp16(xb.m) * sy;
+                        summs[r] = fp16(xb.m).mul_add(sy, summs[r]);
                         let d = _mm256_set1_ps(fp16(xb.d) * dy);
                         let qx = nibbles_32(xb.qs.as_ptr());
                         acc[r] = _mm256_fmadd_ps(d, us8_pairs_f32(qx, qy), acc[r]);
@@ -341,6 +341,33 @@ macro_rules! kernels {
                     i += 8;
                 }
                 super::super::scalar::scale_f16(&mut acc[n..], s);
+            }
+
+            /// The scalar RoPE compiled with FMA available (identical arithmetic, fast `mul_add`).
+            #[target_feature(enable = $features)]
+            pub unsafe fn rope_norm(head: &mut [f32], cs: &[(f32, f32)]) {
+                super::super::scalar::rope_norm(head, cs)
+            }
+
+            /// Attention with this tier's f16 kernels and FMA (identical arithmetic).
+            #[target_feature(enable = $features)]
+            pub unsafe fn attend(
+                q: &[f32],
+                q_heads: std::ops::Range<usize>,
+                head_dim: usize,
+                kv: &super::super::scalar::KvRows<'_>,
+                out: &mut [f32],
+            ) {
+                super::super::scalar::attend_with(
+                    |a, b| dot_f16_f16(a, b),
+                    |a, v, s| mad_f16(a, v, s),
+                    |a, s| scale_f16(a, s),
+                    q,
+                    q_heads,
+                    head_dim,
+                    kv,
+                    out,
+                )
             }
 
             /// The scalar `swiglu` compiled with FMA available (its `mul_add`s become single
