@@ -430,6 +430,7 @@ pub struct KvRows<'a> {
 /// tree), online softmax with the value accumulator kept in f16, the running sum updated as
 /// fma(S, ms, vs), one normalisation at the end.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // one kernel: three f16 primitives plus the data
 pub fn attend_with(
     dot: impl Fn(&[u16], &[u16]) -> f32,
     mad: impl Fn(&mut [u16], &[u16], f32),
