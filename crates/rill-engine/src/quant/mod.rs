@@ -161,6 +161,9 @@ unsafe impl ActBlock for BlockQ8K {}
 unsafe impl ActBlock for u16 {}
 unsafe impl ActBlock for f32 {}
 
+/// How far ahead of the row being multiplied the weight stream is prefetched.
+const PREFETCH_ROWS_AHEAD: usize = 8;
+
 /// A 2-D weight matrix in its GGUF encoding: `rows` rows of `cols` elements, row-major.
 #[derive(Clone, Copy)]
 pub struct QMatrix<'a> {
@@ -244,7 +247,11 @@ impl<'a> QMatrix<'a> {
         macro_rules! run4 {
             ($wt:ty, $at:ty, $f1:expr, $f4:expr) => {{
                 let mut r = rows.start;
-                while r + 4 <= rows.end {
+                // With one activation row the product is memory-bound and a single sequential
+                // weight stream prefetches best; with several, reuse 4 rows from L1 across
+                // them with 4 independent FMA chains (measured: 1 row 63 vs 4 rows 54 tok/s
+                // single-thread decode; 2.4x vs 1.3x at batch 8).
+                while acts.rows > 1 && r + 4 <= rows.end {
                     let w: [&[$wt]; 4] =
                         std::array::from_fn(|i| cast_weights(self.row_bytes(r + i)));
                     for t in 0..acts.rows {
@@ -256,6 +263,7 @@ impl<'a> QMatrix<'a> {
                     r += 4;
                 }
                 for r in r..rows.end {
+                    self.prefetch_row(r + PREFETCH_ROWS_AHEAD);
                     let w: &[$wt] = cast_weights(self.row_bytes(r));
                     for t in 0..acts.rows {
                         out(t, r, $f1(w, cast_ref(acts.row(t))));
@@ -274,6 +282,25 @@ impl<'a> QMatrix<'a> {
             GgmlType::F16 => run!(u16, u16, k.dot_f16_f16),
             GgmlType::F32 => run!(f32, f32, k.dot_f32),
             _ => {}
+        }
+    }
+
+    /// Hints the cache to start loading weight row `r` (ignored past the end). Single-stream
+    /// decode is bound by memory latency, not arithmetic: this keeps several rows in flight.
+    #[inline(always)]
+    fn prefetch_row(&self, r: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if r < self.rows {
+            let row = self.row_bytes(r);
+            for off in (0..row.len()).step_by(64) {
+                // SAFETY: prefetch never faults and SSE is part of the x86_64 baseline; the
+                // address is inside the row anyway.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        row.as_ptr().add(off).cast(),
+                    )
+                };
+            }
         }
     }
 
