@@ -112,6 +112,11 @@ impl Engine {
         self.pool.n_threads()
     }
 
+    /// Times the compute pool fell back to single-threaded regions because of CPU contention.
+    pub fn contention_fallbacks(&self) -> u64 {
+        self.pool.solo_spells()
+    }
+
     pub fn weight_bytes(&self) -> usize {
         self.model.weight_bytes()
     }

@@ -10,9 +10,17 @@
 //!   process took its core) simply takes no chunks; the caller finishes the region alone instead
 //!   of waiting at a barrier for it, so 2 threads never fall below 1-thread speed.
 //!
+//! - **Backs off under contention.** Every few hundred regions the pool reads how many threads
+//!   the kernel has runnable (`procs_running` in /proc/stat). When ours plus everyone else's
+//!   exceed the CPUs, a worker would be descheduled mid-chunk and stall every region for a
+//!   scheduler slice, so the caller runs regions alone until the CPUs free up. (Measured with a
+//!   busy-loop process on the other core: 2 threads fell to 48 tok/s against 63 for 1 thread.
+//!   A straggler-wait heuristic proved too noisy to tell contention from ordinary jitter.)
+//!
 //! We wrote this rather than use rayon: rayon's scope/join costs several microseconds per region
 //! and its sleeping workers wake slowly, and a decode step here has ~120 regions.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -22,6 +30,8 @@ use std::time::{Duration, Instant};
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(300);
 /// How long the caller spins on unfinished chunks before it starts yielding its core.
 const SPIN_BEFORE_YIELD: Duration = Duration::from_micros(50);
+/// Regions between two checks of the system's runnable-thread count (~2 decode steps).
+const CONTENTION_CHECK_REGIONS: u64 = 256;
 
 struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
@@ -44,6 +54,11 @@ struct Shared {
 pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    /// Contention back-off state (only the owning thread calls `run`).
+    regions: Cell<u64>,
+    solo: Cell<bool>,
+    solo_spells: Cell<u64>,
+    n_cpus: usize,
 }
 
 impl ThreadPool {
@@ -66,7 +81,19 @@ impl ThreadPool {
                     .expect("spawning a compute thread")
             })
             .collect();
-        Self { shared, workers }
+        Self {
+            shared,
+            workers,
+            regions: Cell::new(0),
+            solo: Cell::new(false),
+            solo_spells: Cell::new(0),
+            n_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    /// How many times contention made the pool fall back to caller-only regions.
+    pub fn solo_spells(&self) -> u64 {
+        self.solo_spells.get()
     }
 
     pub fn n_threads(&self) -> usize {
@@ -78,7 +105,12 @@ impl ThreadPool {
         if n_chunks == 0 {
             return;
         }
-        if self.workers.is_empty() || n_chunks == 1 {
+        let region = self.regions.get() + 1;
+        self.regions.set(region);
+        if region % CONTENTION_CHECK_REGIONS == 0 {
+            self.check_contention();
+        }
+        if self.workers.is_empty() || n_chunks == 1 || self.solo.get() {
             (0..n_chunks).for_each(f);
             return;
         }
@@ -117,6 +149,34 @@ impl ThreadPool {
             std::hint::spin_loop();
         }
     }
+}
+
+impl ThreadPool {
+    /// Decides between parallel and caller-only regions from the runnable-thread count.
+    fn check_contention(&self) {
+        let Some(running) = procs_running() else {
+            return;
+        };
+        // Parked workers are not runnable; count them as if they were about to be.
+        let ours_parked = if self.solo.get() {
+            self.workers.len()
+        } else {
+            0
+        };
+        let contended = running + ours_parked > self.n_cpus;
+        if contended && !self.solo.get() {
+            self.solo_spells.set(self.solo_spells.get() + 1);
+        }
+        self.solo.set(contended);
+    }
+}
+
+/// Runnable threads system-wide, from /proc/stat (Linux); None elsewhere.
+fn procs_running() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("procs_running "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn work_on(job: &Job<'_>) {

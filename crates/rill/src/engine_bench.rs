@@ -112,6 +112,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             serde_json::json!({
                 "threads": e.threads(),
                 "kernels": e.kernels().tier.to_string(),
+                "contention_fallbacks": e.contention_fallbacks(),
                 "prefill_tokens": a.prompt,
                 "prefill_tok_s": pp,
                 "decode_tokens": a.gen,
