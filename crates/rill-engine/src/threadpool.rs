@@ -107,7 +107,7 @@ impl ThreadPool {
         }
         let region = self.regions.get() + 1;
         self.regions.set(region);
-        if region % CONTENTION_CHECK_REGIONS == 0 {
+        if region.is_multiple_of(CONTENTION_CHECK_REGIONS) {
             self.check_contention();
         }
         if self.workers.is_empty() || n_chunks == 1 || self.solo.get() {

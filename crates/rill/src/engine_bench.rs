@@ -123,11 +123,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "model {} | {} threads | kernels {} | median of {}",
+        "model {} | {} threads | kernels {} | median of {} | contention fallbacks {}",
         e.config().name,
         e.threads(),
         e.kernels().tier,
-        a.reps
+        a.reps,
+        e.contention_fallbacks()
     );
     println!("{:<28} {:>10}", "test", "tokens/s");
     println!("{:<28} {:>10.1}", format!("prefill pp{}", a.prompt), pp);
