@@ -57,6 +57,7 @@ pub struct ThreadPool {
     /// Contention back-off state (only the owning thread calls `run`).
     regions: Cell<u64>,
     solo: Cell<bool>,
+    contended_last: Cell<bool>,
     solo_spells: Cell<u64>,
     n_cpus: usize,
 }
@@ -86,6 +87,7 @@ impl ThreadPool {
             workers,
             regions: Cell::new(0),
             solo: Cell::new(false),
+            contended_last: Cell::new(false),
             solo_spells: Cell::new(0),
             n_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
@@ -164,10 +166,15 @@ impl ThreadPool {
             0
         };
         let contended = running + ours_parked > self.n_cpus;
-        if contended && !self.solo.get() {
+        // Hysteresis: a transient kernel thread must not cost a whole solo spell, so two
+        // contended checks in a row are needed to go solo; one clear check ends it.
+        let was = self.contended_last.replace(contended);
+        if contended && was && !self.solo.get() {
+            self.solo.set(true);
             self.solo_spells.set(self.solo_spells.get() + 1);
+        } else if !contended {
+            self.solo.set(false);
         }
-        self.solo.set(contended);
     }
 }
 

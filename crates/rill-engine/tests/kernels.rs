@@ -36,6 +36,13 @@ fn f16r(rng: &mut StdRng, lo: f32, hi: f32) -> u16 {
     f32_to_f16(lo + rng.gen::<f32>() * (hi - lo))
 }
 
+/// Views a quantized activation row as its blocks (rows are 8-byte aligned by QuantActs).
+fn unsafe_cast<T>(b: &[u8]) -> &[T] {
+    assert_eq!(b.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+    // SAFETY: alignment checked; T is a POD activation block and b holds whole blocks.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), b.len() / std::mem::size_of::<T>()) }
+}
+
 const BLOCK_COUNTS: [usize; 5] = [1, 2, 3, 18, 48];
 
 fn close(a: f32, b: f32, rel: f32) -> bool {
@@ -147,6 +154,46 @@ fn simd_dots_match_scalar() {
                     got[i].to_bits(),
                     (s.dot_q4_1_q8_1)(&w41b[i], &a81).to_bits(),
                     "{} dot4 q4_1",
+                    k.tier
+                );
+            }
+            // 2 rows x 4 activation rows, scales widened through QuantActs.
+            let xs: Vec<f32> = (0..4)
+                .flat_map(|_| rand_f32(&mut rng, nb * QK, 3.0))
+                .collect();
+            let mut acts = rill_engine::quant::QuantActs::new(rill_engine::quant::ActFormat::Q8_1);
+            acts.quantize(k, &xs, 4, nb * QK);
+            let rows: Vec<&[BlockQ8_1]> = (0..4).map(|t| unsafe_cast(acts.row(t))).collect();
+            let sc = |t: usize| acts.row_scales(t);
+            let got = (k.dot2x4_q4_1_q8_1)(
+                [&w41b[1], &w41b[2]],
+                [rows[0], rows[1], rows[2], rows[3]],
+                [sc(0), sc(1), sc(2), sc(3)],
+            );
+            for i in 0..2 {
+                for t in 0..4 {
+                    assert_eq!(
+                        got[i][t].to_bits(),
+                        (s.dot_q4_1_q8_1)(&w41b[i + 1], rows[t]).to_bits(),
+                        "{} dot2x4 q4_1",
+                        k.tier
+                    );
+                }
+            }
+            let mut acts8 = rill_engine::quant::QuantActs::new(rill_engine::quant::ActFormat::Q8_0);
+            acts8.quantize(k, &xs, 4, nb * QK);
+            let rows8: Vec<&[BlockQ8_0]> = (0..4).map(|t| unsafe_cast(acts8.row(t))).collect();
+            let sc8 = |t: usize| acts8.row_scales(t);
+            let got = (k.dot2x4_q8_0_q8_0)(
+                [&w80, &w80],
+                [rows8[0], rows8[1], rows8[2], rows8[3]],
+                [sc8(0), sc8(1), sc8(2), sc8(3)],
+            );
+            for t in 0..4 {
+                assert_eq!(
+                    got[1][t].to_bits(),
+                    (s.dot_q8_0_q8_0)(&w80, rows8[t]).to_bits(),
+                    "{} dot2x4 q8_0",
                     k.tier
                 );
             }

@@ -33,6 +33,10 @@ pub struct Kernels {
     pub dot_q8_0_q8_0: fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
     pub dot4_q4_1_q8_1: fn([&[BlockQ4_1]; 4], &[BlockQ8_1]) -> [f32; 4],
     pub dot4_q8_0_q8_0: fn([&[BlockQ8_0]; 4], &[BlockQ8_0]) -> [f32; 4],
+    /// 2 weight rows x 4 activation rows; the third argument holds each activation row's block
+    /// scales widened to f32 (`QuantActs::row_scales`).
+    pub dot2x4_q4_1_q8_1: Dot2x4<BlockQ4_1, BlockQ8_1>,
+    pub dot2x4_q8_0_q8_0: Dot2x4<BlockQ8_0, BlockQ8_0>,
     pub dot_q4k_q8k: fn(&[BlockQ4K], &[BlockQ8K]) -> f32,
     pub dot_q6k_q8k: fn(&[BlockQ6K], &[BlockQ8K]) -> f32,
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
@@ -46,6 +50,8 @@ pub struct Kernels {
     pub rope_norm: fn(&mut [f32], &[(f32, f32)]),
     pub attend: AttendFn,
 }
+
+pub type Dot2x4<W, A> = fn([&[W]; 2], [&[A]; 4], [(&[f32], &[f32]); 4]) -> [[f32; 4]; 2];
 
 /// Attention for a group of query heads over one sequence's K/V rows (see `scalar::attend`).
 pub type AttendFn = fn(&[f32], std::ops::Range<usize>, usize, &scalar::KvRows<'_>, &mut [f32]);
@@ -61,6 +67,8 @@ impl Kernels {
             dot_q8_0_q8_0: scalar::dot_q8_0_q8_0,
             dot4_q4_1_q8_1: |x, y| x.map(|r| scalar::dot_q4_1_q8_1(r, y)),
             dot4_q8_0_q8_0: |x, y| x.map(|r| scalar::dot_q8_0_q8_0(r, y)),
+            dot2x4_q4_1_q8_1: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q4_1_q8_1(r, a))),
+            dot2x4_q8_0_q8_0: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q8_0_q8_0(r, a))),
             dot_q4k_q8k: scalar::dot_q4k_q8k,
             dot_q6k_q8k: scalar::dot_q6k_q8k,
             dot_f32: scalar::dot_f32,
@@ -143,6 +151,18 @@ mod x86_sets {
                 dot4_q8_0_q8_0: |x, y| {
                     assert!(x.iter().all(|r| r.len() >= y.len()));
                     unsafe { x86::$m::dot4_q8_0_q8_0(x, y) }
+                },
+                dot2x4_q4_1_q8_1: |x, y, s| {
+                    let n = y[0].len();
+                    assert!(x.iter().all(|r| r.len() >= n) && y.iter().all(|a| a.len() >= n));
+                    assert!(s.iter().all(|(d, m)| d.len() >= n && m.len() >= n));
+                    unsafe { x86::$m::dot2x4_q4_1_q8_1(x, y, s) }
+                },
+                dot2x4_q8_0_q8_0: |x, y, s| {
+                    let n = y[0].len();
+                    assert!(x.iter().all(|r| r.len() >= n) && y.iter().all(|a| a.len() >= n));
+                    assert!(s.iter().all(|(d, _)| d.len() >= n));
+                    unsafe { x86::$m::dot2x4_q8_0_q8_0(x, y, s) }
                 },
                 dot_q4k_q8k: |x, y| unsafe { x86::$m::dot_q4k_q8k(x, y) },
                 dot_q6k_q8k: |x, y| unsafe { x86::$m::dot_q6k_q8k(x, y) },

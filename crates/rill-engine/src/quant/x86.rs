@@ -125,6 +125,78 @@ macro_rules! kernels {
                 std::array::from_fn(|r| hsum_f32_8(acc[r]) + summs[r])
             }
 
+            /// Two Q4_1 rows against four activation rows: each weight block is unpacked once
+            /// and used four times. Every (row, activation) pair keeps `dot_q4_1_q8_1`'s exact
+            /// accumulation order, so results are bit-identical.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot2x4_q4_1_q8_1(
+                x: [&[BlockQ4_1]; 2],
+                y: [&[BlockQ8_1]; 4],
+                ys: [(&[f32], &[f32]); 4],
+            ) -> [[f32; 4]; 2] {
+                let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+                let mut summs = [[0f32; 4]; 2];
+                let nb = y[0].len();
+                for i in 0..nb {
+                    let x0 = x[0].get_unchecked(i);
+                    let x1 = x[1].get_unchecked(i);
+                    let q0 = nibbles_32(x0.qs.as_ptr());
+                    let q1 = nibbles_32(x1.qs.as_ptr());
+                    let (d0, d1, m0, m1) = (fp16(x0.d), fp16(x1.d), fp16(x0.m), fp16(x1.m));
+                    for a in 0..4 {
+                        let yb = y[a].get_unchecked(i);
+                        let (dy, sy) = (*ys[a].0.get_unchecked(i), *ys[a].1.get_unchecked(i));
+                        let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                        summs[0][a] = m0.mul_add(sy, summs[0][a]);
+                        summs[1][a] = m1.mul_add(sy, summs[1][a]);
+                        acc[0][a] = _mm256_fmadd_ps(
+                            _mm256_set1_ps(d0 * dy),
+                            us8_pairs_f32(q0, qy),
+                            acc[0][a],
+                        );
+                        acc[1][a] = _mm256_fmadd_ps(
+                            _mm256_set1_ps(d1 * dy),
+                            us8_pairs_f32(q1, qy),
+                            acc[1][a],
+                        );
+                    }
+                }
+                std::array::from_fn(|r| {
+                    std::array::from_fn(|a| hsum_f32_8(acc[r][a]) + summs[r][a])
+                })
+            }
+
+            /// Two Q8_0 rows against four activation rows, bit-identical to `dot_q8_0_q8_0`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot2x4_q8_0_q8_0(
+                x: [&[BlockQ8_0]; 2],
+                y: [&[BlockQ8_0]; 4],
+                ys: [(&[f32], &[f32]); 4],
+            ) -> [[f32; 4]; 2] {
+                let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+                let nb = y[0].len();
+                for i in 0..nb {
+                    let x0 = x[0].get_unchecked(i);
+                    let x1 = x[1].get_unchecked(i);
+                    let q0 = _mm256_loadu_si256(x0.qs.as_ptr().cast());
+                    let q1 = _mm256_loadu_si256(x1.qs.as_ptr().cast());
+                    // |x| and the sign trick, hoisted out of the activation loop.
+                    let a0 = _mm256_sign_epi8(q0, q0);
+                    let a1 = _mm256_sign_epi8(q1, q1);
+                    let (d0, d1) = (fp16(x0.d), fp16(x1.d));
+                    for a in 0..4 {
+                        let yb = y[a].get_unchecked(i);
+                        let dy = *ys[a].0.get_unchecked(i);
+                        let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                        let p0 = us8_pairs_f32(a0, _mm256_sign_epi8(qy, q0));
+                        let p1 = us8_pairs_f32(a1, _mm256_sign_epi8(qy, q1));
+                        acc[0][a] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * dy), p0, acc[0][a]);
+                        acc[1][a] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dy), p1, acc[1][a]);
+                    }
+                }
+                std::array::from_fn(|r| std::array::from_fn(|a| hsum_f32_8(acc[r][a])))
+            }
+
             /// Four Q8_0 rows against one activation row, bit-identical to `dot_q8_0_q8_0`.
             #[target_feature(enable = $features)]
             pub unsafe fn dot4_q8_0_q8_0(x: [&[BlockQ8_0]; 4], y: &[BlockQ8_0]) -> [f32; 4] {
