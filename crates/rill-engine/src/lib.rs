@@ -11,6 +11,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod quant;
 pub mod sampler;
+pub mod spm;
 pub mod sysinfo;
 pub mod threadpool;
 pub mod tokenizer;

@@ -1,5 +1,8 @@
 //! The tokenizer, built from GGUF metadata alone.
 //!
+//! SentencePiece-style vocabularies (`tokenizer.ggml.model = llama`: Llama 2, Gemma, ...) use
+//! our port of llama.cpp's score-driven merge (see `spm`).
+//!
 //! GPT-2 style byte-level BPE (`tokenizer.ggml.model = gpt2`) is built with the `tokenizers`
 //! crate from the GGUF vocabulary and merges. To match llama.cpp exactly for SmolLM2 (pre-type
 //! `smollm`): individual-digit splitting, then byte-level pre-tokenization *without* a prefix
@@ -20,13 +23,25 @@ use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
+use crate::spm::{escape_whitespace, SpmVocab};
 
 /// llama.cpp's token types.
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+const TOKEN_TYPE_BYTE: i64 = 6;
+
+enum Model {
+    Bpe(Box<HfTokenizer>),
+    Spm {
+        vocab: Box<SpmVocab>,
+        /// Control and user-defined tokens, longest first (matched before SPM runs).
+        specials: Vec<(String, u32)>,
+        add_space_prefix: bool,
+    },
+}
 
 pub struct Tokenizer {
-    inner: HfTokenizer,
+    model: Model,
     /// Bytes each token stands for when generated (control tokens: their text).
     token_bytes: Vec<Vec<u8>>,
     is_control: Vec<bool>,
@@ -69,14 +84,92 @@ impl Tokenizer {
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.as_bool())
             .unwrap_or(model == "llama");
-        match model {
-            "gpt2" => {}
+        let is_control: Vec<bool> = (0..tokens.len())
+            .map(|i| {
+                let t = types.get(i).copied().unwrap_or(1);
+                t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED
+            })
+            .collect();
+        let model_impl = match model {
+            "gpt2" => Model::Bpe(Box::new(Self::build_bpe(g, &tokens, &is_control)?)),
+            "llama" => {
+                let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
+                    Some(a) => a.iter().map(|v| v.as_f32().unwrap_or(0.0)).collect(),
+                    None => vec![0.0; tokens.len()],
+                };
+                let mut specials: Vec<(String, u32)> = tokens
+                    .iter()
+                    .zip(&is_control)
+                    .enumerate()
+                    .filter(|(_, (t, &c))| c && !t.is_empty())
+                    .map(|(i, (t, _))| (t.clone(), i as u32))
+                    .collect();
+                specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+                Model::Spm {
+                    vocab: Box::new(SpmVocab::new(&tokens, scores, id("tokenizer.ggml.unknown_token_id"))),
+                    specials,
+                    add_space_prefix: g
+                        .get("tokenizer.ggml.add_space_prefix")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(true),
+                }
+            }
             other => {
                 return Err(EngineError::Tokenizer(format!(
-                "tokenizer model `{other}` is not supported yet (supported: gpt2 byte-level BPE)"
-            )))
+                    "tokenizer model `{other}` is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)"
+                )))
+            }
+        };
+        let byte_decoder = byte_level_decoder();
+        let token_bytes = tokens
+            .iter()
+            .zip(&is_control)
+            .enumerate()
+            .map(|(i, (t, &c))| match (&model_impl, c) {
+                (_, true) => t.as_bytes().to_vec(),
+                (Model::Bpe(_), false) => t
+                    .chars()
+                    .map(|ch| byte_decoder.get(&ch).copied().unwrap_or(b'?'))
+                    .collect(),
+                (Model::Spm { .. }, false) => {
+                    if types.get(i).copied() == Some(TOKEN_TYPE_BYTE) {
+                        t.strip_prefix("<0x")
+                            .and_then(|h| h.strip_suffix('>'))
+                            .and_then(|h| u8::from_str_radix(h, 16).ok())
+                            .map_or_else(|| t.as_bytes().to_vec(), |b| vec![b])
+                    } else {
+                        t.replace('\u{2581}', " ").into_bytes()
+                    }
+                }
+            })
+            .collect();
+        let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
+        if let Some(eot) = id("tokenizer.ggml.eot_token_id") {
+            stop_ids.push(eot);
+        }
+        for name in ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"] {
+            if let Some(&i) = tokens.iter().position(|t| t == name).as_ref() {
+                if is_control[i] && !stop_ids.contains(&(i as u32)) {
+                    stop_ids.push(i as u32);
+                }
             }
         }
+        Ok(Self {
+            model: model_impl,
+            token_bytes,
+            is_control,
+            bos_id,
+            eos_id,
+            stop_ids,
+            add_bos,
+            chat_template: g
+                .get("tokenizer.chat_template")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        })
+    }
+
+    fn build_bpe(g: &GgufFile, tokens: &[String], is_control: &[bool]) -> Result<HfTokenizer> {
         let merges: Vec<(String, String)> = g
             .req("tokenizer.ggml.merges")?
             .as_array()
@@ -123,57 +216,14 @@ impl Tokenizer {
         };
         inner.with_pre_tokenizer(Some(pre_tok));
         inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
-        let is_control: Vec<bool> = (0..tokens.len())
-            .map(|i| {
-                let t = types.get(i).copied().unwrap_or(1);
-                t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED
-            })
-            .collect();
         let specials: Vec<AddedToken> = tokens
             .iter()
-            .zip(&is_control)
+            .zip(is_control)
             .filter(|(_, &c)| c)
             .map(|(t, _)| AddedToken::from(t.clone(), true).normalized(false))
             .collect();
         inner.add_special_tokens(&specials);
-        let byte_decoder = byte_level_decoder();
-        let token_bytes = tokens
-            .iter()
-            .zip(&is_control)
-            .map(|(t, &c)| {
-                if c {
-                    t.as_bytes().to_vec()
-                } else {
-                    t.chars()
-                        .map(|ch| byte_decoder.get(&ch).copied().unwrap_or(b'?'))
-                        .collect()
-                }
-            })
-            .collect();
-        let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
-        if let Some(eot) = id("tokenizer.ggml.eot_token_id") {
-            stop_ids.push(eot);
-        }
-        for name in ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"] {
-            if let Some(&i) = tokens.iter().position(|t| t == name).as_ref() {
-                if is_control[i] && !stop_ids.contains(&(i as u32)) {
-                    stop_ids.push(i as u32);
-                }
-            }
-        }
-        Ok(Self {
-            inner,
-            token_bytes,
-            is_control,
-            bos_id,
-            eos_id,
-            stop_ids,
-            add_bos,
-            chat_template: g
-                .get("tokenizer.chat_template")
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
-        })
+        Ok(inner)
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -183,14 +233,42 @@ impl Tokenizer {
     /// Token ids of `text`. Special tokens written in the text (`<|im_start|>`) become their
     /// ids. A BOS is prepended when the model asks for it and `add_bos` is set.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(tok_err)?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut ids = Vec::new();
         if add_bos && self.add_bos {
             if let Some(b) = self.bos_id {
                 ids.push(b);
             }
         }
-        ids.extend_from_slice(enc.get_ids());
+        match &self.model {
+            Model::Bpe(t) => {
+                let enc = t.encode(text, false).map_err(tok_err)?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            Model::Spm {
+                vocab,
+                specials,
+                add_space_prefix,
+            } => {
+                let mut prev_special = true;
+                for frag in split_specials(text, specials) {
+                    match frag {
+                        Fragment::Special(id) => {
+                            ids.push(id);
+                            prev_special = true;
+                        }
+                        Fragment::Text(t) => {
+                            let mut raw = String::with_capacity(t.len() + 1);
+                            if *add_space_prefix && prev_special {
+                                raw.push(' ');
+                            }
+                            raw.push_str(t);
+                            vocab.tokenize(&escape_whitespace(&raw), &mut ids);
+                            prev_special = false;
+                        }
+                    }
+                }
+            }
+        }
         Ok(ids)
     }
 
@@ -217,6 +295,42 @@ impl Tokenizer {
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+enum Fragment<'a> {
+    Text(&'a str),
+    Special(u32),
+}
+
+/// Splits text on special-token occurrences, longest tokens first (llama.cpp's order).
+fn split_specials<'a>(text: &'a str, specials: &[(String, u32)]) -> Vec<Fragment<'a>> {
+    let mut frags = vec![Fragment::Text(text)];
+    for (tok, id) in specials {
+        if !text.contains(tok.as_str()) {
+            continue;
+        }
+        let mut next = Vec::with_capacity(frags.len());
+        for f in frags {
+            match f {
+                Fragment::Text(t) if t.contains(tok.as_str()) => {
+                    let mut rest = t;
+                    while let Some(i) = rest.find(tok.as_str()) {
+                        if i > 0 {
+                            next.push(Fragment::Text(&rest[..i]));
+                        }
+                        next.push(Fragment::Special(*id));
+                        rest = &rest[i + tok.len()..];
+                    }
+                    if !rest.is_empty() {
+                        next.push(Fragment::Text(rest));
+                    }
+                }
+                other => next.push(other),
+            }
+        }
+        frags = next;
+    }
+    frags
 }
 
 /// GPT-2's byte <-> printable-unicode map, inverted.
