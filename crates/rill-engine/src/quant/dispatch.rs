@@ -31,8 +31,6 @@ pub struct Kernels {
     pub dot_q5_0_q8_0: fn(&[BlockQ5_0], &[BlockQ8_0]) -> f32,
     pub dot_q5_1_q8_1: fn(&[BlockQ5_1], &[BlockQ8_1]) -> f32,
     pub dot_q8_0_q8_0: fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
-    pub dot4_q4_1_q8_1: fn([&[BlockQ4_1]; 4], &[BlockQ8_1]) -> [f32; 4],
-    pub dot4_q8_0_q8_0: fn([&[BlockQ8_0]; 4], &[BlockQ8_0]) -> [f32; 4],
     /// 2 weight rows x 4 activation rows; the third argument holds each activation row's block
     /// scales widened to f32 (`QuantActs::row_scales`).
     pub dot2x4_q4_1_q8_1: Dot2x4<BlockQ4_1, BlockQ8_1>,
@@ -65,8 +63,6 @@ impl Kernels {
             dot_q5_0_q8_0: scalar::dot_q5_0_q8_0,
             dot_q5_1_q8_1: scalar::dot_q5_1_q8_1,
             dot_q8_0_q8_0: scalar::dot_q8_0_q8_0,
-            dot4_q4_1_q8_1: |x, y| x.map(|r| scalar::dot_q4_1_q8_1(r, y)),
-            dot4_q8_0_q8_0: |x, y| x.map(|r| scalar::dot_q8_0_q8_0(r, y)),
             dot2x4_q4_1_q8_1: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q4_1_q8_1(r, a))),
             dot2x4_q8_0_q8_0: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q8_0_q8_0(r, a))),
             dot_q4k_q8k: scalar::dot_q4k_q8k,
@@ -143,15 +139,6 @@ mod x86_sets {
                 dot_q5_0_q8_0: scalar::dot_q5_0_q8_0,
                 dot_q5_1_q8_1: scalar::dot_q5_1_q8_1,
                 dot_q8_0_q8_0: |x, y| unsafe { x86::$m::dot_q8_0_q8_0(x, y) },
-                // SAFETY: as above, plus every row has y.len() blocks (QMatrix rows are equal).
-                dot4_q4_1_q8_1: |x, y| {
-                    assert!(x.iter().all(|r| r.len() >= y.len()));
-                    unsafe { x86::$m::dot4_q4_1_q8_1(x, y) }
-                },
-                dot4_q8_0_q8_0: |x, y| {
-                    assert!(x.iter().all(|r| r.len() >= y.len()));
-                    unsafe { x86::$m::dot4_q8_0_q8_0(x, y) }
-                },
                 dot2x4_q4_1_q8_1: |x, y, s| {
                     let n = y[0].len();
                     assert!(x.iter().all(|r| r.len() >= n) && y.iter().all(|a| a.len() >= n));

@@ -104,27 +104,6 @@ macro_rules! kernels {
                 hsum_f32_8(acc) + summs
             }
 
-            /// Four weight rows against one activation row. Each row keeps exactly the
-            /// accumulation order of `dot_q4_1_q8_1` (results are bit-identical); the four
-            /// independent chains hide FMA/add latency and share the activation loads.
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot4_q4_1_q8_1(x: [&[BlockQ4_1]; 4], y: &[BlockQ8_1]) -> [f32; 4] {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                let mut summs = [0f32; 4];
-                for (i, yb) in y.iter().enumerate() {
-                    let (dy, sy) = (fp16(yb.d), fp16(yb.s));
-                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
-                    for r in 0..4 {
-                        let xb = x[r].get_unchecked(i);
-                        summs[r] = fp16(xb.m).mul_add(sy, summs[r]);
-                        let d = _mm256_set1_ps(fp16(xb.d) * dy);
-                        let qx = nibbles_32(xb.qs.as_ptr());
-                        acc[r] = _mm256_fmadd_ps(d, us8_pairs_f32(qx, qy), acc[r]);
-                    }
-                }
-                std::array::from_fn(|r| hsum_f32_8(acc[r]) + summs[r])
-            }
-
             /// Two Q4_1 rows against four activation rows: each weight block is unpacked once
             /// and used four times. Every (row, activation) pair keeps `dot_q4_1_q8_1`'s exact
             /// accumulation order, so results are bit-identical.
@@ -195,23 +174,6 @@ macro_rules! kernels {
                     }
                 }
                 std::array::from_fn(|r| std::array::from_fn(|a| hsum_f32_8(acc[r][a])))
-            }
-
-            /// Four Q8_0 rows against one activation row, bit-identical to `dot_q8_0_q8_0`.
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot4_q8_0_q8_0(x: [&[BlockQ8_0]; 4], y: &[BlockQ8_0]) -> [f32; 4] {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                for (i, yb) in y.iter().enumerate() {
-                    let dy = fp16(yb.d);
-                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
-                    for r in 0..4 {
-                        let xb = x[r].get_unchecked(i);
-                        let d = _mm256_set1_ps(fp16(xb.d) * dy);
-                        let qx = _mm256_loadu_si256(xb.qs.as_ptr().cast());
-                        acc[r] = _mm256_fmadd_ps(d, i8_pairs_f32(qx, qy), acc[r]);
-                    }
-                }
-                std::array::from_fn(|r| hsum_f32_8(acc[r]))
             }
 
             #[target_feature(enable = $features)]
