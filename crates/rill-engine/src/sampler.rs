@@ -144,12 +144,11 @@ impl Sampler {
 
     /// Picks the next token from one row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> SampledToken {
-        let p = &self.params;
         let mut cand = std::mem::take(&mut self.scratch);
         cand.clear();
         cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         self.apply_penalties(&mut cand);
-        let p = &p.clone();
+        let p = &self.params;
         let id = if p.temperature <= 0.0 || p.top_k == 1 {
             argmax(&cand)
         } else {
