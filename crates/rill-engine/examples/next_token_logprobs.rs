@@ -11,6 +11,7 @@ fn main() {
         &EngineConfig {
             threads: 1,
             kv_tokens: 4096,
+            kv_bytes: 0,
             kernels: args.get(3).cloned(),
         },
     )

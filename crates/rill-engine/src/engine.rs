@@ -4,6 +4,7 @@
 //! scheduler drives it from its own thread.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::chat_template::ChatTemplate;
 use crate::error::{EngineError, Result};
@@ -19,8 +20,10 @@ use crate::tokenizer::Tokenizer;
 pub struct EngineConfig {
     /// Compute threads including the engine thread (0: one per physical core).
     pub threads: usize,
-    /// KV cache capacity in tokens (rounded up to whole blocks); 0: the model's context length.
+    /// KV cache capacity in tokens (rounded up to whole blocks); 0: from `kv_bytes`.
     pub kv_tokens: usize,
+    /// KV cache capacity in bytes, used when `kv_tokens` is 0; both 0: the context length.
+    pub kv_bytes: usize,
     /// Force a kernel tier by name (`scalar`, `avx2`, `avx512`); None: best available.
     pub kernels: Option<String>,
 }
@@ -36,8 +39,9 @@ pub struct StepItem<'a> {
 
 pub struct Engine {
     model: Model,
-    pub tokenizer: Tokenizer,
-    pub chat_template: ChatTemplate,
+    /// Shared so request handlers can tokenize while the engine thread runs.
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Arc<ChatTemplate>,
     kv: KvCache,
     pool: ThreadPool,
     kernels: Kernels,
@@ -82,16 +86,19 @@ impl Engine {
         } else {
             cfg.threads
         };
-        let kv_tokens = if cfg.kv_tokens == 0 {
-            model.config().context_length
-        } else {
+        let layout = model.config().kv_layout();
+        let kv_tokens = if cfg.kv_tokens > 0 {
             cfg.kv_tokens
+        } else if cfg.kv_bytes > 0 {
+            (cfg.kv_bytes / (layout.bytes_per_block() / BLOCK_TOKENS)).max(BLOCK_TOKENS)
+        } else {
+            model.config().context_length
         };
-        let kv = KvCache::new(model.config().kv_layout(), kv_tokens.div_ceil(BLOCK_TOKENS));
+        let kv = KvCache::new(layout, kv_tokens.div_ceil(BLOCK_TOKENS));
         Ok(Self {
             model,
-            tokenizer,
-            chat_template,
+            tokenizer: Arc::new(tokenizer),
+            chat_template: Arc::new(chat_template),
             kv,
             pool: ThreadPool::new(threads),
             kernels,
@@ -138,6 +145,22 @@ impl Engine {
         self.kv.seq_len(seq)
     }
 
+    /// Attaches the longest cached prefix of `tokens` to a new, empty sequence (prefix sharing);
+    /// returns how many tokens it covers: the caller computes only `tokens[returned..]`.
+    pub fn attach_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> Result<usize> {
+        self.kv.attach_prefix(seq, tokens)
+    }
+
+    /// KV blocks `seq` needs beyond what it holds to take `new_tokens` more.
+    pub fn blocks_needed(&self, seq: SeqId, new_tokens: usize) -> usize {
+        self.kv.blocks_needed(seq, new_tokens)
+    }
+
+    /// Drops every prefix-cache block no sequence holds.
+    pub fn clear_prefix_cache(&mut self) {
+        self.kv.clear_prefix_cache()
+    }
+
     /// Drops the last tokens of a sequence (speculative rollback, recompute after preemption).
     pub fn truncate_sequence(&mut self, seq: SeqId, len: usize) -> Result<()> {
         self.kv.truncate(seq, len)
@@ -177,7 +200,7 @@ impl Engine {
             }
             needed += self.kv.blocks_needed(it.seq, it.tokens.len());
         }
-        let free = self.kv.stats().free_blocks;
+        let free = self.kv.stats().available_blocks();
         if needed > free {
             return Err(EngineError::OutOfBlocks { needed, free });
         }
@@ -187,7 +210,7 @@ impl Engine {
         let mut logit_rows = Vec::new();
         let mut tables: Vec<Vec<BlockId>> = Vec::with_capacity(items.len());
         for (i, it) in items.iter().enumerate() {
-            let start = self.kv.extend(it.seq, it.tokens.len())?;
+            let start = self.kv.extend(it.seq, it.tokens)?;
             tables.push(self.kv.block_table(it.seq).unwrap_or(&[]).to_vec());
             for (j, &t) in it.tokens.iter().enumerate() {
                 tokens.push(t);

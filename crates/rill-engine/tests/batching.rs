@@ -62,7 +62,7 @@ fn batched_decode_equals_solo_decode() {
         })
         .collect();
 
-    let idle = engine.kv_stats().free_blocks;
+    let idle = engine.kv_stats().available_blocks();
     // Staggered: sequence i starts its prefill at step i, so prefill chunks share steps with
     // other sequences' decode tokens.
     let seqs: Vec<SeqId> = (0..ids.len() as u64).map(|i| SeqId(100 + i)).collect();
@@ -109,7 +109,7 @@ fn batched_decode_equals_solo_decode() {
         engine.free_sequence(*s);
     }
     assert_eq!(
-        engine.kv_stats().free_blocks,
+        engine.kv_stats().available_blocks(),
         idle,
         "all KV blocks returned"
     );

@@ -1,6 +1,7 @@
 //! The `rill` command: parses arguments and hands off to the crates that do the work.
 
 mod engine_bench;
+mod scheduler_bench;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,9 +38,12 @@ enum Command {
     },
     /// Measure the engine: prefill tokens/s, single-stream decode and batched decode tokens/s.
     BenchEngine(engine_bench::BenchArgs),
+    /// Measure the scheduler: concurrent streams (TTFT, inter-token latency, tokens/s), and the
+    /// same while a long prompt arrives mid-run.
+    BenchScheduler(scheduler_bench::SchedulerBenchArgs),
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct ModelArgs {
     /// Model: a .gguf path, an http(s) URL or a known name. Default: the default model (pulled if absent).
     #[arg(long, short = 'm', env = "RILL_MODEL")]
@@ -60,6 +64,7 @@ impl ModelArgs {
             &EngineConfig {
                 threads: self.threads,
                 kv_tokens,
+                kv_bytes: 0,
                 kernels: self.kernels.clone(),
             },
         )
@@ -135,6 +140,7 @@ fn main() -> Result<()> {
         Command::Generate(a) => generate(a)?,
         Command::Info { json } => info(json)?,
         Command::BenchEngine(a) => engine_bench::run(a)?,
+        Command::BenchScheduler(a) => scheduler_bench::run(a)?,
     }
     Ok(())
 }
@@ -195,15 +201,17 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
 fn info(json: bool) -> Result<()> {
     let m = rill_engine::sysinfo::machine_info();
-    let threads = m.physical_cores;
-    // Defaults: KV cache up to a quarter of available memory, capped at 1 GiB here; max batch
-    // from the cores (the batched kernels read weights once per step, so more rows are cheap).
-    let kv_bytes = (m.memory_available_bytes / 4).min(1 << 30);
-    let max_batch = (threads * 16).clamp(8, 64);
+    let d = rill_scheduler::MachineDefaults::for_machine(&m);
+    let s = rill_scheduler::SchedulerConfig::for_machine(&m);
+    let (threads, kv_bytes, max_batch) = (d.threads, d.kv_cache_bytes, d.max_running);
     let defaults = serde_json::json!({
         "threads": threads,
         "kv_cache_bytes": kv_bytes,
         "max_batch": max_batch,
+        "target_itl_ms": s.target_itl_ms,
+        "queue_capacity": s.queue_capacity,
+        "rss_high_bytes": d.rss_high_bytes,
+        "rss_critical_bytes": d.rss_critical_bytes,
         "kernels": m.kernel_tier,
     });
     if json {
@@ -233,6 +241,13 @@ fn info(json: bool) -> Result<()> {
         "defaults:   threads {threads}, kernels {}, KV cache {:.2} GiB, max batch {max_batch}",
         m.kernel_tier,
         gib(kv_bytes)
+    );
+    println!(
+        "scheduler:  target ITL {} ms (p95), queue {}, admission stops at {:.1} GiB RSS, preemption at {:.1} GiB",
+        s.target_itl_ms,
+        s.queue_capacity,
+        gib(d.rss_high_bytes),
+        gib(d.rss_critical_bytes)
     );
     Ok(())
 }

@@ -23,6 +23,7 @@ pub fn engine(threads: usize) -> Engine {
         &EngineConfig {
             threads,
             kv_tokens: 8192,
+            kv_bytes: 0,
             kernels: None,
         },
     )

@@ -1,0 +1,654 @@
+//! The engine loop: the one thread that owns the [`Engine`] (model, KV block pool, compute
+//! pool). Every iteration it takes in control messages, drops cancelled and failed streams,
+//! admits waiting requests while the controller and the memory monitor allow, plans one step
+//! (every running sequence's decode token plus prefill chunks within the controller's budget,
+//! preempting the newest sequences if the KV pool cannot hold the step), runs it, samples,
+//! detokenizes and hands tokens to each request's outbox. It never blocks on a consumer.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rill_engine::{Detokenizer, Engine, Sampler, SeqId, StepItem, Tokenizer, BLOCK_TOKENS};
+
+use crate::config::SchedulerConfig;
+use crate::controller::{attended, BatchController, StepSample};
+use crate::handle::{Control, Shared, Submission};
+use crate::memory::{PressureLevel, PressureMonitor};
+use crate::queue::WaitQueue;
+use crate::request::{ErrorCode, Event, FinishReason, RequestId};
+use crate::sequence::Sequence;
+use crate::stats::SchedulerStats;
+
+/// One sequence's share of a planned step.
+struct Planned {
+    id: RequestId,
+    start: usize,
+    len: usize,
+    want_logits: bool,
+}
+
+/// What ends a sequence after a step.
+enum Outcome {
+    Finish(FinishReason, Option<String>),
+    Fail(ErrorCode, String),
+}
+
+pub(crate) struct EngineLoop {
+    engine: Engine,
+    tokenizer: Arc<Tokenizer>,
+    cfg: SchedulerConfig,
+    rx: Receiver<Control>,
+    rx_open: bool,
+    shared: Arc<Shared>,
+    seqs: HashMap<RequestId, Sequence>,
+    /// Running sequences in admission order (the newest last).
+    running: Vec<RequestId>,
+    queue: WaitQueue,
+    controller: BatchController,
+    memory: PressureMonitor,
+    stats: SchedulerStats,
+    next_seq: u64,
+    arrivals: u64,
+    admissions: u64,
+    shutdown_at: Option<Instant>,
+    completions: VecDeque<Instant>,
+}
+
+impl EngineLoop {
+    pub(crate) fn new(
+        engine: Engine,
+        cfg: SchedulerConfig,
+        rx: Receiver<Control>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            tokenizer: engine.tokenizer.clone(),
+            controller: BatchController::new(cfg.controller()),
+            memory: PressureMonitor::new(cfg.memory),
+            stats: SchedulerStats {
+                kv: engine.kv_stats(),
+                ..SchedulerStats::default()
+            },
+            engine,
+            cfg,
+            rx,
+            rx_open: true,
+            shared,
+            seqs: HashMap::new(),
+            running: Vec::new(),
+            queue: WaitQueue::default(),
+            next_seq: 1,
+            arrivals: 0,
+            admissions: 0,
+            shutdown_at: None,
+            completions: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            if !self.intake() {
+                break;
+            }
+            // A panic while serving must not take the server down: the sequences of the failed
+            // iteration end with `internal` and the loop goes on.
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                self.reap();
+                self.admit();
+                self.step();
+            }));
+            if outcome.is_err() {
+                tracing::error!("engine loop iteration panicked; failing running sequences");
+                for id in self.running.clone() {
+                    self.end(
+                        id,
+                        Outcome::Fail(ErrorCode::Internal, "internal error in the engine".into()),
+                    );
+                }
+            }
+            self.publish();
+        }
+        let ids: Vec<RequestId> = self.seqs.keys().copied().collect();
+        for id in ids {
+            self.end(
+                id,
+                Outcome::Fail(
+                    ErrorCode::ServerShutdown,
+                    "the server is shutting down".into(),
+                ),
+            );
+        }
+        self.publish();
+    }
+
+    fn idle(&self) -> bool {
+        self.running.is_empty() && self.queue.is_empty()
+    }
+
+    /// Takes in control messages, blocking while there is nothing to do. False: exit.
+    fn intake(&mut self) -> bool {
+        if self.idle() {
+            if self.shutdown_at.is_some() || !self.rx_open {
+                return false;
+            }
+            self.publish();
+            match self.rx.recv() {
+                Ok(msg) => self.control(msg),
+                Err(_) => return false,
+            }
+        }
+        while self.rx_open {
+            match self.rx.try_recv() {
+                Ok(msg) => self.control(msg),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.rx_open = false,
+            }
+        }
+        true
+    }
+
+    fn control(&mut self, msg: Control) {
+        match msg {
+            Control::Submit(s) => self.enqueue(*s),
+            Control::Cancel(id) => {
+                if self.seqs.contains_key(&id) {
+                    self.end(id, Outcome::Finish(FinishReason::Cancelled, None));
+                }
+            }
+            Control::Shutdown { grace } => {
+                let at = Instant::now() + grace;
+                self.shutdown_at = Some(self.shutdown_at.map_or(at, |t| t.min(at)));
+            }
+        }
+    }
+
+    fn enqueue(&mut self, s: Submission) {
+        let Submission {
+            id,
+            request,
+            outbox,
+            submitted,
+        } = s;
+        let mut sampler = Sampler::new(request.sampling);
+        sampler.accept(&request.prompt);
+        let seq = Sequence {
+            seq: self.new_seq_id(),
+            prompt_len: request.prompt.len(),
+            context: request.prompt,
+            computed: 0,
+            max_tokens: request.max_tokens,
+            priority: request.priority,
+            arrival: self.arrivals,
+            sampler,
+            detok: Detokenizer::new(request.stop),
+            outbox,
+            submitted,
+            admitted: None,
+            started_order: 0,
+            last_token_at: None,
+            first_token_at: None,
+            gaps: Vec::new(),
+            preemptions: 0,
+            cached_tokens: 0,
+        };
+        self.arrivals += 1;
+        self.queue.push(seq.priority, seq.arrival, id);
+        self.seqs.insert(id, seq);
+    }
+
+    fn new_seq_id(&mut self) -> SeqId {
+        self.next_seq += 1;
+        SeqId(self.next_seq)
+    }
+
+    /// Drops streams whose consumer went away or fell too far behind, and everything once the
+    /// shutdown grace period is over.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        if self.shutdown_at.is_some_and(|t| now >= t) {
+            let ids: Vec<RequestId> = self.seqs.keys().copied().collect();
+            for id in ids {
+                self.end(
+                    id,
+                    Outcome::Fail(
+                        ErrorCode::ServerShutdown,
+                        "the server is shutting down".into(),
+                    ),
+                );
+            }
+            return;
+        }
+        let mut gone = Vec::new();
+        let mut slow = Vec::new();
+        for (&id, s) in self.seqs.iter_mut() {
+            if s.outbox.is_closed() {
+                gone.push(id);
+                continue;
+            }
+            s.outbox.flush();
+            let (pending, since) = s.outbox.backlog();
+            if pending > self.cfg.max_pending_tokens
+                || since.is_some_and(|t| now.duration_since(t) > self.cfg.max_consumer_stall)
+            {
+                slow.push(id);
+            }
+        }
+        for id in gone {
+            self.end(id, Outcome::Finish(FinishReason::Cancelled, None));
+        }
+        for id in slow {
+            self.end(
+                id,
+                Outcome::Fail(
+                    ErrorCode::SlowConsumer,
+                    "the client did not read its stream fast enough".into(),
+                ),
+            );
+        }
+    }
+
+    /// Moves waiting requests into the running batch while the controller's limit, the memory
+    /// monitor and the KV pool allow (strict FCFS within a priority: the head blocks the rest).
+    fn admit(&mut self) {
+        let kv = self.engine.kv_stats();
+        let pressure = self.memory.level(&kv);
+        self.stats.pressure = pressure;
+        if pressure < PressureLevel::High {
+            let limit = self.controller.limits().max_running;
+            while self.running.len() < limit {
+                let Some(id) = self.queue.front() else { break };
+                if !self.fits(id) {
+                    break;
+                }
+                self.queue.pop_front();
+                self.start(id);
+            }
+        }
+        for (i, id) in self.queue.iter().enumerate() {
+            if let Some(s) = self.seqs.get(&id) {
+                s.outbox.set_position(Some(i + 1));
+            }
+        }
+    }
+
+    /// Whether the whole (re)computation of `id` fits the KV pool next to what running
+    /// prefills still need, keeping a small watermark for decode growth.
+    fn fits(&self, id: RequestId) -> bool {
+        let Some(s) = self.seqs.get(&id) else {
+            return true;
+        };
+        let kv = self.engine.kv_stats();
+        let need = s.context.len().div_ceil(BLOCK_TOKENS);
+        let reserved: usize = self
+            .running
+            .iter()
+            .filter_map(|r| self.seqs.get(r))
+            .filter(|r| r.pending() > 1)
+            .map(|r| self.engine.blocks_needed(r.seq, r.pending()))
+            .sum();
+        let watermark = (kv.total_blocks / 100).max(1);
+        let available = kv.available_blocks();
+        need + reserved + watermark <= available || (self.running.is_empty() && need <= available)
+    }
+
+    fn start(&mut self, id: RequestId) {
+        let Some(s) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        if let Err(e) = self.engine.add_sequence(s.seq) {
+            let msg = e.to_string();
+            self.end(id, Outcome::Fail(ErrorCode::Internal, msg));
+            return;
+        }
+        let cached = if self.cfg.prefix_cache {
+            self.engine.attach_prefix(s.seq, &s.context).unwrap_or(0)
+        } else {
+            0
+        };
+        s.computed = cached;
+        self.stats.prefix_hit_tokens += cached as u64;
+        self.admissions += 1;
+        s.started_order = self.admissions;
+        s.outbox.set_position(None);
+        if s.admitted.is_none() {
+            let now = Instant::now();
+            s.admitted = Some(now);
+            s.cached_tokens = cached.min(s.prompt_len);
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            self.stats.admitted += 1;
+            s.outbox.send(Event::Started {
+                queue_time: now.saturating_duration_since(s.submitted),
+                cached_tokens: s.cached_tokens,
+            });
+        }
+        self.running.push(id);
+    }
+
+    /// Frees a running sequence's KV blocks and sends it back to the queue to be recomputed.
+    fn preempt(&mut self, id: RequestId) {
+        let new_id = self.new_seq_id();
+        let Some(s) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        self.engine.free_sequence(s.seq);
+        s.seq = new_id;
+        s.computed = 0;
+        s.preemptions += 1;
+        self.stats.preemptions += 1;
+        self.running.retain(|&r| r != id);
+        if s.preemptions > self.cfg.max_preemptions {
+            let msg = format!(
+                "preempted {} times for lack of memory; the server is overloaded",
+                s.preemptions
+            );
+            self.end(id, Outcome::Fail(ErrorCode::PreemptedTooOften, msg));
+        } else {
+            tracing::debug!(request = id, "preempted");
+            self.queue.push(s.priority, s.arrival, id);
+        }
+    }
+
+    fn preempt_newest(&mut self) -> bool {
+        match self.running.last().copied() {
+            Some(id) => {
+                self.preempt(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Plans and runs one step, then samples and delivers.
+    fn step(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        if self.stats.pressure == PressureLevel::Critical && self.running.len() > 1 {
+            self.preempt_newest();
+        }
+        // Decode tokens first: every running stream gets its token, preempting the newest
+        // sequences if the pool cannot hold them.
+        let (decode, decode_blocks) = loop {
+            let decode: Vec<RequestId> = self
+                .running
+                .iter()
+                .copied()
+                .filter(|id| self.seqs.get(id).is_some_and(|s| s.pending() == 1))
+                .collect();
+            let blocks: usize = decode
+                .iter()
+                .filter_map(|id| self.seqs.get(id))
+                .map(|s| self.engine.blocks_needed(s.seq, 1))
+                .sum();
+            if blocks <= self.engine.kv_stats().available_blocks() || !self.preempt_newest() {
+                break (decode, blocks);
+            }
+        };
+        let mut plan: Vec<Planned> = Vec::with_capacity(self.running.len());
+        for &id in &decode {
+            if let Some(s) = self.seqs.get(&id) {
+                plan.push(Planned {
+                    id,
+                    start: s.computed,
+                    len: 1,
+                    want_logits: true,
+                });
+            }
+        }
+        // Then prefill chunks, oldest first, in the time the decode rows leave (the controller's
+        // cost model) and the blocks the pool has.
+        let decode_attended: f64 = decode
+            .iter()
+            .filter_map(|id| self.seqs.get(id))
+            .map(|s| (s.computed + 1) as f64)
+            .sum();
+        let c = &self.controller;
+        let (min_chunk, max_chunk) = (self.cfg.min_prefill_chunk, self.cfg.max_prefill_chunk);
+        let unbounded = !self.cfg.adaptive || decode.is_empty();
+        let mut remaining = c.budget_ms() - c.predict_ms(decode.len(), decode_attended);
+        let mut prefill_tokens = 0;
+        let mut attended_total = decode_attended;
+        let mut blocks_left = self
+            .engine
+            .kv_stats()
+            .available_blocks()
+            .saturating_sub(decode_blocks);
+        for &id in &self.running {
+            if prefill_tokens >= max_chunk {
+                break;
+            }
+            let Some(s) = self.seqs.get(&id) else {
+                continue;
+            };
+            if s.pending() <= 1 {
+                continue;
+            }
+            let start = s.computed;
+            let mut n = if unbounded {
+                max_chunk
+            } else {
+                c.chunk_for(remaining, start)
+            };
+            if prefill_tokens == 0 {
+                n = n.max(min_chunk); // prompts always progress
+            }
+            let held = self.engine.seq_len(s.seq).unwrap_or(0);
+            let room_in_last = held.div_ceil(BLOCK_TOKENS) * BLOCK_TOKENS - held;
+            let fit = room_in_last + blocks_left * BLOCK_TOKENS;
+            let n = n.min(max_chunk - prefill_tokens).min(s.pending()).min(fit);
+            if n == 0 {
+                break;
+            }
+            blocks_left -= self.engine.blocks_needed(s.seq, n);
+            remaining -= c.chunk_ms(n, start);
+            prefill_tokens += n;
+            attended_total += attended(start, n);
+            plan.push(Planned {
+                id,
+                start,
+                len: n,
+                want_logits: start + n == s.context.len(),
+            });
+        }
+        if plan.is_empty() {
+            return;
+        }
+        let sample = StepSample {
+            decode_rows: decode.len(),
+            prefill_tokens,
+            attended: attended_total,
+            duration_ms: 0.0,
+        };
+        let outcomes = self.run_step(&plan, sample);
+        for (id, outcome) in outcomes {
+            self.end(id, outcome);
+        }
+    }
+
+    fn run_step(&mut self, plan: &[Planned], sample: StepSample) -> Vec<(RequestId, Outcome)> {
+        let mut outcomes = Vec::new();
+        let items: Vec<StepItem<'_>> = plan
+            .iter()
+            .filter_map(|p| {
+                let s = self.seqs.get(&p.id)?;
+                Some(StepItem {
+                    seq: s.seq,
+                    tokens: &s.context[p.start..p.start + p.len],
+                    want_logits: p.want_logits,
+                })
+            })
+            .collect();
+        let t0 = Instant::now();
+        let logits = match self.engine.step(&items) {
+            Ok(l) => l,
+            Err(e) => {
+                // Planning keeps steps valid, so this is a bug: fail the step's sequences.
+                tracing::error!(error = %e, "engine step failed");
+                return plan
+                    .iter()
+                    .map(|p| (p.id, Outcome::Fail(ErrorCode::Internal, e.to_string())))
+                    .collect();
+            }
+        };
+        let duration = t0.elapsed();
+        let now = Instant::now();
+        let mut row = 0;
+        for p in plan {
+            let Some(s) = self.seqs.get_mut(&p.id) else {
+                continue;
+            };
+            s.computed += p.len;
+            if p.start < s.prompt_len {
+                self.stats.prefill_tokens += p.len as u64;
+            }
+            if !p.want_logits {
+                continue;
+            }
+            let l = logits.row(row);
+            row += 1;
+            if !l.iter().all(|x| x.is_finite()) {
+                outcomes.push((
+                    p.id,
+                    Outcome::Fail(
+                        ErrorCode::NumericalError,
+                        "the model produced non-finite logits for this sequence".into(),
+                    ),
+                ));
+                continue;
+            }
+            let tok = s.sampler.sample(l);
+            let id = tok.id;
+            s.sampler.accept(&[id]);
+            s.context.push(id);
+            self.stats.generated_tokens += 1;
+            match s.last_token_at {
+                Some(prev) => s
+                    .gaps
+                    .push(now.saturating_duration_since(prev).as_secs_f32() * 1e3),
+                None => s.first_token_at = Some(now),
+            }
+            s.last_token_at = Some(now);
+            let mut outcome = None;
+            if self.tokenizer.is_stop(id) && !s.sampler.params().ignore_eos {
+                outcome = Some(Outcome::Finish(FinishReason::Stop, None));
+            } else {
+                let rel = s.detok.push(self.tokenizer.token_bytes(id));
+                s.outbox.send(Event::Tokens {
+                    tokens: vec![tok],
+                    text: rel.text,
+                    sampled_at: now,
+                });
+                if let Some(stop) = rel.stopped {
+                    outcome = Some(Outcome::Finish(FinishReason::Stop, Some(stop)));
+                }
+            }
+            if outcome.is_none() && s.generated() >= s.max_tokens {
+                outcome = Some(Outcome::Finish(FinishReason::Length, None));
+            }
+            if let Some(o) = outcome {
+                outcomes.push((p.id, o));
+            }
+        }
+        let duration_ms = duration.as_secs_f64() * 1e3;
+        tracing::trace!(
+            decode_rows = sample.decode_rows,
+            prefill_tokens = sample.prefill_tokens,
+            attended = sample.attended,
+            duration_ms,
+            "step"
+        );
+        self.controller.observe(StepSample {
+            duration_ms,
+            ..sample
+        });
+        self.stats.steps += 1;
+        self.stats.last_step_ms = duration_ms;
+        self.stats.last_decode_rows = sample.decode_rows;
+        self.stats.last_prefill_tokens = sample.prefill_tokens;
+        outcomes
+    }
+
+    /// Ends a request: frees its blocks and sends its terminal event.
+    fn end(&mut self, id: RequestId, outcome: Outcome) {
+        let Some(mut s) = self.seqs.remove(&id) else {
+            return;
+        };
+        self.running.retain(|&r| r != id);
+        self.queue.remove(id);
+        self.engine.free_sequence(s.seq);
+        if s.admitted.is_none() {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        let now = Instant::now();
+        match outcome {
+            Outcome::Finish(reason, stop) => {
+                let rest = s.detok.flush();
+                if !rest.is_empty() && reason != FinishReason::Cancelled {
+                    s.outbox.send(Event::Tokens {
+                        tokens: Vec::new(),
+                        text: rest,
+                        sampled_at: now,
+                    });
+                }
+                s.outbox.finish(Event::Finished {
+                    reason,
+                    stop,
+                    usage: s.usage(),
+                    timings: s.timings(now),
+                });
+                self.stats.count_finish(reason);
+            }
+            Outcome::Fail(code, message) => {
+                tracing::warn!(request = id, code = code.as_str(), %message, "request failed");
+                s.outbox.fail(Event::Error {
+                    code,
+                    message,
+                    usage: s.usage(),
+                });
+                self.stats.count_error(code);
+            }
+        }
+        self.completions.push_back(now);
+        while self.completions.len() > 32
+            || self
+                .completions
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.completions.pop_front();
+        }
+    }
+
+    fn completion_rate(&self) -> f64 {
+        match (self.completions.front(), self.completions.back()) {
+            (Some(a), Some(b)) if self.completions.len() >= 2 => {
+                let span = b.duration_since(*a).as_secs_f64();
+                if span > 0.0 {
+                    (self.completions.len() - 1) as f64 / span
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Publishes the stats snapshot.
+    fn publish(&mut self) {
+        self.stats.running = self.running.len();
+        self.stats.waiting = self.queue.len();
+        self.stats.controller = self.controller.state();
+        self.stats.kv = self.engine.kv_stats();
+        self.stats.rss_bytes = self.memory.rss_bytes();
+        self.stats.completion_rate = self.completion_rate();
+        let mut shared = self.shared.stats();
+        let (overload, invalid) = (shared.rejected_overload, shared.rejected_invalid);
+        *shared = self.stats.clone();
+        shared.rejected_overload = overload;
+        shared.rejected_invalid = invalid;
+    }
+}

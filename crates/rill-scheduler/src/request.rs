@@ -1,0 +1,158 @@
+//! What goes into the scheduler (a [`Request`]) and what comes out of it (a stream of
+//! [`Event`]s ending in exactly one terminal event: `Finished` or `Error`).
+
+use std::time::{Duration, Instant};
+
+use rill_engine::{SampledToken, SamplingParams};
+
+/// Scheduler-assigned id of a request, unique for the life of the process.
+pub type RequestId = u64;
+
+/// A generation request: prompt token ids and how to generate.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    /// Tokens to generate at most (the end-of-sequence token included).
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop sequences: generation ends before any of them, which never reach the stream.
+    pub stop: Vec<String>,
+    /// Higher runs first; equal priorities are first come, first served.
+    pub priority: i32,
+}
+
+impl Request {
+    /// A greedy request with defaults for everything else.
+    pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        Self {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+            priority: 0,
+        }
+    }
+}
+
+/// Why a generation ended normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-sequence token or a stop sequence.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// Cancelled by the client.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Stable codes of failures after a request was accepted (they go on the wire as-is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The consumer did not read its stream fast enough.
+    SlowConsumer,
+    /// Preempted for memory more often than the configured bound.
+    PreemptedTooOften,
+    /// NaN or infinity in the logits.
+    NumericalError,
+    /// The server shut down before the generation ended.
+    ServerShutdown,
+    /// A bug or an engine failure.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 5] = [
+        ErrorCode::SlowConsumer,
+        ErrorCode::PreemptedTooOften,
+        ErrorCode::NumericalError,
+        ErrorCode::ServerShutdown,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::PreemptedTooOften => "preempted_too_often",
+            ErrorCode::NumericalError => "numerical_error",
+            ErrorCode::ServerShutdown => "server_shutdown",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Token counts of a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache instead of being computed.
+    pub cached_tokens: usize,
+}
+
+/// The request's own latency summary, measured on the engine thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Submission to admission into the running batch.
+    pub queue_ms: f64,
+    /// Submission to the first generated token.
+    pub ttft_ms: f64,
+    /// Mean and 95th percentile gap between consecutive tokens.
+    pub itl_mean_ms: f64,
+    pub itl_p95_ms: f64,
+    /// Generated tokens per second after the first one.
+    pub decode_tokens_per_s: f64,
+    /// Submission to the end.
+    pub total_ms: f64,
+    /// Times this request was preempted (and recomputed).
+    pub preemptions: u32,
+}
+
+/// One message of a request's stream.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The request entered the running batch after waiting in the queue.
+    Started {
+        queue_time: Duration,
+        /// Prompt tokens reused from the prefix cache.
+        cached_tokens: usize,
+    },
+    /// New tokens and the text they released. When the consumer lags, several steps' tokens are
+    /// coalesced into one event. `text` may be empty (text held back for a possible stop
+    /// sequence or an incomplete UTF-8 character) and `tokens` may be empty (a final flush).
+    Tokens {
+        tokens: Vec<SampledToken>,
+        text: String,
+        /// When the last of these tokens was sampled (for send-lag metrics).
+        sampled_at: Instant,
+    },
+    /// Terminal: the generation ended normally.
+    Finished {
+        reason: FinishReason,
+        /// The stop sequence that ended it, if any.
+        stop: Option<String>,
+        usage: Usage,
+        timings: Timings,
+    },
+    /// Terminal: the generation failed.
+    Error {
+        code: ErrorCode,
+        message: String,
+        usage: Usage,
+    },
+}
+
+impl Event {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Event::Finished { .. } | Event::Error { .. })
+    }
+}

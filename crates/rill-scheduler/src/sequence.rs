@@ -1,0 +1,93 @@
+//! One request's state on the engine thread: its tokens (prompt, then everything generated),
+//! how many of them the KV cache holds, its sampler, detokenizer and outbox, and its timings.
+//! Preemption only drops the KV cache; everything here survives, so a recomputed sequence
+//! resumes its stream exactly where it stopped.
+
+use std::time::Instant;
+
+use rill_engine::{Detokenizer, Sampler, SeqId};
+
+use crate::request::{Timings, Usage};
+use crate::stream::Outbox;
+
+pub(crate) struct Sequence {
+    /// The engine's id for this sequence's current KV state (new after each preemption).
+    pub seq: SeqId,
+    /// Prompt followed by every generated token; the last generated one is not yet in the KV
+    /// cache while decoding.
+    pub context: Vec<u32>,
+    pub prompt_len: usize,
+    /// Tokens of `context` in the KV cache.
+    pub computed: usize,
+    pub max_tokens: usize,
+    pub priority: i32,
+    /// Submission order (FCFS key, kept across preemptions).
+    pub arrival: u64,
+    pub sampler: Sampler,
+    pub detok: Detokenizer,
+    pub outbox: Outbox,
+    pub submitted: Instant,
+    pub admitted: Option<Instant>,
+    /// Admission order into the running batch (newest is preempted first).
+    pub started_order: u64,
+    pub last_token_at: Option<Instant>,
+    pub first_token_at: Option<Instant>,
+    /// Gaps between consecutive tokens, in ms.
+    pub gaps: Vec<f32>,
+    pub preemptions: u32,
+    pub cached_tokens: usize,
+}
+
+impl Sequence {
+    pub fn generated(&self) -> usize {
+        self.context.len() - self.prompt_len
+    }
+
+    /// Tokens still to run through the model before the next sampling.
+    pub fn pending(&self) -> usize {
+        self.context.len() - self.computed
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated(),
+            cached_tokens: self.cached_tokens,
+        }
+    }
+
+    pub fn timings(&self, now: Instant) -> Timings {
+        let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
+        let mut gaps = self.gaps.clone();
+        gaps.sort_by(f32::total_cmp);
+        let p95 = if gaps.is_empty() {
+            0.0
+        } else {
+            gaps[((gaps.len() as f64 * 0.95).ceil() as usize).clamp(1, gaps.len()) - 1] as f64
+        };
+        let mean = if gaps.is_empty() {
+            0.0
+        } else {
+            gaps.iter().map(|&g| g as f64).sum::<f64>() / gaps.len() as f64
+        };
+        let decode_s = match (self.first_token_at, self.last_token_at) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        Timings {
+            queue_ms: self
+                .admitted
+                .map_or(ms(self.submitted, now), |a| ms(self.submitted, a)),
+            ttft_ms: self.first_token_at.map_or(0.0, |t| ms(self.submitted, t)),
+            itl_mean_ms: mean,
+            itl_p95_ms: p95,
+            decode_tokens_per_s: if decode_s > 0.0 {
+                self.gaps.len() as f64 / decode_s
+            } else {
+                0.0
+            },
+            total_ms: ms(self.submitted, now),
+            preemptions: self.preemptions,
+        }
+    }
+}

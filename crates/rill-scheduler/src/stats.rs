@@ -1,0 +1,75 @@
+//! A snapshot of the scheduler's state and counters, refreshed by the engine thread after every
+//! step and read by metrics, heartbeats and tests.
+
+use rill_engine::KvStats;
+
+use crate::controller::ControllerState;
+use crate::memory::PressureLevel;
+use crate::request::{ErrorCode, FinishReason};
+
+#[derive(Debug, Clone, Default)]
+pub struct SchedulerStats {
+    /// Sequences in the running batch.
+    pub running: usize,
+    /// Requests waiting for admission (including preempted ones).
+    pub waiting: usize,
+    pub controller: ControllerState,
+    pub pressure: PressureLevel,
+    pub kv: KvStats,
+    pub rss_bytes: u64,
+    /// Forward steps run.
+    pub steps: u64,
+    pub last_step_ms: f64,
+    pub last_decode_rows: usize,
+    pub last_prefill_tokens: usize,
+    /// Prompt (and recomputed) tokens run through the model.
+    pub prefill_tokens: u64,
+    /// Prompt tokens served from the prefix cache instead.
+    pub prefix_hit_tokens: u64,
+    /// Tokens sampled.
+    pub generated_tokens: u64,
+    pub preemptions: u64,
+    pub admitted: u64,
+    /// Requests ended normally, by reason (stop, length, cancelled).
+    pub finished_stop: u64,
+    pub finished_length: u64,
+    pub cancelled: u64,
+    /// Requests ended by an error, by code (in `ErrorCode::ALL` order).
+    pub errors: [u64; 5],
+    /// Submissions rejected: queue full, or not fitting at all.
+    pub rejected_overload: u64,
+    pub rejected_invalid: u64,
+    /// Completions per second, smoothed (drives the retry-after estimate).
+    pub completion_rate: f64,
+}
+
+impl SchedulerStats {
+    pub fn finished(&self, reason: FinishReason) -> u64 {
+        match reason {
+            FinishReason::Stop => self.finished_stop,
+            FinishReason::Length => self.finished_length,
+            FinishReason::Cancelled => self.cancelled,
+        }
+    }
+
+    pub fn errors_of(&self, code: ErrorCode) -> u64 {
+        ErrorCode::ALL
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.errors[i])
+    }
+
+    pub(crate) fn count_error(&mut self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i] += 1;
+        }
+    }
+
+    pub(crate) fn count_finish(&mut self, reason: FinishReason) {
+        match reason {
+            FinishReason::Stop => self.finished_stop += 1,
+            FinishReason::Length => self.finished_length += 1,
+            FinishReason::Cancelled => self.cancelled += 1,
+        }
+    }
+}
