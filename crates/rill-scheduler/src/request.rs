@@ -106,8 +106,13 @@ pub struct Timings {
     pub queue_ms: f64,
     /// Submission to the first generated token.
     pub ttft_ms: f64,
-    /// Mean and 95th percentile gap between consecutive tokens.
+    /// Admission to the first token: the prompt's prefill (including any wait between chunks).
+    pub prefill_ms: f64,
+    /// Prompt tokens computed (not served from the prefix cache) per second of `prefill_ms`.
+    pub prompt_tokens_per_s: f64,
+    /// Mean, median and 95th percentile gap between consecutive tokens.
     pub itl_mean_ms: f64,
+    pub itl_p50_ms: f64,
     pub itl_p95_ms: f64,
     /// Generated tokens per second after the first one.
     pub decode_tokens_per_s: f64,

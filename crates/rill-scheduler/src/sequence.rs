@@ -60,10 +60,12 @@ impl Sequence {
         let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
         let mut gaps = self.gaps.clone();
         gaps.sort_by(f32::total_cmp);
-        let p95 = if gaps.is_empty() {
-            0.0
-        } else {
-            gaps[((gaps.len() as f64 * 0.95).ceil() as usize).clamp(1, gaps.len()) - 1] as f64
+        let pct = |p: f64| {
+            if gaps.is_empty() {
+                0.0
+            } else {
+                gaps[((gaps.len() as f64 * p).ceil() as usize).clamp(1, gaps.len()) - 1] as f64
+            }
         };
         let mean = if gaps.is_empty() {
             0.0
@@ -74,13 +76,25 @@ impl Sequence {
             (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
             _ => 0.0,
         };
+        let prefill_ms = match (self.admitted, self.first_token_at) {
+            (Some(a), Some(f)) => ms(a, f),
+            _ => 0.0,
+        };
+        let computed = self.prompt_len.saturating_sub(self.cached_tokens);
         Timings {
             queue_ms: self
                 .admitted
                 .map_or(ms(self.submitted, now), |a| ms(self.submitted, a)),
             ttft_ms: self.first_token_at.map_or(0.0, |t| ms(self.submitted, t)),
+            prefill_ms,
+            prompt_tokens_per_s: if prefill_ms > 0.0 {
+                computed as f64 / (prefill_ms / 1e3)
+            } else {
+                0.0
+            },
             itl_mean_ms: mean,
-            itl_p95_ms: p95,
+            itl_p50_ms: pct(0.5),
+            itl_p95_ms: pct(0.95),
             decode_tokens_per_s: if decode_s > 0.0 {
                 self.gaps.len() as f64 / decode_s
             } else {

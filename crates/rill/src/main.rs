@@ -2,6 +2,7 @@
 
 mod engine_bench;
 mod scheduler_bench;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ enum Command {
         #[arg(long)]
         sha256: Option<String>,
     },
+    /// Serve the model over HTTP (OpenAI-compatible SSE) and WebSocket.
+    Serve(serve::ServeArgs),
     /// Stream one completion of a chat prompt to stdout; TTFT and tokens/s go to stderr.
     Generate(GenerateArgs),
     /// Show the machine as rill sees it and the defaults derived from it.
@@ -110,7 +113,7 @@ struct GenerateArgs {
     ignore_eos: bool,
 }
 
-fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
+pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
     let r = ModelRef::parse(model)?;
     Ok(rill_store::pull(&r, None, progress())?)
 }
@@ -137,6 +140,7 @@ fn main() -> Result<()> {
             let path = rill_store::pull(&r, sha256.as_deref(), progress())?;
             println!("{}", path.display());
         }
+        Command::Serve(a) => serve::run(a)?,
         Command::Generate(a) => generate(a)?,
         Command::Info { json } => info(json)?,
         Command::BenchEngine(a) => engine_bench::run(a)?,

@@ -1,0 +1,290 @@
+//! `rill serve` configuration: defaults < TOML file (`--config`) < `RILL_*` environment < flags.
+//! The command line layer (clap) hands over what it parsed as [`Overrides`]; [`ServeConfig::build`]
+//! merges, validates (naming the key, the value and what is allowed) and returns the result.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    pub host: String,
+    pub port: u16,
+    /// Model: name, .gguf path or URL; empty: the default model.
+    pub model: String,
+    /// The model id reported by `/v1/models` and in responses; empty: the file's stem.
+    pub served_model_name: String,
+    /// Compute threads (0: one per physical core).
+    pub threads: usize,
+    /// KV cache size in MiB (0: derived from memory, see `rill info`).
+    pub kv_cache_mib: usize,
+    pub target_itl_ms: f64,
+    /// Hard cap on running sequences (0: derived from cores).
+    pub max_running: usize,
+    pub max_prefill_chunk: usize,
+    pub queue_capacity: usize,
+    /// API keys accepted as `Authorization: Bearer KEY` (none: no auth).
+    pub api_keys: Vec<String>,
+    /// A file with one API key per line (added to `api_keys`).
+    pub api_keys_file: Option<PathBuf>,
+    /// Origins allowed by CORS (none by default; `*` for any).
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    /// Prompt tokens a request may carry (0: the model's limit).
+    pub max_prompt_tokens: usize,
+    /// Requests per minute per API key (0: unlimited).
+    pub rate_limit_rpm: u32,
+    /// Prompt + completion tokens per minute per API key (0: unlimited).
+    pub rate_limit_tpm: u32,
+    /// How long a resumable stream survives without a client.
+    pub resume_window_s: u64,
+    /// Events kept per resumable stream for replay.
+    pub resume_buffer_events: usize,
+    /// SSE keep-alive / WebSocket heartbeat period.
+    pub keepalive_s: u64,
+    /// On shutdown, how long running streams may finish.
+    pub shutdown_grace_s: u64,
+    /// Unread events per stream before tokens are coalesced.
+    pub stream_capacity: usize,
+    /// Coalesced tokens a slow client may owe before `slow_consumer`.
+    pub max_pending_tokens: usize,
+    /// Kernel send buffer per connection in bytes (0: the OS default, which autotunes up to
+    /// megabytes). Smaller makes a stalled client show up as `slow_consumer` sooner.
+    pub send_buffer_bytes: u32,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            model: String::new(),
+            served_model_name: String::new(),
+            threads: 0,
+            kv_cache_mib: 0,
+            target_itl_ms: 100.0,
+            max_running: 0,
+            max_prefill_chunk: 512,
+            queue_capacity: 256,
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            cors_origins: Vec::new(),
+            max_body_bytes: 4 << 20,
+            max_prompt_tokens: 0,
+            rate_limit_rpm: 0,
+            rate_limit_tpm: 0,
+            resume_window_s: 60,
+            resume_buffer_events: 4096,
+            keepalive_s: 10,
+            shutdown_grace_s: 10,
+            stream_capacity: 64,
+            max_pending_tokens: 1024,
+            send_buffer_bytes: 0,
+        }
+    }
+}
+
+/// Values from flags or environment (None: not given).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub model: Option<String>,
+    pub served_model_name: Option<String>,
+    pub threads: Option<usize>,
+    pub kv_cache_mib: Option<usize>,
+    pub target_itl_ms: Option<f64>,
+    pub max_running: Option<usize>,
+    pub queue_capacity: Option<usize>,
+    pub api_keys: Vec<String>,
+    pub api_keys_file: Option<PathBuf>,
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: Option<usize>,
+    pub rate_limit_rpm: Option<u32>,
+    pub rate_limit_tpm: Option<u32>,
+    pub resume_window_s: Option<u64>,
+    pub shutdown_grace_s: Option<u64>,
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid `{key}` = {value}: {allowed}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        allowed: String,
+    },
+}
+
+impl ServeConfig {
+    /// Defaults, then the TOML file, then the overrides; validated.
+    pub fn build(file: Option<&Path>, o: Overrides) -> Result<Self, ConfigError> {
+        let mut c = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            None => ServeConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => {$( if let Some(v) = o.$f { c.$f = v; } )*};
+        }
+        set!(
+            host,
+            port,
+            model,
+            served_model_name,
+            threads,
+            kv_cache_mib,
+            target_itl_ms,
+            max_running,
+            queue_capacity,
+            max_body_bytes,
+            rate_limit_rpm,
+            rate_limit_tpm,
+            resume_window_s,
+            shutdown_grace_s
+        );
+        if o.api_keys_file.is_some() {
+            c.api_keys_file = o.api_keys_file;
+        }
+        c.api_keys.extend(o.api_keys);
+        c.cors_origins.extend(o.cors_origins);
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, value: impl ToString, allowed: &str) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                allowed: allowed.to_string(),
+            }
+        }
+        if self.host.parse::<std::net::IpAddr>().is_err() && self.host != "localhost" {
+            return Err(bad(
+                "host",
+                &self.host,
+                "an IP address such as 127.0.0.1 or 0.0.0.0",
+            ));
+        }
+        if !(self.target_itl_ms.is_finite() && self.target_itl_ms > 0.0) {
+            return Err(bad(
+                "target_itl_ms",
+                self.target_itl_ms,
+                "a number of milliseconds > 0",
+            ));
+        }
+        if self.max_prefill_chunk == 0 {
+            return Err(bad("max_prefill_chunk", 0, "at least 1"));
+        }
+        if self.queue_capacity == 0 {
+            return Err(bad("queue_capacity", 0, "at least 1"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(bad("max_body_bytes", self.max_body_bytes, "at least 1024"));
+        }
+        if self.keepalive_s == 0 {
+            return Err(bad("keepalive_s", 0, "at least 1 second"));
+        }
+        if self.resume_buffer_events == 0 {
+            return Err(bad("resume_buffer_events", 0, "at least 1"));
+        }
+        if self.stream_capacity == 0 {
+            return Err(bad("stream_capacity", 0, "at least 1"));
+        }
+        for o in &self.cors_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(bad(
+                    "cors_origins",
+                    o,
+                    "origins like https://example.com, or *",
+                ));
+            }
+        }
+        if let Some(p) = &self.api_keys_file {
+            if !p.is_file() {
+                return Err(bad(
+                    "api_keys_file",
+                    p.display(),
+                    "an existing file, one key per line",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// All accepted API keys (inline and from the keys file).
+    pub fn all_api_keys(&self) -> Result<Vec<String>, ConfigError> {
+        let mut keys = self.api_keys.clone();
+        if let Some(p) = &self.api_keys_file {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// The effective configuration as TOML (`--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_and_validation() {
+        let dir = std::env::temp_dir().join(format!("rill-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let f = dir.join("rill.toml");
+        std::fs::write(&f, "port = 9000\ntarget_itl_ms = 80.0\n").unwrap_or_default();
+        let c = ServeConfig::build(
+            Some(&f),
+            Overrides {
+                port: Some(9100),
+                ..Overrides::default()
+            },
+        );
+        let c = c.unwrap_or_default();
+        assert_eq!((c.port, c.target_itl_ms), (9100, 80.0));
+        std::fs::write(&f, "port = 9000\nbogus = 1\n").unwrap_or_default();
+        let e = ServeConfig::build(Some(&f), Overrides::default());
+        assert!(matches!(e, Err(ConfigError::Parse { .. })));
+        let e = ServeConfig::build(
+            None,
+            Overrides {
+                target_itl_ms: Some(-1.0),
+                ..Overrides::default()
+            },
+        );
+        assert!(e.is_err_and(|e| e.to_string().contains("target_itl_ms")));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,319 @@
+//! The HTTP routes: health and readiness, models, the two OpenAI generation endpoints, stream
+//! resume and cancel, the WebSocket upgrade and the OpenAPI document; plus auth, CORS and
+//! body-limit layers.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::error::ApiError;
+use crate::openai::{new_id, Renderer};
+use crate::params::{self, Kind};
+use crate::resume::Resumable;
+use crate::state::SharedState;
+use crate::{openapi, sse, ws};
+
+/// The API key a request authenticated with ("anonymous" without auth).
+#[derive(Clone, Debug)]
+pub struct ApiKey(pub String);
+
+pub fn router(state: SharedState) -> Router {
+    let cors = cors_layer(&state.cfg.cors_origins);
+    let api = Router::new()
+        .route("/ready", get(ready))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/streams/{id}", get(resume).delete(cancel))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/openapi.json", get(openapi::document))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    let mut app = Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .with_state(state);
+    if let Some(c) = cors {
+        app = app.layer(c);
+    }
+    app
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+                "last-event-id"
+                    .parse()
+                    .unwrap_or(axum::http::header::ACCEPT),
+                "x-rill-resumable"
+                    .parse()
+                    .unwrap_or(axum::http::header::ACCEPT),
+            ])
+            .expose_headers([
+                "x-rill-stream-id"
+                    .parse()
+                    .unwrap_or(axum::http::header::ACCEPT),
+                axum::http::header::RETRY_AFTER,
+            ]),
+    )
+}
+
+/// Bearer auth on every route but `/health`; WebSocket clients (browsers cannot set headers)
+/// may pass `?api_key=`.
+async fn auth(State(state): State<SharedState>, mut req: Request, next: Next) -> Response {
+    let key = if state.auth_required() {
+        let bearer = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .map(String::from);
+        let query = req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("api_key="))
+                .map(String::from)
+        });
+        match bearer.or(query).and_then(|t| state.check_key(&t)) {
+            Some(k) => k,
+            None => return ApiError::unauthorized().into_response(),
+        }
+    } else {
+        "anonymous".to_string()
+    };
+    req.extensions_mut().insert(ApiKey(key));
+    next.run(req).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "The process is alive")))]
+pub(crate) async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/ready", responses((status = 200, description = "The model is loaded and requests are accepted"), (status = 503, description = "Loading or shutting down", body = crate::openapi::ErrorResponse)))]
+pub(crate) async fn ready(State(state): State<SharedState>) -> Response {
+    if state.is_ready() {
+        Json(json!({"status": "ready", "model": state.model_id})).into_response()
+    } else {
+        ApiError::unavailable("the server is not ready (loading or shutting down)").into_response()
+    }
+}
+
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = crate::openapi::ModelList)))]
+pub(crate) async fn models(State(state): State<SharedState>) -> Json<serde_json::Value> {
+    let l = state.sched.limits();
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.model_id,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "rill",
+            "context_length": l.context_length,
+            "max_sequence_tokens": l.max_sequence_tokens,
+        }],
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = crate::openapi::ChatCompletionRequest, responses((status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", body = crate::openapi::Completion), (status = 400, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 413, body = crate::openapi::ErrorResponse), (status = 429, description = "Overloaded or rate limited (see Retry-After)", body = crate::openapi::ErrorResponse), (status = 503, body = crate::openapi::ErrorResponse)))]
+pub(crate) async fn chat(
+    State(state): State<SharedState>,
+    Extension(key): Extension<ApiKey>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    generate(state, key, headers, body, Kind::Chat).await
+}
+
+#[utoipa::path(post, path = "/v1/completions", request_body = crate::openapi::CompletionRequest, responses((status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", body = crate::openapi::Completion), (status = 400, body = crate::openapi::ErrorResponse), (status = 429, body = crate::openapi::ErrorResponse)))]
+pub(crate) async fn completions(
+    State(state): State<SharedState>,
+    Extension(key): Extension<ApiKey>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    generate(state, key, headers, body, Kind::Completion).await
+}
+
+async fn generate(
+    state: SharedState,
+    key: ApiKey,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(state.cfg.max_body_bytes)
+        } else {
+            ApiError::invalid(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    if !state.is_ready() {
+        return Err(ApiError::unavailable("the server is shutting down").code("server_shutdown"));
+    }
+    let map = params::parse_body(&body)?;
+    // Rendering and tokenizing a large prompt is CPU work: off the async executor.
+    let (h, max_prompt) = (state.sched.clone(), state.cfg.max_prompt_tokens);
+    let p = tokio::task::spawn_blocking(move || params::parse(kind, &map, &h, max_prompt))
+        .await
+        .map_err(|e| ApiError::internal(format!("request parsing failed: {e}")))??;
+    let resumable = p.resumable
+        || headers
+            .get("x-rill-resumable")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    state.charge(&key.0, p.request.prompt.len() + p.request.max_tokens)?;
+    let mut stream = state.sched.submit(p.request.clone())?;
+    let id = new_id(match kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Completion => "cmpl",
+    });
+    let mut renderer = Renderer::new(
+        &p,
+        id.clone(),
+        &state.model_id,
+        state.sched.tokenizer().clone(),
+    );
+    if p.stream {
+        return Ok(sse::respond(
+            state,
+            renderer,
+            stream,
+            resumable,
+            Some(key.0),
+        ));
+    }
+    state.streams.insert(
+        &id,
+        crate::resume::StreamEntry {
+            request_id: stream.id(),
+            resumable: Resumable::No,
+            owner: Some(key.0),
+        },
+    );
+    // Dropping this future (client gone) drops `stream`, which cancels the request.
+    let outcome = sse::collect(&mut renderer, &mut stream).await;
+    state.streams.remove(&id);
+    match outcome {
+        Ok(()) => {
+            let mut r = Json(renderer.response()).into_response();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                r.headers_mut().insert("x-rill-stream-id", v);
+            }
+            Ok(r)
+        }
+        Err((code, message)) => {
+            let status = if code == "server_shutdown" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            let body = crate::openai::stream_error_json(&code, &message);
+            Ok((status, Json(body)).into_response())
+        }
+    }
+}
+
+fn owned(entry: &crate::resume::StreamEntry, key: &ApiKey) -> bool {
+    entry.owner.as_deref().is_none_or(|o| o == key.0)
+}
+
+#[utoipa::path(get, path = "/v1/streams/{id}", params(("id" = String, Path, description = "The stream id (X-Rill-Stream-Id)"), ("Last-Event-ID" = Option<String>, Header, description = "STREAM_ID:INDEX of the last event received")), responses((status = 200, description = "SSE: every event after Last-Event-ID, then live ones"), (status = 404, body = crate::openapi::ErrorResponse), (status = 410, body = crate::openapi::ErrorResponse)))]
+/// `GET /v1/streams/{id}` with `Last-Event-ID`: replay and follow a resumable stream.
+pub(crate) async fn resume(
+    State(state): State<SharedState>,
+    Extension(key): Extension<ApiKey>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let entry = state
+        .streams
+        .get(&id)
+        .filter(|e| owned(e, &key))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no stream `{id}` (unknown, or its resume window is over)"
+            ))
+        })?;
+    let Resumable::Sse(buf) = &entry.resumable else {
+        return Err(ApiError::not_found(format!(
+            "stream `{id}` is not resumable (send `X-Rill-Resumable: true` or `\"resumable\": true`)"
+        )));
+    };
+    let cursor = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(v) => {
+            let (sid, idx) = v
+                .rsplit_once(':')
+                .ok_or_else(|| ApiError::param("Last-Event-ID", "expected STREAM_ID:INDEX"))?;
+            if sid != id {
+                return Err(ApiError::param(
+                    "Last-Event-ID",
+                    "the event id belongs to another stream",
+                ));
+            }
+            Some(
+                idx.parse::<u64>()
+                    .map_err(|_| ApiError::param("Last-Event-ID", "expected STREAM_ID:INDEX"))?,
+            )
+        }
+    };
+    if buf.is_expired(cursor) {
+        return Err(ApiError::gone(format!(
+            "events after {} of stream `{id}` are no longer buffered",
+            cursor.map_or("the start".into(), |c| c.to_string())
+        )));
+    }
+    Ok(sse::follow(state.clone(), &id, buf.clone(), cursor))
+}
+
+#[utoipa::path(delete, path = "/v1/streams/{id}", params(("id" = String, Path)), responses((status = 200, description = "Cancelled; the stream ends with finish_reason cancelled"), (status = 404, body = crate::openapi::ErrorResponse)))]
+/// `DELETE /v1/streams/{id}`: cancels any running stream (it ends with `finish_reason:
+/// "cancelled"`).
+pub(crate) async fn cancel(
+    State(state): State<SharedState>,
+    Extension(key): Extension<ApiKey>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let entry = state
+        .streams
+        .get(&id)
+        .filter(|e| owned(e, &key))
+        .ok_or_else(|| ApiError::not_found(format!("no running stream `{id}`")))?;
+    state.sched.cancel(entry.request_id);
+    Ok(Json(
+        json!({"id": id, "object": "stream", "cancelled": true}),
+    ))
+}
+
+pub fn shared(state: crate::state::AppState) -> SharedState {
+    Arc::new(state)
+}

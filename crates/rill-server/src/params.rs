@@ -1,0 +1,360 @@
+//! Turns an OpenAI request body into a scheduler [`Request`]: every field checked for type and
+//! range with errors that name the parameter; unknown fields ignored, as OpenAI clients expect.
+
+use rill_engine::{ChatMessage, SamplingParams};
+use rill_scheduler::{Request, SchedulerHandle};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    Completion,
+}
+
+/// A parsed generation request.
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    pub kind: Kind,
+    pub request: Request,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Return log-probabilities, with this many alternatives per token.
+    pub logprobs: Option<usize>,
+    pub resumable: bool,
+}
+
+struct Obj<'a>(&'a Map<String, Value>);
+
+impl<'a> Obj<'a> {
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    fn f64(&self, key: &str, min: f64, max: f64) -> Result<Option<f64>, ApiError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                let x = v
+                    .as_f64()
+                    .ok_or_else(|| ApiError::param(key, format!("`{key}` must be a number")))?;
+                if !(min..=max).contains(&x) {
+                    return Err(ApiError::param(
+                        key,
+                        format!("`{key}` = {x} is out of range [{min}, {max}]"),
+                    ));
+                }
+                Ok(Some(x))
+            }
+        }
+    }
+
+    fn int(&self, key: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                let x = v
+                    .as_i64()
+                    .or_else(|| v.as_u64().map(|u| u as i64))
+                    .ok_or_else(|| ApiError::param(key, format!("`{key}` must be an integer")))?;
+                if !(min..=max).contains(&x) {
+                    return Err(ApiError::param(
+                        key,
+                        format!("`{key}` = {x} is out of range [{min}, {max}]"),
+                    ));
+                }
+                Ok(Some(x))
+            }
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| ApiError::param(key, format!("`{key}` must be a boolean"))),
+        }
+    }
+
+    fn str(&self, key: &str) -> Result<Option<&'a str>, ApiError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| ApiError::param(key, format!("`{key}` must be a string"))),
+        }
+    }
+}
+
+/// Parses the body bytes as a JSON object (400 for invalid UTF-8, malformed JSON, non-objects).
+pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::invalid(format!("request body is not valid UTF-8: {e}")))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::invalid("request body must be a JSON object")),
+        Err(e) => Err(ApiError::invalid(format!(
+            "request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+fn stop_sequences(o: &Obj) -> Result<Vec<String>, ApiError> {
+    let v = match o.get("stop") {
+        None => return Ok(Vec::new()),
+        Some(v) => v,
+    };
+    let stops: Vec<String> = match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str().map(String::from).ok_or_else(|| {
+                    ApiError::param("stop", "`stop` must be a string or an array of strings")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ApiError::param(
+                "stop",
+                "`stop` must be a string or an array of strings",
+            ))
+        }
+    };
+    if stops.len() > 4 {
+        return Err(ApiError::param("stop", "at most 4 stop sequences"));
+    }
+    if stops.iter().any(String::is_empty) {
+        return Err(ApiError::param("stop", "stop sequences must not be empty"));
+    }
+    Ok(stops)
+}
+
+fn messages(o: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
+    let arr = o
+        .get("messages")
+        .ok_or_else(|| ApiError::param("messages", "`messages` is required"))?
+        .as_array()
+        .ok_or_else(|| ApiError::param("messages", "`messages` must be an array"))?;
+    if arr.is_empty() {
+        return Err(ApiError::param("messages", "`messages` must not be empty"));
+    }
+    arr.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let p = |f: &str| format!("messages[{i}].{f}");
+            let m = m.as_object().ok_or_else(|| {
+                ApiError::param(&format!("messages[{i}]"), "each message must be an object")
+            })?;
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::param(&p("role"), "`role` must be a string"))?;
+            let role = if role == "developer" { "system" } else { role };
+            let content = match m.get("content") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => {
+                    let mut s = String::new();
+                    for part in parts {
+                        match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                            (Some("text"), Some(Value::String(t))) => s.push_str(t),
+                            _ => {
+                                return Err(ApiError::param(
+                                    &p("content"),
+                                    "only text content parts are supported",
+                                ))
+                            }
+                        }
+                    }
+                    s
+                }
+                Some(_) => {
+                    return Err(ApiError::param(
+                        &p("content"),
+                        "`content` must be a string or an array of text parts",
+                    ))
+                }
+            };
+            Ok(ChatMessage::new(role, &content))
+        })
+        .collect()
+}
+
+/// Prompt token ids of a completions request: a string, one-string array, or token ids.
+fn completion_prompt(o: &Obj, h: &SchedulerHandle) -> Result<Vec<u32>, ApiError> {
+    let bad = || {
+        ApiError::param(
+            "prompt",
+            "`prompt` must be a string, an array of one string, or an array of token ids",
+        )
+    };
+    match o
+        .get("prompt")
+        .ok_or_else(|| ApiError::param("prompt", "`prompt` is required"))?
+    {
+        Value::String(s) => encode(h, s),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+            encode(h, a[0].as_str().unwrap_or(""))
+        }
+        Value::Array(a) if a.iter().all(Value::is_u64) => a
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .and_then(|t| u32::try_from(t).ok())
+                    .ok_or_else(bad)
+            })
+            .collect(),
+        _ => Err(bad()),
+    }
+}
+
+fn encode(h: &SchedulerHandle, text: &str) -> Result<Vec<u32>, ApiError> {
+    h.tokenizer()
+        .encode(text, true)
+        .map_err(|e| ApiError::param("prompt", format!("cannot tokenize: {e}")))
+}
+
+/// Parses a chat or completions request into scheduler terms (tokenizing the prompt: call it
+/// off the async executor for large bodies).
+pub fn parse(
+    kind: Kind,
+    body: &Map<String, Value>,
+    h: &SchedulerHandle,
+    max_prompt_tokens: usize,
+) -> Result<GenParams, ApiError> {
+    let o = Obj(body);
+    if let Some(n) = o.int("n", 1, i64::MAX)? {
+        if n != 1 {
+            return Err(ApiError::param("n", "only n = 1 is supported"));
+        }
+    }
+    if o.int("best_of", 1, 1).is_err() {
+        return Err(ApiError::param("best_of", "only best_of = 1 is supported"));
+    }
+    o.str("model")?;
+    let prompt = match kind {
+        Kind::Chat => {
+            let msgs = messages(&o)?;
+            let text = h
+                .chat_template()
+                .render(&msgs, true)
+                .map_err(|e| ApiError::param("messages", e.to_string()))?;
+            encode(h, &text)?
+        }
+        Kind::Completion => completion_prompt(&o, h)?,
+    };
+    let prompt_param = if kind == Kind::Chat {
+        "messages"
+    } else {
+        "prompt"
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::param(prompt_param, "the prompt is empty"));
+    }
+    let limits = h.limits();
+    let prompt_cap = if max_prompt_tokens > 0 {
+        max_prompt_tokens.min(limits.max_sequence_tokens)
+    } else {
+        limits.max_sequence_tokens
+    };
+    if prompt.len() >= prompt_cap {
+        let mut e = ApiError::param(
+            prompt_param,
+            format!(
+                "the prompt has {} tokens; the limit is {} (this model's context and KV cache leave {})",
+                prompt.len(),
+                prompt_cap.saturating_sub(1),
+                limits.max_sequence_tokens
+            ),
+        );
+        e.code = Some("context_length_exceeded".into());
+        return Err(e);
+    }
+    let room = limits.max_sequence_tokens - prompt.len();
+    let max_tokens = match o.int("max_completion_tokens", 1, i64::MAX)? {
+        Some(v) => Some(v),
+        None => o.int("max_tokens", 1, i64::MAX)?,
+    }
+    .map_or(room, |v| v as usize);
+    if max_tokens > room {
+        let mut e = ApiError::param(
+            "max_tokens",
+            format!(
+                "prompt ({} tokens) plus max_tokens ({max_tokens}) exceeds the {}-token limit",
+                prompt.len(),
+                limits.max_sequence_tokens
+            ),
+        );
+        e.code = Some("context_length_exceeded".into());
+        return Err(e);
+    }
+    let d = SamplingParams::default();
+    let logprobs = match kind {
+        Kind::Chat => {
+            let on = o.bool("logprobs")?.unwrap_or(false);
+            let top = o.int("top_logprobs", 0, 20)?;
+            if top.is_some() && !on {
+                return Err(ApiError::param(
+                    "top_logprobs",
+                    "`top_logprobs` requires `logprobs: true`",
+                ));
+            }
+            on.then_some(top.unwrap_or(0) as usize)
+        }
+        Kind::Completion => o.int("logprobs", 0, 20)?.map(|n| n as usize),
+    };
+    let sampling = SamplingParams {
+        temperature: o
+            .f64("temperature", 0.0, 2.0)?
+            .map_or(d.temperature, |v| v as f32),
+        top_p: o.f64("top_p", 0.0, 1.0)?.map_or(d.top_p, |v| v as f32),
+        top_k: o.int("top_k", 0, 1 << 20)?.map_or(d.top_k, |v| v as usize),
+        min_p: o.f64("min_p", 0.0, 1.0)?.map_or(d.min_p, |v| v as f32),
+        repetition_penalty: o
+            .f64("repetition_penalty", 0.0, 10.0)?
+            .map_or(d.repetition_penalty, |v| v as f32),
+        frequency_penalty: o
+            .f64("frequency_penalty", -2.0, 2.0)?
+            .map_or(d.frequency_penalty, |v| v as f32),
+        presence_penalty: o
+            .f64("presence_penalty", -2.0, 2.0)?
+            .map_or(d.presence_penalty, |v| v as f32),
+        seed: o.int("seed", i64::MIN, i64::MAX)?.map(|v| v as u64),
+        logprobs: logprobs.is_some(),
+        top_logprobs: logprobs.unwrap_or(0),
+        ignore_eos: o.bool("ignore_eos")?.unwrap_or(false),
+        ..d
+    };
+    if let Err((field, msg)) = sampling.validate() {
+        return Err(ApiError::param(&field, msg));
+    }
+    let include_usage = match o.get("stream_options") {
+        None => false,
+        Some(Value::Object(so)) => Obj(so).bool("include_usage")?.unwrap_or(false),
+        Some(_) => {
+            return Err(ApiError::param(
+                "stream_options",
+                "`stream_options` must be an object",
+            ))
+        }
+    };
+    Ok(GenParams {
+        kind,
+        request: Request {
+            prompt,
+            max_tokens,
+            sampling,
+            stop: stop_sequences(&o)?,
+            priority: o.int("priority", -1000, 1000)?.unwrap_or(0) as i32,
+        },
+        stream: o.bool("stream")?.unwrap_or(false),
+        include_usage,
+        logprobs,
+        resumable: o.bool("resumable")?.unwrap_or(false),
+    })
+}

@@ -1,0 +1,135 @@
+//! Shared server state: the scheduler handle, configuration, stream registry, auth keys and
+//! rate limiters, readiness and the shutdown signal.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rill_scheduler::SchedulerHandle;
+use tokio::sync::watch;
+
+use crate::config::ServeConfig;
+use crate::error::ApiError;
+use crate::resume::Registry;
+
+/// Per-key request and token budgets.
+struct KeyLimits {
+    requests: Option<DefaultDirectRateLimiter>,
+    tokens: Option<DefaultDirectRateLimiter>,
+}
+
+pub struct AppState {
+    pub sched: SchedulerHandle,
+    pub cfg: ServeConfig,
+    pub model_id: String,
+    pub created: u64,
+    pub streams: Registry,
+    keys: Vec<String>,
+    limits: Mutex<HashMap<String, Arc<KeyLimits>>>,
+    ready: AtomicBool,
+    pub shutdown: watch::Sender<bool>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    pub fn new(
+        sched: SchedulerHandle,
+        cfg: ServeConfig,
+        model_id: String,
+        keys: Vec<String>,
+    ) -> Self {
+        Self {
+            sched,
+            cfg,
+            model_id,
+            created: crate::openai::now_unix(),
+            streams: Registry::default(),
+            keys,
+            limits: Mutex::new(HashMap::new()),
+            ready: AtomicBool::new(true),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.sched.is_accepting()
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn auth_required(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The key a bearer token names, if it is one of ours (constant-time comparison).
+    pub fn check_key(&self, token: &str) -> Option<String> {
+        self.keys
+            .iter()
+            .find(|k| {
+                k.len() == token.len()
+                    && k.bytes()
+                        .zip(token.bytes())
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0
+            })
+            .cloned()
+    }
+
+    fn key_limits(&self, key: &str) -> Arc<KeyLimits> {
+        let mut m = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(key.to_string())
+            .or_insert_with(|| {
+                let per_min =
+                    |n: u32| NonZeroU32::new(n).map(|n| RateLimiter::direct(Quota::per_minute(n)));
+                Arc::new(KeyLimits {
+                    requests: per_min(self.cfg.rate_limit_rpm),
+                    tokens: per_min(self.cfg.rate_limit_tpm),
+                })
+            })
+            .clone()
+    }
+
+    /// Charges one request and its token budget (prompt + max_tokens) to `key`.
+    pub fn charge(&self, key: &str, tokens: usize) -> Result<(), ApiError> {
+        if self.cfg.rate_limit_rpm == 0 && self.cfg.rate_limit_tpm == 0 {
+            return Ok(());
+        }
+        let l = self.key_limits(key);
+        let wait_s = |not_until: governor::NotUntil<governor::clock::QuantaInstant>| {
+            use governor::clock::Clock;
+            not_until
+                .wait_time_from(governor::clock::DefaultClock::default().now())
+                .as_secs()
+                .max(1)
+        };
+        if let Some(r) = &l.requests {
+            r.check()
+                .map_err(|n| ApiError::rate_limited("requests per minute", wait_s(n)))?;
+        }
+        if let Some(t) = &l.tokens {
+            let n = NonZeroU32::new(tokens.clamp(1, u32::MAX as usize) as u32)
+                .unwrap_or(NonZeroU32::MIN);
+            match t.check_n(n) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => {
+                    return Err(ApiError::rate_limited(
+                        "tokens per minute",
+                        wait_s(not_until),
+                    ))
+                }
+                Err(_) => {
+                    return Err(ApiError::rate_limited(
+                        "this request alone exceeds the tokens-per-minute limit",
+                        60,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}

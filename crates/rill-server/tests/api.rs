@@ -1,0 +1,528 @@
+//! The HTTP API with real clients against the real server and model: OpenAI shapes (JSON and
+//! SSE), typed errors, auth, cancellation and disconnects, resumable streams, slow readers,
+//! the OpenAPI document and graceful shutdown.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::time::Duration;
+
+use rill_server::ServeConfig;
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+fn chat_body(content: &str, max_tokens: u32, stream: bool) -> Value {
+    json!({
+        "model": "smollm2",
+        "messages": [{"role": "system", "content": "You are brief."}, {"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+        "stream_options": {"include_usage": true},
+        "some_unknown_field": {"ignored": true},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_and_completions_have_openai_shapes() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let c = client();
+
+    // Non-streaming chat.
+    let r = c
+        .post(url(&s, "/v1/chat/completions"))
+        .json(&chat_body("Name three colours.", 24, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-rill-stream-id").is_some());
+    let full: Value = r.json().await.unwrap();
+    assert_eq!(full["object"], "chat.completion");
+    assert!(full["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(full["model"], "smollm2");
+    let text = full["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!text.is_empty());
+    assert_eq!(full["choices"][0]["message"]["role"], "assistant");
+    let reason = full["choices"][0]["finish_reason"].as_str().unwrap();
+    assert!(reason == "stop" || reason == "length");
+    let u = &full["usage"];
+    assert_eq!(
+        u["total_tokens"],
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(u["completion_tokens"].as_u64().unwrap() <= 24);
+    assert!(full["timings"]["ttft_ms"].as_f64().unwrap() > 0.0);
+
+    // The same request streamed: the same text, every event with a sequential id.
+    let r = c
+        .post(url(&s, "/v1/chat/completions"))
+        .json(&chat_body("Name three colours.", 24, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert_eq!(r.headers()["cache-control"], "no-cache");
+    assert_eq!(r.headers()["x-accel-buffering"], "no");
+    let sid = r.headers()["x-rill-stream-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (events, _) = read_sse(r, usize::MAX).await;
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.id.as_deref(), Some(format!("{sid}:{i}").as_str()));
+    }
+    assert!(events.last().unwrap().is_done());
+    assert_eq!(
+        stream_text(&events),
+        text,
+        "stream and non-stream greedy output differ"
+    );
+    let chunks: Vec<Value> = events
+        .iter()
+        .filter(|e| !e.is_done())
+        .map(|e| e.json())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == sid));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], reason);
+    let usage = &chunks[chunks.len() - 1];
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"]["completion_tokens"], u["completion_tokens"]);
+    for k in [
+        "ttft_ms",
+        "queue_ms",
+        "prompt_tokens_per_s",
+        "generation_tokens_per_s",
+        "itl_p50_ms",
+        "itl_p95_ms",
+    ] {
+        assert!(usage["timings"][k].is_number(), "timings.{k}");
+    }
+
+    // Completions with logprobs, stop sequences, seed.
+    let r = c
+        .post(url(&s, "/v1/completions"))
+        .json(&json!({"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0, "logprobs": 2, "seed": 7}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "text_completion");
+    let lp = &v["choices"][0]["logprobs"];
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), n);
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+    let joined: String = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(joined.starts_with(v["choices"][0]["text"].as_str().unwrap()));
+
+    let stop_at = text.split_whitespace().nth(1).unwrap().to_string();
+    let r = c
+        .post(url(&s, "/v1/chat/completions"))
+        .json(&json!({"messages": [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "Name three colours."}], "max_tokens": 24, "temperature": 0, "stop": [stop_at]}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let stopped = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(
+        !stopped.contains(&stop_at) && text.starts_with(stopped),
+        "{stopped:?} vs {text:?}"
+    );
+
+    // Models, readiness, OpenAPI.
+    let m: Value = c
+        .get(url(&s, "/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["data"][0]["id"], "smollm2");
+    assert_eq!(c.get(url(&s, "/ready")).send().await.unwrap().status(), 200);
+    let doc: Value = c
+        .get(url(&s, "/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/v1/chat/completions"]["post"].is_object());
+    assert!(doc["components"]["schemas"]["ChatCompletionRequest"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_typed_4xx_and_the_server_keeps_serving() {
+    let _g = serial().await;
+    let s = server(ServeConfig {
+        max_body_bytes: 64 * 1024,
+        ..config()
+    })
+    .await;
+    let c = client();
+    let post = |body: Vec<u8>| {
+        c.post(url(&s, "/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let check = |v: &Value, param: Option<&str>| {
+        assert!(v["error"]["message"].is_string(), "{v}");
+        assert!(v["error"]["type"].is_string(), "{v}");
+        if let Some(p) = param {
+            assert_eq!(v["error"]["param"], p, "{v}");
+        }
+    };
+    let r = post(b"{\"messages\": [".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    check(&r.json().await.unwrap(), None);
+    let r = post(b"{\"messages\": \"\xff\xfe\"}".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post(
+        json!({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"})
+            .to_string()
+            .into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    check(&r.json().await.unwrap(), Some("temperature"));
+    let r = post(
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -3})
+            .to_string()
+            .into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    check(&r.json().await.unwrap(), Some("max_tokens"));
+    let r = post(
+        json!({"messages": [{"role": "user", "content": "hi"}], "n": 2})
+            .to_string()
+            .into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    check(&r.json().await.unwrap(), Some("n"));
+    let r = post(json!({"messages": "hi"}).to_string().into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    check(&r.json().await.unwrap(), Some("messages"));
+    // Oversized body.
+    let big =
+        json!({"messages": [{"role": "user", "content": "word ".repeat(20_000)}]}).to_string();
+    let r = post(big.into_bytes()).await.unwrap();
+    assert_eq!(r.status(), 413);
+    check(&r.json().await.unwrap(), None);
+    // A prompt over the context length (under the body limit).
+    let long = json!({"prompt": (0..9000).map(|i| (i % 1000 + 10) as u32).collect::<Vec<_>>()})
+        .to_string();
+    let r = c
+        .post(url(&s, "/v1/completions"))
+        .body(long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    // Unknown route.
+    assert_eq!(
+        c.get(url(&s, "/v1/nope")).send().await.unwrap().status(),
+        404
+    );
+    // Still serving.
+    let r = c
+        .post(url(&s, "/v1/chat/completions"))
+        .json(&chat_body("Hi", 4, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_every_route_but_health() {
+    let _g = serial().await;
+    let s = server(ServeConfig {
+        api_keys: vec!["sekret".into()],
+        ..config()
+    })
+    .await;
+    let c = client();
+    assert_eq!(
+        c.get(url(&s, "/health")).send().await.unwrap().status(),
+        200
+    );
+    let r = c.get(url(&s, "/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "authentication_error");
+    let r = c
+        .get(url(&s, "/v1/models"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(url(&s, "/v1/models"))
+        .bearer_auth("sekret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnects_mid_prefill_and_mid_decode_free_their_blocks() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let c = client();
+    // Mid-prefill: a long prompt, dropped as soon as the response starts.
+    let long = "The river flows past old stone bridges and quiet towns. ".repeat(150);
+    let r = c
+        .post(url(&s, "/v1/chat/completions"))
+        .json(&chat_body(&long, 64, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(r);
+    wait_idle(&s).await;
+    // Mid-decode: after a few tokens.
+    let r = c
+        .post(url(&s, "/v1/chat/completions"))
+        .json(&chat_body("Tell me a story.", 400, true))
+        .send()
+        .await
+        .unwrap();
+    let (events, _) = read_sse(r, 5).await;
+    assert_eq!(events.len(), 5);
+    wait_idle(&s).await;
+    let st = s.state.sched.stats();
+    assert_eq!(
+        st.cancelled, 2,
+        "both disconnects cancel their request: {st:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_cancels_a_stream_by_id() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let c = client();
+    let r = c
+        .post(url(&s, "/v1/chat/completions"))
+        .json(&chat_body("Tell me a story.", 400, true))
+        .send()
+        .await
+        .unwrap();
+    let sid = r.headers()["x-rill-stream-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let reader = tokio::spawn(read_sse(r, usize::MAX));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = c
+        .delete(url(&s, &format!("/v1/streams/{sid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.status(), 200);
+    let (events, _) = reader.await.unwrap();
+    assert!(events.last().unwrap().is_done());
+    let finish = events.iter().rev().find_map(|e| {
+        e.json()["choices"][0]["finish_reason"]
+            .as_str()
+            .map(String::from)
+    });
+    assert_eq!(finish.as_deref(), Some("cancelled"));
+    assert_eq!(
+        c.delete(url(&s, "/v1/streams/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_stream_loses_and_repeats_nothing() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let c = client();
+    let body = chat_body("Describe a lighthouse at night.", 60, true);
+    let reference = {
+        let mut b = body.clone();
+        b["stream"] = json!(false);
+        let v: Value = c
+            .post(url(&s, "/v1/chat/completions"))
+            .json(&b)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let r = c
+        .post(url(&s, "/v1/chat/completions"))
+        .header("X-Rill-Resumable", "true")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let sid = r.headers()["x-rill-stream-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (first, _) = read_sse(r, 6).await; // then the connection drops
+    let last_id = first.last().unwrap().id.clone().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // generation continues meanwhile
+    let r = c
+        .get(url(&s, &format!("/v1/streams/{sid}")))
+        .header("Last-Event-ID", &last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (rest, _) = read_sse(r, usize::MAX).await;
+    let mut all = first.clone();
+    all.extend(rest);
+    let ids: Vec<String> = all.iter().map(|e| e.id.clone().unwrap()).collect();
+    let expect: Vec<String> = (0..all.len()).map(|i| format!("{sid}:{i}")).collect();
+    assert_eq!(ids, expect, "nothing lost, nothing repeated");
+    assert!(all.last().unwrap().is_done());
+    assert_eq!(stream_text(&all), reference);
+
+    // Unknown ids and foreign event ids are refused clearly.
+    assert_eq!(
+        c.get(url(&s, "/v1/streams/chatcmpl-nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let r = c
+        .get(url(&s, &format!("/v1/streams/{sid}")))
+        .header("Last-Event-ID", "other:3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_gets_slow_consumer_while_eight_streams_finish() {
+    let _g = serial().await;
+    let s = server(ServeConfig {
+        send_buffer_bytes: 4096,
+        stream_capacity: 2,
+        max_pending_tokens: 16,
+        ..config()
+    })
+    .await;
+    // A raw client with a tiny receive buffer that sends its request and never reads.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    let mut stalled = sock.connect(s.addr).await.unwrap();
+    let body = chat_body("Count from one to five hundred.", 2000, true).to_string();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stalled.write_all(req.as_bytes()).await.unwrap();
+    let c = client();
+    let readers: Vec<_> = (0..8)
+        .map(|i| {
+            let c = c.clone();
+            let u = url(&s, "/v1/chat/completions");
+            tokio::spawn(async move {
+                let r = c
+                    .post(u)
+                    .json(&chat_body(
+                        &format!("Say something about the number {i}."),
+                        48,
+                        true,
+                    ))
+                    .send()
+                    .await
+                    .unwrap();
+                read_sse(r, usize::MAX).await.0
+            })
+        })
+        .collect();
+    for r in readers {
+        let events = r.await.unwrap();
+        assert!(events.last().unwrap().is_done());
+        assert!(events.iter().all(|e| e.json().get("error").is_none()));
+    }
+    let t = std::time::Instant::now();
+    while s
+        .state
+        .sched
+        .stats()
+        .errors_of(rill_scheduler::ErrorCode::SlowConsumer)
+        == 0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the stalled reader was never cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stalled);
+    wait_idle(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_running_streams_with_a_typed_error() {
+    let _g = serial().await;
+    let mut s = server(config()).await;
+    let c = client();
+    let r = c
+        .post(url(&s, "/v1/chat/completions"))
+        .json(&chat_body("Tell me a long story.", 2000, true))
+        .send()
+        .await
+        .unwrap();
+    let reader = tokio::spawn(read_sse(r, usize::MAX));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.shutdown();
+    let (events, _) = reader.await.unwrap();
+    assert!(events.last().unwrap().is_done());
+    let err = events.iter().rev().nth(1).unwrap().json();
+    assert_eq!(err["error"]["code"], "server_shutdown", "{err}");
+    tokio::time::timeout(Duration::from_secs(30), s.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}

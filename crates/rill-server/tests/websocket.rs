@@ -1,0 +1,227 @@
+//! The WebSocket protocol with a real client (tokio-tungstenite) against the real server:
+//! multiplexed generations, tokens and completion summaries, cancel, malformed frames, ping,
+//! the MessagePack subprotocol and resume on a new connection.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::*;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(s: &rill_server::ServerHandle, protocol: Option<&str>) -> Ws {
+    let mut req = format!("ws://{}/v1/ws", s.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    if let Some(p) = protocol {
+        assert_eq!(resp.headers()["sec-websocket-protocol"], p);
+    }
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match m {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Binary(b) => return rmp_serde::from_slice(&b).unwrap(),
+            _ => continue,
+        }
+    }
+}
+
+/// Reads frames until every id in `ids` completed or failed; returns text and final frame per id.
+async fn run_until_done(ws: &mut Ws, ids: &[&str]) -> HashMap<String, (String, Value, Vec<u64>)> {
+    let mut out: HashMap<String, (String, Value, Vec<u64>)> = HashMap::new();
+    let mut done = 0;
+    while done < ids.len() {
+        let f = next(ws).await;
+        let id = f["id"].as_str().unwrap_or("").to_string();
+        let e = out
+            .entry(id)
+            .or_insert((String::new(), Value::Null, Vec::new()));
+        match f["type"].as_str().unwrap() {
+            "token" => {
+                if let Some(t) = f.get("token") {
+                    e.0.push_str(t["text"].as_str().unwrap());
+                    if t["id"].is_u64() {
+                        e.2.push(t["position"].as_u64().unwrap());
+                    }
+                } else {
+                    e.0.push_str(f["text"].as_str().unwrap());
+                    for t in f["tokens"].as_array().unwrap() {
+                        e.2.push(t["position"].as_u64().unwrap());
+                    }
+                }
+            }
+            "complete" | "error" => {
+                e.1 = f;
+                done += 1;
+            }
+            "queued" => {}
+            other => panic!("unexpected frame {other}: {f}"),
+        }
+    }
+    out
+}
+
+fn greedy_chat(id: &str, content: &str, max_tokens: u32) -> Value {
+    json!({"type": "generate", "id": id, "messages": [{"role": "user", "content": content}],
+           "max_tokens": max_tokens, "params": {"temperature": 0}})
+}
+
+async fn reference(s: &rill_server::ServerHandle, content: &str, max_tokens: u32) -> String {
+    let v: Value = client()
+        .post(url(s, "/v1/chat/completions"))
+        .json(&json!({"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_generations_cancel_and_malformed_frames() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let mut ws = connect(&s, None).await;
+
+    // A malformed frame gets an error frame; the connection stays usable.
+    ws.send(Message::Text("{not json".into())).await.unwrap();
+    let e = next(&mut ws).await;
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["error"]["code"], "invalid_message");
+    assert_eq!(e["error"]["recoverable"], true);
+    send(&mut ws, json!({"type": "ping", "ts": 5})).await;
+    let p = next(&mut ws).await;
+    assert_eq!(
+        (p["type"].as_str(), p["ts"].as_i64()),
+        (Some("pong"), Some(5))
+    );
+    send(
+        &mut ws,
+        json!({"type": "generate", "id": "bad", "messages": [], "max_tokens": 4}),
+    )
+    .await;
+    let e = next(&mut ws).await;
+    assert_eq!(
+        (e["id"].as_str(), e["type"].as_str()),
+        (Some("bad"), Some("error"))
+    );
+
+    // Two generations at once, plus one cancelled.
+    send(&mut ws, greedy_chat("a", "Name three colours.", 24)).await;
+    send(&mut ws, greedy_chat("b", "Name three animals.", 24)).await;
+    send(
+        &mut ws,
+        greedy_chat("c", "Tell me a very long story.", 1000),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut ws, json!({"type": "cancel", "id": "c"})).await;
+    let got = run_until_done(&mut ws, &["a", "b", "c"]).await;
+    assert_eq!(got["c"].1["finish_reason"], "cancelled");
+    for (id, q) in [("a", "Name three colours."), ("b", "Name three animals.")] {
+        let (text, complete, positions) = &got[id];
+        assert_eq!(complete["type"], "complete", "{complete}");
+        let summary = &complete["summary"];
+        // The end-of-sequence token counts in usage but is not sent as text.
+        let total = summary["total_tokens"].as_u64().unwrap() as usize;
+        let eos = usize::from(complete["finish_reason"] == "stop");
+        assert_eq!(total, positions.len() + eos);
+        assert!(summary["ttft_ms"].as_f64().unwrap() > 0.0);
+        assert!(summary["tokens_per_second"].is_number());
+        assert_eq!(positions, &(0..positions.len() as u64).collect::<Vec<_>>());
+        assert_eq!(text, &reference(&s, q, 24).await, "generation {id}");
+    }
+    wait_idle(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgpack_subprotocol_and_resume_on_a_new_connection() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let q = "Describe the sea in winter.";
+    let want = reference(&s, q, 40).await;
+
+    // Binary frames when negotiated.
+    let mut ws = connect(&s, Some("rill.msgpack")).await;
+    ws.send(Message::Binary(
+        rmp_serde::to_vec_named(&greedy_chat("m", q, 40))
+            .unwrap()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let m = ws.next().await.unwrap().unwrap();
+    assert!(matches!(m, Message::Binary(_)), "expected a binary frame");
+    let got = run_until_done(&mut ws, &["m"]).await;
+    let first: Value = rmp_serde::from_slice(&m.into_data()).unwrap();
+    let mut text = first["token"]["text"].as_str().unwrap_or("").to_string();
+    text.push_str(&got["m"].0);
+    assert_eq!(text, want);
+    drop(ws);
+
+    // A resumable generation survives its connection; a new one resumes after the last
+    // position it saw, with nothing lost or repeated.
+    let mut ws = connect(&s, None).await;
+    let mut g = greedy_chat("r", q, 40);
+    g["resumable"] = json!(true);
+    send(&mut ws, g).await;
+    let mut text = String::new();
+    let mut last = -1i64;
+    while last < 4 {
+        let f = next(&mut ws).await;
+        if f["type"] == "token" {
+            text.push_str(f["token"]["text"].as_str().unwrap());
+            last = f["token"]["position"].as_i64().unwrap();
+        }
+    }
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ws = connect(&s, None).await;
+    send(
+        &mut ws,
+        json!({"type": "resume", "id": "r", "after_position": last}),
+    )
+    .await;
+    let got = run_until_done(&mut ws, &["r"]).await;
+    let (rest, complete, positions) = &got["r"];
+    assert_eq!(complete["type"], "complete");
+    assert_eq!(positions.first().copied(), Some(last as u64 + 1));
+    text.push_str(rest);
+    assert_eq!(text, want);
+    send(
+        &mut ws,
+        json!({"type": "resume", "id": "nope", "after_position": 0}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["error"]["code"], "not_found");
+}
