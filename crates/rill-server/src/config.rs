@@ -52,6 +52,8 @@ pub struct ServeConfig {
     /// Kernel send buffer per connection in bytes (0: the OS default, which autotunes up to
     /// megabytes). Smaller makes a stalled client show up as `slow_consumer` sooner.
     pub send_buffer_bytes: u32,
+    /// The `rill bench` history the dashboard plots (default: `$RILL_HOME/bench.sqlite`).
+    pub bench_db: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -81,6 +83,7 @@ impl Default for ServeConfig {
             stream_capacity: 64,
             max_pending_tokens: 1024,
             send_buffer_bytes: 0,
+            bench_db: None,
         }
     }
 }
@@ -105,6 +108,7 @@ pub struct Overrides {
     pub rate_limit_tpm: Option<u32>,
     pub resume_window_s: Option<u64>,
     pub shutdown_grace_s: Option<u64>,
+    pub bench_db: Option<PathBuf>,
 }
 
 /// A configuration problem, naming the key.
@@ -161,6 +165,9 @@ impl ServeConfig {
             resume_window_s,
             shutdown_grace_s
         );
+        if o.bench_db.is_some() {
+            c.bench_db = o.bench_db;
+        }
         if o.api_keys_file.is_some() {
             c.api_keys_file = o.api_keys_file;
         }

@@ -36,12 +36,24 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/streams/{id}", get(resume).delete(cancel))
         .route("/v1/ws", get(ws::upgrade))
         .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics))
+        .route("/dashboard/live", get(crate::dashboard::live))
+        .route("/dashboard/history", get(crate::dashboard::history))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     let mut app = Router::new()
         .route("/health", get(health))
+        // The page and its static assets hold no data: public (data routes need the key).
+        .route("/dashboard", get(crate::dashboard::page))
+        .route("/dashboard/assets/{file}", get(crate::dashboard::asset))
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        // A panic in one handler answers that request with a 500 and nothing else.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send + 'static>| {
+                ApiError::internal("internal error while handling the request").into_response()
+            },
+        ))
         .with_state(state);
     if let Some(c) = cors {
         app = app.layer(c);
@@ -169,6 +181,22 @@ async fn generate(
     body: Result<Bytes, BytesRejection>,
     kind: Kind,
 ) -> Result<Response, ApiError> {
+    let r = generate_inner(state.clone(), key, headers, body, kind).await;
+    if let Err(e) = &r {
+        state
+            .metrics
+            .on_rejected(e.code.as_deref().unwrap_or(e.kind));
+    }
+    r
+}
+
+async fn generate_inner(
+    state: SharedState,
+    key: ApiKey,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(state.cfg.max_body_bytes)
@@ -220,7 +248,7 @@ async fn generate(
         },
     );
     // Dropping this future (client gone) drops `stream`, which cancels the request.
-    let outcome = sse::collect(&mut renderer, &mut stream).await;
+    let outcome = sse::collect(&state, &mut renderer, &mut stream).await;
     state.streams.remove(&id);
     match outcome {
         Ok(()) => {
@@ -312,6 +340,20 @@ pub(crate) async fn cancel(
     Ok(Json(
         json!({"id": id, "object": "stream", "cancelled": true}),
     ))
+}
+
+/// Prometheus scrape endpoint (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text exposition")))]
+pub(crate) async fn metrics(State(state): State<SharedState>) -> Response {
+    let body = state.metrics.render();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 pub fn shared(state: crate::state::AppState) -> SharedState {

@@ -5,8 +5,10 @@
 //! thread; handlers only submit requests and relay events.
 
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod openai;
 pub mod openapi;
 pub mod params;
@@ -109,6 +111,7 @@ pub async fn start(
     let grace = Duration::from_secs(cfg.shutdown_grace_s);
     let state: SharedState = Arc::new(AppState::new(scheduler.handle(), cfg, model_id, keys));
     let app = http::router(state.clone());
+    tokio::spawn(dashboard::sampler(state.clone()));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let st = state.clone();
     let task = tokio::spawn(async move {

@@ -158,6 +158,7 @@ pub struct ModelList {
         crate::http::completions,
         crate::http::resume,
         crate::http::cancel,
+        crate::http::metrics,
     ),
     components(schemas(
         ChatCompletionRequest,

@@ -16,6 +16,7 @@ use axum::response::Response;
 use rill_scheduler::{Event, RequestStream};
 use tokio::sync::mpsc;
 
+use crate::metrics::Track;
 use crate::openai::Renderer;
 use crate::resume::{Read, Resumable, StreamBuffer, StreamEntry};
 use crate::state::SharedState;
@@ -104,16 +105,21 @@ async fn direct(
 ) {
     let period = Duration::from_secs(state.cfg.keepalive_s);
     let mut idx = 0u64;
+    let mut track = Track::default();
     'outer: loop {
         tokio::select! {
             ev = stream.recv() => {
                 let Some(ev) = ev else { break };
+                state.metrics.on_event(&mut track, &ev);
                 let terminal = ev.is_terminal();
                 for payload in renderer.stream_event(&ev) {
                     if tx.send(frame(&id, idx, &payload.to_string())).await.is_err() {
                         break 'outer;
                     }
                     idx += 1;
+                }
+                if let Event::Tokens { sampled_at, .. } = &ev {
+                    state.metrics.on_sent(*sampled_at);
                 }
                 if terminal {
                     let _ = tx.send(frame(&id, idx, DONE)).await;
@@ -142,6 +148,7 @@ async fn pump(
 ) {
     let window = Duration::from_secs(state.cfg.resume_window_s);
     let mut progress = buf.subscribe_progress();
+    let mut track = Track::default();
     loop {
         // Backpressure towards an attached follower; a detached stream runs free.
         while buf.unread().is_some_and(|u| u >= buf.capacity() as u64) {
@@ -152,9 +159,13 @@ async fn pump(
         tokio::select! {
             ev = stream.recv() => {
                 let Some(ev) = ev else { break };
+                state.metrics.on_event(&mut track, &ev);
                 let terminal = ev.is_terminal();
                 for payload in renderer.stream_event(&ev) {
                     buf.push(None, Arc::from(payload.to_string()));
+                }
+                if let Event::Tokens { sampled_at, .. } = &ev {
+                    state.metrics.on_sent(*sampled_at);
                 }
                 if terminal {
                     buf.push(None, Arc::from(DONE));
@@ -234,10 +245,13 @@ pub fn follow(
 
 /// Collects a non-streaming request's events.
 pub async fn collect(
+    state: &SharedState,
     renderer: &mut Renderer,
     stream: &mut RequestStream,
 ) -> Result<(), (String, String)> {
+    let mut track = Track::default();
     while let Some(ev) = stream.recv().await {
+        state.metrics.on_event(&mut track, &ev);
         let terminal = ev.is_terminal();
         if let Some(err) = renderer.absorb(&ev) {
             return Err(err);

@@ -30,6 +30,8 @@ pub struct AppState {
     limits: Mutex<HashMap<String, Arc<KeyLimits>>>,
     ready: AtomicBool,
     pub shutdown: watch::Sender<bool>,
+    pub metrics: crate::metrics::Metrics,
+    pub snapshots: crate::dashboard::Snapshots,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -42,6 +44,8 @@ impl AppState {
         keys: Vec<String>,
     ) -> Self {
         Self {
+            metrics: crate::metrics::Metrics::new(sched.clone()),
+            snapshots: crate::dashboard::Snapshots::default(),
             sched,
             cfg,
             model_id,

@@ -484,15 +484,20 @@ async fn generate(
     let mut render = render;
     let mut cancelled = false;
     let mut last_position = None;
+    let mut track = crate::metrics::Track::default();
     loop {
         tokio::select! {
             ev = stream.recv() => {
                 let Some(ev) = ev else { break };
+                state.metrics.on_event(&mut track, &ev);
                 let terminal = ev.is_terminal();
                 for (_, f) in render.frames(&ev, false) {
                     if out.send(f).await.is_err() {
                         return; // connection gone: dropping `stream` cancels
                     }
+                }
+                if let Event::Tokens { sampled_at, .. } = &ev {
+                    state.metrics.on_sent(*sampled_at);
                 }
                 if terminal {
                     break;
@@ -528,10 +533,12 @@ async fn pump(
 ) {
     let window = Duration::from_secs(state.cfg.resume_window_s);
     let mut cancelled = false;
+    let mut track = crate::metrics::Track::default();
     loop {
         tokio::select! {
             ev = stream.recv() => {
                 let Some(ev) = ev else { break };
+                state.metrics.on_event(&mut track, &ev);
                 let terminal = ev.is_terminal();
                 for (pos, f) in render.frames(&ev, true) {
                     buf.push(pos, Arc::new(f));

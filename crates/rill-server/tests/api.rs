@@ -526,3 +526,281 @@ async fn shutdown_ends_running_streams_with_a_typed_error() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_cors_and_expired_resumes() {
+    let _g = serial().await;
+    let s = server(ServeConfig {
+        rate_limit_rpm: 2,
+        cors_origins: vec!["https://chat.example".into()],
+        resume_buffer_events: 4,
+        ..config()
+    })
+    .await;
+    let c = client();
+    // CORS: the allowed origin is echoed, others get no grant.
+    let r = c
+        .get(url(&s, "/v1/models"))
+        .header("origin", "https://chat.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://chat.example"
+    );
+    let r = c
+        .get(url(&s, "/v1/models"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+
+    // A resumable stream with a 4-event buffer: resuming from the start after it moved on is 410.
+    let r = c
+        .post(url(&s, "/v1/chat/completions"))
+        .json(&json!({"messages": [{"role": "user", "content": "Count to twenty."}], "max_tokens": 24, "temperature": 0, "stream": true, "resumable": true}))
+        .send()
+        .await
+        .unwrap();
+    let sid = r.headers()["x-rill-stream-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (events, _) = read_sse(r, usize::MAX).await;
+    assert!(events.len() > 8);
+    let r = c
+        .get(url(&s, &format!("/v1/streams/{sid}")))
+        .header("Last-Event-ID", format!("{sid}:0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "stream_expired");
+
+    // Two generation requests per minute (the stream above was the first): the third is 429.
+    let hi = json!({"prompt": "Hi", "max_tokens": 2});
+    let r = c
+        .post(url(&s, "/v1/completions"))
+        .json(&hi)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(url(&s, "/v1/completions"))
+        .json(&hi)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+}
+
+/// Parses OpenMetrics/Prometheus text: every sample line is `name{labels} value`; returns them.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let name_end = key.find('{').unwrap_or(key.len());
+        let name = &key[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        if name_end < key.len() {
+            assert!(key.ends_with('}'), "bad labels in {line:?}");
+        }
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.push((key.to_string(), v));
+    }
+    assert!(text.trim_end().ends_with("# EOF"));
+    out
+}
+
+fn metric(m: &[(String, f64)], key: &str) -> f64 {
+    m.iter().find(|(k, _)| k == key).map_or(0.0, |(_, v)| *v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_count_exactly_what_was_sent() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let c = client();
+    let scrape = || async {
+        let r = c.get(url(&s, "/metrics")).send().await.unwrap();
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("openmetrics-text"));
+        parse_metrics(&r.text().await.unwrap())
+    };
+    let before = scrape().await;
+    let mut prompt_tokens = 0.0;
+    for i in 0..3 {
+        let body = json!({"messages": [{"role": "user", "content": format!("Count to {i}.")}], "max_tokens": 7, "ignore_eos": true});
+        let v: Value = c
+            .post(url(&s, "/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        prompt_tokens += v["usage"]["prompt_tokens"].as_f64().unwrap();
+    }
+    let r = c
+        .post(url(&s, "/v1/completions"))
+        .json(&json!({"prompt": "Once upon a time", "max_tokens": 7, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}))
+        .send()
+        .await
+        .unwrap();
+    let (events, _) = read_sse(r, usize::MAX).await;
+    prompt_tokens += events[events.len() - 2].json()["usage"]["prompt_tokens"]
+        .as_f64()
+        .unwrap();
+    let r = c
+        .post(url(&s, "/v1/completions"))
+        .json(&json!({"prompt": "x", "temperature": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let after = scrape().await;
+    let delta = |k: &str| metric(&after, k) - metric(&before, k);
+    assert_eq!(delta("rill_generation_tokens_total"), 28.0);
+    assert_eq!(delta("rill_prompt_tokens_total"), prompt_tokens);
+    assert_eq!(delta("rill_requests_total{finish_reason=\"length\"}"), 4.0);
+    assert_eq!(delta("rill_time_to_first_token_seconds_count"), 4.0);
+    assert_eq!(delta("rill_request_duration_seconds_count"), 4.0);
+    assert_eq!(delta("rill_inter_token_latency_seconds_count"), 4.0 * 6.0);
+    assert_eq!(
+        delta("rill_send_lag_seconds_count"),
+        7.0,
+        "the streamed request's tokens"
+    );
+    assert_eq!(
+        delta("rill_rejected_requests_total{code=\"invalid_value\"}"),
+        1.0
+    );
+    assert_eq!(metric(&after, "rill_running_sequences"), 0.0);
+    assert!(metric(&after, "rill_kv_blocks_total") > 0.0);
+    assert!(metric(&after, "rill_rss_bytes") > 0.0);
+    assert!(metric(&after, "rill_batch_limit") >= 1.0);
+    assert_eq!(metric(&after, "rill_target_itl_seconds"), 0.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_page_assets_and_live_feed() {
+    let _g = serial().await;
+    let s = server(ServeConfig {
+        api_keys: vec!["k".into()],
+        bench_db: Some(std::env::temp_dir().join("rill-no-such-bench.sqlite")),
+        ..config()
+    })
+    .await;
+    let c = client();
+    // The page and assets are public; the data needs the key.
+    let page = c.get(url(&s, "/dashboard")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("uPlot.iife.min.js"));
+    for a in [
+        "dashboard.js",
+        "dashboard.css",
+        "uPlot.iife.min.js",
+        "uPlot.min.css",
+        "uPlot.LICENSE.txt",
+    ] {
+        assert_eq!(
+            c.get(url(&s, &format!("/dashboard/assets/{a}")))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{a}"
+        );
+    }
+    assert_eq!(
+        c.get(url(&s, "/dashboard/assets/nope.js"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.get(url(&s, "/dashboard/live"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let h: Value = c
+        .get(url(&s, "/dashboard/history?api_key=k"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["runs"].as_array().unwrap().len(), 0);
+    // Live: the stored history, then a snapshot every second.
+    let r = c
+        .get(url(&s, "/dashboard/live?api_key=k"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let t = std::time::Instant::now();
+    while text.matches("event: snapshot").count() < 2 {
+        use futures_util::StreamExt;
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+    assert!(text.starts_with("event: history\ndata: ["));
+    let snap = text
+        .split("event: snapshot\ndata: ")
+        .nth(1)
+        .unwrap()
+        .split("\n\n")
+        .next()
+        .unwrap();
+    let v: Value = serde_json::from_str(snap).unwrap();
+    for k in [
+        "t",
+        "tokens_per_s",
+        "running",
+        "waiting",
+        "batch_limit",
+        "kv_used",
+        "kv_total",
+        "rss_mib",
+        "errors",
+    ] {
+        assert!(!v[k].is_null(), "snapshot lacks {k}: {v}");
+    }
+}

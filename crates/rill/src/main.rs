@@ -1,5 +1,6 @@
 //! The `rill` command: parses arguments and hands off to the crates that do the work.
 
+mod bench_cmd;
 mod engine_bench;
 mod scheduler_bench;
 mod serve;
@@ -39,6 +40,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load-test any OpenAI-compatible server; `history` and `compare` work on stored runs.
+    Bench(bench_cmd::BenchArgs),
     /// Measure the engine: prefill tokens/s, single-stream decode and batched decode tokens/s.
     BenchEngine(engine_bench::BenchArgs),
     /// Measure the scheduler: concurrent streams (TTFT, inter-token latency, tokens/s), and the
@@ -143,6 +146,7 @@ fn main() -> Result<()> {
         Command::Serve(a) => serve::run(a)?,
         Command::Generate(a) => generate(a)?,
         Command::Info { json } => info(json)?,
+        Command::Bench(a) => bench_cmd::run(a)?,
         Command::BenchEngine(a) => engine_bench::run(a)?,
         Command::BenchScheduler(a) => scheduler_bench::run(a)?,
     }

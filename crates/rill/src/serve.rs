@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Seconds running streams get to finish on shutdown.
     #[arg(long, env = "RILL_SHUTDOWN_GRACE_S")]
     shutdown_grace_s: Option<u64>,
+    /// The `rill bench` history database the dashboard plots.
+    #[arg(long, env = "RILL_BENCH_DB")]
+    bench_db: Option<PathBuf>,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -90,6 +93,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             rate_limit_tpm: a.rate_limit_tpm,
             resume_window_s: a.resume_window_s,
             shutdown_grace_s: a.shutdown_grace_s,
+            bench_db: a.bench_db,
         },
     )?;
     if a.print_config {

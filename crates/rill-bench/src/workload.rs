@@ -1,0 +1,112 @@
+//! What the load generator sends: prompt sets (built-in mixes or a JSONL file) and arrival
+//! patterns (closed loop, or Poisson at a request rate).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::BenchError;
+
+/// One prompt: plain text (sent as a user message, or as `prompt` to /v1/completions) or a
+/// whole chat `messages` array.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    Text(String),
+    Messages(Value),
+}
+
+const QUESTIONS: [&str; 8] = [
+    "Write a haiku about the sea.",
+    "What is 17 times 23? Explain the steps.",
+    "Explain photosynthesis to a child.",
+    "List five colours and one thing of each colour.",
+    "Translate 'good morning, how are you?' into German and French.",
+    "Why is the sky blue?",
+    "Give me three names for a bakery and a motto for each.",
+    "Describe a lighthouse at night.",
+];
+
+const FILLER: &str = "The river flows past old stone bridges, carrying leaves and stories from \
+    the hills to the harbour, where fishermen mend their nets and talk about the weather. ";
+
+fn with_context(i: usize, repeats: usize) -> Prompt {
+    let q = QUESTIONS[i % QUESTIONS.len()];
+    if repeats == 0 {
+        Prompt::Text(q.to_string())
+    } else {
+        Prompt::Text(format!("{}\n\nRequest {i}: {q}", FILLER.repeat(repeats)))
+    }
+}
+
+/// A built-in prompt set: `short` (~20 tokens), `long` (~1,000 tokens), or `mixed` (7 short :
+/// 2 medium ~250 tokens : 1 long, in a fixed order).
+pub fn builtin(name: &str) -> Result<Vec<Prompt>, BenchError> {
+    let v = match name {
+        "short" => (0..16).map(|i| with_context(i, 0)).collect(),
+        "long" => (0..16).map(|i| with_context(i, 36)).collect(),
+        "mixed" => (0..20)
+            .map(|i| match i % 10 {
+                3 | 7 => with_context(i, 9),
+                9 => with_context(i, 36),
+                _ => with_context(i, 0),
+            })
+            .collect(),
+        other => {
+            return Err(BenchError::Usage(format!(
+                "unknown prompt set `{other}` (short, long, mixed, or a .jsonl file)"
+            )))
+        }
+    };
+    Ok(v)
+}
+
+/// Prompts from a JSONL file: one object per line with `prompt` (a string) or `messages`.
+pub fn load_jsonl(path: &Path) -> Result<Vec<Prompt>, BenchError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BenchError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).map_err(|e| {
+            BenchError::Usage(format!("{}:{}: not JSON: {e}", path.display(), n + 1))
+        })?;
+        if let Some(p) = v.get("prompt").and_then(Value::as_str) {
+            out.push(Prompt::Text(p.to_string()));
+        } else if let Some(m) = v.get("messages").filter(|m| m.is_array()) {
+            out.push(Prompt::Messages(m.clone()));
+        } else {
+            return Err(BenchError::Usage(format!(
+                "{}:{}: expected {{\"prompt\": ...}} or {{\"messages\": [...]}}",
+                path.display(),
+                n + 1
+            )));
+        }
+    }
+    if out.is_empty() {
+        return Err(BenchError::Usage(format!(
+            "{} has no prompts",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// A prompt set by name or path.
+pub fn prompts(spec: &str) -> Result<Vec<Prompt>, BenchError> {
+    if spec.ends_with(".jsonl") || Path::new(spec).is_file() {
+        load_jsonl(Path::new(spec))
+    } else {
+        builtin(spec)
+    }
+}
+
+/// When requests start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrival {
+    /// Each of N clients sends its next request when the previous one ends.
+    Closed,
+    /// Requests arrive at this mean rate per second (exponential gaps), at most N in flight.
+    Poisson { rate: f64 },
+}

@@ -1,0 +1,185 @@
+//! The load generator against a real rill server (per-level numbers, a stored run), against a
+//! broken server (a stream without `[DONE]` is a failure), and the regression check on stored
+//! synthetic runs (flags a 25% slowdown, not a rerun of the same distribution).
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use rand::{Rng, SeedableRng};
+use rill_bench::compare::{compare, Verdict};
+use rill_bench::{report, runner, workload, History, RunMeta, Sample, Target, Workload};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn target(url: String) -> Target {
+    Target {
+        base_url: url,
+        api_key: None,
+        model: "smollm2".into(),
+        endpoint: "chat".into(),
+    }
+}
+
+fn temp_db(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rill-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d.join("bench.sqlite")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measures_a_real_rill_server_and_stores_the_run() {
+    let engine = rill_engine::Engine::load(
+        &rill_store::ensure_default_model(rill_store::Progress::Quiet).unwrap(),
+        &rill_engine::EngineConfig {
+            threads: 2,
+            kv_tokens: 8192,
+            kv_bytes: 0,
+            kernels: None,
+        },
+    )
+    .unwrap();
+    let cfg = rill_server::ServeConfig {
+        port: 0,
+        ..rill_server::ServeConfig::default()
+    };
+    let server = rill_server::start(cfg, engine, "smollm2".into(), std::future::pending())
+        .await
+        .unwrap();
+    let t = target(format!("http://{}", server.addr));
+    let client = reqwest::Client::new();
+    assert_eq!(t.discover_model(&client).await.as_deref(), Some("smollm2"));
+    let w = Workload {
+        prompts: workload::builtin("mixed").unwrap(),
+        max_tokens: 16,
+        ignore_eos: true,
+        arrival: workload::Arrival::Closed,
+        requests: 6,
+        duration: None,
+    };
+    let mut levels = Vec::new();
+    for c in [1, 3] {
+        levels.push(runner::run_level(&client, &t, &w, c, 0, true).await);
+    }
+    for l in &levels {
+        let s = report::summarize(l);
+        assert_eq!((s.requests, s.errors), (6, 0), "{s:?}");
+        assert_eq!(
+            s.output_tokens,
+            6 * 16,
+            "ignore_eos: every request makes max_tokens"
+        );
+        assert!(s.ttft_ms.p50 > 0.0 && s.itl_ms.p50 > 0.0 && s.output_tokens_per_s > 0.0);
+        assert!(l.samples.iter().all(|x| x.itl_ms.len() >= 10));
+    }
+    let table = report::table(&levels.iter().map(report::summarize).collect::<Vec<_>>());
+    assert!(table.contains("TTFT p95"));
+
+    let db = temp_db("real");
+    let mut h = History::open(&db).unwrap();
+    let meta = RunMeta {
+        started_at: rill_bench::now_rfc3339(),
+        git_commit: rill_bench::git_commit(),
+        machine: rill_bench::machine(),
+        model: "smollm2".into(),
+        url: t.base_url.clone(),
+        settings: serde_json::json!({"max_tokens": 16}),
+        label: "test".into(),
+    };
+    let id = h.store(&meta, &levels).unwrap();
+    let runs = h.runs().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].id, id);
+    assert_eq!(
+        runs[0]
+            .levels
+            .iter()
+            .map(|l| l.concurrency)
+            .collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+    assert_eq!(h.samples(id).unwrap().len(), 12);
+    assert!(h.samples(id + 1).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_done_or_with_an_error_event_is_a_failure() {
+    // A server that starts a stream and hangs up early, or sends an error event.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for n in 0.. {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let _ = sock.read(&mut buf).await;
+            let chunk = r#"data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#;
+            let tail = if n % 2 == 0 {
+                String::new()
+            } else {
+                "data: {\"error\":{\"code\":\"slow_consumer\",\"message\":\"x\"}}\n\ndata: [DONE]\n\n".into()
+            };
+            let body = format!("{chunk}\n\n{tail}");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        }
+    });
+    let client = reqwest::Client::new();
+    let t = target(format!("http://{addr}"));
+    let p = workload::Prompt::Text("hi".into());
+    let cut = rill_bench::client::run_one(&client, &t, &p, 8, false).await;
+    assert_eq!(cut.error.as_deref(), Some("stream ended without [DONE]"));
+    assert!(cut.ttft_ms.is_some());
+    let failed = rill_bench::client::run_one(&client, &t, &p, 8, false).await;
+    assert_eq!(failed.error.as_deref(), Some("stream error: slow_consumer"));
+    let refused =
+        rill_bench::client::run_one(&client, &target("http://127.0.0.1:1".into()), &p, 8, false)
+            .await;
+    assert!(refused.error.unwrap().starts_with("connect"));
+}
+
+fn synthetic(seed: u64, n: usize, slowdown: f64) -> Vec<(usize, Sample)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            // Skewed latencies like a real server's: a base plus an exponential tail.
+            let mut j = || 1.0 - (1.0 - rng.gen::<f64>()).ln() * 0.15;
+            let ttft = 80.0 * j() * slowdown;
+            let itl: Vec<f64> = (0..63).map(|_| 12.0 * j() * slowdown).collect();
+            let e2e = ttft + itl.iter().sum::<f64>();
+            (
+                4,
+                Sample {
+                    ttft_ms: Some(ttft),
+                    itl_ms: itl,
+                    e2e_ms: e2e,
+                    output_tokens: 64,
+                    error: None,
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn compare_flags_a_slowdown_and_not_noise() {
+    let db = temp_db("synthetic");
+    let mut h = History::open(&db).unwrap();
+    let level = |samples: Vec<(usize, Sample)>| runner::LevelResult {
+        concurrency: 4,
+        samples: samples.into_iter().map(|(_, s)| s).collect(),
+        wall_s: 10.0,
+    };
+    let meta = RunMeta::default();
+    let a = h.store(&meta, &[level(synthetic(1, 40, 1.0))]).unwrap();
+    let a2 = h.store(&meta, &[level(synthetic(2, 40, 1.0))]).unwrap();
+    let slow = h.store(&meta, &[level(synthetic(3, 40, 1.25))]).unwrap();
+    let same = compare(&h.samples(a).unwrap(), &h.samples(a2).unwrap(), 0.01);
+    assert!(!same.is_empty());
+    assert!(same.iter().all(|d| d.verdict == Verdict::Same), "{same:#?}");
+    let worse = compare(&h.samples(a).unwrap(), &h.samples(slow).unwrap(), 0.01);
+    for m in ["ttft_ms", "itl_mean_ms", "e2e_ms", "decode_tokens_per_s"] {
+        let d = worse.iter().find(|d| d.metric == m).unwrap();
+        assert_eq!(d.verdict, Verdict::Regression, "{d:?}");
+    }
+    let better = compare(&h.samples(slow).unwrap(), &h.samples(a).unwrap(), 0.01);
+    assert!(better.iter().all(|d| d.verdict == Verdict::Better));
+}
