@@ -8,16 +8,17 @@
 //! prefill token costs about what a decode row does) and a cost per attended position (each
 //! row attends to every earlier position of its sequence, which is what makes the tail of a
 //! 2,000-token prompt dearer than its head). The controller fits
-//! `step_ms = fixed + per_row * rows + per_kpos * attended / 1000` online (recursive least
+//! `step_ms = fixed + per_row * rows + per_kpos * attended / 1000` online (non-negative least
 //! squares with forgetting, so it follows contention and thermal changes) and solves it for the
 //! work that fits a step budget: the running limit is the decode rows that fit, and each step's
 //! prefill chunk is what is left after that step's decode rows. That jumps straight to the
 //! operating point, where a pure AIMD on the batch size would creep towards it one sequence at
 //! a time and oscillate around it. The model predicts the mean, not the tail, so the budget is
 //! `target * headroom`, and the headroom is trimmed by AIMD on the measured p95 of recent
-//! decode steps: multiplied by 0.85 when the p95 is over 95% of the target, raised by 0.02 when
-//! it is under 85%. Every step of a decoding stream yields one token, so the p95 of decode
-//! step times is the streams' p95 inter-token latency.
+//! decode steps: multiplied by 0.85 when the p95 is over 95% of the target (unless the model's
+//! own predictions are off: it is still following a change, and cutting then would react twice
+//! to one slowdown), raised by 0.04 when it is under 85%. Every step of a decoding stream yields
+//! one token, so the p95 of decode step times is the streams' p95 inter-token latency.
 
 use std::collections::VecDeque;
 
@@ -76,14 +77,22 @@ const HEADROOM_MAX: f64 = 0.85;
 /// The p95 the trim aims under, as a fraction of the target (a margin for measurement noise).
 const P95_GOAL: f64 = 0.95;
 const N: usize = 3;
+/// Where the fit starts, and what the ridge pulls a coefficient back to when the data cannot
+/// tell (e.g. every step had the same number of rows).
+const PRIOR: [f64; N] = [5.0, 2.0, 4.0];
+/// Ridge weight: small next to a few samples' worth of data.
+const RIDGE: f64 = 0.05;
 
 pub struct BatchController {
     cfg: ControllerConfig,
     /// [fixed_ms, per_row_ms, per_kpos_ms]
     theta: [f64; N],
-    /// RLS covariance.
-    cov: [[f64; N]; N],
+    /// Exponentially weighted normal equations: sum of x x^T and of x y.
+    xtx: [[f64; N]; N],
+    xty: [f64; N],
     headroom: f64,
+    /// Smoothed relative error of the model's predictions (positive: steps slower than fitted).
+    bias: f64,
     /// Typical context length of a decoding sequence (smoothed), for the running limit.
     decode_context: f64,
     recent: VecDeque<f64>,
@@ -101,9 +110,11 @@ impl BatchController {
         };
         let mut c = Self {
             // A prior that the first samples quickly override.
-            theta: [5.0, 3.0, 0.05],
-            cov: [[100.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 1.0]],
+            theta: PRIOR,
+            xtx: [[0.0; N]; N],
+            xty: [0.0; N],
             headroom: 0.7,
+            bias: 0.0,
             decode_context: 0.0,
             recent: VecDeque::with_capacity(WINDOW),
             since_trim: 0,
@@ -206,7 +217,11 @@ impl BatchController {
             return;
         }
         let rows = (s.decode_rows + s.prefill_tokens) as f64;
-        self.rls_update([1.0, rows, s.attended / 1000.0], s.duration_ms);
+        let predicted = self.predict_ms(s.decode_rows + s.prefill_tokens, s.attended);
+        if predicted > 0.0 {
+            self.bias = 0.8 * self.bias + 0.2 * (s.duration_ms / predicted - 1.0);
+        }
+        self.fit_update([1.0, rows, s.attended / 1000.0], s.duration_ms);
         let mut decode_attended = 0.0;
         if s.decode_rows > 0 {
             if s.prefill_tokens == 0 {
@@ -224,45 +239,70 @@ impl BatchController {
             if self.since_trim >= WINDOW / 2 && self.recent.len() >= WINDOW / 2 {
                 self.since_trim = 0;
                 let p95 = self.recent_p95();
-                if p95 > P95_GOAL * self.cfg.target_itl_ms {
+                // Trim only for tail latency the model does not explain: while its predictions
+                // are off (it is still following a change), cutting would react twice.
+                if p95 > P95_GOAL * self.cfg.target_itl_ms && self.bias.abs() < 0.1 {
                     self.headroom = (self.headroom * 0.85).max(HEADROOM_MIN);
                 } else if p95 < 0.85 * self.cfg.target_itl_ms {
-                    self.headroom = (self.headroom + 0.02).min(HEADROOM_MAX);
+                    self.headroom = (self.headroom + 0.04).min(HEADROOM_MAX);
                 }
             }
         }
         self.recompute(s.decode_rows, decode_attended);
     }
 
-    fn rls_update(&mut self, x: [f64; N], y: f64) {
-        let p = self.cov;
-        let mut px = [0.0; N];
-        for (i, v) in px.iter_mut().enumerate() {
-            *v = (0..N).map(|j| p[i][j] * x[j]).sum();
-        }
-        let denom = FORGET + (0..N).map(|i| x[i] * px[i]).sum::<f64>();
-        let err = y - (0..N).map(|i| self.theta[i] * x[i]).sum::<f64>();
-        let mut next = [[0.0; N]; N];
+    /// Weighted least squares with forgetting, a light ridge towards [`PRIOR`], and every
+    /// coefficient kept non-negative: the exact constrained optimum, found by solving the normal
+    /// equations on each subset of free coefficients (8 tiny systems) and keeping the best
+    /// feasible one. (A plain recursive least squares with clamping drifted into nonsense when
+    /// rows and attended positions moved together.)
+    fn fit_update(&mut self, x: [f64; N], y: f64) {
         for i in 0..N {
-            let k = px[i] / denom;
-            self.theta[i] += k * err;
             for j in 0..N {
-                next[i][j] = (p[i][j] - k * px[j]) / FORGET;
+                self.xtx[i][j] = FORGET * self.xtx[i][j] + x[i] * x[j];
             }
+            self.xty[i] = FORGET * self.xty[i] + x[i] * y;
         }
-        // Bound the covariance so long runs at a constant batch size cannot wind it up.
-        let trace: f64 = (0..N).map(|i| next[i][i]).sum();
-        if trace > 1e4 {
-            for row in next.iter_mut() {
-                for v in row.iter_mut() {
-                    *v *= 1e4 / trace;
+        let mut a = self.xtx;
+        let mut b = self.xty;
+        for i in 0..N {
+            a[i][i] += RIDGE;
+            b[i] += RIDGE * PRIOR[i];
+        }
+        // Minimise J(t) = t^T A t - 2 b^T t over t >= 0.
+        let objective = |t: &[f64; N]| {
+            let mut j = 0.0;
+            for r in 0..N {
+                j -= 2.0 * b[r] * t[r];
+                for c in 0..N {
+                    j += t[r] * a[r][c] * t[c];
                 }
             }
+            j
+        };
+        let mut best = ([0.0; N], 0.0);
+        for mask in 1u32..(1 << N) {
+            let idx: Vec<usize> = (0..N).filter(|i| mask & (1 << i) != 0).collect();
+            let m: Vec<Vec<f64>> = idx
+                .iter()
+                .map(|&r| idx.iter().map(|&c| a[r][c]).collect())
+                .collect();
+            let v: Vec<f64> = idx.iter().map(|&r| b[r]).collect();
+            let Some(sol) = solve(m, v) else { continue };
+            if sol.iter().any(|&t| t < 0.0) {
+                continue;
+            }
+            let mut t = [0.0; N];
+            for (k, &i) in idx.iter().enumerate() {
+                t[i] = sol[k];
+            }
+            let j = objective(&t);
+            if j < best.1 {
+                best = (t, j);
+            }
         }
-        self.cov = next;
-        self.theta[0] = self.theta[0].max(0.0);
+        self.theta = best.0;
         self.theta[1] = self.theta[1].max(0.01);
-        self.theta[2] = self.theta[2].max(0.0);
     }
 
     fn recompute(&mut self, decode_rows: usize, decode_attended: f64) {
@@ -290,6 +330,34 @@ impl BatchController {
             std::cmp::Ordering::Equal => {}
         }
     }
+}
+
+/// Solves a small dense system by Gaussian elimination with partial pivoting.
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
+    let n = b.len();
+    for col in 0..n {
+        let piv = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+        if a[piv][col].abs() < 1e-12 {
+            return None;
+        }
+        a.swap(col, piv);
+        b.swap(col, piv);
+        let (top, rest) = a.split_at_mut(col + 1);
+        let pivot_row = &top[col];
+        for (k, row) in rest.iter_mut().enumerate() {
+            let f = row[col] / pivot_row[col];
+            for (x, p) in row[col..].iter_mut().zip(&pivot_row[col..]) {
+                *x -= f * p;
+            }
+            b[col + 1 + k] -= f * b[col];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for r in (0..n).rev() {
+        let s: f64 = (r + 1..n).map(|c| a[r][c] * x[c]).sum();
+        x[r] = (b[r] - s) / a[r][r];
+    }
+    x.iter().all(|v| v.is_finite()).then_some(x)
 }
 
 /// Positions attended by `n` tokens appended at `start` (token `start + j` attends

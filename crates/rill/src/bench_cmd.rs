@@ -133,7 +133,11 @@ async fn load(r: RunArgs) -> Result<()> {
         bail!("--rate must be > 0 requests per second");
     }
     let prompts = workload::prompts(&r.prompts)?;
-    let client = reqwest::Client::builder().build()?;
+    // A fresh connection per request: servers differ in how they treat idle keep-alive
+    // connections, and a reused connection the server already closed would count as an error.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
     let urls: Vec<String> = match &r.compare {
         Some(v) => v.clone(),
         None => vec![r.url.clone()],
