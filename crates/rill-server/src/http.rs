@@ -43,6 +43,8 @@ pub fn router(state: SharedState) -> Router {
     let mut app = Router::new()
         .route("/health", get(health))
         // The page and its static assets hold no data: public (data routes need the key).
+        .route("/", get(crate::chat_page::page))
+        .route("/chat/assets/{file}", get(crate::chat_page::asset))
         .route("/dashboard", get(crate::dashboard::page))
         .route("/dashboard/assets/{file}", get(crate::dashboard::asset))
         .merge(api)

@@ -4,6 +4,7 @@
 //! prompt limits, per-key rate limits; graceful shutdown. The engine runs on the scheduler's
 //! thread; handlers only submit requests and relay events.
 
+pub mod chat_page;
 pub mod config;
 pub mod dashboard;
 pub mod error;

@@ -1,0 +1,318 @@
+// rill's chat page. Plain script, no build step. Streams over the WebSocket protocol of
+// /v1/ws (falling back to SSE when WebSockets are blocked), renders markdown incrementally
+// (marked, sanitised by DOMPurify: model text never reaches the DOM unsanitised), paces bursts
+// of coalesced tokens through a small jitter buffer, and resumes an answer after a dropped
+// connection (every generation is resumable; the page reconnects with backoff and asks for
+// the tokens after the last position it showed).
+(() => {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  const key = new URLSearchParams(location.search).get("api_key");
+  const withKey = (u) => (key ? `${u}${u.includes("?") ? "&" : "?"}api_key=${encodeURIComponent(key)}` : u);
+  const authHeaders = key ? { Authorization: `Bearer ${key}` } : {};
+  const reducedMotion = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+
+  const conversation = []; // {role, content}
+  let current = null; // the answer being generated
+  let counter = 0;
+  const hooks = { reconnects: 0, transport: "ws", answers: [] };
+
+  // ---- rendering ------------------------------------------------------------------------
+  function renderMarkdown(el, text) {
+    el.innerHTML = DOMPurify.sanitize(marked.parse(text, { gfm: true, breaks: false }));
+  }
+
+  function addMessage(role, text) {
+    const li = document.createElement("li");
+    li.className = `msg ${role}`;
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = role === "user" ? "You" : "Assistant";
+    const body = document.createElement("div");
+    body.className = "body";
+    li.append(who, body);
+    if (role === "user") body.textContent = text;
+    $("messages").appendChild(li);
+    li.scrollIntoView({ block: "end", behavior: reducedMotion ? "auto" : "smooth" });
+    return li;
+  }
+
+  function answerMeta(li, answer) {
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const stats = document.createElement("span");
+    stats.className = "stats";
+    stats.textContent = "waiting…";
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.textContent = "Copy";
+    copy.addEventListener("click", async () => {
+      try { await navigator.clipboard.writeText(answer.raw); copy.textContent = "Copied"; }
+      catch { copy.textContent = "Copy failed"; }
+      setTimeout(() => (copy.textContent = "Copy"), 1500);
+    });
+    const regen = document.createElement("button");
+    regen.type = "button";
+    regen.textContent = "Regenerate";
+    regen.className = "regen";
+    regen.addEventListener("click", regenerate);
+    meta.append(stats, copy, regen);
+    li.appendChild(meta);
+    return stats;
+  }
+
+  // ---- the jitter buffer: pace coalesced bursts into a steady flow -----------------------
+  function pump() {
+    const a = current;
+    if (!a) return;
+    if (a.pending.length) {
+      const n = reducedMotion ? a.pending.length : Math.max(1, Math.ceil(a.pending.length / 6));
+      a.shown += a.pending.slice(0, n);
+      a.pending = a.pending.slice(n);
+      renderMarkdown(a.body, a.shown);
+      announceSentences(a, false);
+    }
+    if (a.pending.length || !a.done) requestAnimationFrame(pump);
+    else finish(a);
+  }
+
+  // Screen readers hear completed sentences, not every token.
+  function announceSentences(a, all) {
+    const rest = a.shown.slice(a.announced);
+    const m = all ? rest : (rest.match(/^[\s\S]*[.!?:](\s|$)/) || [""])[0];
+    if (m.trim()) { $("announcer").textContent = m.trim(); a.announced += m.length; }
+  }
+
+  // ---- requests -------------------------------------------------------------------------
+  function params() {
+    const num = (id) => { const v = $(id).value.trim(); return v === "" ? undefined : Number(v); };
+    const p = { temperature: num("temperature"), top_p: num("top_p") };
+    const seed = num("seed");
+    if (seed !== undefined) p.seed = seed;
+    return { params: p, max_tokens: num("max_tokens") || 256 };
+  }
+
+  function messages() {
+    const sys = $("system").value.trim();
+    return (sys ? [{ role: "system", content: sys }] : []).concat(conversation);
+  }
+
+  function start() {
+    const li = addMessage("assistant", "");
+    li.querySelector(".body").classList.add("cursor");
+    const a = {
+      id: `c${Date.now().toString(36)}${counter++}`, li, body: li.querySelector(".body"),
+      raw: "", shown: "", pending: "", announced: 0, lastPosition: -1, done: false,
+      finish: null, error: null, summary: null, streamId: null, lastEventId: null,
+    };
+    a.stats = answerMeta(li, a);
+    current = a;
+    setBusy(true);
+    const { params: p, max_tokens } = params();
+    transport.generate(a, messages(), max_tokens, p);
+    requestAnimationFrame(pump);
+  }
+
+  function onQueued(a, position) { if (!a.raw) a.stats.textContent = `queued: position ${position}`; }
+  function onToken(a, text, position) {
+    if (position !== undefined && position !== null) a.lastPosition = position;
+    if (!text) return;
+    a.raw += text;
+    a.pending += text;
+    if (a.stats.textContent.startsWith("queued") || a.stats.textContent === "waiting…") a.stats.textContent = "…";
+  }
+  function onComplete(a, finish, summary) { a.finish = finish; a.summary = summary; a.done = true; }
+  function onError(a, code, message) { a.error = { code, message }; a.done = true; }
+
+  function finish(a) {
+    a.body.classList.remove("cursor");
+    renderMarkdown(a.body, a.shown);
+    announceSentences(a, true);
+    if (a.error) {
+      a.li.classList.add("error");
+      const p = document.createElement("p");
+      p.className = "errmsg";
+      p.textContent = `Error (${a.error.code}): ${a.error.message}`;
+      a.body.appendChild(p);
+      a.stats.textContent = "failed";
+      $("announcer").textContent = `Error: ${a.error.message}`;
+    } else {
+      const s = a.summary || {};
+      const parts = [];
+      if (s.ttft_ms) parts.push(`TTFT ${Math.round(s.ttft_ms)} ms`);
+      if (s.tokens_per_second) parts.push(`${s.tokens_per_second.toFixed(1)} tok/s`);
+      if (s.total_tokens !== undefined) parts.push(`${s.total_tokens} tokens`);
+      parts.push(a.finish || "stop");
+      a.stats.textContent = parts.join(" · ");
+      if (a.finish === "cancelled") a.li.classList.add("stopped");
+      conversation.push({ role: "assistant", content: a.raw });
+    }
+    hooks.answers.push({ text: a.raw, finish: a.finish, error: a.error });
+    current = null;
+    setBusy(false);
+  }
+
+  function setBusy(busy) {
+    $("send").disabled = busy;
+    $("stop").disabled = !busy;
+  }
+
+  function regenerate() {
+    if (current) return;
+    const items = $("messages").children;
+    const last = items[items.length - 1];
+    if (!last || !last.classList.contains("assistant")) return;
+    last.remove();
+    if (conversation.length && conversation[conversation.length - 1].role === "assistant") conversation.pop();
+    start();
+  }
+
+  // ---- transports -----------------------------------------------------------------------
+  class WsTransport {
+    constructor() { this.ws = null; this.backoff = 250; this.opened = false; this.queue = []; this.connect(); }
+    url() { return withKey(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`); }
+    connect() {
+      const ws = new WebSocket(this.url(), ["rill.json"]);
+      this.ws = ws;
+      ws.onopen = () => {
+        this.opened = true; this.backoff = 250; setConn("live", "connected");
+        if (current && !current.done && current.sent) {
+          ws.send(JSON.stringify({ type: "resume", id: current.id, after_position: current.lastPosition }));
+        }
+        for (const f of this.queue.splice(0)) ws.send(f);
+      };
+      ws.onmessage = (e) => this.frame(JSON.parse(e.data));
+      ws.onclose = () => {
+        if (!this.opened) { fallbackToSse(); return; }
+        setConn("down", "reconnecting…");
+        hooks.reconnects += 1;
+        setTimeout(() => this.connect(), this.backoff);
+        this.backoff = Math.min(this.backoff * 2, 5000);
+      };
+    }
+    send(obj) {
+      const f = JSON.stringify(obj);
+      if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(f); else this.queue.push(f);
+    }
+    generate(a, msgs, max_tokens, p) {
+      a.sent = true;
+      this.send({ type: "generate", id: a.id, messages: msgs, max_tokens, params: p, resumable: true });
+    }
+    cancel(a) { this.send({ type: "cancel", id: a.id }); }
+    frame(f) {
+      const a = current;
+      if (!a || f.id !== a.id) {
+        if (f.type === "error" && !f.id) console.warn("rill:", f.error);
+        return;
+      }
+      if (f.type === "queued") onQueued(a, f.position);
+      else if (f.type === "token") {
+        if (f.token) onToken(a, f.token.text, f.token.position);
+        else onToken(a, f.text, f.tokens.length ? f.tokens[f.tokens.length - 1].position : undefined);
+      } else if (f.type === "complete") onComplete(a, f.finish_reason, f.summary);
+      else if (f.type === "error") onError(a, f.error.code, f.error.message);
+    }
+    drop() { if (this.ws) this.ws.close(); }
+  }
+
+  class SseTransport {
+    constructor() { this.ctrl = null; setConn("live", "connected (SSE)"); }
+    async generate(a, msgs, max_tokens, p) {
+      const body = { messages: msgs, max_tokens, stream: true, stream_options: { include_usage: true }, ...p };
+      this.read(a, () => fetch("/v1/chat/completions", {
+        method: "POST", headers: { "content-type": "application/json", "x-rill-resumable": "true", ...authHeaders },
+        body: JSON.stringify(body), signal: (this.ctrl = new AbortController()).signal,
+      }));
+    }
+    async read(a, open) {
+      let backoff = 250;
+      for (;;) {
+        try {
+          const r = await open();
+          if (!r.ok) { const e = await r.json().catch(() => ({})); onError(a, (e.error && e.error.code) || `http_${r.status}`, (e.error && e.error.message) || r.statusText); return; }
+          a.streamId = a.streamId || r.headers.get("x-rill-stream-id");
+          const reader = r.body.getReader();
+          const dec = new TextDecoder();
+          let buf = "";
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buf += dec.decode(value, { stream: true });
+            let i;
+            while ((i = buf.indexOf("\n\n")) >= 0) {
+              const block = buf.slice(0, i); buf = buf.slice(i + 2);
+              let id = null, data = "";
+              for (const line of block.split("\n")) {
+                if (line.startsWith("id: ")) id = line.slice(4);
+                else if (line.startsWith("data: ")) data += line.slice(6);
+              }
+              if (!data) continue;
+              if (id) a.lastEventId = id;
+              if (data === "[DONE]") { if (!a.done) onComplete(a, a.finish || "stop", a.summary); return; }
+              const j = JSON.parse(data);
+              if (j.error) { onError(a, j.error.code, j.error.message); continue; }
+              const c = j.choices && j.choices[0];
+              if (c && c.delta && c.delta.content) onToken(a, c.delta.content);
+              if (c && c.finish_reason) a.finish = c.finish_reason;
+              if (j.timings) a.summary = { ttft_ms: j.timings.ttft_ms, tokens_per_second: j.timings.generation_tokens_per_s, total_tokens: j.usage ? j.usage.completion_tokens : undefined };
+            }
+          }
+          if (a.done) return;
+        } catch (e) {
+          if (a.done || (e && e.name === "AbortError" && a.cancelled)) return;
+        }
+        // Dropped mid-answer: resume after the last event we have.
+        if (!a.streamId) { onError(a, "network", "the connection dropped before the stream started"); return; }
+        hooks.reconnects += 1;
+        setConn("down", "reconnecting…");
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(backoff * 2, 5000);
+        open = () => fetch(withKey(`/v1/streams/${a.streamId}`), { headers: { ...authHeaders, ...(a.lastEventId ? { "Last-Event-ID": a.lastEventId } : {}) } });
+        setConn("live", "connected (SSE)");
+      }
+    }
+    cancel(a) {
+      if (a.streamId) fetch(withKey(`/v1/streams/${a.streamId}`), { method: "DELETE", headers: authHeaders });
+    }
+    drop() { if (this.ctrl) this.ctrl.abort(); }
+  }
+
+  let transport = new WsTransport();
+  function fallbackToSse() {
+    if (hooks.transport === "sse") return;
+    hooks.transport = "sse";
+    transport = new SseTransport();
+  }
+
+  function setConn(cls, text) { const c = $("conn"); c.className = cls; c.textContent = text; }
+
+  // ---- wiring ---------------------------------------------------------------------------
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("input").value.trim();
+    if (!text || current) return;
+    $("input").value = "";
+    conversation.push({ role: "user", content: text });
+    addMessage("user", text);
+    start();
+  });
+  $("input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("composer").requestSubmit(); }
+  });
+  $("stop").addEventListener("click", () => { if (current) { current.cancelled = true; transport.cancel(current); } });
+
+  fetch(withKey("/v1/models"), { headers: authHeaders })
+    .then((r) => r.json())
+    .then((m) => { $("model").textContent = (m.data && m.data[0] && m.data[0].id) || "?"; })
+    .catch(() => { $("model").textContent = "model unavailable"; });
+
+  window.rillChat = {
+    get busy() { return current !== null; },
+    get current() { return current ? { raw: current.raw, shown: current.shown, lastPosition: current.lastPosition } : null; },
+    get transport() { return hooks.transport; },
+    get reconnects() { return hooks.reconnects; },
+    answers: hooks.answers,
+    dropConnection: () => transport.drop(),
+    renderMarkdown,
+  };
+})();
