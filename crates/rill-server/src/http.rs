@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::openai::{new_id, Renderer};
@@ -250,7 +251,10 @@ async fn generate_inner(
         },
     );
     // Dropping this future (client gone) drops `stream`, which cancels the request.
-    let outcome = sse::collect(&state, &mut renderer, &mut stream).await;
+    let span = tracing::info_span!("request", id = %id, stream = false);
+    let outcome = sse::collect(&state, &mut renderer, &mut stream)
+        .instrument(span)
+        .await;
     state.streams.remove(&id);
     match outcome {
         Ok(()) => {

@@ -151,6 +151,16 @@ impl Metrics {
                 timings,
                 ..
             } => {
+                tracing::info!(
+                    finish = reason.as_str(),
+                    prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    cached_tokens = usage.cached_tokens,
+                    queue_ms = timings.queue_ms,
+                    ttft_ms = timings.ttft_ms,
+                    itl_p95_ms = timings.itl_p95_ms,
+                    "request finished"
+                );
                 self.ttft.observe(timings.ttft_ms / 1e3);
                 if timings.ttft_ms > 0.0 {
                     self.push_recent(true, timings.ttft_ms / 1e3);
@@ -162,7 +172,12 @@ impl Metrics {
                     .inc_by(usage.completion_tokens as u64);
                 self.count_finish(reason.as_str());
             }
-            Event::Error { code, usage, .. } => {
+            Event::Error {
+                code,
+                usage,
+                message,
+            } => {
+                tracing::warn!(code = code.as_str(), %message, "request failed");
                 self.prompt_tokens.inc_by(usage.prompt_tokens as u64);
                 self.generation_tokens
                     .inc_by(usage.completion_tokens as u64);

@@ -15,6 +15,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use rill_scheduler::{Event, RequestStream};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::metrics::Track;
 use crate::openai::Renderer;
@@ -63,6 +64,7 @@ pub fn respond(
     owner: Option<String>,
 ) -> Response {
     let id = renderer.id.clone();
+    let span = tracing::info_span!("request", id = %id, stream = true, resumable);
     if resumable {
         let buf = StreamBuffer::<Arc<str>>::new(state.cfg.resume_buffer_events);
         state.streams.insert(
@@ -91,7 +93,7 @@ pub fn respond(
         },
     );
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(direct(state, id.clone(), renderer, stream, tx));
+    tokio::spawn(direct(state, id.clone(), renderer, stream, tx).instrument(span));
     response(&id, rx)
 }
 

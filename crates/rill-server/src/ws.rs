@@ -24,6 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 use rill_scheduler::{Event, RequestStream, SubmitError};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::http::ApiKey;
 use crate::params::{self, Kind};
@@ -163,14 +164,18 @@ async fn handle_frame(
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             let (tx, rx) = oneshot::channel();
-            let task = tokio::spawn(generate(
-                state.clone(),
-                key.clone(),
-                id.clone(),
-                frame,
-                out.clone(),
-                rx,
-            ));
+            let span = tracing::info_span!("request", ws_id = %id, stream = true);
+            let task = tokio::spawn(
+                generate(
+                    state.clone(),
+                    key.clone(),
+                    id.clone(),
+                    frame,
+                    out.clone(),
+                    rx,
+                )
+                .instrument(span),
+            );
             gens.insert(
                 id,
                 Running {

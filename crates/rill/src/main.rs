@@ -4,6 +4,7 @@ mod bench_cmd;
 mod engine_bench;
 mod scheduler_bench;
 mod serve;
+mod telemetry;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,6 +19,9 @@ use rill_store::{ModelRef, Progress};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Export request spans to this OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318).
+    #[arg(long, global = true, env = "RILL_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -130,14 +134,9 @@ fn progress() -> Progress {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let _telemetry = telemetry::init(cli.otlp_endpoint.as_deref())?;
+    match cli.command {
         Command::Pull { model, sha256 } => {
             let r = ModelRef::parse(model.as_deref())?;
             let path = rill_store::pull(&r, sha256.as_deref(), progress())?;
