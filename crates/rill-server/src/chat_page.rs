@@ -3,9 +3,9 @@
 //! (or SSE) like any other client; the page and assets hold no data, so they are public.
 
 use axum::extract::Path;
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
+use crate::dashboard::{static_file, HTML, JAVASCRIPT, STYLESHEET, TEXT};
 use crate::error::ApiError;
 
 const INDEX: &str = include_str!("../../../web/chat/index.html");
@@ -17,26 +17,17 @@ const PURIFY: &str = include_str!("../../../web/vendor/dompurify/purify.min.js")
 const PURIFY_LICENSE: &str = include_str!("../../../web/vendor/dompurify/LICENSE");
 
 pub async fn page() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX).into_response()
+    static_file(INDEX, HTML)
 }
 
 pub async fn asset(Path(file): Path<String>) -> Response {
-    let js = "text/javascript; charset=utf-8";
-    let (body, ty) = match file.as_str() {
-        "chat.js" => (JS, js),
-        "chat.css" => (CSS, "text/css; charset=utf-8"),
-        "marked.umd.js" => (MARKED, js),
-        "purify.min.js" => (PURIFY, js),
-        "marked.LICENSE.md" => (MARKED_LICENSE, "text/plain; charset=utf-8"),
-        "purify.LICENSE.txt" => (PURIFY_LICENSE, "text/plain; charset=utf-8"),
-        _ => return ApiError::not_found(format!("no asset `{file}`")).into_response(),
-    };
-    (
-        [
-            (header::CONTENT_TYPE, ty),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        body,
-    )
-        .into_response()
+    match file.as_str() {
+        "chat.js" => static_file(JS, JAVASCRIPT),
+        "chat.css" => static_file(CSS, STYLESHEET),
+        "marked.umd.js" => static_file(MARKED, JAVASCRIPT),
+        "purify.min.js" => static_file(PURIFY, JAVASCRIPT),
+        "marked.LICENSE.md" => static_file(MARKED_LICENSE, TEXT),
+        "purify.LICENSE.txt" => static_file(PURIFY_LICENSE, TEXT),
+        _ => ApiError::not_found(format!("no asset `{file}`")).into_response(),
+    }
 }

@@ -7,13 +7,12 @@
 //! from SQLite with regressions (Mann-Whitney U against the previous comparable run) flagged.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -134,21 +133,30 @@ const UPLOT_CSS: &str = include_str!("../../../web/vendor/uplot/uPlot.min.css");
 const UPLOT_LICENSE: &str = include_str!("../../../web/vendor/uplot/LICENSE");
 
 pub async fn page() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX).into_response()
+    static_file(INDEX, HTML)
 }
 
 pub async fn asset(Path(file): Path<String>) -> Response {
-    let (body, ty) = match file.as_str() {
-        "dashboard.js" => (JS, "text/javascript; charset=utf-8"),
-        "dashboard.css" => (CSS, "text/css; charset=utf-8"),
-        "uPlot.iife.min.js" => (UPLOT_JS, "text/javascript; charset=utf-8"),
-        "uPlot.min.css" => (UPLOT_CSS, "text/css; charset=utf-8"),
-        "uPlot.LICENSE.txt" => (UPLOT_LICENSE, "text/plain; charset=utf-8"),
-        _ => return ApiError::not_found(format!("no asset `{file}`")).into_response(),
-    };
+    match file.as_str() {
+        "dashboard.js" => static_file(JS, JAVASCRIPT),
+        "dashboard.css" => static_file(CSS, STYLESHEET),
+        "uPlot.iife.min.js" => static_file(UPLOT_JS, JAVASCRIPT),
+        "uPlot.min.css" => static_file(UPLOT_CSS, STYLESHEET),
+        "uPlot.LICENSE.txt" => static_file(UPLOT_LICENSE, TEXT),
+        _ => ApiError::not_found(format!("no asset `{file}`")).into_response(),
+    }
+}
+
+pub(crate) const HTML: &str = "text/html; charset=utf-8";
+pub(crate) const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+pub(crate) const STYLESHEET: &str = "text/css; charset=utf-8";
+pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
+
+/// An embedded page or asset, cacheable for an hour.
+pub(crate) fn static_file(body: &'static str, content_type: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, ty),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         body,
@@ -182,21 +190,7 @@ pub async fn live(State(state): State<SharedState>) -> Response {
             }
         }
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
-    let mut r = Response::new(Body::from_stream(body));
-    *r.status_mut() = StatusCode::OK;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-cache"),
-    );
-    r
+    crate::sse::event_stream(rx)
 }
 
 /// The bench history with regressions flagged.

@@ -35,8 +35,8 @@ fn keepalive(position: Option<usize>) -> Bytes {
     }
 }
 
-/// The SSE response around a channel of frames.
-fn response(stream_id: &str, rx: mpsc::Receiver<Bytes>) -> Response {
+/// An SSE response around a channel of already-framed events (also used by the dashboard).
+pub(crate) fn event_stream(rx: mpsc::Receiver<Bytes>) -> Response {
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
@@ -49,8 +49,14 @@ fn response(stream_id: &str, rx: mpsc::Receiver<Bytes>) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+/// The SSE response of a generation stream: [`event_stream`] plus its id header.
+fn response(stream_id: &str, rx: mpsc::Receiver<Bytes>) -> Response {
+    let mut r = event_stream(rx);
     if let Ok(v) = HeaderValue::from_str(stream_id) {
-        h.insert("x-rill-stream-id", v);
+        r.headers_mut().insert("x-rill-stream-id", v);
     }
     r
 }
