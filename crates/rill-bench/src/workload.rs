@@ -29,31 +29,40 @@ const QUESTIONS: [&str; 8] = [
 const FILLER: &str = "The river flows past old stone bridges, carrying leaves and stories from \
     the hills to the harbour, where fishermen mend their nets and talk about the weather. ";
 
-fn with_context(i: usize, repeats: usize) -> Prompt {
+/// A prompt that differs from every other from its first words, so no server can reuse a
+/// cached prefix between requests (beyond the chat template's own header); `shared` puts the
+/// context first instead, like a common system prompt.
+fn with_context(i: usize, repeats: usize, shared: bool) -> Prompt {
     let q = QUESTIONS[i % QUESTIONS.len()];
-    if repeats == 0 {
-        Prompt::Text(q.to_string())
-    } else {
-        Prompt::Text(format!("{}\n\nRequest {i}: {q}", FILLER.repeat(repeats)))
+    match (repeats, shared) {
+        (0, _) => Prompt::Text(format!("Request {i}: {q}")),
+        (_, false) => Prompt::Text(format!("Request {i}. {}\n\n{q}", FILLER.repeat(repeats))),
+        (_, true) => Prompt::Text(format!("{}\n\nRequest {i}: {q}", FILLER.repeat(repeats))),
     }
 }
 
-/// A built-in prompt set: `short` (~20 tokens), `long` (~1,000 tokens), or `mixed` (7 short :
-/// 2 medium ~250 tokens : 1 long, in a fixed order).
+/// A built-in prompt set: `short` (~20 tokens), `long` (~1,000 tokens), `mixed` (7 short :
+/// 2 medium ~250 tokens : 1 long, in a fixed order), all distinct from their first token; or
+/// `shared` (the mixed lengths, but medium and long ones start with the same ~1,000-token
+/// context, which servers with prefix caching can reuse).
 pub fn builtin(name: &str) -> Result<Vec<Prompt>, BenchError> {
-    let v = match name {
-        "short" => (0..16).map(|i| with_context(i, 0)).collect(),
-        "long" => (0..16).map(|i| with_context(i, 36)).collect(),
-        "mixed" => (0..20)
+    let mixed = |shared: bool| -> Vec<Prompt> {
+        (0..20)
             .map(|i| match i % 10 {
-                3 | 7 => with_context(i, 9),
-                9 => with_context(i, 36),
-                _ => with_context(i, 0),
+                3 | 7 => with_context(i, 9, shared),
+                9 => with_context(i, 36, shared),
+                _ => with_context(i, 0, shared),
             })
-            .collect(),
+            .collect()
+    };
+    let v = match name {
+        "short" => (0..16).map(|i| with_context(i, 0, false)).collect(),
+        "long" => (0..16).map(|i| with_context(i, 36, false)).collect(),
+        "mixed" => mixed(false),
+        "shared" => mixed(true),
         other => {
             return Err(BenchError::Usage(format!(
-                "unknown prompt set `{other}` (short, long, mixed, or a .jsonl file)"
+                "unknown prompt set `{other}` (short, long, mixed, shared, or a .jsonl file)"
             )))
         }
     };

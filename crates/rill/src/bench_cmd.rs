@@ -57,7 +57,8 @@ struct RunArgs {
     /// Poisson arrivals at this many requests per second (default: closed loop).
     #[arg(long)]
     rate: Option<f64>,
-    /// Prompt set: short, long, mixed, or a .jsonl file ({"prompt": ...} or {"messages": [...]}).
+    /// Prompt set: short, long, mixed (all distinct), shared (mixed lengths with a common
+    /// prefix of up to ~1,000 tokens), or a .jsonl file ({"prompt": ...} or {"messages": [...]}).
     #[arg(long, default_value = "mixed")]
     prompts: String,
     #[arg(long, default_value_t = 128)]
