@@ -69,7 +69,7 @@ impl Default for SchedulerConfig {
         Self {
             target_itl_ms: 100.0,
             max_running: 32,
-            min_prefill_chunk: 16,
+            min_prefill_chunk: 8,
             max_prefill_chunk: 512,
             adaptive: true,
             queue_capacity: 256,

@@ -44,6 +44,9 @@ pub struct StepSample {
     /// Positions attended, summed over all rows of the step.
     pub attended: f64,
     pub duration_ms: f64,
+    /// Time since the previous step started, when that step also decoded: what a stream
+    /// actually waits between tokens (compute plus sampling, scheduling and delivery).
+    pub interval_ms: Option<f64>,
 }
 
 /// The controller's current decisions.
@@ -60,6 +63,8 @@ pub struct ControllerState {
     pub max_running: usize,
     pub prefill_budget: usize,
     pub headroom: f64,
+    /// Smoothed relative error of the step-time model's predictions.
+    pub bias: f64,
     pub fixed_ms: f64,
     pub per_row_ms: f64,
     /// Cost of 1,000 attended positions.
@@ -193,6 +198,7 @@ impl BatchController {
             max_running: self.limits.max_running,
             prefill_budget: self.limits.prefill_budget,
             headroom: self.headroom,
+            bias: self.bias,
             fixed_ms: self.theta[0],
             per_row_ms: self.theta[1],
             per_kpos_ms: self.theta[2],
@@ -234,7 +240,8 @@ impl BatchController {
             if self.recent.len() == WINDOW {
                 self.recent.pop_front();
             }
-            self.recent.push_back(s.duration_ms);
+            self.recent
+                .push_back(s.interval_ms.unwrap_or(s.duration_ms).max(s.duration_ms));
             self.since_trim += 1;
             if self.since_trim >= WINDOW / 2 && self.recent.len() >= WINDOW / 2 {
                 self.since_trim = 0;
@@ -385,6 +392,7 @@ mod tests {
             prefill_tokens: 0,
             attended: 1200.0,
             duration_ms: 500.0,
+            interval_ms: None,
         });
         assert_eq!(
             c.limits(),

@@ -56,6 +56,8 @@ pub(crate) struct EngineLoop {
     admissions: u64,
     shutdown_at: Option<Instant>,
     completions: VecDeque<Instant>,
+    /// Start of the last step that carried decode rows (streams wait from one to the next).
+    last_decode_step: Option<Instant>,
 }
 
 impl EngineLoop {
@@ -86,6 +88,7 @@ impl EngineLoop {
             admissions: 0,
             shutdown_at: None,
             completions: VecDeque::new(),
+            last_decode_step: None,
         }
     }
 
@@ -462,6 +465,7 @@ impl EngineLoop {
             prefill_tokens,
             attended: attended_total,
             duration_ms: 0.0,
+            interval_ms: None,
         };
         let outcomes = self.run_step(&plan, sample);
         for (id, outcome) in outcomes {
@@ -483,6 +487,15 @@ impl EngineLoop {
             })
             .collect();
         let t0 = Instant::now();
+        let interval_ms = match self.last_decode_step.take() {
+            Some(prev) if sample.decode_rows > 0 => {
+                Some(t0.duration_since(prev).as_secs_f64() * 1e3)
+            }
+            _ => None,
+        };
+        if sample.decode_rows > 0 {
+            self.last_decode_step = Some(t0);
+        }
         let logits = match self.engine.step(&items) {
             Ok(l) => l,
             Err(e) => {
@@ -559,10 +572,14 @@ impl EngineLoop {
             prefill_tokens = sample.prefill_tokens,
             attended = sample.attended,
             duration_ms,
+            interval_ms,
+            headroom = self.controller.state().headroom,
+            bias = self.controller.state().bias,
             "step"
         );
         self.controller.observe(StepSample {
             duration_ms,
+            interval_ms,
             ..sample
         });
         self.stats.steps += 1;

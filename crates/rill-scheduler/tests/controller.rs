@@ -31,6 +31,7 @@ fn simulate(c: &mut BatchController, steps: usize, cost: impl Fn(usize) -> f64) 
                 prefill_tokens: prefill,
                 attended: 0.0,
                 duration_ms: d,
+                interval_ms: None,
             });
             d
         })
