@@ -136,10 +136,6 @@ impl BatchController {
         self.limits
     }
 
-    pub fn config(&self) -> &ControllerConfig {
-        &self.cfg
-    }
-
     /// Time a step may take: the target less the headroom for tail latency.
     pub fn budget_ms(&self) -> f64 {
         self.cfg.target_itl_ms * self.headroom

@@ -115,6 +115,12 @@ impl EngineLoop {
             }
             self.publish();
         }
+        self.end_all_for_shutdown();
+        self.publish();
+    }
+
+    /// Ends every request, running or waiting, with `server_shutdown`.
+    fn end_all_for_shutdown(&mut self) {
         let ids: Vec<RequestId> = self.seqs.keys().copied().collect();
         for id in ids {
             self.end(
@@ -125,7 +131,6 @@ impl EngineLoop {
                 ),
             );
         }
-        self.publish();
     }
 
     fn idle(&self) -> bool {
@@ -213,16 +218,7 @@ impl EngineLoop {
     fn reap(&mut self) {
         let now = Instant::now();
         if self.shutdown_at.is_some_and(|t| now >= t) {
-            let ids: Vec<RequestId> = self.seqs.keys().copied().collect();
-            for id in ids {
-                self.end(
-                    id,
-                    Outcome::Fail(
-                        ErrorCode::ServerShutdown,
-                        "the server is shutting down".into(),
-                    ),
-                );
-            }
+            self.end_all_for_shutdown();
             return;
         }
         let mut gone = Vec::new();

@@ -2,8 +2,6 @@
 //! resume and cancel, the WebSocket upgrade and the OpenAPI document; plus auth, CORS and
 //! body-limit layers.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -360,8 +358,4 @@ pub(crate) async fn metrics(State(state): State<SharedState>) -> Response {
         body,
     )
         .into_response()
-}
-
-pub fn shared(state: crate::state::AppState) -> SharedState {
-    Arc::new(state)
 }

@@ -126,11 +126,8 @@ impl Renderer {
         json!({"tokens": toks, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
     }
 
-    fn chunk(&self, choice: Value) -> Value {
-        let object = match self.kind {
-            Kind::Chat => "chat.completion.chunk",
-            Kind::Completion => "text_completion",
-        };
+    /// The fields every response and chunk shares, around one choice.
+    fn envelope(&self, object: &str, choice: Value) -> Value {
         json!({
             "id": self.id,
             "object": object,
@@ -139,6 +136,14 @@ impl Renderer {
             "system_fingerprint": "rill",
             "choices": [choice],
         })
+    }
+
+    fn chunk(&self, choice: Value) -> Value {
+        let object = match self.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completion => "text_completion",
+        };
+        self.envelope(object, choice)
     }
 
     /// Streaming: the data payloads an event turns into (possibly none).
@@ -290,15 +295,9 @@ impl Renderer {
                 )
             }
         };
-        json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": "rill",
-            "choices": [choice],
-            "usage": usage_json(&usage),
-            "timings": timings_json(&timings, &usage),
-        })
+        let mut v = self.envelope(object, choice);
+        v["usage"] = usage_json(&usage);
+        v["timings"] = timings_json(&timings, &usage);
+        v
     }
 }

@@ -110,10 +110,6 @@ impl<T: Clone> StreamBuffer<T> {
         self.version.send_modify(|v| *v += 1);
     }
 
-    pub fn is_done(&self) -> bool {
-        self.lock().done
-    }
-
     /// Whether events after `cursor` were already dropped (a resume from there is impossible).
     pub fn is_expired(&self, cursor: Option<u64>) -> bool {
         let g = self.lock();
@@ -228,14 +224,6 @@ impl Registry {
 
     pub fn remove(&self, id: &str) {
         self.lock().remove(id);
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
