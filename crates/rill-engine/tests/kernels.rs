@@ -6,7 +6,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rill_engine::quant::blocks::*;
-use rill_engine::quant::{scalar, Kernels};
+use rill_engine::quant::{kquants, scalar, Kernels};
 
 fn rand_f32(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
@@ -265,9 +265,9 @@ fn scalar_dots_match_dequantized_f32() {
         b.d = f16r(r, -0.01, 0.01)
     });
     let mut wf = vec![0f32; 2 * QK_K];
-    scalar::dequantize_q6k(&w6k, &mut wf);
+    kquants::dequantize_q6k(&w6k, &mut wf);
     let exact: f32 = wf.iter().zip(&xk).map(|(a, b)| a * b).sum();
-    let got = scalar::dot_q6k_q8k(&w6k, &ak);
+    let got = kquants::dot_q6k_q8k(&w6k, &ak);
     let wmax = wf.iter().fold(0f32, |m, v| m.max(v.abs()));
     let abs_x: f32 = xk.iter().map(|v| v.abs()).sum();
     assert!(
@@ -279,9 +279,9 @@ fn scalar_dots_match_dequantized_f32() {
         b.d = f16r(r, 0.0, 0.01);
         b.dmin = f16r(r, 0.0, 0.01);
     });
-    scalar::dequantize_q4k(&w4k, &mut wf);
+    kquants::dequantize_q4k(&w4k, &mut wf);
     let exact: f32 = wf.iter().zip(&xk).map(|(a, b)| a * b).sum();
-    let got = scalar::dot_q4k_q8k(&w4k, &ak);
+    let got = kquants::dot_q4k_q8k(&w4k, &ak);
     let wmax = wf.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(
         (exact - got).abs() <= 0.01 * wmax * abs_x,

@@ -26,6 +26,9 @@ pub enum GgmlType {
     Q4K,
     Q5K,
     Q6K,
+    Iq4Nl,
+    Iq4Xs,
+    Bf16,
     Other(u32),
 }
 
@@ -44,6 +47,9 @@ impl GgmlType {
             12 => Self::Q4K,
             13 => Self::Q5K,
             14 => Self::Q6K,
+            20 => Self::Iq4Nl,
+            23 => Self::Iq4Xs,
+            30 => Self::Bf16,
             o => Self::Other(o),
         }
     }
@@ -63,15 +69,57 @@ impl GgmlType {
             Self::Q4K => (256, 144),
             Self::Q5K => (256, 176),
             Self::Q6K => (256, 210),
+            Self::Iq4Nl => (32, 18),
+            Self::Iq4Xs => (256, 136),
+            Self::Bf16 => (1, 2),
             Self::Other(_) => return None,
         })
     }
 
+    /// ggml's own name for the type (`Q4_K`, `IQ2_XS`, ...), so errors name what a user sees
+    /// in llama.cpp's tools.
     pub fn name(self) -> String {
-        match self {
-            Self::Other(v) => format!("ggml type {v}"),
-            t => format!("{t:?}"),
-        }
+        let known = match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q2K => "Q2_K",
+            Self::Q3K => "Q3_K",
+            Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
+            Self::Q6K => "Q6_K",
+            Self::Iq4Nl => "IQ4_NL",
+            Self::Iq4Xs => "IQ4_XS",
+            Self::Bf16 => "BF16",
+            Self::Other(v) => {
+                return match v {
+                    9 => "Q8_1",
+                    15 => "Q8_K",
+                    16 => "IQ2_XXS",
+                    17 => "IQ2_XS",
+                    18 => "IQ3_XXS",
+                    19 => "IQ1_S",
+                    21 => "IQ3_S",
+                    22 => "IQ2_S",
+                    24 => "I8",
+                    25 => "I16",
+                    26 => "I32",
+                    27 => "I64",
+                    28 => "F64",
+                    29 => "IQ1_M",
+                    34 => "TQ1_0",
+                    35 => "TQ2_0",
+                    39 => "MXFP4",
+                    _ => return format!("ggml type {v}"),
+                }
+                .to_string()
+            }
+        };
+        known.to_string()
     }
 
     /// Bytes used by `n` elements, checking divisibility by the block size.

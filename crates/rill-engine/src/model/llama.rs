@@ -240,8 +240,13 @@ impl Llama {
                     &mut ws.xn[t * dim..(t + 1) * dim],
                 );
             }
-            let mut acts = ws.acts(layer.wq.act_format());
-            acts.quantize(k, &ws.xn[..t_n * dim], t_n, dim);
+            let acts = ws.acts.quantize_for(
+                k,
+                &[&layer.wq, &layer.wk, &layer.wv],
+                &ws.xn[..t_n * dim],
+                t_n,
+                dim,
+            );
             let (kc, vc) = kv.layer_mut(l_idx);
             let (kc, vc) = (SharedMut::new(kc), SharedMut::new(vc));
             let (qb, kb, vb) = (
@@ -265,9 +270,12 @@ impl Llama {
                 };
                 let rows = h * hd..(h + 1) * hd;
                 // SAFETY: this chunk alone writes columns `rows` of its buffer.
-                m.matmul_rows(k, acts_ref, rows.clone(), &mut |t, r, v| unsafe {
-                    buf.write(t * width + r, v)
-                });
+                m.matmul_rows(
+                    k,
+                    acts_ref.for_matrix(m),
+                    rows.clone(),
+                    &mut |t, r, v| unsafe { buf.write(t * width + r, v) },
+                );
                 for t in 0..t_n {
                     // SAFETY: same disjoint column range, per token row.
                     let head = unsafe { buf.slice(t * width + h * hd, hd) };
@@ -289,7 +297,7 @@ impl Llama {
                     }
                 }
             });
-            ws.put_acts(acts);
+            ws.acts.put_all(acts);
 
             // Attention: one chunk per (token, kv head).
             let group = c.n_heads / c.n_kv_heads;
@@ -322,10 +330,10 @@ impl Llama {
             });
 
             // Output projection + residual.
-            let mut acts = ws.acts(layer.wo.act_format());
+            let mut acts = ws.acts.take(layer.wo.act_format());
             acts.quantize(k, &ws.att[..t_n * q_dim], t_n, q_dim);
             self.project_add(ctx, &layer.wo, &acts, &mut ws.x, dim);
-            ws.put_acts(acts);
+            ws.acts.put(acts);
 
             // ---- feed-forward block ----
             for t in 0..t_n {
@@ -336,24 +344,31 @@ impl Llama {
                     &mut ws.xn[t * dim..(t + 1) * dim],
                 );
             }
-            let mut acts = ws.acts(layer.w_gate.act_format());
-            acts.quantize(k, &ws.xn[..t_n * dim], t_n, dim);
+            let acts = ws.acts.quantize_for(
+                k,
+                &[&layer.w_gate, &layer.w_up],
+                &ws.xn[..t_n * dim],
+                t_n,
+                dim,
+            );
             resize(&mut ws.up, t_n * ffn);
             let (hb, up) = (SharedMut::new(&mut ws.hb), SharedMut::new(&mut ws.up));
             let acts_ref = &acts;
             ctx.pool.run(ffn.div_ceil(ROW_CHUNK), &|chunk| {
                 let rows = chunk * ROW_CHUNK..((chunk + 1) * ROW_CHUNK).min(ffn);
                 // SAFETY: this chunk alone writes columns `rows` of hb and up.
-                layer
-                    .w_gate
-                    .matmul_rows(k, acts_ref, rows.clone(), &mut |t, r, v| unsafe {
-                        hb.write(t * ffn + r, v)
-                    });
-                layer
-                    .w_up
-                    .matmul_rows(k, acts_ref, rows.clone(), &mut |t, r, v| unsafe {
-                        up.write(t * ffn + r, v)
-                    });
+                layer.w_gate.matmul_rows(
+                    k,
+                    acts_ref.for_matrix(&layer.w_gate),
+                    rows.clone(),
+                    &mut |t, r, v| unsafe { hb.write(t * ffn + r, v) },
+                );
+                layer.w_up.matmul_rows(
+                    k,
+                    acts_ref.for_matrix(&layer.w_up),
+                    rows.clone(),
+                    &mut |t, r, v| unsafe { up.write(t * ffn + r, v) },
+                );
                 for t in 0..t_n {
                     // SAFETY: as above.
                     let (g, u) = unsafe {
@@ -365,11 +380,11 @@ impl Llama {
                     (k.swiglu)(g, u);
                 }
             });
-            ws.put_acts(acts);
-            let mut acts = ws.acts(layer.w_down.act_format());
+            ws.acts.put_all(acts);
+            let mut acts = ws.acts.take(layer.w_down.act_format());
             acts.quantize(k, &ws.hb[..t_n * ffn], t_n, ffn);
             self.project_add(ctx, &layer.w_down, &acts, &mut ws.x, dim);
-            ws.put_acts(acts);
+            ws.acts.put(acts);
         }
 
         // ---- logits ----
@@ -389,7 +404,7 @@ impl Llama {
         if n_out == 0 {
             return;
         }
-        let mut acts = ws.acts(self.output.act_format());
+        let mut acts = ws.acts.take(self.output.act_format());
         acts.quantize(k, &ws.out_x[..n_out * dim], n_out, dim);
         let lg = SharedMut::new(logits);
         let acts_ref = &acts;
@@ -401,7 +416,7 @@ impl Llama {
                     lg.write(t * vocab + r, v)
                 });
         });
-        ws.put_acts(acts);
+        ws.acts.put(acts);
     }
 
     /// x[t][r] += (W a_t)[r] for all rows, in parallel over row chunks.

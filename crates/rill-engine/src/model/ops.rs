@@ -2,7 +2,7 @@
 //! the per-step scratch buffers. Arithmetic follows ggml's CPU ops where it changes results
 //! (RMSNorm sums squares in f64; queries are rounded to f16 before the f16 key dot products).
 
-use crate::quant::{ActFormat, QuantActs};
+use crate::quant::{ActFormat, Kernels, QMatrix, QuantActs};
 
 /// Scratch buffers reused across steps (grown, never shrunk).
 pub struct Workspace {
@@ -15,7 +15,7 @@ pub struct Workspace {
     pub hb: Vec<f32>,
     pub up: Vec<f32>,
     pub out_x: Vec<f32>,
-    acts: Vec<QuantActs>,
+    pub acts: ActPool,
 }
 
 impl Default for Workspace {
@@ -36,20 +36,69 @@ impl Workspace {
             hb: Vec::new(),
             up: Vec::new(),
             out_x: Vec::new(),
-            acts: Vec::new(),
+            acts: ActPool::default(),
         }
     }
+}
 
-    /// A quantized-activation buffer for `format` (one per format, reused).
-    pub fn acts(&mut self, format: ActFormat) -> QuantActs {
-        match self.acts.iter().position(|a| a.format == format) {
-            Some(i) => self.acts.swap_remove(i),
+/// Quantized-activation buffers, one per format, reused across steps.
+#[derive(Default)]
+pub struct ActPool(Vec<QuantActs>);
+
+impl ActPool {
+    /// A buffer for `format`.
+    pub fn take(&mut self, format: ActFormat) -> QuantActs {
+        match self.0.iter().position(|a| a.format == format) {
+            Some(i) => self.0.swap_remove(i),
             None => QuantActs::new(format),
         }
     }
 
-    pub fn put_acts(&mut self, a: QuantActs) {
-        self.acts.push(a);
+    pub fn put(&mut self, a: QuantActs) {
+        self.0.push(a);
+    }
+
+    /// Quantizes `rows` rows of `x` once for each distinct activation format that `mats` need
+    /// (mixed files pair e.g. a Q4_K `attn_q` with a Q5_0 `attn_v`).
+    pub fn quantize_for(
+        &mut self,
+        k: &Kernels,
+        mats: &[&QMatrix<'_>],
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> ActsByFormat {
+        let mut sets: Vec<QuantActs> = Vec::with_capacity(mats.len());
+        for m in mats {
+            let f = m.act_format();
+            if !sets.iter().any(|a| a.format == f) {
+                let mut a = self.take(f);
+                a.quantize(k, x, rows, cols);
+                sets.push(a);
+            }
+        }
+        ActsByFormat { sets }
+    }
+
+    /// Returns the buffers of [`Self::quantize_for`] for reuse.
+    pub fn put_all(&mut self, a: ActsByFormat) {
+        self.0.extend(a.sets);
+    }
+}
+
+/// One step's activations in every format the consuming matrices need.
+pub struct ActsByFormat {
+    sets: Vec<QuantActs>,
+}
+
+impl ActsByFormat {
+    /// The activations in `m`'s format.
+    pub fn for_matrix(&self, m: &QMatrix<'_>) -> &QuantActs {
+        let f = m.act_format();
+        self.sets
+            .iter()
+            .find(|a| a.format == f)
+            .expect("quantize_for covered every matrix it was given")
     }
 }
 

@@ -16,6 +16,21 @@ pub fn f32_to_f16(v: f32) -> u16 {
     f16::from_f32(v).to_bits()
 }
 
+#[inline(always)]
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// ggml's f32 -> bf16: round to nearest even, NaNs kept quiet.
+#[inline(always)]
+pub fn f32_to_bf16(v: f32) -> u16 {
+    let u = v.to_bits();
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return ((u >> 16) | 64) as u16;
+    }
+    ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct BlockQ4_0 {
@@ -90,6 +105,65 @@ pub struct BlockQ6K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 
+/// IQ4_NL: 32 non-linear 4-bit codes (indices into [`IQ4NL_VALUES`]) and one f16 scale.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct BlockIq4Nl {
+    pub d: u16,
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockIq4Nl>() == 18);
+
+/// The IQ4_NL / IQ4_XS code book (ggml's `kvalues_iq4nl`).
+pub const IQ4NL_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// Q2_K: 16 groups of 16 2-bit values, each group with a 4-bit scale and 4-bit min.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ2K {
+    pub scales: [u8; QK_K / 16],
+    pub qs: [u8; QK_K / 4],
+    pub d: u16,
+    pub dmin: u16,
+}
+const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
+
+/// Q3_K: 2 low bits in `qs`, the third in `hmask`, 16 groups with 6-bit signed scales.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ3K {
+    pub hmask: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 4],
+    pub scales: [u8; 12],
+    pub d: u16,
+}
+const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
+
+/// Q5_K: Q4_K's layout plus one high bit per value in `qh`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ5K {
+    pub d: u16,
+    pub dmin: u16,
+    pub scales: [u8; 12],
+    pub qh: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
+
+/// IQ4_XS: IQ4_NL codes in 8 sub-blocks of 32 with 6-bit scales (offset by 32).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockIq4Xs {
+    pub d: u16,
+    pub scales_h: u16,
+    pub scales_l: [u8; QK_K / 64],
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockIq4Xs>() == 136);
+
 /// The activation block for K-quants: f32 scale and per-16 sums.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
@@ -136,6 +210,11 @@ unsafe impl PodBlock for BlockQ5_1 {}
 unsafe impl PodBlock for BlockQ8_0 {}
 unsafe impl PodBlock for BlockQ4K {}
 unsafe impl PodBlock for BlockQ6K {}
+unsafe impl PodBlock for BlockQ2K {}
+unsafe impl PodBlock for BlockQ3K {}
+unsafe impl PodBlock for BlockQ5K {}
+unsafe impl PodBlock for BlockIq4Nl {}
+unsafe impl PodBlock for BlockIq4Xs {}
 unsafe impl PodBlock for u16 {}
 unsafe impl PodBlock for f32 {}
 

@@ -2,7 +2,7 @@
 //! the `unsafe` SIMD functions; [`Kernels::scalar`] is always available and is the reference.
 
 use super::blocks::*;
-use super::scalar;
+use super::{kquants, scalar};
 
 /// The instruction-set tier a kernel set was built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,23 +22,49 @@ impl std::fmt::Display for KernelTier {
     }
 }
 
-/// One function pointer per (weight, activation) pair, plus activation quantizers.
+/// A weight row against one activation row.
+pub type Dot<W, A> = fn(&[W], &[A]) -> f32;
+/// A weight row against four activation rows, each pair bit-identical to [`Dot`].
+pub type Dot4<W, A> = fn(&[W], [&[A]; 4]) -> [f32; 4];
+/// 2 weight rows x 4 activation rows; the third argument holds each activation row's block
+/// scales widened to f32 (`QuantActs::row_scales`).
+pub type Dot2x4<W, A> = fn([&[W]; 2], [&[A]; 4], [(&[f32], &[f32]); 4]) -> [[f32; 4]; 2];
+
+/// Attention for a group of query heads over one sequence's K/V rows (see `scalar::attend`).
+pub type AttendFn = fn(&[f32], std::ops::Range<usize>, usize, &scalar::KvRows<'_>, &mut [f32]);
+
+/// One function pointer per (weight, activation) pair and batch shape, plus activation
+/// quantizers and the attention primitives.
 #[derive(Clone, Copy)]
 pub struct Kernels {
     pub tier: KernelTier,
-    pub dot_q4_0_q8_0: fn(&[BlockQ4_0], &[BlockQ8_0]) -> f32,
-    pub dot_q4_1_q8_1: fn(&[BlockQ4_1], &[BlockQ8_1]) -> f32,
-    pub dot_q5_0_q8_0: fn(&[BlockQ5_0], &[BlockQ8_0]) -> f32,
-    pub dot_q5_1_q8_1: fn(&[BlockQ5_1], &[BlockQ8_1]) -> f32,
-    pub dot_q8_0_q8_0: fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
-    /// 2 weight rows x 4 activation rows; the third argument holds each activation row's block
-    /// scales widened to f32 (`QuantActs::row_scales`).
+    pub dot_q4_0_q8_0: Dot<BlockQ4_0, BlockQ8_0>,
+    pub dot_q4_1_q8_1: Dot<BlockQ4_1, BlockQ8_1>,
+    pub dot_q5_0_q8_0: Dot<BlockQ5_0, BlockQ8_0>,
+    pub dot_q5_1_q8_1: Dot<BlockQ5_1, BlockQ8_1>,
+    pub dot_q8_0_q8_0: Dot<BlockQ8_0, BlockQ8_0>,
+    pub dot_iq4nl_q8_0: Dot<BlockIq4Nl, BlockQ8_0>,
+    pub dot_q2k_q8k: Dot<BlockQ2K, BlockQ8K>,
+    pub dot_q3k_q8k: Dot<BlockQ3K, BlockQ8K>,
+    pub dot_q4k_q8k: Dot<BlockQ4K, BlockQ8K>,
+    pub dot_q5k_q8k: Dot<BlockQ5K, BlockQ8K>,
+    pub dot_q6k_q8k: Dot<BlockQ6K, BlockQ8K>,
+    pub dot_iq4xs_q8k: Dot<BlockIq4Xs, BlockQ8K>,
+    pub dot4_q4_0_q8_0: Dot4<BlockQ4_0, BlockQ8_0>,
+    pub dot4_q5_0_q8_0: Dot4<BlockQ5_0, BlockQ8_0>,
+    pub dot4_q5_1_q8_1: Dot4<BlockQ5_1, BlockQ8_1>,
+    pub dot4_iq4nl_q8_0: Dot4<BlockIq4Nl, BlockQ8_0>,
+    pub dot4_q2k_q8k: Dot4<BlockQ2K, BlockQ8K>,
+    pub dot4_q3k_q8k: Dot4<BlockQ3K, BlockQ8K>,
+    pub dot4_q4k_q8k: Dot4<BlockQ4K, BlockQ8K>,
+    pub dot4_q5k_q8k: Dot4<BlockQ5K, BlockQ8K>,
+    pub dot4_q6k_q8k: Dot4<BlockQ6K, BlockQ8K>,
+    pub dot4_iq4xs_q8k: Dot4<BlockIq4Xs, BlockQ8K>,
     pub dot2x4_q4_1_q8_1: Dot2x4<BlockQ4_1, BlockQ8_1>,
     pub dot2x4_q8_0_q8_0: Dot2x4<BlockQ8_0, BlockQ8_0>,
-    pub dot_q4k_q8k: fn(&[BlockQ4K], &[BlockQ8K]) -> f32,
-    pub dot_q6k_q8k: fn(&[BlockQ6K], &[BlockQ8K]) -> f32,
-    pub dot_f32: fn(&[f32], &[f32]) -> f32,
-    pub dot_f16_f16: fn(&[u16], &[u16]) -> f32,
+    pub dot_f32: Dot<f32, f32>,
+    pub dot_bf16: Dot<u16, u16>,
+    pub dot_f16_f16: Dot<u16, u16>,
     pub quantize_q8_0: fn(&[f32], &mut [BlockQ8_0]),
     pub quantize_q8_1: fn(&[f32], &mut [BlockQ8_1]),
     pub quantize_q8k: fn(&[f32], &mut [BlockQ8K]),
@@ -49,11 +75,6 @@ pub struct Kernels {
     pub attend: AttendFn,
 }
 
-pub type Dot2x4<W, A> = fn([&[W]; 2], [&[A]; 4], [(&[f32], &[f32]); 4]) -> [[f32; 4]; 2];
-
-/// Attention for a group of query heads over one sequence's K/V rows (see `scalar::attend`).
-pub type AttendFn = fn(&[f32], std::ops::Range<usize>, usize, &scalar::KvRows<'_>, &mut [f32]);
-
 impl Kernels {
     pub fn scalar() -> Self {
         Self {
@@ -63,11 +84,27 @@ impl Kernels {
             dot_q5_0_q8_0: scalar::dot_q5_0_q8_0,
             dot_q5_1_q8_1: scalar::dot_q5_1_q8_1,
             dot_q8_0_q8_0: scalar::dot_q8_0_q8_0,
+            dot_iq4nl_q8_0: scalar::dot_iq4nl_q8_0,
+            dot_q2k_q8k: kquants::dot_q2k_q8k,
+            dot_q3k_q8k: kquants::dot_q3k_q8k,
+            dot_q4k_q8k: kquants::dot_q4k_q8k,
+            dot_q5k_q8k: kquants::dot_q5k_q8k,
+            dot_q6k_q8k: kquants::dot_q6k_q8k,
+            dot_iq4xs_q8k: kquants::dot_iq4xs_q8k,
+            dot4_q4_0_q8_0: |x, y| y.map(|a| scalar::dot_q4_0_q8_0(x, a)),
+            dot4_q5_0_q8_0: |x, y| y.map(|a| scalar::dot_q5_0_q8_0(x, a)),
+            dot4_q5_1_q8_1: |x, y| y.map(|a| scalar::dot_q5_1_q8_1(x, a)),
+            dot4_iq4nl_q8_0: |x, y| y.map(|a| scalar::dot_iq4nl_q8_0(x, a)),
+            dot4_q2k_q8k: |x, y| y.map(|a| kquants::dot_q2k_q8k(x, a)),
+            dot4_q3k_q8k: |x, y| y.map(|a| kquants::dot_q3k_q8k(x, a)),
+            dot4_q4k_q8k: |x, y| y.map(|a| kquants::dot_q4k_q8k(x, a)),
+            dot4_q5k_q8k: |x, y| y.map(|a| kquants::dot_q5k_q8k(x, a)),
+            dot4_q6k_q8k: |x, y| y.map(|a| kquants::dot_q6k_q8k(x, a)),
+            dot4_iq4xs_q8k: |x, y| y.map(|a| kquants::dot_iq4xs_q8k(x, a)),
             dot2x4_q4_1_q8_1: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q4_1_q8_1(r, a))),
             dot2x4_q8_0_q8_0: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q8_0_q8_0(r, a))),
-            dot_q4k_q8k: scalar::dot_q4k_q8k,
-            dot_q6k_q8k: scalar::dot_q6k_q8k,
             dot_f32: scalar::dot_f32,
+            dot_bf16: scalar::dot_bf16,
             dot_f16_f16: scalar::dot_f16_f16,
             quantize_q8_0: scalar::quantize_q8_0,
             quantize_q8_1: scalar::quantize_q8_1,
@@ -125,6 +162,7 @@ impl Kernels {
 mod x86_sets {
     use super::*;
     use crate::quant::x86;
+    use crate::quant::x86_kquants::avx2 as xk;
 
     /// Wraps each `unsafe` ISA function of module `$m` in a safe fn. Only reachable through
     /// `all_supported`, which checked the features first.
@@ -133,12 +171,30 @@ mod x86_sets {
             Kernels {
                 tier: $tier,
                 // SAFETY (all below): `all_supported` verified this tier's CPU features before
-                // building this set; slice lengths are the callers' (equal by construction).
-                dot_q4_0_q8_0: |x, y| unsafe { x86::$m::dot_q4_0_q8_0(x, y) },
-                dot_q4_1_q8_1: |x, y| unsafe { x86::$m::dot_q4_1_q8_1(x, y) },
-                dot_q5_0_q8_0: scalar::dot_q5_0_q8_0,
-                dot_q5_1_q8_1: scalar::dot_q5_1_q8_1,
-                dot_q8_0_q8_0: |x, y| unsafe { x86::$m::dot_q8_0_q8_0(x, y) },
+                // building this set. The block kernels index activation blocks with bounds
+                // checks; the 2x4 kernels' length assumptions are asserted here.
+                dot_q4_0_q8_0: |x, y| unsafe { x86::$m::dot_q4_0_q8_0::<1>(x, [y])[0] },
+                dot_q4_1_q8_1: |x, y| unsafe { x86::$m::dot_q4_1_q8_1::<1>(x, [y])[0] },
+                dot_q5_0_q8_0: |x, y| unsafe { x86::$m::dot_q5_0_q8_0::<1>(x, [y])[0] },
+                dot_q5_1_q8_1: |x, y| unsafe { x86::$m::dot_q5_1_q8_1::<1>(x, [y])[0] },
+                dot_q8_0_q8_0: |x, y| unsafe { x86::$m::dot_q8_0_q8_0::<1>(x, [y])[0] },
+                dot_iq4nl_q8_0: |x, y| unsafe { x86::$m::dot_iq4nl_q8_0::<1>(x, [y])[0] },
+                dot_q2k_q8k: |x, y| unsafe { xk::dot_q2k_q8k::<1>(x, [y])[0] },
+                dot_q3k_q8k: |x, y| unsafe { xk::dot_q3k_q8k::<1>(x, [y])[0] },
+                dot_q4k_q8k: |x, y| unsafe { xk::dot_q4k_q8k::<1>(x, [y])[0] },
+                dot_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<1>(x, [y])[0] },
+                dot_q6k_q8k: |x, y| unsafe { xk::dot_q6k_q8k::<1>(x, [y])[0] },
+                dot_iq4xs_q8k: |x, y| unsafe { xk::dot_iq4xs_q8k::<1>(x, [y])[0] },
+                dot4_q4_0_q8_0: |x, y| unsafe { x86::$m::dot_q4_0_q8_0::<4>(x, y) },
+                dot4_q5_0_q8_0: |x, y| unsafe { x86::$m::dot_q5_0_q8_0::<4>(x, y) },
+                dot4_q5_1_q8_1: |x, y| unsafe { x86::$m::dot_q5_1_q8_1::<4>(x, y) },
+                dot4_iq4nl_q8_0: |x, y| unsafe { x86::$m::dot_iq4nl_q8_0::<4>(x, y) },
+                dot4_q2k_q8k: |x, y| unsafe { xk::dot_q2k_q8k::<4>(x, y) },
+                dot4_q3k_q8k: |x, y| unsafe { xk::dot_q3k_q8k::<4>(x, y) },
+                dot4_q4k_q8k: |x, y| unsafe { xk::dot_q4k_q8k::<4>(x, y) },
+                dot4_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<4>(x, y) },
+                dot4_q6k_q8k: |x, y| unsafe { xk::dot_q6k_q8k::<4>(x, y) },
+                dot4_iq4xs_q8k: |x, y| unsafe { xk::dot_iq4xs_q8k::<4>(x, y) },
                 dot2x4_q4_1_q8_1: |x, y, s| {
                     let n = y[0].len();
                     assert!(x.iter().all(|r| r.len() >= n) && y.iter().all(|a| a.len() >= n));
@@ -151,9 +207,8 @@ mod x86_sets {
                     assert!(s.iter().all(|(d, _)| d.len() >= n));
                     unsafe { x86::$m::dot2x4_q8_0_q8_0(x, y, s) }
                 },
-                dot_q4k_q8k: |x, y| unsafe { x86::$m::dot_q4k_q8k(x, y) },
-                dot_q6k_q8k: |x, y| unsafe { x86::$m::dot_q6k_q8k(x, y) },
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
+                dot_bf16: |x, y| unsafe { x86::$m::dot_bf16(x, y) },
                 dot_f16_f16: |x, y| unsafe { x86::$m::dot_f16_f16(x, y) },
                 quantize_q8_0: |x, y| unsafe { x86::$m::quantize_q8_0(x, y) },
                 quantize_q8_1: |x, y| unsafe { x86::$m::quantize_q8_1(x, y) },

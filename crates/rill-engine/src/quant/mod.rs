@@ -7,9 +7,12 @@
 
 pub mod blocks;
 pub mod dispatch;
+pub mod kquants;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_kquants;
 
 use blocks::*;
 pub use dispatch::{KernelTier, Kernels};
@@ -24,18 +27,25 @@ pub enum ActFormat {
     Q8_1,
     Q8K,
     F16,
+    Bf16,
     F32,
 }
 
 impl ActFormat {
     pub fn for_weights(t: GgmlType) -> Option<Self> {
         Some(match t {
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Iq4Nl => Self::Q8_0,
             GgmlType::Q4_1 | GgmlType::Q5_1 => Self::Q8_1,
-            GgmlType::Q4K | GgmlType::Q6K => Self::Q8K,
+            GgmlType::Q2K
+            | GgmlType::Q3K
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
+            | GgmlType::Iq4Xs => Self::Q8K,
             GgmlType::F16 => Self::F16,
+            GgmlType::Bf16 => Self::Bf16,
             GgmlType::F32 => Self::F32,
-            _ => return None,
+            GgmlType::Other(_) => return None,
         })
     }
 
@@ -45,7 +55,7 @@ impl ActFormat {
             Self::Q8_0 => n / QK * std::mem::size_of::<BlockQ8_0>(),
             Self::Q8_1 => n / QK * std::mem::size_of::<BlockQ8_1>(),
             Self::Q8K => n / QK_K * std::mem::size_of::<BlockQ8K>(),
-            Self::F16 => n * 2,
+            Self::F16 | Self::Bf16 => n * 2,
             Self::F32 => n * 4,
         }
     }
@@ -54,7 +64,7 @@ impl ActFormat {
         match self {
             Self::Q8_0 | Self::Q8_1 => QK,
             Self::Q8K => QK_K,
-            Self::F16 | Self::F32 => 1,
+            Self::F16 | Self::Bf16 | Self::F32 => 1,
         }
     }
 }
@@ -151,6 +161,11 @@ impl QuantActs {
             ActFormat::F16 => {
                 for (o, &v) in cast_mut::<u16>(bytes).iter_mut().zip(x) {
                     *o = f32_to_f16(v);
+                }
+            }
+            ActFormat::Bf16 => {
+                for (o, &v) in cast_mut::<u16>(bytes).iter_mut().zip(x) {
+                    *o = f32_to_bf16(v);
                 }
             }
             ActFormat::F32 => cast_mut::<f32>(bytes)[..x.len()].copy_from_slice(x),
@@ -274,7 +289,12 @@ impl<'a> QMatrix<'a> {
         rows: std::ops::Range<usize>,
         out: &mut dyn FnMut(usize, usize, f32),
     ) {
-        debug_assert_eq!(acts.format, self.act_format());
+        // Reading activations of another format would be garbage, not an error: refuse loudly.
+        assert_eq!(
+            acts.format,
+            self.act_format(),
+            "activation format of the matrix"
+        );
         macro_rules! run {
             ($wt:ty, $at:ty, $f:expr) => {{
                 for r in rows.clone() {
@@ -282,6 +302,44 @@ impl<'a> QMatrix<'a> {
                     for t in 0..acts.rows {
                         let a: &[$at] = cast_ref(acts.row(t));
                         out(t, r, $f(w, a));
+                    }
+                }
+            }};
+        }
+        // Every other block format: one weight row against 4 activation rows per call, so each
+        // block is decoded once for 4 rows; 2-3 leftover rows go through one more 4-row call
+        // with the last row repeated, a single one (and single-stream decode, which streams
+        // the weights with prefetch) through the one-row kernel. Same bits either way.
+        macro_rules! quad {
+            ($wt:ty, $at:ty, $f1:expr, $f4:expr) => {{
+                let arow = |t: usize| -> &[$at] { cast_ref(acts.row(t)) };
+                let quads = acts.rows / 4 * 4;
+                let left = acts.rows - quads;
+                let last = acts.rows.saturating_sub(1);
+                for r in rows.clone() {
+                    if acts.rows == 1 {
+                        self.prefetch_row(r + PREFETCH_ROWS_AHEAD);
+                    }
+                    let w: &[$wt] = cast_weights(self.row_bytes(r));
+                    for t in (0..quads).step_by(4) {
+                        let v = $f4(w, [arow(t), arow(t + 1), arow(t + 2), arow(t + 3)]);
+                        for (j, &x) in v.iter().enumerate() {
+                            out(t + j, r, x);
+                        }
+                    }
+                    if left >= 2 {
+                        let ix = [
+                            quads,
+                            quads + 1,
+                            (quads + 2).min(last),
+                            (quads + 3).min(last),
+                        ];
+                        let v = $f4(w, ix.map(arow));
+                        for (j, &x) in v.iter().take(left).enumerate() {
+                            out(quads + j, r, x);
+                        }
+                    } else if left == 1 {
+                        out(quads, r, $f1(w, arow(quads)));
                     }
                 }
             }};
@@ -354,14 +412,20 @@ impl<'a> QMatrix<'a> {
         match self.dtype {
             GgmlType::Q4_1 => blocked!(BlockQ4_1, BlockQ8_1, k.dot_q4_1_q8_1, k.dot2x4_q4_1_q8_1),
             GgmlType::Q8_0 => blocked!(BlockQ8_0, BlockQ8_0, k.dot_q8_0_q8_0, k.dot2x4_q8_0_q8_0),
-            GgmlType::Q4_0 => run!(BlockQ4_0, BlockQ8_0, k.dot_q4_0_q8_0),
-            GgmlType::Q5_0 => run!(BlockQ5_0, BlockQ8_0, k.dot_q5_0_q8_0),
-            GgmlType::Q5_1 => run!(BlockQ5_1, BlockQ8_1, k.dot_q5_1_q8_1),
-            GgmlType::Q4K => run!(BlockQ4K, BlockQ8K, k.dot_q4k_q8k),
-            GgmlType::Q6K => run!(BlockQ6K, BlockQ8K, k.dot_q6k_q8k),
+            GgmlType::Q4_0 => quad!(BlockQ4_0, BlockQ8_0, k.dot_q4_0_q8_0, k.dot4_q4_0_q8_0),
+            GgmlType::Q5_0 => quad!(BlockQ5_0, BlockQ8_0, k.dot_q5_0_q8_0, k.dot4_q5_0_q8_0),
+            GgmlType::Q5_1 => quad!(BlockQ5_1, BlockQ8_1, k.dot_q5_1_q8_1, k.dot4_q5_1_q8_1),
+            GgmlType::Iq4Nl => quad!(BlockIq4Nl, BlockQ8_0, k.dot_iq4nl_q8_0, k.dot4_iq4nl_q8_0),
+            GgmlType::Q2K => quad!(BlockQ2K, BlockQ8K, k.dot_q2k_q8k, k.dot4_q2k_q8k),
+            GgmlType::Q3K => quad!(BlockQ3K, BlockQ8K, k.dot_q3k_q8k, k.dot4_q3k_q8k),
+            GgmlType::Q4K => quad!(BlockQ4K, BlockQ8K, k.dot_q4k_q8k, k.dot4_q4k_q8k),
+            GgmlType::Q5K => quad!(BlockQ5K, BlockQ8K, k.dot_q5k_q8k, k.dot4_q5k_q8k),
+            GgmlType::Q6K => quad!(BlockQ6K, BlockQ8K, k.dot_q6k_q8k, k.dot4_q6k_q8k),
+            GgmlType::Iq4Xs => quad!(BlockIq4Xs, BlockQ8K, k.dot_iq4xs_q8k, k.dot4_iq4xs_q8k),
             GgmlType::F16 => run!(u16, u16, k.dot_f16_f16),
+            GgmlType::Bf16 => run!(u16, u16, k.dot_bf16),
             GgmlType::F32 => run!(f32, f32, k.dot_f32),
-            _ => {}
+            GgmlType::Other(_) => {}
         }
     }
 
@@ -393,15 +457,25 @@ impl<'a> QMatrix<'a> {
             GgmlType::Q5_0 => scalar::dequantize_q5_0(cast_weights(b), out),
             GgmlType::Q5_1 => scalar::dequantize_q5_1(cast_weights(b), out),
             GgmlType::Q8_0 => scalar::dequantize_q8_0(cast_weights(b), out),
-            GgmlType::Q4K => scalar::dequantize_q4k(cast_weights(b), out),
-            GgmlType::Q6K => scalar::dequantize_q6k(cast_weights(b), out),
+            GgmlType::Iq4Nl => scalar::dequantize_iq4nl(cast_weights(b), out),
+            GgmlType::Q2K => kquants::dequantize_q2k(cast_weights(b), out),
+            GgmlType::Q3K => kquants::dequantize_q3k(cast_weights(b), out),
+            GgmlType::Q4K => kquants::dequantize_q4k(cast_weights(b), out),
+            GgmlType::Q5K => kquants::dequantize_q5k(cast_weights(b), out),
+            GgmlType::Q6K => kquants::dequantize_q6k(cast_weights(b), out),
+            GgmlType::Iq4Xs => kquants::dequantize_iq4xs(cast_weights(b), out),
+            GgmlType::Bf16 => {
+                for (o, &v) in out.iter_mut().zip(cast_weights::<u16>(b)) {
+                    *o = bf16_to_f32(v);
+                }
+            }
             GgmlType::F16 => {
                 for (o, &v) in out.iter_mut().zip(cast_weights::<u16>(b)) {
                     *o = f16_to_f32(v);
                 }
             }
             GgmlType::F32 => out.copy_from_slice(cast_weights::<f32>(b)),
-            _ => {}
+            GgmlType::Other(_) => {}
         }
     }
 }

@@ -1,4 +1,6 @@
-//! Portable reference kernels: activation quantizers and every (weight, activation) dot product.
+//! Portable reference kernels: activation quantizers, the dot products of the 32-element block
+//! formats and of float weights, and the f16 attention primitives (the 256-element super-block
+//! formats are in [`super::kquants`]).
 //! They follow ggml's reference arithmetic (round-half-even quantization, per-block integer sums
 //! scaled in f32) and are what the SIMD kernels are tested against. Always compiled.
 
@@ -108,39 +110,45 @@ pub fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     hsum8(&acc) + summs
 }
 
+/// Element `k` (0..32) of a 5-bit block: the nibble plus bit `k` of `qh` as bit 4.
+#[inline(always)]
+fn q5_value(qs: &[u8; QK / 2], qh: [u8; 4], k: usize) -> i32 {
+    nibble(qs, k) | ((((u32::from_le_bytes(qh) >> k) & 1) << 4) as i32)
+}
+
 pub fn dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
-    let mut sumf = 0f32;
+    let mut acc = [0f32; 8];
     for (xb, yb) in x.iter().zip(y) {
-        let qh = u32::from_le_bytes(xb.qh);
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            let h0 = (((qh >> j) << 4) & 0x10) as u8;
-            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
-            let x0 = ((xb.qs[j] & 0x0f) | h0) as i32 - 16;
-            let x1 = ((xb.qs[j] >> 4) | h1) as i32 - 16;
-            sumi += x0 * yb.qs[j] as i32 + x1 * yb.qs[j + QK / 2] as i32;
-        }
-        sumf += sumi as f32 * f16_to_f32(xb.d) * f16_to_f32(yb.d);
+        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
+        lanes_fma(&mut acc, d, |k| {
+            (q5_value(&xb.qs, xb.qh, k) - 16) * yb.qs[k] as i32
+        });
     }
-    sumf
+    hsum8(&acc)
 }
 
 pub fn dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
-    let mut sumf = 0f32;
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
     for (xb, yb) in x.iter().zip(y) {
-        let qh = u32::from_le_bytes(xb.qh);
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            let h0 = (((qh >> j) << 4) & 0x10) as u8;
-            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
-            let x0 = ((xb.qs[j] & 0x0f) | h0) as i32;
-            let x1 = ((xb.qs[j] >> 4) | h1) as i32;
-            sumi += x0 * yb.qs[j] as i32 + x1 * yb.qs[j + QK / 2] as i32;
-        }
-        sumf +=
-            f16_to_f32(xb.d) * f16_to_f32(yb.d) * sumi as f32 + f16_to_f32(xb.m) * f16_to_f32(yb.s);
+        summs = f16_to_f32(xb.m).mul_add(f16_to_f32(yb.s), summs);
+        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
+        lanes_fma(&mut acc, d, |k| {
+            q5_value(&xb.qs, xb.qh, k) * yb.qs[k] as i32
+        });
     }
-    sumf
+    hsum8(&acc) + summs
+}
+
+pub fn dot_iq4nl_q8_0(x: &[BlockIq4Nl], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (xb, yb) in x.iter().zip(y) {
+        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
+        lanes_fma(&mut acc, d, |k| {
+            IQ4NL_VALUES[nibble(&xb.qs, k) as usize] as i32 * yb.qs[k] as i32
+        });
+    }
+    hsum8(&acc)
 }
 
 pub fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
@@ -152,82 +160,41 @@ pub fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     hsum8(&acc)
 }
 
-/// Scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block (6-bit packed).
-#[inline]
-pub fn q4k_scale_min(j: usize, q: &[u8; 12]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    }
-}
-
-pub fn dot_q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
-    let mut sumf = 0f32;
-    for (xb, yb) in x.iter().zip(y) {
-        let d = f16_to_f32(xb.d) * yb.d;
-        let dmin = f16_to_f32(xb.dmin) * yb.d;
-        let mut sum_scaled = 0i32;
-        let mut sum_mins = 0i32;
-        for sub in 0..8 {
-            let (sc, m) = q4k_scale_min(sub, &xb.scales);
-            let chunk = &xb.qs[(sub / 2) * 32..(sub / 2) * 32 + 32];
-            let ys = &yb.qs[sub * 32..sub * 32 + 32];
-            let mut s = 0i32;
-            for l in 0..32 {
-                let q = if sub % 2 == 0 {
-                    chunk[l] & 0x0f
-                } else {
-                    chunk[l] >> 4
-                };
-                s += q as i32 * ys[l] as i32;
+/// rill's dot order for float weights (F32, BF16): four 8-lane FMA accumulators over
+/// 32-element steps, folded (a0 + a1) + (a2 + a3), reduced as [`hsum8`], then the tail added
+/// with sequential FMAs. The SIMD tiers use the same order, so every tier gives the same bits.
+#[inline(always)]
+pub fn dot_float_with(n: usize, x: impl Fn(usize) -> f32, y: impl Fn(usize) -> f32) -> f32 {
+    let np = n / 32 * 32;
+    let mut acc = [[0f32; 8]; 4];
+    for i in (0..np).step_by(32) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, v) in a.iter_mut().enumerate() {
+                let k = i + 8 * j + l;
+                *v = x(k).mul_add(y(k), *v);
             }
-            sum_scaled += sc as i32 * s;
-            sum_mins += m as i32 * (yb.bsums[2 * sub] as i32 + yb.bsums[2 * sub + 1] as i32);
-        }
-        sumf += d * sum_scaled as f32 - dmin * sum_mins as f32;
-    }
-    sumf
-}
-
-/// Unpacks the 6-bit values of a Q6_K block (-32..31) in element order.
-pub fn q6k_values(xb: &BlockQ6K) -> [i8; QK_K] {
-    let mut out = [0i8; QK_K];
-    for half in 0..2 {
-        let ql = &xb.ql[half * 64..half * 64 + 64];
-        let qh = &xb.qh[half * 32..half * 32 + 32];
-        let o = &mut out[half * 128..half * 128 + 128];
-        for l in 0..32 {
-            o[l] = (((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i8) - 32;
-            o[l + 32] = (((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i8) - 32;
-            o[l + 64] = (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8) - 32;
-            o[l + 96] = (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8) - 32;
         }
     }
-    out
-}
-
-pub fn dot_q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
-    let mut sumf = 0f32;
-    for (xb, yb) in x.iter().zip(y) {
-        let vals = q6k_values(xb);
-        let mut sumi = 0i32;
-        for (g, sc) in xb.scales.iter().enumerate() {
-            let s: i32 = (0..16)
-                .map(|l| vals[g * 16 + l] as i32 * yb.qs[g * 16 + l] as i32)
-                .sum();
-            sumi += *sc as i32 * s;
-        }
-        sumf += f16_to_f32(xb.d) * yb.d * sumi as f32;
+    let lanes: [f32; 8] =
+        std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
+    let mut s = hsum8(&lanes);
+    for k in np..n {
+        s = x(k).mul_add(y(k), s);
     }
-    sumf
+    s
 }
 
 pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
-    x.iter().zip(y).map(|(a, b)| a * b).sum()
+    dot_float_with(x.len().min(y.len()), |k| x[k], |k| y[k])
+}
+
+/// BF16 weights against BF16-rounded activations (ggml's pairing), in [`dot_float_with`]'s order.
+pub fn dot_bf16(x: &[u16], y: &[u16]) -> f32 {
+    dot_float_with(
+        x.len().min(y.len()),
+        |k| bf16_to_f32(x[k]),
+        |k| bf16_to_f32(y[k]),
+    )
 }
 
 /// f16 dot product with ggml's AVX-512 summation tree, so attention scores are bit-identical to
@@ -361,30 +328,11 @@ pub fn dequantize_q8_0(x: &[BlockQ8_0], out: &mut [f32]) {
     }
 }
 
-pub fn dequantize_q4k(x: &[BlockQ4K], out: &mut [f32]) {
-    for (b, o) in x.iter().zip(out.chunks_exact_mut(QK_K)) {
-        let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
-        for sub in 0..8 {
-            let (sc, m) = q4k_scale_min(sub, &b.scales);
-            let chunk = &b.qs[(sub / 2) * 32..(sub / 2) * 32 + 32];
-            for l in 0..32 {
-                let q = if sub % 2 == 0 {
-                    chunk[l] & 0x0f
-                } else {
-                    chunk[l] >> 4
-                };
-                o[sub * 32 + l] = d * sc as f32 * q as f32 - dmin * m as f32;
-            }
-        }
-    }
-}
-
-pub fn dequantize_q6k(x: &[BlockQ6K], out: &mut [f32]) {
-    for (b, o) in x.iter().zip(out.chunks_exact_mut(QK_K)) {
+pub fn dequantize_iq4nl(x: &[BlockIq4Nl], out: &mut [f32]) {
+    for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
         let d = f16_to_f32(b.d);
-        let vals = q6k_values(b);
-        for (i, v) in o.iter_mut().enumerate() {
-            *v = d * b.scales[i / 16] as f32 * vals[i] as f32;
+        for (k, v) in o.iter_mut().enumerate() {
+            *v = d * IQ4NL_VALUES[nibble(&b.qs, k) as usize] as f32;
         }
     }
 }

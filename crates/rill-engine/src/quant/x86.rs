@@ -1,5 +1,6 @@
-//! x86-64 SIMD kernels: AVX2+FMA, and the same kernels with AVX-512 VNNI (`vpdpbusd` on 256-bit
-//! vectors) for the 8-bit multiply-adds. Both tiers come from one macro so they cannot drift.
+//! x86-64 SIMD kernels of the 32-element block formats, float weights, activation quantizers and
+//! attention: AVX2+FMA, and the same kernels with AVX-512 VNNI (`vpdpbusd` on 256-bit vectors)
+//! for the 8-bit multiply-adds (the super-block formats are in `x86_kquants`). Both tiers come from one macro so they cannot drift.
 //! Accumulation order follows ggml's AVX2 code (per-lane f32 FMA across blocks, one horizontal
 //! sum at the end) so results track llama.cpp's closely.
 //!
@@ -15,7 +16,7 @@ use super::blocks::*;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn hsum_f32_8(v: __m256) -> f32 {
+pub(super) unsafe fn hsum_f32_8(v: __m256) -> f32 {
     let r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
     let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
     let r = _mm_add_ss(r, _mm_movehdup_ps(r));
@@ -24,7 +25,7 @@ unsafe fn hsum_f32_8(v: __m256) -> f32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn hsum_i32_8(v: __m256i) -> i32 {
+pub(super) unsafe fn hsum_i32_8(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
@@ -33,17 +34,59 @@ unsafe fn hsum_i32_8(v: __m256i) -> i32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn fp16(bits: u16) -> f32 {
+pub(super) unsafe fn fp16(bits: u16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 /// 32 nibbles from 16 bytes: low nibbles in bytes 0..16, high nibbles in 16..32.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn nibbles_32(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles_32(p: *const u8) -> __m256i {
     let tmp = _mm_loadu_si128(p.cast());
     let both = _mm256_insertf128_si256(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4), 1);
     _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+/// 0xff in byte `k` where bit `k` of the 32-bit mask is set (the Q5 high bits), else 0.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn bytes_from_bits_32(bits: [u8; 4]) -> __m256i {
+    let x = _mm256_set1_epi32(i32::from_le_bytes(bits));
+    let spread = _mm256_shuffle_epi8(
+        x,
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    let one_bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, one_bit), one_bit)
+}
+
+/// The IQ4_NL code book in both 128-bit lanes, for `_mm256_shuffle_epi8` look-ups.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn iq4nl_table() -> __m256i {
+    _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4NL_VALUES.as_ptr().cast()))
+}
+
+/// Eight f32 from eight bf16.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_bf16x8(p: *const u16) -> __m256 {
+    _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())),
+        16,
+    ))
+}
+
+/// Eight f32 from eight f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_f32x8(p: *const f32) -> __m256 {
+    _mm256_loadu_ps(p)
 }
 
 /// Sum of adjacent u8*i8 products into 8 i32 lanes (AVX2: maddubs + madd).
@@ -61,6 +104,71 @@ unsafe fn us8_dot_vnni(acc: __m256i, ax: __m256i, sy: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, ax, sy)
 }
 
+/// The block loop of the 32-element formats against N activation rows, in ggml's order (as
+/// `scalar::lanes_fma`): per block and row, 8 i32 lane sums of 4 products, converted and FMA'd
+/// with `d_w * d_a` into that row's 8-lane accumulator; one horizontal sum at the end (plus the
+/// `m * s` chain of the formats with an offset). `$decode` turns weight block `$xb` into its 32
+/// values once for all N rows: i8 for `signed` formats (multiplied with the sign trick), u8 for
+/// `offset` ones. Every (row, activation) pair runs the same operations whatever N is, so the
+/// N-row kernels give the single-row kernel's bits.
+macro_rules! loop32 {
+    ($us8:ident, $x:expr, $y:expr, $n:expr, |$xb:ident| $decode:expr, $kind:ident) => {{
+        let mut acc = [_mm256_setzero_ps(); $n];
+        #[allow(unused_mut, unused_variables)] // the `m * s` chain exists for `offset` only
+        let mut summs = [0f32; $n];
+        for (i, $xb) in $x.iter().enumerate() {
+            let q = $decode;
+            let dx = fp16($xb.d);
+            let aq = loop32!(@abs $kind, q);
+            for a in 0..$n {
+                let yb = &$y[a][i];
+                let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                let qy = loop32!(@sign $kind, qy, q);
+                loop32!(@min $kind, summs[a], $xb, yb);
+                let p = _mm256_cvtepi32_ps($us8(_mm256_setzero_si256(), aq, qy));
+                acc[a] = _mm256_fmadd_ps(_mm256_set1_ps(dx * fp16(yb.d)), p, acc[a]);
+            }
+        }
+        std::array::from_fn(|a| loop32!(@finish $kind, hsum_f32_8(acc[a]), summs[a]))
+    }};
+    (@abs signed, $q:ident) => { _mm256_sign_epi8($q, $q) };
+    (@abs offset, $q:ident) => { $q };
+    (@sign signed, $qy:ident, $q:ident) => { _mm256_sign_epi8($qy, $q) };
+    (@sign offset, $qy:ident, $q:ident) => { $qy };
+    (@min signed, $s:expr, $xb:ident, $yb:ident) => {};
+    (@min offset, $s:expr, $xb:ident, $yb:ident) => {
+        $s = fp16($xb.m).mul_add(fp16($yb.s), $s)
+    };
+    (@finish signed, $h:expr, $s:expr) => { $h };
+    (@finish offset, $h:expr, $s:expr) => { $h + $s };
+}
+
+/// rill's float dot order (`scalar::dot_float_with`): four 8-lane FMA accumulators over
+/// 32-element steps, folded (a0 + a1) + (a2 + a3), one horizontal sum, then the tail with
+/// sequential scalar FMAs.
+macro_rules! loop_float {
+    ($x:expr, $y:expr, $load:ident, $scalar:expr) => {{
+        let (x, y) = ($x, $y);
+        let n = x.len().min(y.len());
+        let np = n / 32 * 32;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < np {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let k = i + 8 * j;
+                *a = _mm256_fmadd_ps($load(x.as_ptr().add(k)), $load(y.as_ptr().add(k)), *a);
+            }
+            i += 32;
+        }
+        let lanes = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum_f32_8(lanes);
+        for k in np..n {
+            s = $scalar(x[k]).mul_add($scalar(y[k]), s);
+        }
+        s
+    }};
+}
+
 macro_rules! kernels {
     ($modname:ident, $features:literal, $us8:ident) => {
         pub mod $modname {
@@ -73,35 +181,97 @@ macro_rules! kernels {
             }
 
             #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn i8_pairs_f32(x: __m256i, y: __m256i) -> __m256 {
-                us8_pairs_f32(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+            pub unsafe fn dot_q4_0_q8_0<const N: usize>(
+                x: &[BlockQ4_0],
+                y: [&[BlockQ8_0]; N],
+            ) -> [f32; N] {
+                let eight = _mm256_set1_epi8(8);
+                loop32!(
+                    $us8,
+                    x,
+                    y,
+                    N,
+                    |xb| _mm256_sub_epi8(nibbles_32(xb.qs.as_ptr()), eight),
+                    signed
+                )
             }
 
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                for (xb, yb) in x.iter().zip(y) {
-                    let d = _mm256_set1_ps(fp16(xb.d) * fp16(yb.d));
-                    let qx = _mm256_sub_epi8(nibbles_32(xb.qs.as_ptr()), _mm256_set1_epi8(8));
-                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
-                    acc = _mm256_fmadd_ps(d, i8_pairs_f32(qx, qy), acc);
-                }
-                hsum_f32_8(acc)
+            pub unsafe fn dot_q4_1_q8_1<const N: usize>(
+                x: &[BlockQ4_1],
+                y: [&[BlockQ8_1]; N],
+            ) -> [f32; N] {
+                loop32!($us8, x, y, N, |xb| nibbles_32(xb.qs.as_ptr()), offset)
+            }
+
+            /// Q5_0: the nibble, minus 16 where the high bit is clear (`| 0xf0`).
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q5_0_q8_0<const N: usize>(
+                x: &[BlockQ5_0],
+                y: [&[BlockQ8_0]; N],
+            ) -> [f32; N] {
+                let f0 = _mm256_set1_epi8(0xf0u8 as i8);
+                loop32!(
+                    $us8,
+                    x,
+                    y,
+                    N,
+                    |xb| _mm256_or_si256(
+                        nibbles_32(xb.qs.as_ptr()),
+                        _mm256_andnot_si256(bytes_from_bits_32(xb.qh), f0)
+                    ),
+                    signed
+                )
             }
 
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                let mut summs = 0f32;
-                for (xb, yb) in x.iter().zip(y) {
-                    summs = fp16(xb.m).mul_add(fp16(yb.s), summs);
-                    let d = _mm256_set1_ps(fp16(xb.d) * fp16(yb.d));
-                    let qx = nibbles_32(xb.qs.as_ptr());
-                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
-                    acc = _mm256_fmadd_ps(d, us8_pairs_f32(qx, qy), acc);
-                }
-                hsum_f32_8(acc) + summs
+            pub unsafe fn dot_q5_1_q8_1<const N: usize>(
+                x: &[BlockQ5_1],
+                y: [&[BlockQ8_1]; N],
+            ) -> [f32; N] {
+                let b4 = _mm256_set1_epi8(0x10);
+                loop32!(
+                    $us8,
+                    x,
+                    y,
+                    N,
+                    |xb| _mm256_or_si256(
+                        nibbles_32(xb.qs.as_ptr()),
+                        _mm256_and_si256(bytes_from_bits_32(xb.qh), b4)
+                    ),
+                    offset
+                )
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q8_0_q8_0<const N: usize>(
+                x: &[BlockQ8_0],
+                y: [&[BlockQ8_0]; N],
+            ) -> [f32; N] {
+                loop32!(
+                    $us8,
+                    x,
+                    y,
+                    N,
+                    |xb| _mm256_loadu_si256(xb.qs.as_ptr().cast()),
+                    signed
+                )
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_iq4nl_q8_0<const N: usize>(
+                x: &[BlockIq4Nl],
+                y: [&[BlockQ8_0]; N],
+            ) -> [f32; N] {
+                let table = iq4nl_table();
+                loop32!(
+                    $us8,
+                    x,
+                    y,
+                    N,
+                    |xb| _mm256_shuffle_epi8(table, nibbles_32(xb.qs.as_ptr())),
+                    signed
+                )
             }
 
             /// Two Q4_1 rows against four activation rows: each weight block is unpacked once
@@ -177,146 +347,13 @@ macro_rules! kernels {
             }
 
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                for (xb, yb) in x.iter().zip(y) {
-                    let d = _mm256_set1_ps(fp16(xb.d) * fp16(yb.d));
-                    let qx = _mm256_loadu_si256(xb.qs.as_ptr().cast());
-                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
-                    acc = _mm256_fmadd_ps(d, i8_pairs_f32(qx, qy), acc);
-                }
-                hsum_f32_8(acc)
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
-                let mut sumf = 0f32;
-                let m4 = _mm256_set1_epi8(0x0f);
-                for (xb, yb) in x.iter().zip(y) {
-                    let d = fp16(xb.d) * yb.d;
-                    let dmin = fp16(xb.dmin) * yb.d;
-                    let mut sumi = _mm256_setzero_si256();
-                    let mut sum_mins = 0i32;
-                    for pair in 0..4 {
-                        let (sc0, m0) = super::super::scalar::q4k_scale_min(2 * pair, &xb.scales);
-                        let (sc1, m1) =
-                            super::super::scalar::q4k_scale_min(2 * pair + 1, &xb.scales);
-                        let b = &yb.bsums[pair * 4..pair * 4 + 4];
-                        sum_mins += m0 as i32 * (b[0] as i32 + b[1] as i32)
-                            + m1 as i32 * (b[2] as i32 + b[3] as i32);
-                        let q = _mm256_loadu_si256(xb.qs.as_ptr().add(pair * 32).cast());
-                        let lo = _mm256_and_si256(q, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                        let y0 = _mm256_loadu_si256(yb.qs.as_ptr().add(pair * 64).cast());
-                        let y1 = _mm256_loadu_si256(yb.qs.as_ptr().add(pair * 64 + 32).cast());
-                        let p0 = $us8(_mm256_setzero_si256(), lo, y0);
-                        let p1 = $us8(_mm256_setzero_si256(), hi, y1);
-                        sumi = _mm256_add_epi32(
-                            sumi,
-                            _mm256_mullo_epi32(p0, _mm256_set1_epi32(sc0 as i32)),
-                        );
-                        sumi = _mm256_add_epi32(
-                            sumi,
-                            _mm256_mullo_epi32(p1, _mm256_set1_epi32(sc1 as i32)),
-                        );
-                    }
-                    sumf += d * hsum_i32_8(sumi) as f32 - dmin * sum_mins as f32;
-                }
-                sumf
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot_q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                let m4 = _mm256_set1_epi8(0x0f);
-                let m3 = _mm256_set1_epi8(0x03);
-                let m32 = _mm256_set1_epi8(32);
-                for (xb, yb) in x.iter().zip(y) {
-                    let d = _mm256_set1_ps(fp16(xb.d) * yb.d);
-                    let mut sumi = _mm256_setzero_si256();
-                    for half in 0..2 {
-                        let ql0 = _mm256_loadu_si256(xb.ql.as_ptr().add(half * 64).cast());
-                        let ql1 = _mm256_loadu_si256(xb.ql.as_ptr().add(half * 64 + 32).cast());
-                        let qh = _mm256_loadu_si256(xb.qh.as_ptr().add(half * 32).cast());
-                        let v = [
-                            _mm256_or_si256(
-                                _mm256_and_si256(ql0, m4),
-                                _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
-                            ),
-                            _mm256_or_si256(
-                                _mm256_and_si256(ql1, m4),
-                                _mm256_slli_epi16(
-                                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3),
-                                    4,
-                                ),
-                            ),
-                            _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                _mm256_slli_epi16(
-                                    _mm256_and_si256(_mm256_srli_epi16(qh, 4), m3),
-                                    4,
-                                ),
-                            ),
-                            _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                _mm256_slli_epi16(
-                                    _mm256_and_si256(_mm256_srli_epi16(qh, 6), m3),
-                                    4,
-                                ),
-                            ),
-                        ];
-                        for (k, vk) in v.iter().enumerate() {
-                            let g = half * 8 + k * 2;
-                            let y8 =
-                                _mm256_loadu_si256(yb.qs.as_ptr().add(half * 128 + k * 32).cast());
-                            // (q - 32) * y = q*y - 32*y, both through the u8*i8 path.
-                            let p = _mm256_maddubs_epi16(*vk, y8);
-                            let s = _mm256_maddubs_epi16(m32, y8);
-                            let p = _mm256_sub_epi16(p, s);
-                            let scales = _mm256_setr_epi16(
-                                xb.scales[g] as i16,
-                                xb.scales[g] as i16,
-                                xb.scales[g] as i16,
-                                xb.scales[g] as i16,
-                                xb.scales[g] as i16,
-                                xb.scales[g] as i16,
-                                xb.scales[g] as i16,
-                                xb.scales[g] as i16,
-                                xb.scales[g + 1] as i16,
-                                xb.scales[g + 1] as i16,
-                                xb.scales[g + 1] as i16,
-                                xb.scales[g + 1] as i16,
-                                xb.scales[g + 1] as i16,
-                                xb.scales[g + 1] as i16,
-                                xb.scales[g + 1] as i16,
-                                xb.scales[g + 1] as i16,
-                            );
-                            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales));
-                        }
-                    }
-                    acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-                }
-                hsum_f32_8(acc)
-            }
-
-            #[target_feature(enable = $features)]
             pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
-                let n = x.len() / 8 * 8;
-                let mut acc = _mm256_setzero_ps();
-                let mut i = 0;
-                while i < n {
-                    acc = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(x.as_ptr().add(i)),
-                        _mm256_loadu_ps(y.as_ptr().add(i)),
-                        acc,
-                    );
-                    i += 8;
-                }
-                let mut s = hsum_f32_8(acc);
-                for j in n..x.len() {
-                    s += x[j] * y[j];
-                }
-                s
+                loop_float!(x, y, load_f32x8, |v: f32| v)
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_bf16(x: &[u16], y: &[u16]) -> f32 {
+                loop_float!(x, y, load_bf16x8, bf16_to_f32)
             }
 
             /// Same summation tree as `scalar::dot_f16_f16` (ggml's AVX-512 one): 4x16 lanes

@@ -1,0 +1,256 @@
+//! x86-64 SIMD kernels of the 256-element super-block formats (Q2_K..Q6_K, IQ4_XS) against Q8_K
+//! activations, for N activation rows at once: each weight super-block is decoded once (values
+//! as 8 vectors of 32 bytes, an i16 scale vector per 32 values) and used for all N rows.
+//!
+//! The arithmetic is `kquants`' exactly: integer sums per super-block (any lane order gives the
+//! same integer), then the same float folds, so every tier and every N give the reference's bits.
+//! Formats whose values are signed but small (Q3_K, Q6_K) are multiplied as `value + offset`
+//! (unsigned) and the offset's share is taken off exactly with the activation block sums;
+//! IQ4_XS values use the sign trick. No `maddubs` here can saturate: |u8 * i8 pair| <= 2 * 63 *
+//! 127 (Q6_K) or 2 * 127 * 127 (IQ4_XS) < 32768.
+//!
+//! SAFETY contract as in `x86`: the caller checked the tier's CPU features and that every
+//! activation row has at least as many blocks as the weight row.
+
+#![allow(clippy::missing_safety_doc)] // the contract is the module doc's SAFETY paragraph
+
+use std::arch::x86_64::*;
+
+use super::blocks::*;
+use super::kquants::{fold, fold_min, iq4xs_scale, q3k_scales, q4k_scale_min};
+use super::x86::{fp16, hsum_i32_8, iq4nl_table, nibbles_32};
+
+/// One i16 scale for all 32 values of a chunk.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn scale32(s: i16) -> __m256i {
+    _mm256_set1_epi16(s)
+}
+
+/// Two i16 scales, for the first and the second 16 values of a chunk.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn scale16x2(first: i16, second: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(second), _mm_set1_epi16(first))
+}
+
+/// `(q >> shift) & mask` per byte, for a run-time shift.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn bits_at(q: __m256i, shift: i32, mask: __m256i) -> __m256i {
+    _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(shift)), mask)
+}
+
+/// `value` in the bytes whose bit `bit` of `h` is set, 0 elsewhere.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn high_bit(h: __m256i, bit: usize, value: i8) -> __m256i {
+    let b = _mm256_set1_epi8((1u8 << bit) as i8);
+    _mm256_and_si256(
+        _mm256_cmpeq_epi8(_mm256_and_si256(h, b), b),
+        _mm256_set1_epi8(value),
+    )
+}
+
+/// Exact sum over 16 groups of `bsums[g] * w[g]` (w as 16 i16 lanes).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn bsum_dot(yb: &BlockQ8K, w: __m256i) -> i32 {
+    hsum_i32_8(_mm256_madd_epi16(
+        _mm256_loadu_si256(yb.bsums.as_ptr().cast()),
+        w,
+    ))
+}
+
+/// Sixteen i16 lanes from sixteen i8.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn widen16(v: &[i8; 16]) -> __m256i {
+    _mm256_cvtepi8_epi16(_mm_loadu_si128(v.as_ptr().cast()))
+}
+
+/// The super-block loop every format here shares. `$setup` (run once per weight block `$xb`)
+/// must define the two arrays named after `=>`: `[__m256i; 8]` of the values of each 32-element
+/// chunk (u8, or i8 with `signed`) and `[__m256i; 8]` of each chunk's i16 scales; then per activation row the
+/// chunk products are summed exactly and `$fin` folds `$sumi` (an i32) into `$t` with `$yb`
+/// (the row's block) in scope.
+macro_rules! superblocks {
+    ($x:ident, $y:ident, $n:ident, |$xb:ident| { $($setup:tt)* } => ($vals:ident, $scs:ident),
+     $kind:ident, |$yb:ident, $sumi:ident, $t:ident| $fin:expr) => {{
+        let mut total = [0f32; $n];
+        for (i, $xb) in $x.iter().enumerate() {
+            $($setup)*
+            let mut acc = [_mm256_setzero_si256(); $n];
+            for c in 0..8 {
+                let v = $vals[c];
+                let av = superblocks!(@abs $kind, v);
+                for a in 0..$n {
+                    let yv = _mm256_loadu_si256($y[a][i].qs.as_ptr().add(32 * c).cast());
+                    let yv = superblocks!(@sign $kind, yv, v);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(av, yv), $scs[c]);
+                    acc[a] = _mm256_add_epi32(acc[a], p);
+                }
+            }
+            for a in 0..$n {
+                let $yb = &$y[a][i];
+                let $sumi = hsum_i32_8(acc[a]);
+                let $t = total[a];
+                total[a] = $fin;
+            }
+        }
+        total
+    }};
+    (@abs signed, $v:ident) => { _mm256_sign_epi8($v, $v) };
+    (@abs unsigned, $v:ident) => { $v };
+    (@sign signed, $yv:ident, $v:ident) => { _mm256_sign_epi8($yv, $v) };
+    (@sign unsigned, $yv:ident, $v:ident) => { $yv };
+}
+
+macro_rules! kquant_kernels {
+    ($modname:ident, $features:literal) => {
+        pub mod $modname {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q2k_q8k<const N: usize>(
+                x: &[BlockQ2K],
+                y: [&[BlockQ8K]; N],
+            ) -> [f32; N] {
+                let m3 = _mm256_set1_epi8(3);
+                superblocks!(x, y, N, |xb| {
+                    let q = [
+                        _mm256_loadu_si256(xb.qs.as_ptr().cast()),
+                        _mm256_loadu_si256(xb.qs.as_ptr().add(32).cast()),
+                    ];
+                    let vals: [__m256i; 8] =
+                        std::array::from_fn(|c| bits_at(q[c / 4], 2 * (c % 4) as i32, m3));
+                    let sc = |g: usize| (xb.scales[g] & 0x0f) as i16;
+                    let scs: [__m256i; 8] =
+                        std::array::from_fn(|c| scale16x2(sc(2 * c), sc(2 * c + 1)));
+                    let mins: [i16; 16] = std::array::from_fn(|g| (xb.scales[g] >> 4) as i16);
+                    let mins = _mm256_loadu_si256(mins.as_ptr().cast());
+                    let (d, dmin) = (fp16(xb.d), fp16(xb.dmin));
+                } => (vals, scs), unsigned, |yb, sumi, t| {
+                    fold_min(t, d * yb.d, sumi, dmin * yb.d, bsum_dot(yb, mins))
+                })
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q3k_q8k<const N: usize>(
+                x: &[BlockQ3K],
+                y: [&[BlockQ8K]; N],
+            ) -> [f32; N] {
+                let m3 = _mm256_set1_epi8(3);
+                superblocks!(x, y, N, |xb| {
+                    let q = [
+                        _mm256_loadu_si256(xb.qs.as_ptr().cast()),
+                        _mm256_loadu_si256(xb.qs.as_ptr().add(32).cast()),
+                    ];
+                    let hm = _mm256_loadu_si256(xb.hmask.as_ptr().cast());
+                    // value + 4: the two low bits, plus 4 where the high bit is set.
+                    let vals: [__m256i; 8] = std::array::from_fn(|c| {
+                        _mm256_or_si256(bits_at(q[c / 4], 2 * (c % 4) as i32, m3), high_bit(hm, c, 4))
+                    });
+                    let sc = q3k_scales(&xb.scales);
+                    let scs: [__m256i; 8] =
+                        std::array::from_fn(|c| scale16x2(sc[2 * c] as i16, sc[2 * c + 1] as i16));
+                    let sc16 = widen16(&sc);
+                    let d = fp16(xb.d);
+                } => (vals, scs), unsigned, |yb, sumi, t| {
+                    fold(t, d * yb.d, sumi - 4 * bsum_dot(yb, sc16))
+                })
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q4k_q8k<const N: usize>(
+                x: &[BlockQ4K],
+                y: [&[BlockQ8K]; N],
+            ) -> [f32; N] {
+                let m4 = _mm256_set1_epi8(0x0f);
+                superblocks!(x, y, N, |xb| {
+                    let vals: [__m256i; 8] = std::array::from_fn(|c| {
+                        let q = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * (c / 2)).cast());
+                        bits_at(q, 4 * (c % 2) as i32, m4)
+                    });
+                    let sm: [(u8, u8); 8] = std::array::from_fn(|s| q4k_scale_min(s, &xb.scales));
+                    let scs: [__m256i; 8] = std::array::from_fn(|c| scale32(sm[c].0 as i16));
+                    let mins: [i16; 16] = std::array::from_fn(|g| sm[g / 2].1 as i16);
+                    let mins = _mm256_loadu_si256(mins.as_ptr().cast());
+                    let (d, dmin) = (fp16(xb.d), fp16(xb.dmin));
+                } => (vals, scs), unsigned, |yb, sumi, t| {
+                    fold_min(t, d * yb.d, sumi, dmin * yb.d, bsum_dot(yb, mins))
+                })
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q5k_q8k<const N: usize>(
+                x: &[BlockQ5K],
+                y: [&[BlockQ8K]; N],
+            ) -> [f32; N] {
+                let m4 = _mm256_set1_epi8(0x0f);
+                superblocks!(x, y, N, |xb| {
+                    let qh = _mm256_loadu_si256(xb.qh.as_ptr().cast());
+                    let vals: [__m256i; 8] = std::array::from_fn(|c| {
+                        let q = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * (c / 2)).cast());
+                        _mm256_or_si256(bits_at(q, 4 * (c % 2) as i32, m4), high_bit(qh, c, 16))
+                    });
+                    let sm: [(u8, u8); 8] = std::array::from_fn(|s| q4k_scale_min(s, &xb.scales));
+                    let scs: [__m256i; 8] = std::array::from_fn(|c| scale32(sm[c].0 as i16));
+                    let mins: [i16; 16] = std::array::from_fn(|g| sm[g / 2].1 as i16);
+                    let mins = _mm256_loadu_si256(mins.as_ptr().cast());
+                    let (d, dmin) = (fp16(xb.d), fp16(xb.dmin));
+                } => (vals, scs), unsigned, |yb, sumi, t| {
+                    fold_min(t, d * yb.d, sumi, dmin * yb.d, bsum_dot(yb, mins))
+                })
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q6k_q8k<const N: usize>(
+                x: &[BlockQ6K],
+                y: [&[BlockQ8K]; N],
+            ) -> [f32; N] {
+                let m4 = _mm256_set1_epi8(0x0f);
+                let m3 = _mm256_set1_epi8(3);
+                superblocks!(x, y, N, |xb| {
+                    // value + 32: four bits from `ql`, two from `qh` (see `kquants::q6k_values`).
+                    let vals: [__m256i; 8] = std::array::from_fn(|c| {
+                        let (half, k) = (c / 4, c % 4);
+                        let ql = _mm256_loadu_si256(
+                            xb.ql.as_ptr().add(64 * half + 32 * (k % 2)).cast(),
+                        );
+                        let qh = _mm256_loadu_si256(xb.qh.as_ptr().add(32 * half).cast());
+                        let low = bits_at(ql, 4 * (k / 2) as i32, m4);
+                        let high = bits_at(qh, 2 * k as i32, m3);
+                        _mm256_or_si256(low, _mm256_slli_epi16(high, 4))
+                    });
+                    let sc = &xb.scales;
+                    let scs: [__m256i; 8] =
+                        std::array::from_fn(|c| scale16x2(sc[2 * c] as i16, sc[2 * c + 1] as i16));
+                    let sc16 = widen16(sc);
+                    let d = fp16(xb.d);
+                } => (vals, scs), unsigned, |yb, sumi, t| {
+                    fold(t, d * yb.d, sumi - 32 * bsum_dot(yb, sc16))
+                })
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_iq4xs_q8k<const N: usize>(
+                x: &[BlockIq4Xs],
+                y: [&[BlockQ8K]; N],
+            ) -> [f32; N] {
+                let table = iq4nl_table();
+                superblocks!(x, y, N, |xb| {
+                    let vals: [__m256i; 8] = std::array::from_fn(|c| {
+                        _mm256_shuffle_epi8(table, nibbles_32(xb.qs.as_ptr().add(16 * c)))
+                    });
+                    let scs: [__m256i; 8] =
+                        std::array::from_fn(|c| scale32(iq4xs_scale(xb, c) as i16));
+                    let d = fp16(xb.d);
+                } => (vals, scs), signed, |yb, sumi, t| fold(t, d * yb.d, sumi))
+            }
+        }
+    };
+}
+
+// The VNNI tier uses these too: its `vpdpbusd` has no i16 stage to apply the scales in.
+kquant_kernels!(avx2, "avx2,fma,f16c");
