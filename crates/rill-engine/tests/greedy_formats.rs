@@ -19,7 +19,9 @@ mod support;
 
 use std::path::PathBuf;
 
-use rill_engine::{generate, Engine, EngineConfig, GenerateOptions, SamplingParams};
+use rill_engine::{
+    generate, Engine, EngineConfig, GenerateOptions, SamplingParams, SeqId, StepItem,
+};
 
 const MIN_MATCH: usize = 32;
 const NEAR_TIE: f32 = 0.1;
@@ -178,4 +180,95 @@ fn greedy_tokens_match_llama_cpp_in_every_format() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A mixed-format file (Q4_K_M: Q4_K, Q6_K and Q5_0 tensors side by side) gives the same logits,
+/// bit for bit, whether a prompt is prefilled in one step or in chunks of 7, and whether a
+/// sequence decodes alone or beside 7 others.
+#[test]
+fn mixed_format_file_is_batch_invariant() {
+    let path = support::model_path()
+        .parent()
+        .unwrap()
+        .join("requant/SmolLM2-135M-Instruct.Q4_K_M.gguf");
+    if !path.exists() {
+        let require = std::env::var_os("RILL_REQUIRE_FORMATS").is_some_and(|v| v == "1");
+        assert!(
+            !require,
+            "{} is missing: run tools/requantize.sh",
+            path.display()
+        );
+        eprintln!("SKIPPED: {} not made (tools/requantize.sh)", path.display());
+        return;
+    }
+    let cfg = EngineConfig {
+        threads: 2,
+        kv_tokens: 2048,
+        kv_bytes: 0,
+        kernels: None,
+    };
+    let mut e = Engine::load(&path, &cfg).unwrap();
+    let prompt: Vec<u32> = e.tokenizer.encode("The river carried the boat past fields and towns, and the people on the banks waved as it went by.", false).unwrap();
+    let bits = |row: &[f32]| row.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    // One step.
+    e.add_sequence(SeqId(1)).unwrap();
+    let whole = bits(
+        e.step(&[StepItem {
+            seq: SeqId(1),
+            tokens: &prompt,
+            want_logits: true,
+        }])
+        .unwrap()
+        .row(0),
+    );
+    // Chunks of 7.
+    e.add_sequence(SeqId(2)).unwrap();
+    let mut chunked = Vec::new();
+    for (i, c) in prompt.chunks(7).enumerate() {
+        let last = (i + 1) * 7 >= prompt.len();
+        let l = e
+            .step(&[StepItem {
+                seq: SeqId(2),
+                tokens: c,
+                want_logits: last,
+            }])
+            .unwrap();
+        if last {
+            chunked = bits(l.row(0));
+        }
+    }
+    assert_eq!(whole, chunked, "prefill in one step vs chunks of 7");
+    // Decode alone, then the same token beside 7 other sequences.
+    let tok = [504u32];
+    let alone = bits(
+        e.step(&[StepItem {
+            seq: SeqId(1),
+            tokens: &tok,
+            want_logits: true,
+        }])
+        .unwrap()
+        .row(0),
+    );
+    let others: Vec<SeqId> = (10..17).map(SeqId).collect();
+    for (i, &s) in others.iter().enumerate() {
+        e.add_sequence(s).unwrap();
+        e.step(&[StepItem {
+            seq: s,
+            tokens: &prompt[..3 + 2 * i],
+            want_logits: false,
+        }])
+        .unwrap();
+    }
+    let mut items = vec![StepItem {
+        seq: SeqId(2),
+        tokens: &tok,
+        want_logits: true,
+    }];
+    items.extend(others.iter().map(|&s| StepItem {
+        seq: s,
+        tokens: &tok,
+        want_logits: true,
+    }));
+    let batched = bits(e.step(&items).unwrap().row(0));
+    assert_eq!(alone, batched, "decode alone vs beside 7 sequences");
 }

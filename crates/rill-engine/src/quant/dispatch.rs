@@ -30,6 +30,9 @@ pub type Dot4<W, A> = fn(&[W], [&[A]; 4]) -> [f32; 4];
 /// scales widened to f32 (`QuantActs::row_scales`).
 pub type Dot2x4<W, A> = fn([&[W]; 2], [&[A]; 4], [(&[f32], &[f32]); 4]) -> [[f32; 4]; 2];
 
+/// 4 weight rows x 1 activation row (single-stream decode), scales as for [`Dot2x4`].
+pub type Dot4x1<W, A> = fn([&[W]; 4], [&[A]; 1], [(&[f32], &[f32]); 1]) -> [[f32; 1]; 4];
+
 /// Attention for a group of query heads over one sequence's K/V rows (see `scalar::attend`).
 pub type AttendFn = fn(&[f32], std::ops::Range<usize>, usize, &scalar::KvRows<'_>, &mut [f32]);
 
@@ -50,18 +53,24 @@ pub struct Kernels {
     pub dot_q5k_q8k: Dot<BlockQ5K, BlockQ8K>,
     pub dot_q6k_q8k: Dot<BlockQ6K, BlockQ8K>,
     pub dot_iq4xs_q8k: Dot<BlockIq4Xs, BlockQ8K>,
-    pub dot4_q4_0_q8_0: Dot4<BlockQ4_0, BlockQ8_0>,
-    pub dot4_q5_0_q8_0: Dot4<BlockQ5_0, BlockQ8_0>,
-    pub dot4_q5_1_q8_1: Dot4<BlockQ5_1, BlockQ8_1>,
-    pub dot4_iq4nl_q8_0: Dot4<BlockIq4Nl, BlockQ8_0>,
     pub dot4_q2k_q8k: Dot4<BlockQ2K, BlockQ8K>,
     pub dot4_q3k_q8k: Dot4<BlockQ3K, BlockQ8K>,
     pub dot4_q4k_q8k: Dot4<BlockQ4K, BlockQ8K>,
     pub dot4_q5k_q8k: Dot4<BlockQ5K, BlockQ8K>,
     pub dot4_q6k_q8k: Dot4<BlockQ6K, BlockQ8K>,
     pub dot4_iq4xs_q8k: Dot4<BlockIq4Xs, BlockQ8K>,
+    pub dot2x4_q4_0_q8_0: Dot2x4<BlockQ4_0, BlockQ8_0>,
     pub dot2x4_q4_1_q8_1: Dot2x4<BlockQ4_1, BlockQ8_1>,
+    pub dot2x4_q5_0_q8_0: Dot2x4<BlockQ5_0, BlockQ8_0>,
+    pub dot2x4_q5_1_q8_1: Dot2x4<BlockQ5_1, BlockQ8_1>,
     pub dot2x4_q8_0_q8_0: Dot2x4<BlockQ8_0, BlockQ8_0>,
+    pub dot2x4_iq4nl_q8_0: Dot2x4<BlockIq4Nl, BlockQ8_0>,
+    pub dot4x1_q4_0_q8_0: Dot4x1<BlockQ4_0, BlockQ8_0>,
+    pub dot4x1_q4_1_q8_1: Dot4x1<BlockQ4_1, BlockQ8_1>,
+    pub dot4x1_q5_0_q8_0: Dot4x1<BlockQ5_0, BlockQ8_0>,
+    pub dot4x1_q5_1_q8_1: Dot4x1<BlockQ5_1, BlockQ8_1>,
+    pub dot4x1_q8_0_q8_0: Dot4x1<BlockQ8_0, BlockQ8_0>,
+    pub dot4x1_iq4nl_q8_0: Dot4x1<BlockIq4Nl, BlockQ8_0>,
     pub dot_f32: Dot<f32, f32>,
     pub dot_bf16: Dot<u16, u16>,
     pub dot_f16_f16: Dot<u16, u16>,
@@ -91,18 +100,24 @@ impl Kernels {
             dot_q5k_q8k: kquants::dot_q5k_q8k,
             dot_q6k_q8k: kquants::dot_q6k_q8k,
             dot_iq4xs_q8k: kquants::dot_iq4xs_q8k,
-            dot4_q4_0_q8_0: |x, y| y.map(|a| scalar::dot_q4_0_q8_0(x, a)),
-            dot4_q5_0_q8_0: |x, y| y.map(|a| scalar::dot_q5_0_q8_0(x, a)),
-            dot4_q5_1_q8_1: |x, y| y.map(|a| scalar::dot_q5_1_q8_1(x, a)),
-            dot4_iq4nl_q8_0: |x, y| y.map(|a| scalar::dot_iq4nl_q8_0(x, a)),
             dot4_q2k_q8k: |x, y| y.map(|a| kquants::dot_q2k_q8k(x, a)),
             dot4_q3k_q8k: |x, y| y.map(|a| kquants::dot_q3k_q8k(x, a)),
             dot4_q4k_q8k: |x, y| y.map(|a| kquants::dot_q4k_q8k(x, a)),
             dot4_q5k_q8k: |x, y| y.map(|a| kquants::dot_q5k_q8k(x, a)),
             dot4_q6k_q8k: |x, y| y.map(|a| kquants::dot_q6k_q8k(x, a)),
             dot4_iq4xs_q8k: |x, y| y.map(|a| kquants::dot_iq4xs_q8k(x, a)),
+            dot2x4_q4_0_q8_0: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q4_0_q8_0(r, a))),
             dot2x4_q4_1_q8_1: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q4_1_q8_1(r, a))),
+            dot2x4_q5_0_q8_0: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q5_0_q8_0(r, a))),
+            dot2x4_q5_1_q8_1: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q5_1_q8_1(r, a))),
             dot2x4_q8_0_q8_0: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q8_0_q8_0(r, a))),
+            dot2x4_iq4nl_q8_0: |x, y, _| x.map(|r| y.map(|a| scalar::dot_iq4nl_q8_0(r, a))),
+            dot4x1_q4_0_q8_0: |x, y, _| x.map(|r| [scalar::dot_q4_0_q8_0(r, y[0])]),
+            dot4x1_q4_1_q8_1: |x, y, _| x.map(|r| [scalar::dot_q4_1_q8_1(r, y[0])]),
+            dot4x1_q5_0_q8_0: |x, y, _| x.map(|r| [scalar::dot_q5_0_q8_0(r, y[0])]),
+            dot4x1_q5_1_q8_1: |x, y, _| x.map(|r| [scalar::dot_q5_1_q8_1(r, y[0])]),
+            dot4x1_q8_0_q8_0: |x, y, _| x.map(|r| [scalar::dot_q8_0_q8_0(r, y[0])]),
+            dot4x1_iq4nl_q8_0: |x, y, _| x.map(|r| [scalar::dot_iq4nl_q8_0(r, y[0])]),
             dot_f32: scalar::dot_f32,
             dot_bf16: scalar::dot_bf16,
             dot_f16_f16: scalar::dot_f16_f16,
@@ -161,6 +176,9 @@ impl Kernels {
 #[cfg(target_arch = "x86_64")]
 mod x86_sets {
     use super::*;
+
+    /// The scale arrays of a kernel called without pre-widened activation scales.
+    const NO_SCALES: [(&[f32], &[f32]); 1] = [(&[], &[])];
     use crate::quant::x86;
     use crate::quant::x86_kquants::avx2 as xk;
 
@@ -171,48 +189,80 @@ mod x86_sets {
             Kernels {
                 tier: $tier,
                 // SAFETY (all below): `all_supported` verified this tier's CPU features before
-                // building this set. The block kernels index activation blocks with bounds
-                // checks; the 2x4 kernels' length assumptions are asserted here.
-                dot_q4_0_q8_0: |x, y| unsafe { x86::$m::dot_q4_0_q8_0::<1>(x, [y])[0] },
-                dot_q4_1_q8_1: |x, y| unsafe { x86::$m::dot_q4_1_q8_1::<1>(x, [y])[0] },
-                dot_q5_0_q8_0: |x, y| unsafe { x86::$m::dot_q5_0_q8_0::<1>(x, [y])[0] },
-                dot_q5_1_q8_1: |x, y| unsafe { x86::$m::dot_q5_1_q8_1::<1>(x, [y])[0] },
-                dot_q8_0_q8_0: |x, y| unsafe { x86::$m::dot_q8_0_q8_0::<1>(x, [y])[0] },
-                dot_iq4nl_q8_0: |x, y| unsafe { x86::$m::dot_iq4nl_q8_0::<1>(x, [y])[0] },
+                // building this set. The block kernels check slice lengths themselves (asserts
+                // and bounds-checked indexing).
+                dot_q4_0_q8_0: |x, y| unsafe {
+                    x86::$m::dot_q4_0_q8_0::<1, 1, false>([x], [y], NO_SCALES)[0][0]
+                },
+                dot_q4_1_q8_1: |x, y| unsafe {
+                    x86::$m::dot_q4_1_q8_1::<1, 1, false>([x], [y], NO_SCALES)[0][0]
+                },
+                dot_q5_0_q8_0: |x, y| unsafe {
+                    x86::$m::dot_q5_0_q8_0::<1, 1, false>([x], [y], NO_SCALES)[0][0]
+                },
+                dot_q5_1_q8_1: |x, y| unsafe {
+                    x86::$m::dot_q5_1_q8_1::<1, 1, false>([x], [y], NO_SCALES)[0][0]
+                },
+                dot_q8_0_q8_0: |x, y| unsafe {
+                    x86::$m::dot_q8_0_q8_0::<1, 1, false>([x], [y], NO_SCALES)[0][0]
+                },
+                dot_iq4nl_q8_0: |x, y| unsafe {
+                    x86::$m::dot_iq4nl_q8_0::<1, 1, false>([x], [y], NO_SCALES)[0][0]
+                },
                 dot_q2k_q8k: |x, y| unsafe { xk::dot_q2k_q8k::<1>(x, [y])[0] },
                 dot_q3k_q8k: |x, y| unsafe { xk::dot_q3k_q8k::<1>(x, [y])[0] },
                 dot_q4k_q8k: |x, y| unsafe { xk::dot_q4k_q8k::<1>(x, [y])[0] },
                 dot_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<1>(x, [y])[0] },
                 dot_q6k_q8k: |x, y| unsafe { xk::dot_q6k_q8k::<1>(x, [y])[0] },
                 dot_iq4xs_q8k: |x, y| unsafe { xk::dot_iq4xs_q8k::<1>(x, [y])[0] },
-                dot4_q4_0_q8_0: |x, y| unsafe { x86::$m::dot_q4_0_q8_0::<4>(x, y) },
-                dot4_q5_0_q8_0: |x, y| unsafe { x86::$m::dot_q5_0_q8_0::<4>(x, y) },
-                dot4_q5_1_q8_1: |x, y| unsafe { x86::$m::dot_q5_1_q8_1::<4>(x, y) },
-                dot4_iq4nl_q8_0: |x, y| unsafe { x86::$m::dot_iq4nl_q8_0::<4>(x, y) },
                 dot4_q2k_q8k: |x, y| unsafe { xk::dot_q2k_q8k::<4>(x, y) },
                 dot4_q3k_q8k: |x, y| unsafe { xk::dot_q3k_q8k::<4>(x, y) },
                 dot4_q4k_q8k: |x, y| unsafe { xk::dot_q4k_q8k::<4>(x, y) },
                 dot4_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<4>(x, y) },
                 dot4_q6k_q8k: |x, y| unsafe { xk::dot_q6k_q8k::<4>(x, y) },
                 dot4_iq4xs_q8k: |x, y| unsafe { xk::dot_iq4xs_q8k::<4>(x, y) },
-                dot2x4_q4_1_q8_1: |x, y, s| {
-                    let n = y[0].len();
-                    assert!(x.iter().all(|r| r.len() >= n) && y.iter().all(|a| a.len() >= n));
-                    assert!(s.iter().all(|(d, m)| d.len() >= n && m.len() >= n));
-                    unsafe { x86::$m::dot2x4_q4_1_q8_1(x, y, s) }
+                dot2x4_q4_0_q8_0: |x, y, s| unsafe {
+                    x86::$m::dot_q4_0_q8_0::<2, 4, true>(x, y, s)
                 },
-                dot2x4_q8_0_q8_0: |x, y, s| {
-                    let n = y[0].len();
-                    assert!(x.iter().all(|r| r.len() >= n) && y.iter().all(|a| a.len() >= n));
-                    assert!(s.iter().all(|(d, _)| d.len() >= n));
-                    unsafe { x86::$m::dot2x4_q8_0_q8_0(x, y, s) }
+                dot2x4_q4_1_q8_1: |x, y, s| unsafe {
+                    x86::$m::dot_q4_1_q8_1::<2, 4, true>(x, y, s)
+                },
+                dot2x4_q5_0_q8_0: |x, y, s| unsafe {
+                    x86::$m::dot_q5_0_q8_0::<2, 4, true>(x, y, s)
+                },
+                dot2x4_q5_1_q8_1: |x, y, s| unsafe {
+                    x86::$m::dot_q5_1_q8_1::<2, 4, true>(x, y, s)
+                },
+                dot2x4_q8_0_q8_0: |x, y, s| unsafe {
+                    x86::$m::dot_q8_0_q8_0::<2, 4, true>(x, y, s)
+                },
+                dot2x4_iq4nl_q8_0: |x, y, s| unsafe {
+                    x86::$m::dot_iq4nl_q8_0::<2, 4, true>(x, y, s)
+                },
+                dot4x1_q4_0_q8_0: |x, y, s| unsafe {
+                    x86::$m::dot_q4_0_q8_0::<4, 1, true>(x, y, s)
+                },
+                dot4x1_q4_1_q8_1: |x, y, s| unsafe {
+                    x86::$m::dot_q4_1_q8_1::<4, 1, true>(x, y, s)
+                },
+                dot4x1_q5_0_q8_0: |x, y, s| unsafe {
+                    x86::$m::dot_q5_0_q8_0::<4, 1, true>(x, y, s)
+                },
+                dot4x1_q5_1_q8_1: |x, y, s| unsafe {
+                    x86::$m::dot_q5_1_q8_1::<4, 1, true>(x, y, s)
+                },
+                dot4x1_q8_0_q8_0: |x, y, s| unsafe {
+                    x86::$m::dot_q8_0_q8_0::<4, 1, true>(x, y, s)
+                },
+                dot4x1_iq4nl_q8_0: |x, y, s| unsafe {
+                    x86::$m::dot_iq4nl_q8_0::<4, 1, true>(x, y, s)
                 },
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
                 dot_bf16: |x, y| unsafe { x86::$m::dot_bf16(x, y) },
                 dot_f16_f16: |x, y| unsafe { x86::$m::dot_f16_f16(x, y) },
                 quantize_q8_0: |x, y| unsafe { x86::$m::quantize_q8_0(x, y) },
                 quantize_q8_1: |x, y| unsafe { x86::$m::quantize_q8_1(x, y) },
-                quantize_q8k: scalar::quantize_q8k,
+                quantize_q8k: |x, y| unsafe { x86::$m::quantize_q8k(x, y) },
                 swiglu: |g, u| unsafe { x86::$m::swiglu(g, u) },
                 mad_f16: |a, v, s| unsafe { x86::$m::mad_f16(a, v, s) },
                 scale_f16: |a, s| unsafe { x86::$m::scale_f16(a, s) },

@@ -306,7 +306,7 @@ impl<'a> QMatrix<'a> {
                 }
             }};
         }
-        // Every other block format: one weight row against 4 activation rows per call, so each
+        // The super-block formats: one weight row against 4 activation rows per call, so each
         // block is decoded once for 4 rows; 2-3 leftover rows go through one more 4-row call
         // with the last row repeated, a single one (and single-stream decode, which streams
         // the weights with prefetch) through the one-row kernel. Same bits either way.
@@ -344,18 +344,33 @@ impl<'a> QMatrix<'a> {
                 }
             }};
         }
-        // Q4_1 and Q8_0 (the default model's types) have blocked kernels:
+        // The 32-element block formats have blocked kernels:
         // - one activation row: memory-bound, so one sequential weight stream with prefetch
         //   (measured: 63 tok/s single-thread decode vs 54 with 4 interleaved rows);
         // - several: 2 weight rows x 4 activation rows per call, each weight block unpacked once
         //   for 4 activations; 2-3 leftover activations go through one padded 2x4 call, a single
         //   leftover through the one-row kernel.
         macro_rules! blocked {
-            ($wt:ty, $at:ty, $f1:expr, $f2x4:expr) => {{
+            ($wt:ty, $at:ty, $f1:expr, $f2x4:expr, $f4x1:expr) => {{
                 let wrow = |r: usize| -> &[$wt] { cast_weights(self.row_bytes(r)) };
                 let arow = |t: usize| -> &[$at] { cast_ref(acts.row(t)) };
                 let mut r = rows.start;
-                if acts.rows > 1 {
+                if acts.rows == 1 {
+                    // Single-stream decode: 4 weight rows at a time keep 4 independent FMA
+                    // chains in flight (one row's chain is latency-bound), still one
+                    // sequential weight stream.
+                    while r + 4 <= rows.end {
+                        for ahead in 0..4 {
+                            self.prefetch_row(r + PREFETCH_ROWS_AHEAD + ahead);
+                        }
+                        let w = [wrow(r), wrow(r + 1), wrow(r + 2), wrow(r + 3)];
+                        let v = $f4x1(w, [arow(0)], [acts.row_scales(0)]);
+                        for (i, x) in v.iter().enumerate() {
+                            out(0, r + i, x[0]);
+                        }
+                        r += 4;
+                    }
+                } else {
                     let quads = acts.rows / 4 * 4;
                     while r + 2 <= rows.end {
                         let w = [wrow(r), wrow(r + 1)];
@@ -410,12 +425,50 @@ impl<'a> QMatrix<'a> {
             }};
         }
         match self.dtype {
-            GgmlType::Q4_1 => blocked!(BlockQ4_1, BlockQ8_1, k.dot_q4_1_q8_1, k.dot2x4_q4_1_q8_1),
-            GgmlType::Q8_0 => blocked!(BlockQ8_0, BlockQ8_0, k.dot_q8_0_q8_0, k.dot2x4_q8_0_q8_0),
-            GgmlType::Q4_0 => quad!(BlockQ4_0, BlockQ8_0, k.dot_q4_0_q8_0, k.dot4_q4_0_q8_0),
-            GgmlType::Q5_0 => quad!(BlockQ5_0, BlockQ8_0, k.dot_q5_0_q8_0, k.dot4_q5_0_q8_0),
-            GgmlType::Q5_1 => quad!(BlockQ5_1, BlockQ8_1, k.dot_q5_1_q8_1, k.dot4_q5_1_q8_1),
-            GgmlType::Iq4Nl => quad!(BlockIq4Nl, BlockQ8_0, k.dot_iq4nl_q8_0, k.dot4_iq4nl_q8_0),
+            GgmlType::Q4_1 => blocked!(
+                BlockQ4_1,
+                BlockQ8_1,
+                k.dot_q4_1_q8_1,
+                k.dot2x4_q4_1_q8_1,
+                k.dot4x1_q4_1_q8_1
+            ),
+            GgmlType::Q8_0 => blocked!(
+                BlockQ8_0,
+                BlockQ8_0,
+                k.dot_q8_0_q8_0,
+                k.dot2x4_q8_0_q8_0,
+                k.dot4x1_q8_0_q8_0
+            ),
+            GgmlType::Q4_0 => blocked!(
+                BlockQ4_0,
+                BlockQ8_0,
+                k.dot_q4_0_q8_0,
+                k.dot2x4_q4_0_q8_0,
+                k.dot4x1_q4_0_q8_0
+            ),
+            GgmlType::Q5_0 => blocked!(
+                BlockQ5_0,
+                BlockQ8_0,
+                k.dot_q5_0_q8_0,
+                k.dot2x4_q5_0_q8_0,
+                k.dot4x1_q5_0_q8_0
+            ),
+            GgmlType::Q5_1 => blocked!(
+                BlockQ5_1,
+                BlockQ8_1,
+                k.dot_q5_1_q8_1,
+                k.dot2x4_q5_1_q8_1,
+                k.dot4x1_q5_1_q8_1
+            ),
+            GgmlType::Iq4Nl => {
+                blocked!(
+                    BlockIq4Nl,
+                    BlockQ8_0,
+                    k.dot_iq4nl_q8_0,
+                    k.dot2x4_iq4nl_q8_0,
+                    k.dot4x1_iq4nl_q8_0
+                )
+            }
             GgmlType::Q2K => quad!(BlockQ2K, BlockQ8K, k.dot_q2k_q8k, k.dot4_q2k_q8k),
             GgmlType::Q3K => quad!(BlockQ3K, BlockQ8K, k.dot_q3k_q8k, k.dot4_q3k_q8k),
             GgmlType::Q4K => quad!(BlockQ4K, BlockQ8K, k.dot_q4k_q8k, k.dot4_q4k_q8k),

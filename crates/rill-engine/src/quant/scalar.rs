@@ -36,6 +36,7 @@ pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     }
 }
 
+#[inline(always)]
 pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
     debug_assert_eq!(x.len(), out.len() * QK_K);
     for (xb, yb) in x.chunks_exact(QK_K).zip(out.iter_mut()) {

@@ -104,43 +104,98 @@ unsafe fn us8_dot_vnni(acc: __m256i, ax: __m256i, sy: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, ax, sy)
 }
 
-/// The block loop of the 32-element formats against N activation rows, in ggml's order (as
-/// `scalar::lanes_fma`): per block and row, 8 i32 lane sums of 4 products, converted and FMA'd
-/// with `d_w * d_a` into that row's 8-lane accumulator; one horizontal sum at the end (plus the
-/// `m * s` chain of the formats with an offset). `$decode` turns weight block `$xb` into its 32
-/// values once for all N rows: i8 for `signed` formats (multiplied with the sign trick), u8 for
-/// `offset` ones. Every (row, activation) pair runs the same operations whatever N is, so the
-/// N-row kernels give the single-row kernel's bits.
+/// The block loop of the 32-element formats: R weight rows against N activation rows, in
+/// ggml's order (as `scalar::lanes_fma`): per block and (row, activation) pair, 8 i32 lane sums
+/// of 4 products, converted and FMA'd with `d_w * d_a` into that pair's 8-lane accumulator; one
+/// horizontal sum at the end (plus the `m * s` chain of the formats with an offset). `$decode`
+/// turns weight block `$xb` into its 32 values once for all N activations: i8 for `signed`
+/// formats (multiplied with the sign trick), u8 for `offset` ones. With `$wide` the activation
+/// scales come pre-widened to f32 from `$ys` (`QuantActs::row_scales`), else they are converted
+/// per block; the values are the same. Every pair runs the same operations whatever R and N
+/// are, so every tile shape gives the single-row kernel's bits.
 macro_rules! loop32 {
-    ($us8:ident, $x:expr, $y:expr, $n:expr, |$xb:ident| $decode:expr, $kind:ident) => {{
-        let mut acc = [_mm256_setzero_ps(); $n];
+    ($us8:ident, $x:expr, $y:expr, $ys:expr, $r:expr, $n:expr, $wide:expr,
+     |$xb:ident| $decode:expr, $kind:ident) => {{
+        let (x, y, ys) = ($x, $y, $ys);
+        let nb = x[0].len();
+        assert!(x.iter().all(|w| w.len() == nb) && y.iter().all(|a| a.len() >= nb));
+        if $wide {
+            let need_s = loop32!(@has_min $kind);
+            assert!(ys.iter().all(|(d, s)| d.len() >= nb && (!need_s || s.len() >= nb)));
+        }
+        let mut acc = [[_mm256_setzero_ps(); $n]; $r];
         #[allow(unused_mut, unused_variables)] // the `m * s` chain exists for `offset` only
-        let mut summs = [0f32; $n];
-        for (i, $xb) in $x.iter().enumerate() {
-            let q = $decode;
-            let dx = fp16($xb.d);
-            let aq = loop32!(@abs $kind, q);
+        let mut summs = [[0f32; $n]; $r];
+        for i in 0..nb {
+            // Plain loops, not closures: closures do not inherit `target_feature`, and the
+            // intrinsics inside would become calls.
+            let mut q = [_mm256_setzero_si256(); $r];
+            let mut aq = [_mm256_setzero_si256(); $r];
+            let mut dx = [_mm256_setzero_ps(); $r];
+            #[allow(unused_mut, unused_variables)]
+            let mut mx = [0f32; $r];
+            for r in 0..$r {
+                let $xb = &x[r][i];
+                q[r] = $decode;
+                aq[r] = loop32!(@abs $kind, q[r]);
+                dx[r] = _mm256_set1_ps(fp16($xb.d));
+                loop32!(@m $kind, mx[r], $xb);
+            }
             for a in 0..$n {
-                let yb = &$y[a][i];
+                let yb = &y[a][i];
                 let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
-                let qy = loop32!(@sign $kind, qy, q);
-                loop32!(@min $kind, summs[a], $xb, yb);
-                let p = _mm256_cvtepi32_ps($us8(_mm256_setzero_si256(), aq, qy));
-                acc[a] = _mm256_fmadd_ps(_mm256_set1_ps(dx * fp16(yb.d)), p, acc[a]);
+                let dy = _mm256_set1_ps(if $wide { ys[a].0[i] } else { fp16(yb.d) });
+                #[allow(unused_variables)]
+                let sy = loop32!(@s $kind, $wide, yb, ys[a], i);
+                for r in 0..$r {
+                    let qyr = loop32!(@sign $kind, qy, q[r]);
+                    loop32!(@min $kind, summs[r][a], mx[r], sy);
+                    let p = _mm256_cvtepi32_ps($us8(_mm256_setzero_si256(), aq[r], qyr));
+                    // d_w * d_a as a vector product: the same f32 as the scalar one.
+                    acc[r][a] = _mm256_fmadd_ps(_mm256_mul_ps(dx[r], dy), p, acc[r][a]);
+                }
             }
         }
-        std::array::from_fn(|a| loop32!(@finish $kind, hsum_f32_8(acc[a]), summs[a]))
+        let mut out = [[0f32; $n]; $r];
+        for r in 0..$r {
+            for a in 0..$n {
+                out[r][a] = loop32!(@finish $kind, hsum_f32_8(acc[r][a]), summs[r][a]);
+            }
+        }
+        out
     }};
-    (@abs signed, $q:ident) => { _mm256_sign_epi8($q, $q) };
-    (@abs offset, $q:ident) => { $q };
-    (@sign signed, $qy:ident, $q:ident) => { _mm256_sign_epi8($qy, $q) };
-    (@sign offset, $qy:ident, $q:ident) => { $qy };
-    (@min signed, $s:expr, $xb:ident, $yb:ident) => {};
-    (@min offset, $s:expr, $xb:ident, $yb:ident) => {
-        $s = fp16($xb.m).mul_add(fp16($yb.s), $s)
+    (@has_min signed) => { false };
+    (@has_min offset) => { true };
+    (@abs signed, $q:expr) => { _mm256_sign_epi8($q, $q) };
+    (@abs offset, $q:expr) => { $q };
+    (@sign signed, $qy:ident, $q:expr) => { _mm256_sign_epi8($qy, $q) };
+    (@sign offset, $qy:ident, $q:expr) => { $qy };
+    (@m signed, $mx:expr, $xb:ident) => {};
+    (@m offset, $mx:expr, $xb:ident) => { $mx = fp16($xb.m) };
+    (@s signed, $wide:expr, $yb:ident, $ys:expr, $i:ident) => { 0f32 };
+    (@s offset, $wide:expr, $yb:ident, $ys:expr, $i:ident) => {
+        if $wide { $ys.1[$i] } else { fp16($yb.s) }
     };
+    (@min signed, $s:expr, $mx:expr, $sy:ident) => {};
+    (@min offset, $s:expr, $mx:expr, $sy:ident) => { $s = $mx.mul_add($sy, $s) };
     (@finish signed, $h:expr, $s:expr) => { $h };
     (@finish offset, $h:expr, $s:expr) => { $h + $s };
+}
+
+/// One 32-element format's kernels from its decode expression: `$name::<R, N, WIDE>` for any
+/// tile (see `loop32`).
+macro_rules! format32 {
+    ($features:literal, $us8:ident, $name:ident, $w:ty, $a:ty, $kind:ident,
+     |$xb:ident| $decode:expr) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name<const R: usize, const N: usize, const WIDE: bool>(
+            x: [&[$w]; R],
+            y: [&[$a]; N],
+            ys: [(&[f32], &[f32]); N],
+        ) -> [[f32; N]; R] {
+            loop32!($us8, x, y, ys, R, N, WIDE, |$xb| $decode, $kind)
+        }
+    };
 }
 
 /// rill's float dot order (`scalar::dot_float_with`): four 8-lane FMA accumulators over
@@ -174,177 +229,74 @@ macro_rules! kernels {
         pub mod $modname {
             use super::*;
 
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn us8_pairs_f32(ax: __m256i, sy: __m256i) -> __m256 {
-                _mm256_cvtepi32_ps($us8(_mm256_setzero_si256(), ax, sy))
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4_0_q8_0<const N: usize>(
-                x: &[BlockQ4_0],
-                y: [&[BlockQ8_0]; N],
-            ) -> [f32; N] {
-                let eight = _mm256_set1_epi8(8);
-                loop32!(
-                    $us8,
-                    x,
-                    y,
-                    N,
-                    |xb| _mm256_sub_epi8(nibbles_32(xb.qs.as_ptr()), eight),
-                    signed
-                )
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4_1_q8_1<const N: usize>(
-                x: &[BlockQ4_1],
-                y: [&[BlockQ8_1]; N],
-            ) -> [f32; N] {
-                loop32!($us8, x, y, N, |xb| nibbles_32(xb.qs.as_ptr()), offset)
-            }
-
-            /// Q5_0: the nibble, minus 16 where the high bit is clear (`| 0xf0`).
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot_q5_0_q8_0<const N: usize>(
-                x: &[BlockQ5_0],
-                y: [&[BlockQ8_0]; N],
-            ) -> [f32; N] {
-                let f0 = _mm256_set1_epi8(0xf0u8 as i8);
-                loop32!(
-                    $us8,
-                    x,
-                    y,
-                    N,
-                    |xb| _mm256_or_si256(
+            format32!(
+                $features,
+                $us8,
+                dot_q4_0_q8_0,
+                BlockQ4_0,
+                BlockQ8_0,
+                signed,
+                |xb| { _mm256_sub_epi8(nibbles_32(xb.qs.as_ptr()), _mm256_set1_epi8(8)) }
+            );
+            format32!(
+                $features,
+                $us8,
+                dot_q4_1_q8_1,
+                BlockQ4_1,
+                BlockQ8_1,
+                offset,
+                |xb| { nibbles_32(xb.qs.as_ptr()) }
+            );
+            // Q5_0: the nibble, minus 16 where the high bit is clear (`| 0xf0`).
+            format32!(
+                $features,
+                $us8,
+                dot_q5_0_q8_0,
+                BlockQ5_0,
+                BlockQ8_0,
+                signed,
+                |xb| {
+                    _mm256_or_si256(
                         nibbles_32(xb.qs.as_ptr()),
-                        _mm256_andnot_si256(bytes_from_bits_32(xb.qh), f0)
-                    ),
-                    signed
-                )
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot_q5_1_q8_1<const N: usize>(
-                x: &[BlockQ5_1],
-                y: [&[BlockQ8_1]; N],
-            ) -> [f32; N] {
-                let b4 = _mm256_set1_epi8(0x10);
-                loop32!(
-                    $us8,
-                    x,
-                    y,
-                    N,
-                    |xb| _mm256_or_si256(
+                        _mm256_andnot_si256(
+                            bytes_from_bits_32(xb.qh),
+                            _mm256_set1_epi8(0xf0u8 as i8),
+                        ),
+                    )
+                }
+            );
+            format32!(
+                $features,
+                $us8,
+                dot_q5_1_q8_1,
+                BlockQ5_1,
+                BlockQ8_1,
+                offset,
+                |xb| {
+                    _mm256_or_si256(
                         nibbles_32(xb.qs.as_ptr()),
-                        _mm256_and_si256(bytes_from_bits_32(xb.qh), b4)
-                    ),
-                    offset
-                )
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot_q8_0_q8_0<const N: usize>(
-                x: &[BlockQ8_0],
-                y: [&[BlockQ8_0]; N],
-            ) -> [f32; N] {
-                loop32!(
-                    $us8,
-                    x,
-                    y,
-                    N,
-                    |xb| _mm256_loadu_si256(xb.qs.as_ptr().cast()),
-                    signed
-                )
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot_iq4nl_q8_0<const N: usize>(
-                x: &[BlockIq4Nl],
-                y: [&[BlockQ8_0]; N],
-            ) -> [f32; N] {
-                let table = iq4nl_table();
-                loop32!(
-                    $us8,
-                    x,
-                    y,
-                    N,
-                    |xb| _mm256_shuffle_epi8(table, nibbles_32(xb.qs.as_ptr())),
-                    signed
-                )
-            }
-
-            /// Two Q4_1 rows against four activation rows: each weight block is unpacked once
-            /// and used four times. Every (row, activation) pair keeps `dot_q4_1_q8_1`'s exact
-            /// accumulation order, so results are bit-identical.
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot2x4_q4_1_q8_1(
-                x: [&[BlockQ4_1]; 2],
-                y: [&[BlockQ8_1]; 4],
-                ys: [(&[f32], &[f32]); 4],
-            ) -> [[f32; 4]; 2] {
-                let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-                let mut summs = [[0f32; 4]; 2];
-                let nb = y[0].len();
-                for i in 0..nb {
-                    let x0 = x[0].get_unchecked(i);
-                    let x1 = x[1].get_unchecked(i);
-                    let q0 = nibbles_32(x0.qs.as_ptr());
-                    let q1 = nibbles_32(x1.qs.as_ptr());
-                    let (d0, d1, m0, m1) = (fp16(x0.d), fp16(x1.d), fp16(x0.m), fp16(x1.m));
-                    for a in 0..4 {
-                        let yb = y[a].get_unchecked(i);
-                        let (dy, sy) = (*ys[a].0.get_unchecked(i), *ys[a].1.get_unchecked(i));
-                        let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
-                        summs[0][a] = m0.mul_add(sy, summs[0][a]);
-                        summs[1][a] = m1.mul_add(sy, summs[1][a]);
-                        acc[0][a] = _mm256_fmadd_ps(
-                            _mm256_set1_ps(d0 * dy),
-                            us8_pairs_f32(q0, qy),
-                            acc[0][a],
-                        );
-                        acc[1][a] = _mm256_fmadd_ps(
-                            _mm256_set1_ps(d1 * dy),
-                            us8_pairs_f32(q1, qy),
-                            acc[1][a],
-                        );
-                    }
+                        _mm256_and_si256(bytes_from_bits_32(xb.qh), _mm256_set1_epi8(0x10)),
+                    )
                 }
-                std::array::from_fn(|r| {
-                    std::array::from_fn(|a| hsum_f32_8(acc[r][a]) + summs[r][a])
-                })
-            }
-
-            /// Two Q8_0 rows against four activation rows, bit-identical to `dot_q8_0_q8_0`.
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot2x4_q8_0_q8_0(
-                x: [&[BlockQ8_0]; 2],
-                y: [&[BlockQ8_0]; 4],
-                ys: [(&[f32], &[f32]); 4],
-            ) -> [[f32; 4]; 2] {
-                let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-                let nb = y[0].len();
-                for i in 0..nb {
-                    let x0 = x[0].get_unchecked(i);
-                    let x1 = x[1].get_unchecked(i);
-                    let q0 = _mm256_loadu_si256(x0.qs.as_ptr().cast());
-                    let q1 = _mm256_loadu_si256(x1.qs.as_ptr().cast());
-                    // |x| and the sign trick, hoisted out of the activation loop.
-                    let a0 = _mm256_sign_epi8(q0, q0);
-                    let a1 = _mm256_sign_epi8(q1, q1);
-                    let (d0, d1) = (fp16(x0.d), fp16(x1.d));
-                    for a in 0..4 {
-                        let yb = y[a].get_unchecked(i);
-                        let dy = *ys[a].0.get_unchecked(i);
-                        let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
-                        let p0 = us8_pairs_f32(a0, _mm256_sign_epi8(qy, q0));
-                        let p1 = us8_pairs_f32(a1, _mm256_sign_epi8(qy, q1));
-                        acc[0][a] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * dy), p0, acc[0][a]);
-                        acc[1][a] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dy), p1, acc[1][a]);
-                    }
-                }
-                std::array::from_fn(|r| std::array::from_fn(|a| hsum_f32_8(acc[r][a])))
-            }
+            );
+            format32!(
+                $features,
+                $us8,
+                dot_q8_0_q8_0,
+                BlockQ8_0,
+                BlockQ8_0,
+                signed,
+                |xb| { _mm256_loadu_si256(xb.qs.as_ptr().cast()) }
+            );
+            format32!(
+                $features,
+                $us8,
+                dot_iq4nl_q8_0,
+                BlockIq4Nl,
+                BlockQ8_0,
+                signed,
+                |xb| { _mm256_shuffle_epi8(iq4nl_table(), nibbles_32(xb.qs.as_ptr())) }
+            );
 
             #[target_feature(enable = $features)]
             pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
@@ -446,6 +398,13 @@ macro_rules! kernels {
             #[target_feature(enable = $features)]
             pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
                 super::super::scalar::swiglu(gate, up)
+            }
+
+            /// The scalar Q8_K quantizer compiled for this tier (its rounding becomes one
+            /// instruction instead of a libm call; identical arithmetic).
+            #[target_feature(enable = $features)]
+            pub unsafe fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+                super::super::scalar::quantize_q8k(x, out)
             }
 
             /// Same arithmetic as `scalar::quantize_q8_0` (ties-to-even rounding).

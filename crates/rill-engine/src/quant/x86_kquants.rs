@@ -69,6 +69,18 @@ unsafe fn widen16(v: &[i8; 16]) -> __m256i {
     _mm256_cvtepi8_epi16(_mm_loadu_si128(v.as_ptr().cast()))
 }
 
+/// `[f(0), .., f(7)]` for a vector-valued `f`, as a plain loop: closures do not inherit
+/// `target_feature`, so intrinsics inside `std::array::from_fn` would become calls.
+macro_rules! per_chunk {
+    (|$c:ident| $e:expr) => {{
+        let mut v = [_mm256_setzero_si256(); 8];
+        for $c in 0..8 {
+            v[$c] = $e;
+        }
+        v
+    }};
+}
+
 /// The super-block loop every format here shares. `$setup` (run once per weight block `$xb`)
 /// must define the two arrays named after `=>`: `[__m256i; 8]` of the values of each 32-element
 /// chunk (u8, or i8 with `signed`) and `[__m256i; 8]` of each chunk's i16 scales; then per activation row the
@@ -122,11 +134,9 @@ macro_rules! kquant_kernels {
                         _mm256_loadu_si256(xb.qs.as_ptr().cast()),
                         _mm256_loadu_si256(xb.qs.as_ptr().add(32).cast()),
                     ];
-                    let vals: [__m256i; 8] =
-                        std::array::from_fn(|c| bits_at(q[c / 4], 2 * (c % 4) as i32, m3));
+                    let vals: [__m256i; 8] = per_chunk!(|c| bits_at(q[c / 4], 2 * (c % 4) as i32, m3));
                     let sc = |g: usize| (xb.scales[g] & 0x0f) as i16;
-                    let scs: [__m256i; 8] =
-                        std::array::from_fn(|c| scale16x2(sc(2 * c), sc(2 * c + 1)));
+                    let scs: [__m256i; 8] = per_chunk!(|c| scale16x2(sc(2 * c), sc(2 * c + 1)));
                     let mins: [i16; 16] = std::array::from_fn(|g| (xb.scales[g] >> 4) as i16);
                     let mins = _mm256_loadu_si256(mins.as_ptr().cast());
                     let (d, dmin) = (fp16(xb.d), fp16(xb.dmin));
@@ -148,12 +158,11 @@ macro_rules! kquant_kernels {
                     ];
                     let hm = _mm256_loadu_si256(xb.hmask.as_ptr().cast());
                     // value + 4: the two low bits, plus 4 where the high bit is set.
-                    let vals: [__m256i; 8] = std::array::from_fn(|c| {
+                    let vals: [__m256i; 8] = per_chunk!(|c| {
                         _mm256_or_si256(bits_at(q[c / 4], 2 * (c % 4) as i32, m3), high_bit(hm, c, 4))
                     });
                     let sc = q3k_scales(&xb.scales);
-                    let scs: [__m256i; 8] =
-                        std::array::from_fn(|c| scale16x2(sc[2 * c] as i16, sc[2 * c + 1] as i16));
+                    let scs: [__m256i; 8] = per_chunk!(|c| scale16x2(sc[2 * c] as i16, sc[2 * c + 1] as i16));
                     let sc16 = widen16(&sc);
                     let d = fp16(xb.d);
                 } => (vals, scs), unsigned, |yb, sumi, t| {
@@ -168,12 +177,12 @@ macro_rules! kquant_kernels {
             ) -> [f32; N] {
                 let m4 = _mm256_set1_epi8(0x0f);
                 superblocks!(x, y, N, |xb| {
-                    let vals: [__m256i; 8] = std::array::from_fn(|c| {
+                    let vals: [__m256i; 8] = per_chunk!(|c| {
                         let q = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * (c / 2)).cast());
                         bits_at(q, 4 * (c % 2) as i32, m4)
                     });
                     let sm: [(u8, u8); 8] = std::array::from_fn(|s| q4k_scale_min(s, &xb.scales));
-                    let scs: [__m256i; 8] = std::array::from_fn(|c| scale32(sm[c].0 as i16));
+                    let scs: [__m256i; 8] = per_chunk!(|c| scale32(sm[c].0 as i16));
                     let mins: [i16; 16] = std::array::from_fn(|g| sm[g / 2].1 as i16);
                     let mins = _mm256_loadu_si256(mins.as_ptr().cast());
                     let (d, dmin) = (fp16(xb.d), fp16(xb.dmin));
@@ -190,12 +199,12 @@ macro_rules! kquant_kernels {
                 let m4 = _mm256_set1_epi8(0x0f);
                 superblocks!(x, y, N, |xb| {
                     let qh = _mm256_loadu_si256(xb.qh.as_ptr().cast());
-                    let vals: [__m256i; 8] = std::array::from_fn(|c| {
+                    let vals: [__m256i; 8] = per_chunk!(|c| {
                         let q = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * (c / 2)).cast());
                         _mm256_or_si256(bits_at(q, 4 * (c % 2) as i32, m4), high_bit(qh, c, 16))
                     });
                     let sm: [(u8, u8); 8] = std::array::from_fn(|s| q4k_scale_min(s, &xb.scales));
-                    let scs: [__m256i; 8] = std::array::from_fn(|c| scale32(sm[c].0 as i16));
+                    let scs: [__m256i; 8] = per_chunk!(|c| scale32(sm[c].0 as i16));
                     let mins: [i16; 16] = std::array::from_fn(|g| sm[g / 2].1 as i16);
                     let mins = _mm256_loadu_si256(mins.as_ptr().cast());
                     let (d, dmin) = (fp16(xb.d), fp16(xb.dmin));
@@ -213,7 +222,7 @@ macro_rules! kquant_kernels {
                 let m3 = _mm256_set1_epi8(3);
                 superblocks!(x, y, N, |xb| {
                     // value + 32: four bits from `ql`, two from `qh` (see `kquants::q6k_values`).
-                    let vals: [__m256i; 8] = std::array::from_fn(|c| {
+                    let vals: [__m256i; 8] = per_chunk!(|c| {
                         let (half, k) = (c / 4, c % 4);
                         let ql = _mm256_loadu_si256(
                             xb.ql.as_ptr().add(64 * half + 32 * (k % 2)).cast(),
@@ -224,8 +233,7 @@ macro_rules! kquant_kernels {
                         _mm256_or_si256(low, _mm256_slli_epi16(high, 4))
                     });
                     let sc = &xb.scales;
-                    let scs: [__m256i; 8] =
-                        std::array::from_fn(|c| scale16x2(sc[2 * c] as i16, sc[2 * c + 1] as i16));
+                    let scs: [__m256i; 8] = per_chunk!(|c| scale16x2(sc[2 * c] as i16, sc[2 * c + 1] as i16));
                     let sc16 = widen16(sc);
                     let d = fp16(xb.d);
                 } => (vals, scs), unsigned, |yb, sumi, t| {
@@ -240,11 +248,10 @@ macro_rules! kquant_kernels {
             ) -> [f32; N] {
                 let table = iq4nl_table();
                 superblocks!(x, y, N, |xb| {
-                    let vals: [__m256i; 8] = std::array::from_fn(|c| {
+                    let vals: [__m256i; 8] = per_chunk!(|c| {
                         _mm256_shuffle_epi8(table, nibbles_32(xb.qs.as_ptr().add(16 * c)))
                     });
-                    let scs: [__m256i; 8] =
-                        std::array::from_fn(|c| scale32(iq4xs_scale(xb, c) as i16));
+                    let scs: [__m256i; 8] = per_chunk!(|c| scale32(iq4xs_scale(xb, c) as i16));
                     let d = fp16(xb.d);
                 } => (vals, scs), signed, |yb, sumi, t| fold(t, d * yb.d, sumi))
             }

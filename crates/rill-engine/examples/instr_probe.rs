@@ -1,0 +1,139 @@
+//! Fixed workloads for the instruction-count gate (`tools/perf-gate.sh` runs each under
+//! valgrind's callgrind, counting only inside `matmul_rows` or `Engine::step`):
+//! - `kernel FORMAT BATCH`: one 64 x 1024 weight matrix of seeded random blocks in FORMAT times
+//!   BATCH activation rows, 8 times, with the AVX2 kernels;
+//! - `step MODEL BATCH`: one decode step of BATCH sequences on MODEL, AVX2 kernels,
+//!   1 thread.
+//!
+//! Instruction counts do not move with machine noise, so a 3% change is a real change.
+#![allow(clippy::unwrap_used)] // a probe: a panic is the report
+
+use rill_engine::gguf::GgmlType;
+use rill_engine::quant::blocks::{f32_to_bf16, f32_to_f16};
+use rill_engine::quant::{Kernels, QMatrix, QuantActs};
+use rill_engine::{Engine, EngineConfig, SeqId, StepItem};
+
+fn parse_type(name: &str) -> GgmlType {
+    (0..64)
+        .map(GgmlType::from_raw)
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("unknown format {name}"))
+}
+
+/// A deterministic byte pattern with small finite f16 scales where the format has them.
+fn weights(dtype: GgmlType, rows: usize, cols: usize) -> Vec<u64> {
+    let (be, bb) = dtype.block_layout().unwrap();
+    let n = rows * cols / be;
+    let mut words = vec![0u64; (n * bb).div_ceil(8)];
+    // SAFETY: u64 storage viewed as bytes.
+    let bytes: &mut [u8] =
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+    let mut s = 0x9e37_79b9u32;
+    for b in bytes.iter_mut() {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        *b = s as u8;
+    }
+    let scale_offsets: &[usize] = match dtype {
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::Q2K => &[80, 82],
+        GgmlType::Q3K => &[108],
+        GgmlType::Q6K => &[208],
+        _ => &[0],
+    };
+    for i in 0..n {
+        let v = ((i % 7) as f32 - 3.0) * 0.01;
+        let put = |b: &mut [u8], off: usize, bits: u16| {
+            b[off..off + 2].copy_from_slice(&bits.to_le_bytes())
+        };
+        match dtype {
+            GgmlType::F16 => put(bytes, i * bb, f32_to_f16(v)),
+            GgmlType::Bf16 => put(bytes, i * bb, f32_to_bf16(v)),
+            GgmlType::F32 => bytes[i * bb..i * bb + 4].copy_from_slice(&v.to_le_bytes()),
+            _ => {
+                for &o in scale_offsets {
+                    put(bytes, i * bb + o, f32_to_f16(v));
+                }
+            }
+        }
+    }
+    words
+}
+
+fn kernel(format: &str, batch: usize) {
+    let k = Kernels::by_name("avx2").expect("an AVX2 CPU");
+    let dtype = parse_type(format);
+    let (rows, cols) = (64, 1024);
+    let w = weights(dtype, rows, cols);
+    // SAFETY: as in `weights`, read-only.
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len() * 8) };
+    let rb = dtype.bytes_for(cols, "w").unwrap();
+    let m = QMatrix::new("w", dtype, rows, cols, &bytes[..rows * rb]).unwrap();
+    let x: Vec<f32> = (0..batch * cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.02)
+        .collect();
+    let mut acts = QuantActs::new(m.act_format());
+    acts.quantize(&k, &x, batch, cols);
+    println!("{format} x{batch}: {}", measured_kernel(&k, &m, &acts));
+}
+
+fn step(model: &str, batch: usize) {
+    let mut e = Engine::load(
+        std::path::Path::new(model),
+        &EngineConfig {
+            threads: 1,
+            kv_tokens: 4096,
+            kv_bytes: 0,
+            kernels: Some("avx2".into()),
+        },
+    )
+    .unwrap();
+    let seqs: Vec<SeqId> = (0..batch as u64).map(|i| SeqId(100 + i)).collect();
+    let prompt: Vec<u32> = (0..16).map(|i| 1000 + i * 37).collect();
+    for &s in &seqs {
+        e.add_sequence(s).unwrap();
+        e.step(&[StepItem {
+            seq: s,
+            tokens: &prompt,
+            want_logits: false,
+        }])
+        .unwrap();
+    }
+    let tok = [504u32];
+    let items: Vec<StepItem> = seqs
+        .iter()
+        .map(|&s| StepItem {
+            seq: s,
+            tokens: &tok,
+            want_logits: true,
+        })
+        .collect();
+    measured_step(&mut e, &items);
+    println!("step x{batch}");
+}
+
+/// What the gate counts for `kernel` (callgrind collects inside this function only).
+#[inline(never)]
+fn measured_kernel(k: &Kernels, m: &QMatrix<'_>, acts: &QuantActs) -> f32 {
+    let mut sum = 0f32;
+    for _ in 0..8 {
+        m.matmul_rows(k, acts, 0..m.rows, &mut |_, _, v| sum += v);
+    }
+    sum
+}
+
+/// What the gate counts for `step`.
+#[inline(never)]
+fn measured_step(e: &mut Engine, items: &[StepItem<'_>]) {
+    e.step(items).unwrap();
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    match a.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["kernel", f, b] => kernel(f, b.parse().unwrap()),
+        ["step", m, b] => step(m, b.parse().unwrap()),
+        _ => panic!("usage: instr_probe kernel FORMAT BATCH | step MODEL BATCH"),
+    }
+}
