@@ -118,6 +118,28 @@ macro_rules! superblocks {
     (@sign unsigned, $yv:ident, $v:ident) => { $yv };
 }
 
+/// Q4_K and Q5_K: the same nibbles, 6-bit scales and minimums; `$high` (run per chunk `$c`,
+/// after `$pre` per block) adds Q5_K's fifth bit (zero for Q4_K).
+macro_rules! q45k {
+    ($x:ident, $y:ident, $n:ident, |$xb:ident, $c:ident| { $($pre:tt)* } high $high:expr) => {{
+        let m4 = _mm256_set1_epi8(0x0f);
+        superblocks!($x, $y, $n, |$xb| {
+            $($pre)*
+            let vals: [__m256i; 8] = per_chunk!(|$c| {
+                let q = _mm256_loadu_si256($xb.qs.as_ptr().add(32 * ($c / 2)).cast());
+                _mm256_or_si256(bits_at(q, 4 * ($c % 2) as i32, m4), $high)
+            });
+            let sm: [(u8, u8); 8] = std::array::from_fn(|s| q4k_scale_min(s, &$xb.scales));
+            let scs: [__m256i; 8] = per_chunk!(|c| scale32(sm[c].0 as i16));
+            let mins: [i16; 16] = std::array::from_fn(|g| sm[g / 2].1 as i16);
+            let mins = _mm256_loadu_si256(mins.as_ptr().cast());
+            let (d, dmin) = (fp16($xb.d), fp16($xb.dmin));
+        } => (vals, scs), unsigned, |yb, sumi, t| {
+            fold_min(t, d * yb.d, sumi, dmin * yb.d, bsum_dot(yb, mins))
+        })
+    }};
+}
+
 macro_rules! kquant_kernels {
     ($modname:ident, $features:literal) => {
         pub mod $modname {
@@ -175,20 +197,7 @@ macro_rules! kquant_kernels {
                 x: &[BlockQ4K],
                 y: [&[BlockQ8K]; N],
             ) -> [f32; N] {
-                let m4 = _mm256_set1_epi8(0x0f);
-                superblocks!(x, y, N, |xb| {
-                    let vals: [__m256i; 8] = per_chunk!(|c| {
-                        let q = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * (c / 2)).cast());
-                        bits_at(q, 4 * (c % 2) as i32, m4)
-                    });
-                    let sm: [(u8, u8); 8] = std::array::from_fn(|s| q4k_scale_min(s, &xb.scales));
-                    let scs: [__m256i; 8] = per_chunk!(|c| scale32(sm[c].0 as i16));
-                    let mins: [i16; 16] = std::array::from_fn(|g| sm[g / 2].1 as i16);
-                    let mins = _mm256_loadu_si256(mins.as_ptr().cast());
-                    let (d, dmin) = (fp16(xb.d), fp16(xb.dmin));
-                } => (vals, scs), unsigned, |yb, sumi, t| {
-                    fold_min(t, d * yb.d, sumi, dmin * yb.d, bsum_dot(yb, mins))
-                })
+                q45k!(x, y, N, |xb, c| {} high _mm256_setzero_si256())
             }
 
             #[target_feature(enable = $features)]
@@ -196,21 +205,9 @@ macro_rules! kquant_kernels {
                 x: &[BlockQ5K],
                 y: [&[BlockQ8K]; N],
             ) -> [f32; N] {
-                let m4 = _mm256_set1_epi8(0x0f);
-                superblocks!(x, y, N, |xb| {
+                q45k!(x, y, N, |xb, c| {
                     let qh = _mm256_loadu_si256(xb.qh.as_ptr().cast());
-                    let vals: [__m256i; 8] = per_chunk!(|c| {
-                        let q = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * (c / 2)).cast());
-                        _mm256_or_si256(bits_at(q, 4 * (c % 2) as i32, m4), high_bit(qh, c, 16))
-                    });
-                    let sm: [(u8, u8); 8] = std::array::from_fn(|s| q4k_scale_min(s, &xb.scales));
-                    let scs: [__m256i; 8] = per_chunk!(|c| scale32(sm[c].0 as i16));
-                    let mins: [i16; 16] = std::array::from_fn(|g| sm[g / 2].1 as i16);
-                    let mins = _mm256_loadu_si256(mins.as_ptr().cast());
-                    let (d, dmin) = (fp16(xb.d), fp16(xb.dmin));
-                } => (vals, scs), unsigned, |yb, sumi, t| {
-                    fold_min(t, d * yb.d, sumi, dmin * yb.d, bsum_dot(yb, mins))
-                })
+                } high high_bit(qh, c, 16))
             }
 
             #[target_feature(enable = $features)]
