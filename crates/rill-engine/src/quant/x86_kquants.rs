@@ -81,6 +81,15 @@ macro_rules! per_chunk {
     }};
 }
 
+/// The scale vectors of the formats with 16 signed group scales (Q3_K, Q6_K): per 32-value
+/// chunk, its two groups' scales; and all 16 as i16 lanes, for the offset correction.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn group16_scales(sc: &[i8; 16]) -> ([__m256i; 8], __m256i) {
+    let scs = per_chunk!(|c| scale16x2(sc[2 * c] as i16, sc[2 * c + 1] as i16));
+    (scs, widen16(sc))
+}
+
 /// The super-block loop every format here shares. `$setup` (run once per weight block `$xb`)
 /// must define the two arrays named after `=>`: `[__m256i; 8]` of the values of each 32-element
 /// chunk (u8, or i8 with `signed`) and `[__m256i; 8]` of each chunk's i16 scales; then per activation row the
@@ -183,9 +192,7 @@ macro_rules! kquant_kernels {
                     let vals: [__m256i; 8] = per_chunk!(|c| {
                         _mm256_or_si256(bits_at(q[c / 4], 2 * (c % 4) as i32, m3), high_bit(hm, c, 4))
                     });
-                    let sc = q3k_scales(&xb.scales);
-                    let scs: [__m256i; 8] = per_chunk!(|c| scale16x2(sc[2 * c] as i16, sc[2 * c + 1] as i16));
-                    let sc16 = widen16(&sc);
+                    let (scs, sc16) = group16_scales(&q3k_scales(&xb.scales));
                     let d = fp16(xb.d);
                 } => (vals, scs), unsigned, |yb, sumi, t| {
                     fold(t, d * yb.d, sumi - 4 * bsum_dot(yb, sc16))
@@ -229,9 +236,7 @@ macro_rules! kquant_kernels {
                         let high = bits_at(qh, 2 * k as i32, m3);
                         _mm256_or_si256(low, _mm256_slli_epi16(high, 4))
                     });
-                    let sc = &xb.scales;
-                    let scs: [__m256i; 8] = per_chunk!(|c| scale16x2(sc[2 * c] as i16, sc[2 * c + 1] as i16));
-                    let sc16 = widen16(sc);
+                    let (scs, sc16) = group16_scales(&xb.scales);
                     let d = fp16(xb.d);
                 } => (vals, scs), unsigned, |yb, sumi, t| {
                     fold(t, d * yb.d, sumi - 32 * bsum_dot(yb, sc16))

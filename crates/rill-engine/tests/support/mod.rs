@@ -1,5 +1,5 @@
 //! Shared test setup: the real default model (pulled into the cache if absent) and the greedy
-//! fixtures from ../shared.
+//! fixtures (llama.cpp's output, kept in tests/data/greedy).
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // test and debug code: a panic is the failure report
 
@@ -33,9 +33,7 @@ pub fn engine(threads: usize) -> Engine {
 pub fn fixtures_dir() -> PathBuf {
     std::env::var_os("RILL_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/greedy")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/greedy"))
 }
 
 pub struct Fixture {
@@ -49,7 +47,7 @@ pub struct Fixture {
 pub fn fixtures() -> Vec<Fixture> {
     let mut out = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(fixtures_dir())
-        .expect("fixtures dir (../shared/fixtures/greedy)")
+        .expect("fixtures dir (tests/data/greedy)")
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -79,5 +77,10 @@ pub fn fixtures() -> Vec<Fixture> {
                 .collect(),
         });
     }
+    assert!(
+        !out.is_empty(),
+        "no greedy fixtures in {}",
+        fixtures_dir().display()
+    );
     out
 }
