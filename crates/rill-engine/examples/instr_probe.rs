@@ -118,7 +118,9 @@ fn step(model: &str, batch: usize) {
 fn measured_kernel(k: &Kernels, m: &QMatrix<'_>, acts: &QuantActs) -> f32 {
     let mut sum = 0f32;
     for _ in 0..8 {
-        m.matmul_rows(k, acts, 0..m.rows, &mut |_, _, v| sum += v);
+        m.matmul_rows(k, acts, 0..m.rows, &mut |_, _, v| {
+            sum += v.iter().sum::<f32>()
+        });
     }
     sum
 }

@@ -128,6 +128,11 @@ impl Engine {
         self.model.weight_bytes()
     }
 
+    /// Heap bytes of the weights repacked into tiles at load.
+    pub fn repacked_bytes(&self) -> usize {
+        self.model.repacked_bytes()
+    }
+
     pub fn kv_stats(&self) -> KvStats {
         self.kv.stats()
     }

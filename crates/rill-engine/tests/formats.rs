@@ -1,8 +1,7 @@
 //! Every weight format through the public matrix product (`QMatrix::matmul_rows`), on seeded
 //! random weights of awkward shapes:
 //! - every kernel tier this CPU has gives the scalar reference's bits, for every batch size
-//!   1..=33 (so the 4-row and 2x4 kernels, their padded leftovers and the one-row kernel all
-//!   agree);
+//!   1..=33 (so the 4-row and one-row kernels, tile-row padding and leftovers all agree);
 //! - a batch gives the same bits as each activation row multiplied alone (batch invariance);
 //! - the scalar reference is within the 8-bit activation rounding of the plain f32 product of
 //!   the dequantized weights (so the decoding of every format is right, not only consistent).
@@ -80,7 +79,9 @@ fn product(k: &Kernels, m: &QMatrix<'_>, x: &[f32], n_rows: usize) -> Vec<Vec<f3
     let mut acts = QuantActs::new(m.act_format());
     acts.quantize(k, x, n_rows, m.cols);
     let mut out = vec![vec![f32::NAN; m.rows]; n_rows];
-    m.matmul_rows(k, &acts, 0..m.rows, &mut |t, r, v| out[t][r] = v);
+    m.matmul_rows(k, &acts, 0..m.rows, &mut |t, r, v| {
+        out[t][r..r + v.len()].copy_from_slice(v)
+    });
     out
 }
 
@@ -93,7 +94,8 @@ fn bits(v: &[Vec<f32>]) -> Vec<Vec<u32>> {
 fn cols_for(dtype: GgmlType) -> usize {
     match ActFormat::for_weights(dtype).unwrap() {
         ActFormat::Q8K => 512,
-        _ => 96,
+        // 35 blocks: the ggml-order tile kernels work in chunks of 32.
+        _ => 1120,
     }
 }
 
@@ -145,7 +147,7 @@ fn reference_matches_dequantized_f32_within_activation_rounding() {
     let scalar = Kernels::scalar();
     for &(dtype, scales) in FORMATS {
         let cols = cols_for(dtype);
-        let rows = 8;
+        let rows = 17;
         let w = random_weights(&mut rng, dtype, scales, rows, cols);
         let row_bytes = dtype.bytes_for(cols, "w").unwrap();
         let m = QMatrix::new("w", dtype, rows, cols, &as_bytes(&w)[..rows * row_bytes]).unwrap();

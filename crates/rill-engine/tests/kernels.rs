@@ -1,12 +1,17 @@
 //! Every kernel set this CPU supports against the scalar reference, on seeded random inputs of
 //! awkward sizes (one block, odd block counts, large magnitudes, zero blocks), and the scalar
-//! dot products against dequantize-then-f32 within each format's quantization error.
+//! dot products against dequantize-then-f32 within each format's quantization error. The
+//! interleaved tiles: packing is exactly invertible, and the tile GEMM (4 activation rows) and
+//! GEMV (1 row) of every tier give the bits of the scalar row-by-row dot products on the
+//! original GGUF blocks. Attention: every tier gives the scalar reference's bits.
 #![allow(clippy::unwrap_used)] // test and debug code: a panic is the failure report
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rill_engine::quant::blocks::*;
-use rill_engine::quant::{kquants, scalar, Kernels};
+use rill_engine::quant::repack::{Tiled, Tiles};
+use rill_engine::quant::scalar::KvRows;
+use rill_engine::quant::{kquants, scalar, ActFormat, ActMeta, Kernels, QuantActs};
 
 fn rand_f32(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
@@ -102,92 +107,6 @@ fn simd_dots_match_scalar() {
     let s = Kernels::scalar();
     for k in &sets {
         for &nb in &BLOCK_COUNTS {
-            let x = rand_f32(&mut rng, nb * QK, 4.0);
-            let mut a8 = vec![BlockQ8_0::default(); nb];
-            let mut a81 = vec![BlockQ8_1::default(); nb];
-            scalar::quantize_q8_0(&x, &mut a8);
-            scalar::quantize_q8_1(&x, &mut a81);
-            let w40: Vec<BlockQ4_0> = rand_bytes(&mut rng, nb, |b: &mut BlockQ4_0, r| {
-                b.d = f16r(r, -0.1, 0.1)
-            });
-            let w41: Vec<BlockQ4_1> = rand_bytes(&mut rng, nb, |b: &mut BlockQ4_1, r| {
-                b.d = f16r(r, 0.0, 0.1);
-                b.m = f16r(r, -1.0, 0.0);
-            });
-            let w80: Vec<BlockQ8_0> = rand_bytes(&mut rng, nb, |b: &mut BlockQ8_0, r| {
-                b.d = f16r(r, -0.01, 0.01)
-            });
-            // The 32-block formats and the f16 dot share one summation order: bit-identical.
-            assert_eq!(
-                (s.dot_q4_0_q8_0)(&w40, &a8).to_bits(),
-                (k.dot_q4_0_q8_0)(&w40, &a8).to_bits(),
-                "{} q4_0 nb={nb}",
-                k.tier
-            );
-            assert_eq!(
-                (s.dot_q4_1_q8_1)(&w41, &a81).to_bits(),
-                (k.dot_q4_1_q8_1)(&w41, &a81).to_bits(),
-                "{} q4_1 nb={nb}",
-                k.tier
-            );
-            assert_eq!(
-                (s.dot_q8_0_q8_0)(&w80, &a8).to_bits(),
-                (k.dot_q8_0_q8_0)(&w80, &a8).to_bits(),
-                "{} q8_0 nb={nb}",
-                k.tier
-            );
-            let w41b: Vec<Vec<BlockQ4_1>> = (0..4)
-                .map(|i| {
-                    if i == 0 {
-                        w41.clone()
-                    } else {
-                        rand_bytes(&mut rng, nb, |b: &mut BlockQ4_1, r| {
-                            b.d = f16r(r, 0.0, 0.1);
-                            b.m = f16r(r, -1.0, 0.0);
-                        })
-                    }
-                })
-                .collect();
-            // 2 rows x 4 activation rows, scales widened through QuantActs.
-            let xs: Vec<f32> = (0..4)
-                .flat_map(|_| rand_f32(&mut rng, nb * QK, 3.0))
-                .collect();
-            let mut acts = rill_engine::quant::QuantActs::new(rill_engine::quant::ActFormat::Q8_1);
-            acts.quantize(k, &xs, 4, nb * QK);
-            let rows: Vec<&[BlockQ8_1]> = (0..4).map(|t| unsafe_cast(acts.row(t))).collect();
-            let sc = |t: usize| acts.row_scales(t);
-            let got = (k.dot2x4_q4_1_q8_1)(
-                [&w41b[1], &w41b[2]],
-                [rows[0], rows[1], rows[2], rows[3]],
-                [sc(0), sc(1), sc(2), sc(3)],
-            );
-            for i in 0..2 {
-                for t in 0..4 {
-                    assert_eq!(
-                        got[i][t].to_bits(),
-                        (s.dot_q4_1_q8_1)(&w41b[i + 1], rows[t]).to_bits(),
-                        "{} dot2x4 q4_1",
-                        k.tier
-                    );
-                }
-            }
-            let mut acts8 = rill_engine::quant::QuantActs::new(rill_engine::quant::ActFormat::Q8_0);
-            acts8.quantize(k, &xs, 4, nb * QK);
-            let rows8: Vec<&[BlockQ8_0]> = (0..4).map(|t| unsafe_cast(acts8.row(t))).collect();
-            let sc8 = |t: usize| acts8.row_scales(t);
-            let got = (k.dot2x4_q8_0_q8_0)(
-                [&w80, &w80],
-                [rows8[0], rows8[1], rows8[2], rows8[3]],
-                [sc8(0), sc8(1), sc8(2), sc8(3)],
-            );
-            for t in 0..4 {
-                assert_eq!(
-                    got[1][t].to_bits(),
-                    (s.dot_q8_0_q8_0)(&w80, rows8[t]).to_bits(),
-                    "{} dot2x4 q8_0",
-                    k.tier
-                );
-            }
             let xf = rand_f32(&mut rng, nb * QK + 3, 1.0);
             let yf = rand_f32(&mut rng, nb * QK + 3, 1.0);
             assert!(
@@ -287,4 +206,189 @@ fn scalar_dots_match_dequantized_f32() {
         (exact - got).abs() <= 0.01 * wmax * abs_x,
         "q4k: {exact} vs {got}"
     );
+}
+
+/// Random blocks of 8 * `tile_rows` - `short` rows (the last tile zero-padded) of `nb` blocks.
+fn rows_of<T: Copy>(
+    rng: &mut StdRng,
+    rows: usize,
+    nb: usize,
+    fix: impl Fn(&mut T, &mut StdRng) + Copy,
+) -> Vec<Vec<T>> {
+    (0..rows).map(|_| rand_bytes(rng, nb, fix)).collect()
+}
+
+/// Packs `rows`, checks the round trip, and returns the tiles.
+fn packed<T: Tiled>(rows: &[Vec<T::Row>], nb: usize) -> Tiles
+where
+    T::Row: PartialEq + std::fmt::Debug,
+{
+    let tiles = Tiles::pack::<T>(rows.len(), nb, |r| &rows[r]);
+    assert_eq!(tiles.tile_rows, rows.len().div_ceil(TILE_ROWS));
+    for (r, row) in rows.iter().enumerate() {
+        let t = tiles.tile_row::<T>(r / TILE_ROWS);
+        let back: Vec<T::Row> = t.iter().map(|tile| tile.unpack(r % TILE_ROWS)).collect();
+        assert_eq!(&back, row, "row {r} round trip");
+    }
+    tiles
+}
+
+/// Every tier's tile kernels against the scalar dot of each original row, for 1 and 4
+/// activation rows.
+macro_rules! check_tiles {
+    ($rng:expr, $tile:ty, $act:ty, $fmt:expr, $f1:ident, $f4:ident, $dot:path, $fix:expr) => {{
+        for nb in [1usize, 3, 18, 35, 48] {
+            let rows = rows_of($rng, 13, nb, $fix);
+            let tiles = packed::<$tile>(&rows, nb);
+            let x = rand_f32($rng, 4 * nb * QK, 3.0);
+            for k in Kernels::all_supported() {
+                let mut acts = QuantActs::new($fmt);
+                acts.quantize(&k, &x, 4, nb * QK);
+                let a: Vec<&[$act]> = (0..4).map(|t| unsafe_cast(acts.row(t))).collect();
+                let m: Vec<ActMeta<'_>> = (0..4).map(|t| acts.row_meta(t)).collect();
+                for rt in 0..tiles.tile_rows {
+                    let w = tiles.tile_row::<$tile>(rt);
+                    let got4 = (k.$f4)(w, [a[0], a[1], a[2], a[3]], [m[0], m[1], m[2], m[3]]);
+                    for t in 0..4 {
+                        let got1 = (k.$f1)(w, [a[t]], [m[t]]);
+                        for j in 0..TILE_ROWS {
+                            let r = rt * TILE_ROWS + j;
+                            let want = if r < rows.len() {
+                                $dot(&rows[r], a[t])
+                            } else {
+                                0.0
+                            };
+                            let ctx =
+                                format!("{} {} nb={nb} row {r} act {t}", k.tier, stringify!($tile));
+                            assert_eq!(got4[t][j].to_bits(), want.to_bits(), "GEMM {ctx}");
+                            assert_eq!(got1[0][j].to_bits(), want.to_bits(), "GEMV {ctx}");
+                        }
+                    }
+                }
+            }
+        }
+    }};
+}
+
+#[test]
+fn tiles_round_trip_and_match_row_dots_on_every_tier() {
+    let mut rng = StdRng::seed_from_u64(20);
+    let rng = &mut rng;
+    check_tiles!(
+        rng,
+        TileQ4_0,
+        BlockQ8_0,
+        ActFormat::Q8_0,
+        tile1_q4_0,
+        tile4_q4_0,
+        scalar::dot_q4_0_q8_0,
+        |b: &mut BlockQ4_0, r: &mut StdRng| b.d = f16r(r, -0.1, 0.1)
+    );
+    check_tiles!(
+        rng,
+        TileQ4_1,
+        BlockQ8_1,
+        ActFormat::Q8_1,
+        tile1_q4_1,
+        tile4_q4_1,
+        scalar::dot_q4_1_q8_1,
+        |b: &mut BlockQ4_1, r: &mut StdRng| {
+            b.d = f16r(r, 0.0, 0.1);
+            b.m = f16r(r, -1.0, 0.0);
+        }
+    );
+    check_tiles!(
+        rng,
+        TileQ5_0,
+        BlockQ8_0,
+        ActFormat::Q8_0,
+        tile1_q5_0,
+        tile4_q5_0,
+        scalar::dot_q5_0_q8_0,
+        |b: &mut BlockQ5_0, r: &mut StdRng| b.d = f16r(r, -0.1, 0.1)
+    );
+    check_tiles!(
+        rng,
+        TileQ5_1,
+        BlockQ8_1,
+        ActFormat::Q8_1,
+        tile1_q5_1,
+        tile4_q5_1,
+        scalar::dot_q5_1_q8_1,
+        |b: &mut BlockQ5_1, r: &mut StdRng| {
+            b.d = f16r(r, 0.0, 0.1);
+            b.m = f16r(r, -1.0, 0.0);
+        }
+    );
+    check_tiles!(
+        rng,
+        TileQ8_0,
+        BlockQ8_0,
+        ActFormat::Q8_0,
+        tile1_q8_0,
+        tile4_q8_0,
+        scalar::dot_q8_0_q8_0,
+        |b: &mut BlockQ8_0, r: &mut StdRng| b.d = f16r(r, -0.01, 0.01)
+    );
+    check_tiles!(
+        rng,
+        TileIq4Nl,
+        BlockQ8_0,
+        ActFormat::Q8_0,
+        tile1_iq4nl,
+        tile4_iq4nl,
+        scalar::dot_iq4nl_q8_0,
+        |b: &mut BlockIq4Nl, r: &mut StdRng| b.d = f16r(r, -0.1, 0.1)
+    );
+}
+
+/// Every tier's attention against the scalar reference, bit for bit: head dims with and without
+/// the reorganised path (multiples of 64), KV groups of 1-4 query heads, key counts around the
+/// key-block size, scores that keep rescaling the accumulator.
+#[test]
+fn attention_matches_scalar_on_every_tier() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let s = Kernels::scalar();
+    for hd in [64usize, 128, 96] {
+        for group in [1usize, 3, 4] {
+            for n_keys in [1usize, 5, 127, 128, 129, 300] {
+                let f16s = |rng: &mut StdRng, n: usize, sc: f32| -> Vec<u16> {
+                    rand_f32(rng, n, sc)
+                        .iter()
+                        .map(|&v| f32_to_f16(v))
+                        .collect()
+                };
+                // Keys grow along the sequence so later scores often exceed the running max.
+                let mut keys = f16s(&mut rng, n_keys * hd, 1.0);
+                for (j, k) in keys.chunks_mut(hd).enumerate() {
+                    for v in k.iter_mut() {
+                        *v = f32_to_f16(f16_to_f32(*v) * (1.0 + j as f32 * 0.01));
+                    }
+                }
+                let values = f16s(&mut rng, n_keys * hd, 2.0);
+                // Rows stored out of order, as the paged cache does.
+                let offsets: Vec<usize> = (0..n_keys).map(|j| ((j * 7) % n_keys) * hd).collect();
+                let kv = KvRows {
+                    keys: &keys,
+                    values: &values,
+                    offsets: &offsets,
+                };
+                let q = rand_f32(&mut rng, (group + 1) * hd, 3.0);
+                let heads = 1..group + 1;
+                let mut want = vec![0f32; (group + 1) * hd];
+                (s.attend)(&q, heads.clone(), hd, &kv, &mut want);
+                for k in Kernels::all_supported() {
+                    let mut got = vec![0f32; (group + 1) * hd];
+                    (k.attend)(&q, heads.clone(), hd, &kv, &mut got);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{} hd={hd} group={group} keys={n_keys}",
+                        k.tier
+                    );
+                }
+            }
+        }
+    }
 }

@@ -186,6 +186,20 @@ impl GgufFile {
         &self.data
     }
 
+    /// Drops the file's pages from this process's resident set (best effort): after the
+    /// loader has copied what it needs (repacked tiles, norms), the mapping is only read for
+    /// a few rows (embeddings), which fault back in on demand.
+    pub fn release_resident_pages(&self) {
+        #[cfg(unix)]
+        // SAFETY: the mapping is read-only and file-backed (`Mmap::map`), so MADV_DONTNEED only
+        // discards clean pages; a later read of any byte faults the same file contents back
+        // in, so every `&[u8]` into the map stays valid and keeps its value.
+        let _ = unsafe {
+            self.data
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
+    }
+
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.tensors
             .get(name)

@@ -166,15 +166,17 @@ impl Llama {
         let output = if g.tensors.contains_key("output.weight") {
             mat("output.weight", vocab_size, dim)?
         } else {
-            tok_embd
+            tok_embd.clone()
         };
         let rope_freqs = if g.tensors.contains_key("rope_freqs.weight") {
             Some(vecf("rope_freqs.weight", cfg.rope_dim / 2)?)
         } else {
             None
         };
+        let output_norm = vecf("output_norm.weight", dim)?;
+        g.release_resident_pages();
         Ok(Self {
-            output_norm: vecf("output_norm.weight", dim)?,
+            output_norm,
             cfg,
             tok_embd,
             output,
@@ -185,16 +187,22 @@ impl Llama {
     }
 
     pub fn weight_bytes(&self) -> usize {
-        let mut n = self.tok_embd.data.len();
-        if !std::ptr::eq(self.output.data, self.tok_embd.data) {
-            n += self.output.data.len();
-        }
-        for l in &self.layers {
-            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
-                n += m.data.len();
-            }
-        }
-        n
+        self.matrices().map(|m| m.data.len()).sum()
+    }
+
+    /// Heap bytes of the tiles repacked at load.
+    pub fn repacked_bytes(&self) -> usize {
+        self.matrices().map(|m| m.repacked_bytes()).sum()
+    }
+
+    /// Every weight matrix once (a tied output embedding counted with the embedding).
+    fn matrices(&self) -> impl Iterator<Item = &QMatrix<'static>> {
+        let output = (!self.output.same_as(&self.tok_embd)).then_some(&self.output);
+        std::iter::once(&self.tok_embd).chain(output).chain(
+            self.layers
+                .iter()
+                .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]),
+        )
     }
 
     pub fn forward(
@@ -274,7 +282,7 @@ impl Llama {
                     k,
                     acts_ref.for_matrix(m),
                     rows.clone(),
-                    &mut |t, r, v| unsafe { buf.write(t * width + r, v) },
+                    &mut |t, r, v| unsafe { buf.slice(t * width + r, v.len()).copy_from_slice(v) },
                 );
                 for t in 0..t_n {
                     // SAFETY: same disjoint column range, per token row.
@@ -361,13 +369,13 @@ impl Llama {
                     k,
                     acts_ref.for_matrix(&layer.w_gate),
                     rows.clone(),
-                    &mut |t, r, v| unsafe { hb.write(t * ffn + r, v) },
+                    &mut |t, r, v| unsafe { hb.slice(t * ffn + r, v.len()).copy_from_slice(v) },
                 );
                 layer.w_up.matmul_rows(
                     k,
                     acts_ref.for_matrix(&layer.w_up),
                     rows.clone(),
-                    &mut |t, r, v| unsafe { up.write(t * ffn + r, v) },
+                    &mut |t, r, v| unsafe { up.slice(t * ffn + r, v.len()).copy_from_slice(v) },
                 );
                 for t in 0..t_n {
                     // SAFETY: as above.
@@ -413,7 +421,7 @@ impl Llama {
             // SAFETY: disjoint vocabulary columns per chunk.
             self.output
                 .matmul_rows(k, acts_ref, rows, &mut |t, r, v| unsafe {
-                    lg.write(t * vocab + r, v)
+                    lg.slice(t * vocab + r, v.len()).copy_from_slice(v)
                 });
         });
         ws.acts.put(acts);
@@ -433,8 +441,11 @@ impl Llama {
         ctx.pool.run(w.rows.div_ceil(ROW_CHUNK), &|chunk| {
             let rows = chunk * ROW_CHUNK..((chunk + 1) * ROW_CHUNK).min(w.rows);
             // SAFETY: disjoint rows (columns of x) per chunk.
-            w.matmul_rows(k, acts, rows, &mut |t, r, v| unsafe {
-                xs.write(t * dim + r, xs.read(t * dim + r) + v);
+            w.matmul_rows(k, acts, rows, &mut |t, r, v| {
+                let dst = unsafe { xs.slice(t * dim + r, v.len()) };
+                for (d, &v) in dst.iter_mut().zip(v) {
+                    *d += v;
+                }
             });
         });
     }

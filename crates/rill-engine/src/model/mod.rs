@@ -95,6 +95,14 @@ impl Model {
             Model::Llama(m) => m.weight_bytes(),
         }
     }
+
+    /// Heap bytes of the weights repacked at load (they replace their mmap'd pages, which
+    /// are released from the resident set).
+    pub fn repacked_bytes(&self) -> usize {
+        match self {
+            Model::Llama(m) => m.repacked_bytes(),
+        }
+    }
 }
 
 pub use ops::Workspace;

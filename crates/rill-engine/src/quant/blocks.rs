@@ -31,7 +31,7 @@ pub fn f32_to_bf16(v: f32) -> u16 {
     ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ4_0 {
     pub d: u16,
@@ -39,7 +39,7 @@ pub struct BlockQ4_0 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ4_1 {
     pub d: u16,
@@ -48,7 +48,7 @@ pub struct BlockQ4_1 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ5_0 {
     pub d: u16,
@@ -57,7 +57,7 @@ pub struct BlockQ5_0 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ5_1 {
     pub d: u16,
@@ -67,7 +67,7 @@ pub struct BlockQ5_1 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ8_0 {
     pub d: u16,
@@ -106,7 +106,7 @@ pub struct BlockQ6K {
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 
 /// IQ4_NL: 32 non-linear 4-bit codes (indices into [`IQ4NL_VALUES`]) and one f16 scale.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockIq4Nl {
     pub d: u16,
@@ -230,3 +230,76 @@ pub fn cast_blocks<T: PodBlock>(bytes: &[u8]) -> Option<&[T]> {
     // pattern is a valid value.
     Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
 }
+
+// ---- Interleaved tiles (see `super::repack`) ----
+
+/// Weight rows per interleaved tile: one output row per f32 lane of an AVX2 vector.
+pub const TILE_ROWS: usize = 8;
+
+/// 8 rows' Q4_0 blocks of one column block. `qs[32 * g + 4 * j + k]` is row `j`'s byte
+/// `4 * g + k` (g in 0..4): one 32-byte load gives group `g` (low nibbles, elements 4g..4g+4)
+/// and group `g + 4` (high nibbles) of all 8 rows.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileQ4_0 {
+    pub d: [u16; TILE_ROWS],
+    pub qs: [u8; 128],
+}
+const _: () = assert!(std::mem::size_of::<TileQ4_0>() == TILE_ROWS * 18);
+
+/// 8 rows' IQ4_NL blocks, laid out as [`TileQ4_0`] (the nibbles index [`IQ4NL_VALUES`]).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileIq4Nl {
+    pub d: [u16; TILE_ROWS],
+    pub qs: [u8; 128],
+}
+const _: () = assert!(std::mem::size_of::<TileIq4Nl>() == TILE_ROWS * 18);
+
+/// 8 rows' Q4_1 blocks: scales, offsets, nibbles as in [`TileQ4_0`].
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileQ4_1 {
+    pub d: [u16; TILE_ROWS],
+    pub m: [u16; TILE_ROWS],
+    pub qs: [u8; 128],
+}
+const _: () = assert!(std::mem::size_of::<TileQ4_1>() == TILE_ROWS * 20);
+
+/// 8 rows' Q5_0 blocks: nibbles as in [`TileQ4_0`]; `qh[g]` bit `4 * j + k` is the fifth bit
+/// of row `j`'s element `4 * g + k` (g in 0..8), matching the byte order of group `g`'s vector.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileQ5_0 {
+    pub d: [u16; TILE_ROWS],
+    pub qh: [u32; 8],
+    pub qs: [u8; 128],
+}
+const _: () = assert!(std::mem::size_of::<TileQ5_0>() == TILE_ROWS * 22);
+
+/// 8 rows' Q5_1 blocks: as [`TileQ5_0`] plus the offsets.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileQ5_1 {
+    pub d: [u16; TILE_ROWS],
+    pub m: [u16; TILE_ROWS],
+    pub qh: [u32; 8],
+    pub qs: [u8; 128],
+}
+const _: () = assert!(std::mem::size_of::<TileQ5_1>() == TILE_ROWS * 24);
+
+/// 8 rows' Q8_0 blocks: `qs[32 * g + 4 * j + k]` is row `j`'s value `4 * g + k` (g in 0..8).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileQ8_0 {
+    pub d: [u16; TILE_ROWS],
+    pub qs: [i8; 256],
+}
+const _: () = assert!(std::mem::size_of::<TileQ8_0>() == TILE_ROWS * 34);
+
+unsafe impl PodBlock for TileQ4_0 {}
+unsafe impl PodBlock for TileIq4Nl {}
+unsafe impl PodBlock for TileQ4_1 {}
+unsafe impl PodBlock for TileQ5_0 {}
+unsafe impl PodBlock for TileQ5_1 {}
+unsafe impl PodBlock for TileQ8_0 {}

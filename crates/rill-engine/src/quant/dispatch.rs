@@ -2,7 +2,7 @@
 //! the `unsafe` SIMD functions; [`Kernels::scalar`] is always available and is the reference.
 
 use super::blocks::*;
-use super::{kquants, scalar};
+use super::{kquants, scalar, ActMeta};
 
 /// The instruction-set tier a kernel set was built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,12 +26,11 @@ impl std::fmt::Display for KernelTier {
 pub type Dot<W, A> = fn(&[W], &[A]) -> f32;
 /// A weight row against four activation rows, each pair bit-identical to [`Dot`].
 pub type Dot4<W, A> = fn(&[W], [&[A]; 4]) -> [f32; 4];
-/// 2 weight rows x 4 activation rows; the third argument holds each activation row's block
-/// scales widened to f32 (`QuantActs::row_scales`).
-pub type Dot2x4<W, A> = fn([&[W]; 2], [&[A]; 4], [(&[f32], &[f32]); 4]) -> [[f32; 4]; 2];
-
-/// 4 weight rows x 1 activation row (single-stream decode), scales as for [`Dot2x4`].
-pub type Dot4x1<W, A> = fn([&[W]; 4], [&[A]; 1], [(&[f32], &[f32]); 1]) -> [[f32; 1]; 4];
+/// One tile row (8 weight rows, `repack`) against N activation rows with their per-block
+/// values (`QuantActs::row_meta`): `out[n][j]` is row j against activation n, bit-identical
+/// to `scalar::dot32` on the unpacked rows.
+pub type TileMul<T, A, const N: usize> =
+    fn(&[T], [&[A]; N], [ActMeta<'_>; N]) -> [[f32; TILE_ROWS]; N];
 
 /// Attention for a group of query heads over one sequence's K/V rows (see `scalar::attend`).
 pub type AttendFn = fn(&[f32], std::ops::Range<usize>, usize, &scalar::KvRows<'_>, &mut [f32]);
@@ -41,12 +40,6 @@ pub type AttendFn = fn(&[f32], std::ops::Range<usize>, usize, &scalar::KvRows<'_
 #[derive(Clone, Copy)]
 pub struct Kernels {
     pub tier: KernelTier,
-    pub dot_q4_0_q8_0: Dot<BlockQ4_0, BlockQ8_0>,
-    pub dot_q4_1_q8_1: Dot<BlockQ4_1, BlockQ8_1>,
-    pub dot_q5_0_q8_0: Dot<BlockQ5_0, BlockQ8_0>,
-    pub dot_q5_1_q8_1: Dot<BlockQ5_1, BlockQ8_1>,
-    pub dot_q8_0_q8_0: Dot<BlockQ8_0, BlockQ8_0>,
-    pub dot_iq4nl_q8_0: Dot<BlockIq4Nl, BlockQ8_0>,
     pub dot_q2k_q8k: Dot<BlockQ2K, BlockQ8K>,
     pub dot_q3k_q8k: Dot<BlockQ3K, BlockQ8K>,
     pub dot_q4k_q8k: Dot<BlockQ4K, BlockQ8K>,
@@ -59,18 +52,18 @@ pub struct Kernels {
     pub dot4_q5k_q8k: Dot4<BlockQ5K, BlockQ8K>,
     pub dot4_q6k_q8k: Dot4<BlockQ6K, BlockQ8K>,
     pub dot4_iq4xs_q8k: Dot4<BlockIq4Xs, BlockQ8K>,
-    pub dot2x4_q4_0_q8_0: Dot2x4<BlockQ4_0, BlockQ8_0>,
-    pub dot2x4_q4_1_q8_1: Dot2x4<BlockQ4_1, BlockQ8_1>,
-    pub dot2x4_q5_0_q8_0: Dot2x4<BlockQ5_0, BlockQ8_0>,
-    pub dot2x4_q5_1_q8_1: Dot2x4<BlockQ5_1, BlockQ8_1>,
-    pub dot2x4_q8_0_q8_0: Dot2x4<BlockQ8_0, BlockQ8_0>,
-    pub dot2x4_iq4nl_q8_0: Dot2x4<BlockIq4Nl, BlockQ8_0>,
-    pub dot4x1_q4_0_q8_0: Dot4x1<BlockQ4_0, BlockQ8_0>,
-    pub dot4x1_q4_1_q8_1: Dot4x1<BlockQ4_1, BlockQ8_1>,
-    pub dot4x1_q5_0_q8_0: Dot4x1<BlockQ5_0, BlockQ8_0>,
-    pub dot4x1_q5_1_q8_1: Dot4x1<BlockQ5_1, BlockQ8_1>,
-    pub dot4x1_q8_0_q8_0: Dot4x1<BlockQ8_0, BlockQ8_0>,
-    pub dot4x1_iq4nl_q8_0: Dot4x1<BlockIq4Nl, BlockQ8_0>,
+    pub tile1_q4_0: TileMul<TileQ4_0, BlockQ8_0, 1>,
+    pub tile4_q4_0: TileMul<TileQ4_0, BlockQ8_0, 4>,
+    pub tile1_q4_1: TileMul<TileQ4_1, BlockQ8_1, 1>,
+    pub tile4_q4_1: TileMul<TileQ4_1, BlockQ8_1, 4>,
+    pub tile1_q5_0: TileMul<TileQ5_0, BlockQ8_0, 1>,
+    pub tile4_q5_0: TileMul<TileQ5_0, BlockQ8_0, 4>,
+    pub tile1_q5_1: TileMul<TileQ5_1, BlockQ8_1, 1>,
+    pub tile4_q5_1: TileMul<TileQ5_1, BlockQ8_1, 4>,
+    pub tile1_q8_0: TileMul<TileQ8_0, BlockQ8_0, 1>,
+    pub tile4_q8_0: TileMul<TileQ8_0, BlockQ8_0, 4>,
+    pub tile1_iq4nl: TileMul<TileIq4Nl, BlockQ8_0, 1>,
+    pub tile4_iq4nl: TileMul<TileIq4Nl, BlockQ8_0, 4>,
     pub dot_f32: Dot<f32, f32>,
     pub dot_bf16: Dot<u16, u16>,
     pub dot_f16_f16: Dot<u16, u16>,
@@ -88,12 +81,6 @@ impl Kernels {
     pub fn scalar() -> Self {
         Self {
             tier: KernelTier::Scalar,
-            dot_q4_0_q8_0: scalar::dot_q4_0_q8_0,
-            dot_q4_1_q8_1: scalar::dot_q4_1_q8_1,
-            dot_q5_0_q8_0: scalar::dot_q5_0_q8_0,
-            dot_q5_1_q8_1: scalar::dot_q5_1_q8_1,
-            dot_q8_0_q8_0: scalar::dot_q8_0_q8_0,
-            dot_iq4nl_q8_0: scalar::dot_iq4nl_q8_0,
             dot_q2k_q8k: kquants::dot_q2k_q8k,
             dot_q3k_q8k: kquants::dot_q3k_q8k,
             dot_q4k_q8k: kquants::dot_q4k_q8k,
@@ -106,18 +93,18 @@ impl Kernels {
             dot4_q5k_q8k: |x, y| y.map(|a| kquants::dot_q5k_q8k(x, a)),
             dot4_q6k_q8k: |x, y| y.map(|a| kquants::dot_q6k_q8k(x, a)),
             dot4_iq4xs_q8k: |x, y| y.map(|a| kquants::dot_iq4xs_q8k(x, a)),
-            dot2x4_q4_0_q8_0: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q4_0_q8_0(r, a))),
-            dot2x4_q4_1_q8_1: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q4_1_q8_1(r, a))),
-            dot2x4_q5_0_q8_0: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q5_0_q8_0(r, a))),
-            dot2x4_q5_1_q8_1: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q5_1_q8_1(r, a))),
-            dot2x4_q8_0_q8_0: |x, y, _| x.map(|r| y.map(|a| scalar::dot_q8_0_q8_0(r, a))),
-            dot2x4_iq4nl_q8_0: |x, y, _| x.map(|r| y.map(|a| scalar::dot_iq4nl_q8_0(r, a))),
-            dot4x1_q4_0_q8_0: |x, y, _| x.map(|r| [scalar::dot_q4_0_q8_0(r, y[0])]),
-            dot4x1_q4_1_q8_1: |x, y, _| x.map(|r| [scalar::dot_q4_1_q8_1(r, y[0])]),
-            dot4x1_q5_0_q8_0: |x, y, _| x.map(|r| [scalar::dot_q5_0_q8_0(r, y[0])]),
-            dot4x1_q5_1_q8_1: |x, y, _| x.map(|r| [scalar::dot_q5_1_q8_1(r, y[0])]),
-            dot4x1_q8_0_q8_0: |x, y, _| x.map(|r| [scalar::dot_q8_0_q8_0(r, y[0])]),
-            dot4x1_iq4nl_q8_0: |x, y, _| x.map(|r| [scalar::dot_iq4nl_q8_0(r, y[0])]),
+            tile1_q4_0: |t, y, _| scalar::tiles(t, y),
+            tile4_q4_0: |t, y, _| scalar::tiles(t, y),
+            tile1_q4_1: |t, y, _| scalar::tiles(t, y),
+            tile4_q4_1: |t, y, _| scalar::tiles(t, y),
+            tile1_q5_0: |t, y, _| scalar::tiles(t, y),
+            tile4_q5_0: |t, y, _| scalar::tiles(t, y),
+            tile1_q5_1: |t, y, _| scalar::tiles(t, y),
+            tile4_q5_1: |t, y, _| scalar::tiles(t, y),
+            tile1_q8_0: |t, y, _| scalar::tiles(t, y),
+            tile4_q8_0: |t, y, _| scalar::tiles(t, y),
+            tile1_iq4nl: |t, y, _| scalar::tiles(t, y),
+            tile4_iq4nl: |t, y, _| scalar::tiles(t, y),
             dot_f32: scalar::dot_f32,
             dot_bf16: scalar::dot_bf16,
             dot_f16_f16: scalar::dot_f16_f16,
@@ -177,10 +164,10 @@ impl Kernels {
 mod x86_sets {
     use super::*;
 
-    /// The scale arrays of a kernel called without pre-widened activation scales.
-    const NO_SCALES: [(&[f32], &[f32]); 1] = [(&[], &[])];
     use crate::quant::x86;
     use crate::quant::x86_kquants::avx2 as xk;
+    // The tile kernels are AVX2 in both tiers (see `x86_tiles`).
+    use crate::quant::x86_tiles as xt;
 
     /// Wraps each `unsafe` ISA function of module `$m` in a safe fn. Only reachable through
     /// `all_supported`, which checked the features first.
@@ -191,24 +178,6 @@ mod x86_sets {
                 // SAFETY (all below): `all_supported` verified this tier's CPU features before
                 // building this set. The block kernels check slice lengths themselves (asserts
                 // and bounds-checked indexing).
-                dot_q4_0_q8_0: |x, y| unsafe {
-                    x86::$m::dot_q4_0_q8_0::<1, 1, false>([x], [y], NO_SCALES)[0][0]
-                },
-                dot_q4_1_q8_1: |x, y| unsafe {
-                    x86::$m::dot_q4_1_q8_1::<1, 1, false>([x], [y], NO_SCALES)[0][0]
-                },
-                dot_q5_0_q8_0: |x, y| unsafe {
-                    x86::$m::dot_q5_0_q8_0::<1, 1, false>([x], [y], NO_SCALES)[0][0]
-                },
-                dot_q5_1_q8_1: |x, y| unsafe {
-                    x86::$m::dot_q5_1_q8_1::<1, 1, false>([x], [y], NO_SCALES)[0][0]
-                },
-                dot_q8_0_q8_0: |x, y| unsafe {
-                    x86::$m::dot_q8_0_q8_0::<1, 1, false>([x], [y], NO_SCALES)[0][0]
-                },
-                dot_iq4nl_q8_0: |x, y| unsafe {
-                    x86::$m::dot_iq4nl_q8_0::<1, 1, false>([x], [y], NO_SCALES)[0][0]
-                },
                 dot_q2k_q8k: |x, y| unsafe { xk::dot_q2k_q8k::<1>(x, [y])[0] },
                 dot_q3k_q8k: |x, y| unsafe { xk::dot_q3k_q8k::<1>(x, [y])[0] },
                 dot_q4k_q8k: |x, y| unsafe { xk::dot_q4k_q8k::<1>(x, [y])[0] },
@@ -221,42 +190,18 @@ mod x86_sets {
                 dot4_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<4>(x, y) },
                 dot4_q6k_q8k: |x, y| unsafe { xk::dot_q6k_q8k::<4>(x, y) },
                 dot4_iq4xs_q8k: |x, y| unsafe { xk::dot_iq4xs_q8k::<4>(x, y) },
-                dot2x4_q4_0_q8_0: |x, y, s| unsafe {
-                    x86::$m::dot_q4_0_q8_0::<2, 4, true>(x, y, s)
-                },
-                dot2x4_q4_1_q8_1: |x, y, s| unsafe {
-                    x86::$m::dot_q4_1_q8_1::<2, 4, true>(x, y, s)
-                },
-                dot2x4_q5_0_q8_0: |x, y, s| unsafe {
-                    x86::$m::dot_q5_0_q8_0::<2, 4, true>(x, y, s)
-                },
-                dot2x4_q5_1_q8_1: |x, y, s| unsafe {
-                    x86::$m::dot_q5_1_q8_1::<2, 4, true>(x, y, s)
-                },
-                dot2x4_q8_0_q8_0: |x, y, s| unsafe {
-                    x86::$m::dot_q8_0_q8_0::<2, 4, true>(x, y, s)
-                },
-                dot2x4_iq4nl_q8_0: |x, y, s| unsafe {
-                    x86::$m::dot_iq4nl_q8_0::<2, 4, true>(x, y, s)
-                },
-                dot4x1_q4_0_q8_0: |x, y, s| unsafe {
-                    x86::$m::dot_q4_0_q8_0::<4, 1, true>(x, y, s)
-                },
-                dot4x1_q4_1_q8_1: |x, y, s| unsafe {
-                    x86::$m::dot_q4_1_q8_1::<4, 1, true>(x, y, s)
-                },
-                dot4x1_q5_0_q8_0: |x, y, s| unsafe {
-                    x86::$m::dot_q5_0_q8_0::<4, 1, true>(x, y, s)
-                },
-                dot4x1_q5_1_q8_1: |x, y, s| unsafe {
-                    x86::$m::dot_q5_1_q8_1::<4, 1, true>(x, y, s)
-                },
-                dot4x1_q8_0_q8_0: |x, y, s| unsafe {
-                    x86::$m::dot_q8_0_q8_0::<4, 1, true>(x, y, s)
-                },
-                dot4x1_iq4nl_q8_0: |x, y, s| unsafe {
-                    x86::$m::dot_iq4nl_q8_0::<4, 1, true>(x, y, s)
-                },
+                tile1_q4_0: |t, y, m| unsafe { xt::tiles_q4_0::<1>(t, y, m) },
+                tile4_q4_0: |t, y, m| unsafe { xt::tiles_q4_0::<4>(t, y, m) },
+                tile1_q4_1: |t, y, m| unsafe { xt::tiles_q4_1::<1>(t, y, m) },
+                tile4_q4_1: |t, y, m| unsafe { xt::tiles_q4_1::<4>(t, y, m) },
+                tile1_q5_0: |t, y, m| unsafe { xt::tiles_q5_0::<1>(t, y, m) },
+                tile4_q5_0: |t, y, m| unsafe { xt::tiles_q5_0::<4>(t, y, m) },
+                tile1_q5_1: |t, y, m| unsafe { xt::tiles_q5_1::<1>(t, y, m) },
+                tile4_q5_1: |t, y, m| unsafe { xt::tiles_q5_1::<4>(t, y, m) },
+                tile1_q8_0: |t, y, m| unsafe { xt::tiles_q8_0::<1>(t, y, m) },
+                tile4_q8_0: |t, y, m| unsafe { xt::tiles_q8_0::<4>(t, y, m) },
+                tile1_iq4nl: |t, y, m| unsafe { xt::tiles_iq4nl::<1>(t, y, m) },
+                tile4_iq4nl: |t, y, m| unsafe { xt::tiles_iq4nl::<4>(t, y, m) },
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
                 dot_bf16: |x, y| unsafe { x86::$m::dot_bf16(x, y) },
                 dot_f16_f16: |x, y| unsafe { x86::$m::dot_f16_f16(x, y) },

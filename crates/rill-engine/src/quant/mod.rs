@@ -1,21 +1,29 @@
 //! Quantized tensors and the products the model runs on them.
 //!
-//! A weight matrix ([`QMatrix`]) stays in the mmap in its GGUF encoding. Activations are
-//! quantized once per step into the 8-bit block type ggml pairs with that weight type
-//! ([`ActFormat`]), then every weight row is dotted with every activation row of the batch while
-//! the row is hot in L1: each weight block is read from memory once per step, whatever the batch.
+//! A weight matrix ([`QMatrix`]) of a 32-element block format is repacked at load into
+//! interleaved tiles of 8 rows ([`repack`]); the super-block and float formats stay in the mmap
+//! in their GGUF encoding. Activations are quantized once per step into the 8-bit block type
+//! ggml pairs with that weight type ([`ActFormat`]); then each tile row (or weight row) is
+//! multiplied with the activation rows of the batch, a few at a time, while it is hot in L1:
+//! each weight byte is read from memory once per step, whatever the batch.
 
 pub mod blocks;
 pub mod dispatch;
 pub mod kquants;
+pub mod repack;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_kquants;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_tiles;
+
+use std::sync::Arc;
 
 use blocks::*;
 pub use dispatch::{KernelTier, Kernels};
+use repack::Tiles;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgmlType;
@@ -81,6 +89,20 @@ pub struct QuantActs {
     /// widened to f32, so batched kernels do not convert them once per weight row.
     scales_d: Vec<f32>,
     scales_s: Vec<f32>,
+    /// Per row, per block: the sum of the 32 quants (Q8_0 only), with which the tile kernels
+    /// take Q4_0's and Q5_0's offsets off exactly.
+    sums: Vec<i32>,
+}
+
+/// One activation row's per-block values that the tile kernels read besides the quants.
+#[derive(Clone, Copy)]
+pub struct ActMeta<'a> {
+    /// Block scales `d` as f32.
+    pub d: &'a [f32],
+    /// Q8_1's `s = d * sum(qs)` as f32 (empty otherwise).
+    pub s: &'a [f32],
+    /// Q8_0's exact `sum(qs)` (empty otherwise).
+    pub sum: &'a [i32],
 }
 
 impl QuantActs {
@@ -93,6 +115,7 @@ impl QuantActs {
             buf: Vec::new(),
             scales_d: Vec::new(),
             scales_s: Vec::new(),
+            sums: Vec::new(),
         }
     }
 
@@ -116,17 +139,24 @@ impl QuantActs {
 
     fn widen_scales(&mut self) {
         let nb = self.cols / QK;
-        let (mut sd, mut ss) = (
+        let (mut sd, mut ss, mut sums) = (
             std::mem::take(&mut self.scales_d),
             std::mem::take(&mut self.scales_s),
+            std::mem::take(&mut self.sums),
         );
         sd.clear();
         ss.clear();
+        sums.clear();
         for r in 0..self.rows {
             match self.format {
                 ActFormat::Q8_0 => {
                     let blocks: &[BlockQ8_0] = cast_ref(self.row(r));
                     sd.extend(blocks.iter().map(|b| f16_to_f32(b.d)));
+                    sums.extend(
+                        blocks
+                            .iter()
+                            .map(|b| b.qs.iter().map(|&q| q as i32).sum::<i32>()),
+                    );
                 }
                 ActFormat::Q8_1 => {
                     let blocks: &[BlockQ8_1] = cast_ref(self.row(r));
@@ -139,14 +169,18 @@ impl QuantActs {
         debug_assert!(sd.is_empty() || sd.len() == self.rows * nb);
         self.scales_d = sd;
         self.scales_s = ss;
+        self.sums = sums;
     }
 
-    /// Row `r`'s block scales as f32 (Q8_0/Q8_1 only; empty otherwise).
-    pub fn row_scales(&self, r: usize) -> (&[f32], &[f32]) {
+    /// Row `r`'s per-block scales and sums (Q8_0/Q8_1 only; empty slices otherwise).
+    pub fn row_meta(&self, r: usize) -> ActMeta<'_> {
         let nb = self.cols / QK;
-        let d = self.scales_d.get(r * nb..(r + 1) * nb).unwrap_or(&[]);
-        let s = self.scales_s.get(r * nb..(r + 1) * nb).unwrap_or(&[]);
-        (d, s)
+        let range = r * nb..(r + 1) * nb;
+        ActMeta {
+            d: self.scales_d.get(range.clone()).unwrap_or(&[]),
+            s: self.scales_s.get(range.clone()).unwrap_or(&[]),
+            sum: self.sums.get(range).unwrap_or(&[]),
+        }
     }
 
     /// Quantizes one range of columns of one row (block-aligned) in place: lets a thread that
@@ -221,14 +255,21 @@ unsafe impl ActBlock for f32 {}
 /// How far ahead of the row being multiplied the weight stream is prefetched.
 const PREFETCH_ROWS_AHEAD: usize = 8;
 
-/// A 2-D weight matrix in its GGUF encoding: `rows` rows of `cols` elements, row-major.
-#[derive(Clone, Copy)]
+/// Activation rows per pass over a tile range: keeps the activations of one pass in L2 beside
+/// the weight tiles (64 rows of a 1536-wide Q8_1 input are 110 KiB).
+const ACT_BLOCK: usize = 64;
+
+/// A 2-D weight matrix: `rows` rows of `cols` elements, as GGUF encodes it (row-major, `data`)
+/// and, for the 32-element block formats, repacked into interleaved tiles that the products
+/// read instead (`data` then serves only single-row look-ups such as embeddings).
+#[derive(Clone)]
 pub struct QMatrix<'a> {
     pub dtype: GgmlType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
     row_bytes: usize,
+    tiles: Option<Arc<Tiles>>,
 }
 
 impl<'a> QMatrix<'a> {
@@ -262,13 +303,43 @@ impl<'a> QMatrix<'a> {
                 reason: "data is misaligned".into(),
             });
         }
-        Ok(Self {
+        let mut m = Self {
             dtype,
             rows,
             cols,
             data,
             row_bytes,
+            tiles: None,
+        };
+        m.tiles = m.repack().map(Arc::new);
+        Ok(m)
+    }
+
+    /// The interleaved tiles of a 32-element block format (None for the others).
+    fn repack(&self) -> Option<Tiles> {
+        use repack::Tiled;
+        fn pack<T: Tiled>(m: &QMatrix<'_>) -> Tiles {
+            Tiles::pack::<T>(m.rows, m.cols / QK, |r| cast_weights(m.row_bytes(r)))
+        }
+        Some(match self.dtype {
+            GgmlType::Q4_0 => pack::<TileQ4_0>(self),
+            GgmlType::Q4_1 => pack::<TileQ4_1>(self),
+            GgmlType::Q5_0 => pack::<TileQ5_0>(self),
+            GgmlType::Q5_1 => pack::<TileQ5_1>(self),
+            GgmlType::Q8_0 => pack::<TileQ8_0>(self),
+            GgmlType::Iq4Nl => pack::<TileIq4Nl>(self),
+            _ => return None,
         })
+    }
+
+    /// Heap bytes of the repacked tiles (0 for a matrix read from the mmap).
+    pub fn repacked_bytes(&self) -> usize {
+        self.tiles.as_ref().map_or(0, |t| t.bytes())
+    }
+
+    /// Whether two handles share one matrix (a tied output embedding).
+    pub fn same_as(&self, other: &QMatrix<'_>) -> bool {
+        std::ptr::eq(self.data, other.data)
     }
 
     pub fn act_format(&self) -> ActFormat {
@@ -280,14 +351,15 @@ impl<'a> QMatrix<'a> {
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
-    /// out[t * out_stride + (r - rows.start)] = dot(row r, activation row t) for all t, for the
-    /// weight rows in `rows`. `out` is this caller's window of the output.
+    /// The products of the weight rows in `rows` with every activation row: `out(t, r, v)`
+    /// receives `v[i] = dot(weight row r + i, activation row t)` for a run of consecutive rows
+    /// (up to 8; every (t, r) of the ranges exactly once).
     pub fn matmul_rows(
         &self,
         k: &Kernels,
         acts: &QuantActs,
         rows: std::ops::Range<usize>,
-        out: &mut dyn FnMut(usize, usize, f32),
+        out: &mut dyn FnMut(usize, usize, &[f32]),
     ) {
         // Reading activations of another format would be garbage, not an error: refuse loudly.
         assert_eq!(
@@ -301,7 +373,7 @@ impl<'a> QMatrix<'a> {
                     let w: &[$wt] = cast_weights(self.row_bytes(r));
                     for t in 0..acts.rows {
                         let a: &[$at] = cast_ref(acts.row(t));
-                        out(t, r, $f(w, a));
+                        out(t, r, &[$f(w, a)]);
                     }
                 }
             }};
@@ -324,7 +396,7 @@ impl<'a> QMatrix<'a> {
                     for t in (0..quads).step_by(4) {
                         let v = $f4(w, [arow(t), arow(t + 1), arow(t + 2), arow(t + 3)]);
                         for (j, &x) in v.iter().enumerate() {
-                            out(t + j, r, x);
+                            out(t + j, r, &[x]);
                         }
                     }
                     if left >= 2 {
@@ -336,139 +408,21 @@ impl<'a> QMatrix<'a> {
                         ];
                         let v = $f4(w, ix.map(arow));
                         for (j, &x) in v.iter().take(left).enumerate() {
-                            out(quads + j, r, x);
+                            out(quads + j, r, &[x]);
                         }
                     } else if left == 1 {
-                        out(quads, r, $f1(w, arow(quads)));
-                    }
-                }
-            }};
-        }
-        // The 32-element block formats have blocked kernels:
-        // - one activation row: memory-bound, so one sequential weight stream with prefetch
-        //   (measured: 63 tok/s single-thread decode vs 54 with 4 interleaved rows);
-        // - several: 2 weight rows x 4 activation rows per call, each weight block unpacked once
-        //   for 4 activations; 2-3 leftover activations go through one padded 2x4 call, a single
-        //   leftover through the one-row kernel.
-        macro_rules! blocked {
-            ($wt:ty, $at:ty, $f1:expr, $f2x4:expr, $f4x1:expr) => {{
-                let wrow = |r: usize| -> &[$wt] { cast_weights(self.row_bytes(r)) };
-                let arow = |t: usize| -> &[$at] { cast_ref(acts.row(t)) };
-                let mut r = rows.start;
-                if acts.rows == 1 {
-                    // Single-stream decode: 4 weight rows at a time keep 4 independent FMA
-                    // chains in flight (one row's chain is latency-bound), still one
-                    // sequential weight stream.
-                    while r + 4 <= rows.end {
-                        for ahead in 0..4 {
-                            self.prefetch_row(r + PREFETCH_ROWS_AHEAD + ahead);
-                        }
-                        let w = [wrow(r), wrow(r + 1), wrow(r + 2), wrow(r + 3)];
-                        let v = $f4x1(w, [arow(0)], [acts.row_scales(0)]);
-                        for (i, x) in v.iter().enumerate() {
-                            out(0, r + i, x[0]);
-                        }
-                        r += 4;
-                    }
-                } else {
-                    let quads = acts.rows / 4 * 4;
-                    while r + 2 <= rows.end {
-                        let w = [wrow(r), wrow(r + 1)];
-                        for t in (0..quads).step_by(4) {
-                            let sc = |a: usize| acts.row_scales(t + a);
-                            let v = $f2x4(
-                                w,
-                                [arow(t), arow(t + 1), arow(t + 2), arow(t + 3)],
-                                [sc(0), sc(1), sc(2), sc(3)],
-                            );
-                            for (i, row) in v.iter().enumerate() {
-                                for (j, &x) in row.iter().enumerate() {
-                                    out(t + j, r + i, x);
-                                }
-                            }
-                        }
-                        let left = acts.rows - quads;
-                        if left >= 2 {
-                            // 2 or 3 leftover rows: one more 2x4 call with the last row repeated
-                            // beats a single-row dot per leftover (measured: 3 rows 13 ms per
-                            // step instead of 17; results are the same bits either way).
-                            let last = acts.rows - 1;
-                            let t = quads;
-                            let ix = [t, t + 1, (t + 2).min(last), (t + 3).min(last)];
-                            let v = $f2x4(
-                                w,
-                                [arow(ix[0]), arow(ix[1]), arow(ix[2]), arow(ix[3])],
-                                ix.map(|i| acts.row_scales(i)),
-                            );
-                            for (i, row) in v.iter().enumerate() {
-                                for (j, &x) in row.iter().take(left).enumerate() {
-                                    out(t + j, r + i, x);
-                                }
-                            }
-                        } else {
-                            for t in quads..acts.rows {
-                                for (i, w) in w.iter().enumerate() {
-                                    out(t, r + i, $f1(w, arow(t)));
-                                }
-                            }
-                        }
-                        r += 2;
-                    }
-                }
-                for r in r..rows.end {
-                    self.prefetch_row(r + PREFETCH_ROWS_AHEAD);
-                    let w = wrow(r);
-                    for t in 0..acts.rows {
-                        out(t, r, $f1(w, arow(t)));
+                        out(quads, r, &[$f1(w, arow(quads))]);
                     }
                 }
             }};
         }
         match self.dtype {
-            GgmlType::Q4_1 => blocked!(
-                BlockQ4_1,
-                BlockQ8_1,
-                k.dot_q4_1_q8_1,
-                k.dot2x4_q4_1_q8_1,
-                k.dot4x1_q4_1_q8_1
-            ),
-            GgmlType::Q8_0 => blocked!(
-                BlockQ8_0,
-                BlockQ8_0,
-                k.dot_q8_0_q8_0,
-                k.dot2x4_q8_0_q8_0,
-                k.dot4x1_q8_0_q8_0
-            ),
-            GgmlType::Q4_0 => blocked!(
-                BlockQ4_0,
-                BlockQ8_0,
-                k.dot_q4_0_q8_0,
-                k.dot2x4_q4_0_q8_0,
-                k.dot4x1_q4_0_q8_0
-            ),
-            GgmlType::Q5_0 => blocked!(
-                BlockQ5_0,
-                BlockQ8_0,
-                k.dot_q5_0_q8_0,
-                k.dot2x4_q5_0_q8_0,
-                k.dot4x1_q5_0_q8_0
-            ),
-            GgmlType::Q5_1 => blocked!(
-                BlockQ5_1,
-                BlockQ8_1,
-                k.dot_q5_1_q8_1,
-                k.dot2x4_q5_1_q8_1,
-                k.dot4x1_q5_1_q8_1
-            ),
-            GgmlType::Iq4Nl => {
-                blocked!(
-                    BlockIq4Nl,
-                    BlockQ8_0,
-                    k.dot_iq4nl_q8_0,
-                    k.dot2x4_iq4nl_q8_0,
-                    k.dot4x1_iq4nl_q8_0
-                )
-            }
+            GgmlType::Q4_0 => self.tiled(k.tile1_q4_0, k.tile4_q4_0, acts, rows, out),
+            GgmlType::Q4_1 => self.tiled(k.tile1_q4_1, k.tile4_q4_1, acts, rows, out),
+            GgmlType::Q5_0 => self.tiled(k.tile1_q5_0, k.tile4_q5_0, acts, rows, out),
+            GgmlType::Q5_1 => self.tiled(k.tile1_q5_1, k.tile4_q5_1, acts, rows, out),
+            GgmlType::Q8_0 => self.tiled(k.tile1_q8_0, k.tile4_q8_0, acts, rows, out),
+            GgmlType::Iq4Nl => self.tiled(k.tile1_iq4nl, k.tile4_iq4nl, acts, rows, out),
             GgmlType::Q2K => quad!(BlockQ2K, BlockQ8K, k.dot_q2k_q8k, k.dot4_q2k_q8k),
             GgmlType::Q3K => quad!(BlockQ3K, BlockQ8K, k.dot_q3k_q8k, k.dot4_q3k_q8k),
             GgmlType::Q4K => quad!(BlockQ4K, BlockQ8K, k.dot_q4k_q8k, k.dot4_q4k_q8k),
@@ -479,6 +433,56 @@ impl<'a> QMatrix<'a> {
             GgmlType::Bf16 => run!(u16, u16, k.dot_bf16),
             GgmlType::F32 => run!(f32, f32, k.dot_f32),
             GgmlType::Other(_) => {}
+        }
+    }
+
+    /// The tiled product: for each block of [`ACT_BLOCK`] activation rows, each tile row
+    /// (8 weight rows) against 4 activation rows per call, leftovers one by one (the same bits
+    /// either way). The tile rows of `rows` are computed whole; outputs outside `rows` (of a
+    /// range that does not start or end on a multiple of 8) are dropped.
+    fn tiled<T: repack::Tiled, A: ActBlock>(
+        &self,
+        f1: dispatch::TileMul<T, A, 1>,
+        f4: dispatch::TileMul<T, A, 4>,
+        acts: &QuantActs,
+        rows: std::ops::Range<usize>,
+        out: &mut dyn FnMut(usize, usize, &[f32]),
+    ) {
+        let Some(tiles) = self.tiles.as_deref() else {
+            unreachable!("32-element formats are repacked in QMatrix::new")
+        };
+        let arow = |t: usize| -> &[A] { cast_ref(acts.row(t)) };
+        let tile_rows = rows.start / TILE_ROWS..rows.end.div_ceil(TILE_ROWS);
+        let mut emit = |t: usize, rt: usize, v: &[f32; TILE_ROWS]| {
+            let r0 = (rt * TILE_ROWS).max(rows.start);
+            let r1 = (rt * TILE_ROWS + TILE_ROWS).min(rows.end);
+            out(t, r0, &v[r0 - rt * TILE_ROWS..r1 - rt * TILE_ROWS]);
+        };
+        for a0 in (0..acts.rows).step_by(ACT_BLOCK) {
+            let a1 = (a0 + ACT_BLOCK).min(acts.rows);
+            // The block's rows and per-block values, looked up once for all tile rows.
+            let ys: Vec<&[A]> = (a0..a1).map(arow).collect();
+            let ms: Vec<ActMeta<'_>> = (a0..a1).map(|t| acts.row_meta(t)).collect();
+            let n = a1 - a0;
+            for rt in tile_rows.clone() {
+                let w = tiles.tile_row::<T>(rt);
+                let mut j = 0;
+                while j + 4 <= n {
+                    let v = f4(
+                        w,
+                        [ys[j], ys[j + 1], ys[j + 2], ys[j + 3]],
+                        [ms[j], ms[j + 1], ms[j + 2], ms[j + 3]],
+                    );
+                    for (i, v) in v.iter().enumerate() {
+                        emit(a0 + j + i, rt, v);
+                    }
+                    j += 4;
+                }
+                for j in j..n {
+                    let v = f1(w, [ys[j]], [ms[j]]);
+                    emit(a0 + j, rt, &v[0]);
+                }
+            }
         }
     }
 

@@ -62,14 +62,88 @@ pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
     }
 }
 
-/// Sums 32 integer products in ggml's 8-lane layout (lane l holds products 4l..4l+4) and
-/// accumulates `d * lane` per lane, as the SIMD kernels do; `hsum8` then reduces in their order.
-/// This keeps the scalar reference bit-identical to the AVX2/VNNI kernels (and to llama.cpp).
+/// The integer view of a 32-element weight block that the reference arithmetic works on.
+pub trait Block32: Copy {
+    /// Whether the format has an offset `m` (paired with the Q8_1 sum term `s`).
+    const OFFSET: bool;
+    /// Whether [`dot32`] keeps ggml's 8 lane sums per block (else one exact block sum).
+    const LANES: bool;
+    /// The scale, f16 bits.
+    fn d(&self) -> u16;
+    /// The offset, f16 bits (0 where there is none).
+    fn m(&self) -> u16 {
+        0
+    }
+    /// Element `k` (0..32) as the integer the scale multiplies.
+    fn value(&self, k: usize) -> i32;
+}
+
+/// The 8-bit activation blocks paired with [`Block32`] weights.
+pub trait Act32 {
+    fn d(&self) -> u16;
+    /// `d * sum(qs)` as f16 bits (Q8_1; 0 for Q8_0).
+    fn s(&self) -> u16;
+    fn qs(&self) -> &[i8; QK];
+}
+
+impl Act32 for BlockQ8_0 {
+    fn d(&self) -> u16 {
+        self.d
+    }
+    fn s(&self) -> u16 {
+        0
+    }
+    fn qs(&self) -> &[i8; QK] {
+        &self.qs
+    }
+}
+
+impl Act32 for BlockQ8_1 {
+    fn d(&self) -> u16 {
+        self.d
+    }
+    fn s(&self) -> u16 {
+        self.s
+    }
+    fn qs(&self) -> &[i8; QK] {
+        &self.qs
+    }
+}
+
+/// The reference dot product of the 32-element formats, in the arithmetic llama.cpp uses for
+/// the format on AVX2 CPUs (so results match it bit for bit where its kernels agree):
+/// - [`Block32::LANES`] formats (Q4_1, Q5_0, Q5_1, Q8_0: llama.cpp's `ggml_vec_dot_*`): per block
+///   8 exact lane sums of 4 products (lane l holds elements 4l..4l+4), each accumulated as
+///   `lane = fma(d_w * d_a, sum, lane)`; one horizontal sum ([`hsum8`]) at the end;
+/// - the others (Q4_0, IQ4_NL, which llama.cpp repacks and runs through its GEMV/GEMM): per
+///   block the exact sum of all 32 products, `acc = fma(d_w * d_a, sum, acc)`, one f32 chain.
+///
+/// The offset formats add `summs = fma(m, s, summs)` (block after block) at the end. The SIMD
+/// tiers compute the same integers in any order and the same f32 operations.
 #[inline(always)]
-fn lanes_fma(acc: &mut [f32; 8], d: f32, prods: impl Fn(usize) -> i32) {
-    for (l, a) in acc.iter_mut().enumerate() {
-        let s = prods(4 * l) + prods(4 * l + 1) + prods(4 * l + 2) + prods(4 * l + 3);
-        *a = d.mul_add(s as f32, *a);
+pub fn dot32<B: Block32, A: Act32>(x: impl IntoIterator<Item = B>, y: &[A]) -> f32 {
+    let (mut lanes, mut summs) = ([0f32; 8], 0f32);
+    for (xb, yb) in x.into_iter().zip(y) {
+        let q = yb.qs();
+        let d = f16_to_f32(xb.d()) * f16_to_f32(yb.d());
+        if B::LANES {
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let s: i32 = (4 * l..4 * l + 4).map(|k| xb.value(k) * q[k] as i32).sum();
+                *lane = d.mul_add(s as f32, *lane);
+            }
+        } else {
+            let s: i32 = (0..QK).map(|k| xb.value(k) * q[k] as i32).sum();
+            lanes[0] = d.mul_add(s as f32, lanes[0]);
+        }
+        if B::OFFSET {
+            summs = f16_to_f32(xb.m()).mul_add(f16_to_f32(yb.s()), summs);
+        }
+    }
+    let acc = if B::LANES { hsum8(&lanes) } else { lanes[0] };
+    if B::OFFSET {
+        acc + summs
+    } else {
+        acc
     }
 }
 
@@ -89,76 +163,82 @@ fn nibble(qs: &[u8; QK / 2], k: usize) -> i32 {
     }
 }
 
-pub fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (xb, yb) in x.iter().zip(y) {
-        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
-        lanes_fma(&mut acc, d, |k| (nibble(&xb.qs, k) - 8) * yb.qs[k] as i32);
-    }
-    hsum8(&acc)
-}
-
-#[inline(always)]
-pub fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut summs = 0f32;
-    for (xb, yb) in x.iter().zip(y) {
-        // llama.cpp's compiler fuses `summs += m * s` into one FMA; so do we.
-        summs = f16_to_f32(xb.m).mul_add(f16_to_f32(yb.s), summs);
-        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
-        lanes_fma(&mut acc, d, |k| nibble(&xb.qs, k) * yb.qs[k] as i32);
-    }
-    hsum8(&acc) + summs
-}
-
 /// Element `k` (0..32) of a 5-bit block: the nibble plus bit `k` of `qh` as bit 4.
 #[inline(always)]
 fn q5_value(qs: &[u8; QK / 2], qh: [u8; 4], k: usize) -> i32 {
     nibble(qs, k) | ((((u32::from_le_bytes(qh) >> k) & 1) << 4) as i32)
 }
 
+macro_rules! block32 {
+    ($t:ty, $offset:expr, $lanes:expr, |$b:ident, $k:ident| $value:expr $(, m = $m:ident)?) => {
+        impl Block32 for $t {
+            const OFFSET: bool = $offset;
+            const LANES: bool = $lanes;
+            fn d(&self) -> u16 {
+                self.d
+            }
+            $(fn m(&self) -> u16 {
+                self.$m
+            })?
+            #[inline(always)]
+            fn value(&self, $k: usize) -> i32 {
+                let $b = self;
+                $value
+            }
+        }
+    };
+}
+block32!(BlockQ4_0, false, false, |b, k| nibble(&b.qs, k) - 8);
+block32!(BlockQ4_1, true, true, |b, k| nibble(&b.qs, k), m = m);
+block32!(BlockQ5_0, false, true, |b, k| q5_value(&b.qs, b.qh, k) - 16);
+block32!(
+    BlockQ5_1,
+    true,
+    true,
+    |b, k| q5_value(&b.qs, b.qh, k),
+    m = m
+);
+block32!(BlockQ8_0, false, true, |b, k| b.qs[k] as i32);
+block32!(
+    BlockIq4Nl,
+    false,
+    false,
+    |b, k| IQ4NL_VALUES[nibble(&b.qs, k) as usize] as i32
+);
+
+pub fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    dot32(x.iter().copied(), y)
+}
+
+pub fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    dot32(x.iter().copied(), y)
+}
+
 pub fn dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (xb, yb) in x.iter().zip(y) {
-        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
-        lanes_fma(&mut acc, d, |k| {
-            (q5_value(&xb.qs, xb.qh, k) - 16) * yb.qs[k] as i32
-        });
-    }
-    hsum8(&acc)
+    dot32(x.iter().copied(), y)
 }
 
 pub fn dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut summs = 0f32;
-    for (xb, yb) in x.iter().zip(y) {
-        summs = f16_to_f32(xb.m).mul_add(f16_to_f32(yb.s), summs);
-        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
-        lanes_fma(&mut acc, d, |k| {
-            q5_value(&xb.qs, xb.qh, k) * yb.qs[k] as i32
-        });
-    }
-    hsum8(&acc) + summs
+    dot32(x.iter().copied(), y)
 }
 
 pub fn dot_iq4nl_q8_0(x: &[BlockIq4Nl], y: &[BlockQ8_0]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (xb, yb) in x.iter().zip(y) {
-        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
-        lanes_fma(&mut acc, d, |k| {
-            IQ4NL_VALUES[nibble(&xb.qs, k) as usize] as i32 * yb.qs[k] as i32
-        });
-    }
-    hsum8(&acc)
+    dot32(x.iter().copied(), y)
 }
 
 pub fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (xb, yb) in x.iter().zip(y) {
-        let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
-        lanes_fma(&mut acc, d, |k| xb.qs[k] as i32 * yb.qs[k] as i32);
-    }
-    hsum8(&acc)
+    dot32(x.iter().copied(), y)
+}
+
+/// The scalar tier's tile product: each of the tile row's 8 rows against each activation row
+/// through [`dot32`] (the reference itself, on the unpacked blocks).
+pub fn tiles<T, A, const N: usize>(t: &[T], y: [&[A]; N]) -> [[f32; TILE_ROWS]; N]
+where
+    T: super::repack::Tiled,
+    T::Row: Block32,
+    A: Act32,
+{
+    y.map(|a| std::array::from_fn(|j| dot32(t.iter().map(|tile| tile.unpack(j)), a)))
 }
 
 /// rill's dot order for float weights (F32, BF16): four 8-lane FMA accumulators over

@@ -1,8 +1,7 @@
-//! x86-64 SIMD kernels of the 32-element block formats, float weights, activation quantizers and
-//! attention: AVX2+FMA, and the same kernels with AVX-512 VNNI (`vpdpbusd` on 256-bit vectors)
-//! for the 8-bit multiply-adds (the super-block formats are in `x86_kquants`). Both tiers come from one macro so they cannot drift.
-//! Accumulation order follows ggml's AVX2 code (per-lane f32 FMA across blocks, one horizontal
-//! sum at the end) so results track llama.cpp's closely.
+//! x86-64 SIMD kernels of float weights, activation quantizers and attention, compiled for
+//! AVX2+FMA and again for the AVX-512 VNNI tier (one macro, so the two cannot drift), plus the
+//! vector helpers the block-format kernels share (the 32-element formats' tile kernels are in
+//! `x86_tiles`, the super-block formats in `x86_kquants`).
 //!
 //! SAFETY contract for every `unsafe fn` here: the caller has verified the CPU features named in
 //! the function's `target_feature` attribute (only `dispatch::Kernels::detect` calls them), and
@@ -50,7 +49,7 @@ pub(super) unsafe fn nibbles_32(p: *const u8) -> __m256i {
 /// 0xff in byte `k` where bit `k` of the 32-bit mask is set (the Q5 high bits), else 0.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn bytes_from_bits_32(bits: [u8; 4]) -> __m256i {
+pub(super) unsafe fn bytes_from_bits_32(bits: [u8; 4]) -> __m256i {
     let x = _mm256_set1_epi32(i32::from_le_bytes(bits));
     let spread = _mm256_shuffle_epi8(
         x,
@@ -89,115 +88,6 @@ unsafe fn load_f32x8(p: *const f32) -> __m256 {
     _mm256_loadu_ps(p)
 }
 
-/// Sum of adjacent u8*i8 products into 8 i32 lanes (AVX2: maddubs + madd).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn us8_dot_avx2(acc: __m256i, ax: __m256i, sy: __m256i) -> __m256i {
-    let dot = _mm256_maddubs_epi16(ax, sy);
-    _mm256_add_epi32(acc, _mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
-}
-
-/// Same with VNNI: one `vpdpbusd`.
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-#[inline]
-unsafe fn us8_dot_vnni(acc: __m256i, ax: __m256i, sy: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(acc, ax, sy)
-}
-
-/// The block loop of the 32-element formats: R weight rows against N activation rows, in
-/// ggml's order (as `scalar::lanes_fma`): per block and (row, activation) pair, 8 i32 lane sums
-/// of 4 products, converted and FMA'd with `d_w * d_a` into that pair's 8-lane accumulator; one
-/// horizontal sum at the end (plus the `m * s` chain of the formats with an offset). `$decode`
-/// turns weight block `$xb` into its 32 values once for all N activations: i8 for `signed`
-/// formats (multiplied with the sign trick), u8 for `offset` ones. With `$wide` the activation
-/// scales come pre-widened to f32 from `$ys` (`QuantActs::row_scales`), else they are converted
-/// per block; the values are the same. Every pair runs the same operations whatever R and N
-/// are, so every tile shape gives the single-row kernel's bits.
-macro_rules! loop32 {
-    ($us8:ident, $x:expr, $y:expr, $ys:expr, $r:expr, $n:expr, $wide:expr,
-     |$xb:ident| $decode:expr, $kind:ident) => {{
-        let (x, y, ys) = ($x, $y, $ys);
-        let nb = x[0].len();
-        assert!(x.iter().all(|w| w.len() == nb) && y.iter().all(|a| a.len() >= nb));
-        if $wide {
-            let need_s = loop32!(@has_min $kind);
-            assert!(ys.iter().all(|(d, s)| d.len() >= nb && (!need_s || s.len() >= nb)));
-        }
-        let mut acc = [[_mm256_setzero_ps(); $n]; $r];
-        #[allow(unused_mut, unused_variables)] // the `m * s` chain exists for `offset` only
-        let mut summs = [[0f32; $n]; $r];
-        for i in 0..nb {
-            // Plain loops, not closures: closures do not inherit `target_feature`, and the
-            // intrinsics inside would become calls.
-            let mut q = [_mm256_setzero_si256(); $r];
-            let mut aq = [_mm256_setzero_si256(); $r];
-            let mut dx = [_mm256_setzero_ps(); $r];
-            #[allow(unused_mut, unused_variables)]
-            let mut mx = [0f32; $r];
-            for r in 0..$r {
-                let $xb = &x[r][i];
-                q[r] = $decode;
-                aq[r] = loop32!(@abs $kind, q[r]);
-                dx[r] = _mm256_set1_ps(fp16($xb.d));
-                loop32!(@m $kind, mx[r], $xb);
-            }
-            for a in 0..$n {
-                let yb = &y[a][i];
-                let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
-                let dy = _mm256_set1_ps(if $wide { ys[a].0[i] } else { fp16(yb.d) });
-                #[allow(unused_variables)]
-                let sy = loop32!(@s $kind, $wide, yb, ys[a], i);
-                for r in 0..$r {
-                    let qyr = loop32!(@sign $kind, qy, q[r]);
-                    loop32!(@min $kind, summs[r][a], mx[r], sy);
-                    let p = _mm256_cvtepi32_ps($us8(_mm256_setzero_si256(), aq[r], qyr));
-                    // d_w * d_a as a vector product: the same f32 as the scalar one.
-                    acc[r][a] = _mm256_fmadd_ps(_mm256_mul_ps(dx[r], dy), p, acc[r][a]);
-                }
-            }
-        }
-        let mut out = [[0f32; $n]; $r];
-        for r in 0..$r {
-            for a in 0..$n {
-                out[r][a] = loop32!(@finish $kind, hsum_f32_8(acc[r][a]), summs[r][a]);
-            }
-        }
-        out
-    }};
-    (@has_min signed) => { false };
-    (@has_min offset) => { true };
-    (@abs signed, $q:expr) => { _mm256_sign_epi8($q, $q) };
-    (@abs offset, $q:expr) => { $q };
-    (@sign signed, $qy:ident, $q:expr) => { _mm256_sign_epi8($qy, $q) };
-    (@sign offset, $qy:ident, $q:expr) => { $qy };
-    (@m signed, $mx:expr, $xb:ident) => {};
-    (@m offset, $mx:expr, $xb:ident) => { $mx = fp16($xb.m) };
-    (@s signed, $wide:expr, $yb:ident, $ys:expr, $i:ident) => { 0f32 };
-    (@s offset, $wide:expr, $yb:ident, $ys:expr, $i:ident) => {
-        if $wide { $ys.1[$i] } else { fp16($yb.s) }
-    };
-    (@min signed, $s:expr, $mx:expr, $sy:ident) => {};
-    (@min offset, $s:expr, $mx:expr, $sy:ident) => { $s = $mx.mul_add($sy, $s) };
-    (@finish signed, $h:expr, $s:expr) => { $h };
-    (@finish offset, $h:expr, $s:expr) => { $h + $s };
-}
-
-/// One 32-element format's kernels from its decode expression: `$name::<R, N, WIDE>` for any
-/// tile (see `loop32`).
-macro_rules! format32 {
-    ($features:literal, $us8:ident, $name:ident, $w:ty, $a:ty, $kind:ident,
-     |$xb:ident| $decode:expr) => {
-        #[target_feature(enable = $features)]
-        pub unsafe fn $name<const R: usize, const N: usize, const WIDE: bool>(
-            x: [&[$w]; R],
-            y: [&[$a]; N],
-            ys: [(&[f32], &[f32]); N],
-        ) -> [[f32; N]; R] {
-            loop32!($us8, x, y, ys, R, N, WIDE, |$xb| $decode, $kind)
-        }
-    };
-}
-
 /// rill's float dot order (`scalar::dot_float_with`): four 8-lane FMA accumulators over
 /// 32-element steps, folded (a0 + a1) + (a2 + a3), one horizontal sum, then the tail with
 /// sequential scalar FMAs.
@@ -224,79 +114,23 @@ macro_rules! loop_float {
     }};
 }
 
+/// Query heads `attend` processes together (SmolLM2's KV group is 3).
+const ATT_HEADS: usize = 3;
+/// Keys per block of scores in `attend`.
+const ATT_KEYS: usize = 128;
+
+/// One key block's softmax weights for `attend`'s heads: head `i`'s rescale factors and value
+/// weights at `i * stride ..`.
+struct Weights<'a> {
+    ms: &'a [f32],
+    vs: &'a [f32],
+    stride: usize,
+}
+
 macro_rules! kernels {
-    ($modname:ident, $features:literal, $us8:ident) => {
+    ($modname:ident, $features:literal) => {
         pub mod $modname {
             use super::*;
-
-            format32!(
-                $features,
-                $us8,
-                dot_q4_0_q8_0,
-                BlockQ4_0,
-                BlockQ8_0,
-                signed,
-                |xb| { _mm256_sub_epi8(nibbles_32(xb.qs.as_ptr()), _mm256_set1_epi8(8)) }
-            );
-            format32!(
-                $features,
-                $us8,
-                dot_q4_1_q8_1,
-                BlockQ4_1,
-                BlockQ8_1,
-                offset,
-                |xb| { nibbles_32(xb.qs.as_ptr()) }
-            );
-            // Q5_0: the nibble, minus 16 where the high bit is clear (`| 0xf0`).
-            format32!(
-                $features,
-                $us8,
-                dot_q5_0_q8_0,
-                BlockQ5_0,
-                BlockQ8_0,
-                signed,
-                |xb| {
-                    _mm256_or_si256(
-                        nibbles_32(xb.qs.as_ptr()),
-                        _mm256_andnot_si256(
-                            bytes_from_bits_32(xb.qh),
-                            _mm256_set1_epi8(0xf0u8 as i8),
-                        ),
-                    )
-                }
-            );
-            format32!(
-                $features,
-                $us8,
-                dot_q5_1_q8_1,
-                BlockQ5_1,
-                BlockQ8_1,
-                offset,
-                |xb| {
-                    _mm256_or_si256(
-                        nibbles_32(xb.qs.as_ptr()),
-                        _mm256_and_si256(bytes_from_bits_32(xb.qh), _mm256_set1_epi8(0x10)),
-                    )
-                }
-            );
-            format32!(
-                $features,
-                $us8,
-                dot_q8_0_q8_0,
-                BlockQ8_0,
-                BlockQ8_0,
-                signed,
-                |xb| { _mm256_loadu_si256(xb.qs.as_ptr().cast()) }
-            );
-            format32!(
-                $features,
-                $us8,
-                dot_iq4nl_q8_0,
-                BlockIq4Nl,
-                BlockQ8_0,
-                signed,
-                |xb| { _mm256_shuffle_epi8(iq4nl_table(), nibbles_32(xb.qs.as_ptr())) }
-            );
 
             #[target_feature(enable = $features)]
             pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
@@ -372,7 +206,13 @@ macro_rules! kernels {
                 super::super::scalar::rope_norm(head, cs)
             }
 
-            /// Attention with this tier's f16 kernels and FMA (identical arithmetic).
+            /// `scalar::attend_with`'s arithmetic (query rounded to f16, ggml's f16 dot tree,
+            /// online softmax with libm `expf`, value accumulator rounded to f16 after every
+            /// update), reorganised for head dims that are multiples of 64: up to 3 query heads
+            /// of the KV group at once, per block of keys first all scores and softmax weights,
+            /// then the value updates with the accumulators in registers (the f16 rounding done
+            /// in-register), so each head's chain of dependent updates overlaps the others'.
+            /// Every operation on each value is the reference's, in its order: same bits.
             #[target_feature(enable = $features)]
             pub unsafe fn attend(
                 q: &[f32],
@@ -381,16 +221,152 @@ macro_rules! kernels {
                 kv: &super::super::scalar::KvRows<'_>,
                 out: &mut [f32],
             ) {
-                super::super::scalar::attend_with(
-                    |a, b| dot_f16_f16(a, b),
-                    |a, v, s| mad_f16(a, v, s),
-                    |a, s| scale_f16(a, s),
-                    q,
-                    q_heads,
-                    head_dim,
-                    kv,
-                    out,
-                )
+                let hd = head_dim;
+                if hd % 64 != 0 || hd > 256 {
+                    return super::super::scalar::attend_with(
+                        |a, b| dot_f16_f16(a, b),
+                        |a, v, s| mad_f16(a, v, s),
+                        |a, s| scale_f16(a, s),
+                        q,
+                        q_heads,
+                        head_dim,
+                        kv,
+                        out,
+                    );
+                }
+                let scale = 1.0 / (hd as f32).sqrt();
+                let heads: Vec<usize> = q_heads.collect();
+                let kn = kv.offsets.len().min(ATT_KEYS);
+                // Scratch sized to this call, flat: per head `hd` query/accumulator values and
+                // `kn` softmax weights (fixed 256-wide arrays cost more to zero than the
+                // attention itself at short contexts).
+                let mut q32 = vec![0f32; ATT_HEADS * hd];
+                let mut acc = vec![0f32; ATT_HEADS * hd];
+                let mut ms = vec![0f32; ATT_HEADS * kn];
+                let mut vs = vec![0f32; ATT_HEADS * kn];
+                for hs in heads.chunks(ATT_HEADS) {
+                    let mut m = [f32::NEG_INFINITY; ATT_HEADS];
+                    let mut sum = [0f32; ATT_HEADS];
+                    acc.fill(0.0);
+                    for (i, &h) in hs.iter().enumerate() {
+                        for (d, &v) in q32[i * hd..(i + 1) * hd]
+                            .iter_mut()
+                            .zip(&q[h * hd..(h + 1) * hd])
+                        {
+                            *d = f16_to_f32(f32_to_f16(v));
+                        }
+                    }
+                    for kb in kv.offsets.chunks(ATT_KEYS) {
+                        for i in 0..hs.len() {
+                            let qi = &q32[i * hd..(i + 1) * hd];
+                            for (j, &off) in kb.iter().enumerate() {
+                                let s = dot_f32_f16(qi, &kv.keys[off..off + hd]) * scale;
+                                let (msj, vsj) = if s > m[i] {
+                                    let r = ((m[i] - s).exp(), 1.0);
+                                    m[i] = s;
+                                    r
+                                } else {
+                                    (1.0, (s - m[i]).exp())
+                                };
+                                ms[i * kn + j] = msj;
+                                vs[i * kn + j] = vsj;
+                                sum[i] = sum[i].mul_add(msj, vsj);
+                            }
+                        }
+                        let w = Weights {
+                            ms: &ms,
+                            vs: &vs,
+                            stride: kn,
+                        };
+                        match hs.len() {
+                            1 => attend_values::<1>(&mut acc, kb, kv.values, &w, hd),
+                            2 => attend_values::<2>(&mut acc, kb, kv.values, &w, hd),
+                            _ => attend_values::<3>(&mut acc, kb, kv.values, &w, hd),
+                        }
+                    }
+                    for (i, &h) in hs.iter().enumerate() {
+                        let inv = 1.0 / sum[i];
+                        for (o, &a) in out[h * hd..(h + 1) * hd].iter_mut().zip(&acc[i * hd..]) {
+                            *o = a * inv;
+                        }
+                    }
+                }
+            }
+
+            /// ggml's f16 dot tree (`dot_f16_f16`) with the f16 query already widened to f32,
+            /// for lengths that are multiples of 64 (no tail).
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn dot_f32_f16(x: &[f32], y: &[u16]) -> f32 {
+                assert!(x.len() % 64 == 0 && y.len() == x.len());
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for i in (0..x.len()).step_by(64) {
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let xa = _mm256_loadu_ps(x.as_ptr().add(i + r * 8));
+                        let ya = _mm256_cvtph_ps(_mm_loadu_si128(y.as_ptr().add(i + r * 8).cast()));
+                        *a = _mm256_fmadd_ps(xa, ya, *a);
+                    }
+                }
+                let lo =
+                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+                let hi =
+                    _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+                hsum_f32_8(_mm256_add_ps(lo, hi))
+            }
+
+            /// Rounds 8 f32 to f16 precision (ties to even), kept as f32.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn round16(x: __m256) -> __m256 {
+                _mm256_cvtph_ps(_mm256_cvtps_ph::<0>(x))
+            }
+
+            /// The value updates of one key block for `H` heads: per key, `acc = f16(acc * ms)`
+            /// where the softmax rescaled, then `acc = f16(fma(v, vs, acc))`, 32 dims at a time
+            /// with the accumulators held as f32 vectors of f16 values.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn attend_values<const H: usize>(
+                acc: &mut [f32],
+                keys: &[usize],
+                values: &[u16],
+                w: &Weights<'_>,
+                hd: usize,
+            ) {
+                assert!(acc.len() >= H * hd && keys.len() <= w.stride);
+                assert!(w.ms.len() >= H * w.stride && w.vs.len() >= H * w.stride);
+                for d0 in (0..hd).step_by(32) {
+                    let mut a = [[_mm256_setzero_ps(); 4]; H];
+                    for i in 0..H {
+                        for r in 0..4 {
+                            a[i][r] = _mm256_loadu_ps(acc[i * hd + d0 + 8 * r..].as_ptr());
+                        }
+                    }
+                    for (j, &off) in keys.iter().enumerate() {
+                        let row = &values[off + d0..off + d0 + 32];
+                        let v: [__m256; 4] = std::array::from_fn(|r| {
+                            _mm256_cvtph_ps(_mm_loadu_si128(row[8 * r..].as_ptr().cast()))
+                        });
+                        for i in 0..H {
+                            let msj = w.ms[i * w.stride + j];
+                            if msj != 1.0 {
+                                let s = _mm256_set1_ps(msj);
+                                for x in a[i].iter_mut() {
+                                    *x = round16(_mm256_mul_ps(*x, s));
+                                }
+                            }
+                            let s = _mm256_set1_ps(w.vs[i * w.stride + j]);
+                            for (x, &vr) in a[i].iter_mut().zip(&v) {
+                                *x = round16(_mm256_fmadd_ps(vr, s, *x));
+                            }
+                        }
+                    }
+                    for i in 0..H {
+                        for r in 0..4 {
+                            _mm256_storeu_ps(acc[i * hd + d0 + 8 * r..].as_mut_ptr(), a[i][r]);
+                        }
+                    }
+                }
             }
 
             /// The scalar `swiglu` compiled with FMA available (its `mul_add`s become single
@@ -465,5 +441,5 @@ macro_rules! kernels {
     };
 }
 
-kernels!(avx2, "avx2,fma,f16c", us8_dot_avx2);
-kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", us8_dot_vnni);
+kernels!(avx2, "avx2,fma,f16c");
+kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl");

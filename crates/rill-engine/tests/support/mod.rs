@@ -24,7 +24,7 @@ pub fn engine(threads: usize) -> Engine {
             threads,
             kv_tokens: 8192,
             kv_bytes: 0,
-            kernels: None,
+            kernels: std::env::var("RILL_KERNELS").ok(),
         },
     )
     .expect("loading the default model")

@@ -1,0 +1,371 @@
+//! AVX2 kernels over the interleaved tiles of the 32-element formats (`repack`): one tile row
+//! (8 weight rows, one per f32 lane) against N activation rows. Per column block, the 32
+//! products of every (row, activation) pair are summed exactly in integers, 4 values of all 8
+//! rows per `maddubs` against one broadcast group of 4 activation bytes; then one conversion and
+//! one FMA by `d_w * d_a` per 8 rows (`scalar::dot32`'s chain), no horizontal sums. N = 1 is
+//! single-stream decode (one sequential weight stream), N = 4 the batched/prefill tile; every
+//! pair runs the same operations whatever N is, so both give the reference's bits.
+//!
+//! Exactness of the integer part (`maddubs` saturates its i16 pair sums; none can here):
+//! - unsigned formats multiply the raw 4-/5-bit value (0..=31) by the activation (|a| <= 127:
+//!   `quantize_q8_*` never produces -128); a pair is at most 2 * 31 * 127 = 7874, so 4-bit
+//!   pairs of all 8 groups (8 * 3810 = 30480) and 5-bit pairs of 4 groups (31496) are summed in
+//!   i16 before widening. Q4_0/Q5_0's offsets (-8, -16) come off exactly as `8 * sum(a)`,
+//!   `16 * sum(a)` (`ActMeta::sum`).
+//! - signed formats (Q8_0, IQ4_NL) use the sign trick: |w| (u8, <= 128) times a * sign(w), a
+//!   pair at most 2 * 128 * 127 = 32512, widened per group.
+//!
+//! The AVX-512 VNNI tier uses these AVX2 kernels too: a VNNI variant is not shipped until a
+//! machine that can run it tests it.
+//!
+//! SAFETY contract for every `unsafe fn` here: the caller has verified AVX2, FMA and F16C
+//! (only `dispatch::Kernels::detect` calls them). Slice lengths are checked by asserts.
+
+#![allow(clippy::missing_safety_doc)] // the contract is the module doc's SAFETY paragraph
+
+use std::arch::x86_64::*;
+
+use super::blocks::*;
+use super::x86::{bytes_from_bits_32, iq4nl_table};
+use super::ActMeta;
+
+/// Activation group `g` (bytes 4g..4g+4 of a block's quants) in every i32 lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn group(qs: *const i8, g: usize) -> __m256i {
+    // SAFETY: g < 8, so the 4 bytes lie inside the 32-byte quant array `qs` points to.
+    _mm256_set1_epi32(unsafe { qs.add(4 * g).cast::<i32>().read_unaligned() })
+}
+
+/// A tile's 8 f16 scales as f32 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn lanes_f16(d: &[u16; TILE_ROWS]) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast()))
+}
+
+/// Groups `gp` (low nibbles) and `gp + 4` (high nibbles) of a nibble tile, as u8.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn nibbles(qs: &[u8; 128], gp: usize) -> (__m256i, __m256i) {
+    let v = _mm256_loadu_si256(qs[32 * gp..32 * gp + 32].as_ptr().cast());
+    let m = _mm256_set1_epi8(0x0f);
+    (
+        _mm256_and_si256(v, m),
+        _mm256_and_si256(_mm256_srli_epi16(v, 4), m),
+    )
+}
+
+/// 0x10 in each byte whose bit is set in a Q5 tile's group mask.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn fifth_bits(mask: u32) -> __m256i {
+    _mm256_and_si256(
+        bytes_from_bits_32(mask.to_le_bytes()),
+        _mm256_set1_epi8(0x10),
+    )
+}
+
+/// Q5_0's signed values from nibbles and a group mask: the nibble, minus 16 (`| 0xf0`) where
+/// the fifth bit is clear.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn signed_q5(nib: __m256i, mask: u32) -> __m256i {
+    let clear = _mm256_andnot_si256(
+        bytes_from_bits_32(mask.to_le_bytes()),
+        _mm256_set1_epi8(0xf0u8 as i8),
+    );
+    _mm256_or_si256(nib, clear)
+}
+
+/// i16 pair sums of unsigned weight bytes `w` times activation group `a`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn pairs_u(w: __m256i, a: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(w, a)
+}
+
+/// i32 row sums of signed weight bytes `w` times activation group `a` (sign trick).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn rows_s(w: __m256i, a: __m256i) -> __m256i {
+    let p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w));
+    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+}
+
+/// i16 row-pair sums to i32 row sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn widen(s16: __m256i) -> __m256i {
+    _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
+}
+
+/// One format's kernel `$name::<N>`. `$int` fills `$isum[n]` (8 i32 row sums of tile `$t`
+/// against activation quants `$ys[n]`); `corr` is the offset taken off as `corr * sum(a)`;
+/// `min` adds the `m * s` chain of the offset formats.
+macro_rules! tile_kernel {
+    ($name:ident, $tile:ty, $act:ty, corr = $corr:expr, min = $min:tt,
+     |$t:ident, $ys:ident, $isum:ident| $int:block) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name<const N: usize>(
+            tiles: &[$tile],
+            y: [&[$act]; N],
+            meta: [ActMeta<'_>; N],
+        ) -> [[f32; TILE_ROWS]; N] {
+            let nb = tiles.len();
+            assert!(y.iter().all(|a| a.len() >= nb));
+            assert!(meta.iter().all(|m| m.d.len() >= nb
+                && (!$min || m.s.len() >= nb)
+                && ($corr == 0 || m.sum.len() >= nb)));
+            let mut acc = [_mm256_setzero_ps(); N];
+            #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
+            let mut summs = [_mm256_setzero_ps(); N];
+            for i in 0..nb {
+                // SAFETY (the unchecked indexing below): i < nb, and every slice indexed with
+                // i is at least nb long (asserted above).
+                let $t = unsafe { tiles.get_unchecked(i) };
+                let $ys: [*const i8; N] =
+                    std::array::from_fn(|n| unsafe { y[n].get_unchecked(i) }.qs.as_ptr());
+                let mut $isum = [_mm256_setzero_si256(); N];
+                $int
+                let dw = lanes_f16(&$t.d);
+                for n in 0..N {
+                    let mut s = $isum[n];
+                    if $corr != 0 {
+                        let sum = unsafe { *meta[n].sum.get_unchecked(i) };
+                        s = _mm256_sub_epi32(s, _mm256_set1_epi32($corr * sum));
+                    }
+                    let da = unsafe { *meta[n].d.get_unchecked(i) };
+                    let dd = _mm256_mul_ps(dw, _mm256_set1_ps(da));
+                    acc[n] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(s), acc[n]);
+                }
+                tile_kernel!(@min $min, $t, meta, summs, i, N);
+            }
+            let mut out = [[0f32; TILE_ROWS]; N];
+            for n in 0..N {
+                let r = tile_kernel!(@finish $min, acc[n], summs[n]);
+                _mm256_storeu_ps(out[n].as_mut_ptr(), r);
+            }
+            out
+        }
+    };
+    (@min false, $t:ident, $meta:ident, $summs:ident, $i:ident, $n:ident) => {};
+    (@min true, $t:ident, $meta:ident, $summs:ident, $i:ident, $n:ident) => {
+        let mw = lanes_f16(&$t.m);
+        for n in 0..$n {
+            let s = unsafe { *$meta[n].s.get_unchecked($i) };
+            $summs[n] = _mm256_fmadd_ps(mw, _mm256_set1_ps(s), $summs[n]);
+        }
+    };
+    (@finish false, $acc:expr, $summs:expr) => { $acc };
+    (@finish true, $acc:expr, $summs:expr) => { _mm256_add_ps($acc, $summs) };
+}
+
+/// The integer part of the 4-bit unsigned formats: all 8 groups summed in i16.
+macro_rules! int_nibbles {
+    ($t:ident, $ys:ident, $isum:ident) => {{
+        let mut s16 = [_mm256_setzero_si256(); N];
+        for gp in 0..4 {
+            let (lo, hi) = nibbles(&$t.qs, gp);
+            for n in 0..N {
+                let p = _mm256_add_epi16(
+                    pairs_u(lo, group($ys[n], gp)),
+                    pairs_u(hi, group($ys[n], gp + 4)),
+                );
+                s16[n] = _mm256_add_epi16(s16[n], p);
+            }
+        }
+        for n in 0..N {
+            $isum[n] = widen(s16[n]);
+        }
+    }};
+}
+
+tile_kernel!(
+    tiles_q4_0,
+    TileQ4_0,
+    BlockQ8_0,
+    corr = 8,
+    min = false,
+    |t, ys, isum| { int_nibbles!(t, ys, isum) }
+);
+tile_kernel!(
+    tiles_iq4nl,
+    TileIq4Nl,
+    BlockQ8_0,
+    corr = 0,
+    min = false,
+    |t, ys, isum| {
+        let table = iq4nl_table();
+        for gp in 0..4 {
+            let (lo, hi) = nibbles(&t.qs, gp);
+            let (wl, wh) = (
+                _mm256_shuffle_epi8(table, lo),
+                _mm256_shuffle_epi8(table, hi),
+            );
+            for n in 0..N {
+                let s = _mm256_add_epi32(
+                    rows_s(wl, group(ys[n], gp)),
+                    rows_s(wh, group(ys[n], gp + 4)),
+                );
+                isum[n] = _mm256_add_epi32(isum[n], s);
+            }
+        }
+    }
+);
+
+/// i32 row sums of unsigned weight bytes `w` times activation group `a`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn rows_u(w: __m256i, a: __m256i) -> __m256i {
+    widen(pairs_u(w, a))
+}
+
+/// Column blocks per pass of [`lanes_kernel`] (its `d_w * d_a` products are kept for them).
+const LANE_CHUNK: usize = 32;
+
+/// One ggml-order format's kernel `$name::<N>` (`scalar::dot32` with `LANES`): per (row,
+/// activation) pair 8 lane accumulators, lane `g` the exact sum of group `g`'s 4 products,
+/// `fma(d_w * d_a, sum, lane)` per block; the lanes reduced in `hsum8`'s order at the end, as
+/// vertical adds over 8 rows at once. `$pair` gives the weight vectors of groups `gp` and
+/// `gp + 4`; `$rows` multiplies one with an activation group (`rows_u` or `rows_s`).
+///
+/// The 8N accumulators do not fit in 16 registers, so the loop runs per chunk of blocks one
+/// pass per group pair, holding only that pair's 2N accumulators (each lane's chain still goes
+/// block after block: same bits); the tiles of a chunk stay in L1 between passes.
+macro_rules! lanes_kernel {
+    ($name:ident, $tile:ty, $act:ty, min = $min:tt, $rows:ident, |$t:ident, $gp:ident| $pair:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name<const N: usize>(
+            tiles: &[$tile],
+            y: [&[$act]; N],
+            meta: [ActMeta<'_>; N],
+        ) -> [[f32; TILE_ROWS]; N] {
+            let nb = tiles.len();
+            assert!(y.iter().all(|a| a.len() >= nb));
+            assert!(meta.iter().all(|m| m.d.len() >= nb && (!$min || m.s.len() >= nb)));
+            let mut acc = [[_mm256_setzero_ps(); 8]; N];
+            #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
+            let mut summs = [_mm256_setzero_ps(); N];
+            if N == 1 {
+                // One activation row (decode): its 8 accumulators fit in registers, so one
+                // pass streams each tile once.
+                for i in 0..nb {
+                    let $t = unsafe { tiles.get_unchecked(i) };
+                    let dw = lanes_f16(&$t.d);
+                    let ys = unsafe { y[0].get_unchecked(i) }.qs.as_ptr();
+                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(unsafe { *meta[0].d.get_unchecked(i) }));
+                    for $gp in 0..4 {
+                        let (wl, wh) = $pair;
+                        let pl = _mm256_cvtepi32_ps($rows(wl, group(ys, $gp)));
+                        acc[0][$gp] = _mm256_fmadd_ps(d, pl, acc[0][$gp]);
+                        let ph = _mm256_cvtepi32_ps($rows(wh, group(ys, $gp + 4)));
+                        acc[0][$gp + 4] = _mm256_fmadd_ps(d, ph, acc[0][$gp + 4]);
+                    }
+                    tile_kernel!(@min $min, $t, meta, summs, i, N);
+                }
+            }
+            // Every entry read below was written first in the same chunk: no zeroing (a 4 KiB
+            // memset per call showed up at 6% of batched decode).
+            let mut dd = [[_mm256_undefined_ps(); N]; LANE_CHUNK];
+            let multi = if N == 1 { 0 } else { nb };
+            for c0 in (0..multi).step_by(LANE_CHUNK) {
+                let c1 = (c0 + LANE_CHUNK).min(multi);
+                for i in c0..c1 {
+                    // SAFETY (the unchecked indexing in this function): i < nb, and every
+                    // slice indexed with i is at least nb long (asserted above).
+                    let $t = unsafe { tiles.get_unchecked(i) };
+                    let dw = lanes_f16(&$t.d);
+                    for n in 0..N {
+                        let da = unsafe { *meta[n].d.get_unchecked(i) };
+                        dd[i - c0][n] = _mm256_mul_ps(dw, _mm256_set1_ps(da));
+                    }
+                    tile_kernel!(@min $min, $t, meta, summs, i, N);
+                }
+                for $gp in 0..4 {
+                    let mut lo = [_mm256_setzero_ps(); N];
+                    let mut hi = [_mm256_setzero_ps(); N];
+                    for n in 0..N {
+                        lo[n] = acc[n][$gp];
+                        hi[n] = acc[n][$gp + 4];
+                    }
+                    for i in c0..c1 {
+                        let $t = unsafe { tiles.get_unchecked(i) };
+                        let (wl, wh) = $pair;
+                        for n in 0..N {
+                            let ys = unsafe { y[n].get_unchecked(i) }.qs.as_ptr();
+                            let d = dd[i - c0][n];
+                            let pl = _mm256_cvtepi32_ps($rows(wl, group(ys, $gp)));
+                            lo[n] = _mm256_fmadd_ps(d, pl, lo[n]);
+                            let ph = _mm256_cvtepi32_ps($rows(wh, group(ys, $gp + 4)));
+                            hi[n] = _mm256_fmadd_ps(d, ph, hi[n]);
+                        }
+                    }
+                    for n in 0..N {
+                        acc[n][$gp] = lo[n];
+                        acc[n][$gp + 4] = hi[n];
+                    }
+                }
+            }
+            let mut out = [[0f32; TILE_ROWS]; N];
+            for n in 0..N {
+                let a = &acc[n];
+                let h = _mm256_add_ps(
+                    _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+                    _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])),
+                );
+                let r = tile_kernel!(@finish $min, h, summs[n]);
+                _mm256_storeu_ps(out[n].as_mut_ptr(), r);
+            }
+            out
+        }
+    };
+}
+
+lanes_kernel!(
+    tiles_q4_1,
+    TileQ4_1,
+    BlockQ8_1,
+    min = true,
+    rows_u,
+    |t, gp| { nibbles(&t.qs, gp) }
+);
+// Q5_0 as ggml decodes it: signed values, the nibble minus 16 where the fifth bit is clear.
+lanes_kernel!(
+    tiles_q5_0,
+    TileQ5_0,
+    BlockQ8_0,
+    min = false,
+    rows_s,
+    |t, gp| {
+        let (lo, hi) = nibbles(&t.qs, gp);
+        (signed_q5(lo, t.qh[gp]), signed_q5(hi, t.qh[gp + 4]))
+    }
+);
+lanes_kernel!(
+    tiles_q5_1,
+    TileQ5_1,
+    BlockQ8_1,
+    min = true,
+    rows_u,
+    |t, gp| {
+        let (lo, hi) = nibbles(&t.qs, gp);
+        (
+            _mm256_or_si256(lo, fifth_bits(t.qh[gp])),
+            _mm256_or_si256(hi, fifth_bits(t.qh[gp + 4])),
+        )
+    }
+);
+lanes_kernel!(
+    tiles_q8_0,
+    TileQ8_0,
+    BlockQ8_0,
+    min = false,
+    rows_s,
+    |t, gp| {
+        (
+            _mm256_loadu_si256(t.qs[32 * gp..32 * gp + 32].as_ptr().cast()),
+            _mm256_loadu_si256(t.qs[32 * gp + 128..32 * gp + 160].as_ptr().cast()),
+        )
+    }
+);
