@@ -3,7 +3,10 @@
 //! - `kernel FORMAT BATCH`: one 64 x 1024 weight matrix of seeded random blocks in FORMAT times
 //!   BATCH activation rows, 8 times, with the AVX2 kernels;
 //! - `step MODEL BATCH`: one decode step of BATCH sequences on MODEL, AVX2 kernels,
-//!   1 thread.
+//!   1 thread;
+//! - `speed FORMAT BATCH`: `kernel`'s workload repeated for half a second, printing the
+//!   single-thread multiply-accumulate rate (GMAC/s) with the matrix hot in cache: the
+//!   kernel's own speed, apart from memory (a timing, so noisy; not part of the gate).
 //!
 //! Instruction counts do not move with machine noise, so a 3% change is a real change.
 #![allow(clippy::unwrap_used)] // a probe: a panic is the report
@@ -61,21 +64,52 @@ fn weights(dtype: GgmlType, rows: usize, cols: usize) -> Vec<u64> {
     words
 }
 
-fn kernel(format: &str, batch: usize) {
+/// The `kernel` workload: the matrix (its backing words) and quantized activations.
+fn workload(format: &str, batch: usize) -> (Kernels, Vec<u64>, GgmlType, QuantActs) {
     let k = Kernels::by_name("avx2").expect("an AVX2 CPU");
     let dtype = parse_type(format);
-    let (rows, cols) = (64, 1024);
+    let (rows, cols) = (ROWS, COLS);
     let w = weights(dtype, rows, cols);
-    // SAFETY: as in `weights`, read-only.
-    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len() * 8) };
-    let rb = dtype.bytes_for(cols, "w").unwrap();
-    let m = QMatrix::new("w", dtype, rows, cols, &bytes[..rows * rb]).unwrap();
+    let m = matrix(&w, dtype);
     let x: Vec<f32> = (0..batch * cols)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.02)
         .collect();
     let mut acts = QuantActs::new(m.act_format());
     acts.quantize(&k, &x, batch, cols);
+    (k, w, dtype, acts)
+}
+
+const ROWS: usize = 64;
+const COLS: usize = 1024;
+
+fn matrix(w: &[u64], dtype: GgmlType) -> QMatrix<'_> {
+    // SAFETY: u64 storage viewed as bytes, read-only.
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len() * 8) };
+    let rb = dtype.bytes_for(COLS, "w").unwrap();
+    QMatrix::new("w", dtype, ROWS, COLS, &bytes[..ROWS * rb]).unwrap()
+}
+
+fn kernel(format: &str, batch: usize) {
+    let (k, w, dtype, acts) = workload(format, batch);
+    let m = matrix(&w, dtype);
     println!("{format} x{batch}: {}", measured_kernel(&k, &m, &acts));
+}
+
+fn speed(format: &str, batch: usize) {
+    let (k, w, dtype, acts) = workload(format, batch);
+    let m = matrix(&w, dtype);
+    let t0 = std::time::Instant::now();
+    let mut reps = 0u64;
+    let mut sink = 0f32;
+    while t0.elapsed().as_secs_f64() < 0.5 {
+        sink += measured_kernel(&k, &m, &acts);
+        reps += 8;
+    }
+    let macs = (reps * (ROWS * COLS * batch) as u64) as f64;
+    println!(
+        "{format} x{batch}: {:.1} GMAC/s (checksum {sink:.3e})",
+        macs / t0.elapsed().as_secs_f64() / 1e9
+    );
 }
 
 fn step(model: &str, batch: usize) {
@@ -136,6 +170,7 @@ fn main() {
     match a.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["kernel", f, b] => kernel(f, b.parse().unwrap()),
         ["step", m, b] => step(m, b.parse().unwrap()),
-        _ => panic!("usage: instr_probe kernel FORMAT BATCH | step MODEL BATCH"),
+        ["speed", f, b] => speed(f, b.parse().unwrap()),
+        _ => panic!("usage: instr_probe kernel|speed FORMAT BATCH | step MODEL BATCH"),
     }
 }

@@ -76,6 +76,7 @@ pub fn dequantize_q2k(x: &[BlockQ2K], out: &mut [f32]) {
 // ---- Q3_K ----
 
 /// The 16 group scales of a Q3_K block (6-bit, offset removed: -32..31).
+#[inline(always)]
 pub fn q3k_scales(packed: &[u8; 12]) -> [i8; 16] {
     let w = |i: usize| {
         u32::from_le_bytes([
@@ -94,7 +95,11 @@ pub fn q3k_scales(packed: &[u8; 12]) -> [i8; 16] {
         ((a0 >> 4) & K2) | (((t >> 4) & K1) << 4),
         ((a1 >> 4) & K2) | (((t >> 6) & K1) << 4),
     ];
-    std::array::from_fn(|g| words[g / 4].to_le_bytes()[g % 4] as i8 - 32)
+    let mut out = [0i8; 16];
+    for (g, o) in out.iter_mut().enumerate() {
+        *o = words[g / 4].to_le_bytes()[g % 4] as i8 - 32;
+    }
+    out
 }
 
 /// The 3-bit values of a Q3_K block (-4..3) in element order.
@@ -130,7 +135,7 @@ pub fn dequantize_q3k(x: &[BlockQ3K], out: &mut [f32]) {
 // ---- Q4_K / Q5_K ----
 
 /// Scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block (6-bit packed).
-#[inline]
+#[inline(always)]
 pub fn q4k_scale_min(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -257,7 +262,7 @@ pub fn dequantize_q6k(x: &[BlockQ6K], out: &mut [f32]) {
 // ---- IQ4_XS ----
 
 /// Sub-block `ib` (0..8) scale of an IQ4_XS block, offset removed (-32..31).
-#[inline]
+#[inline(always)]
 pub fn iq4xs_scale(b: &BlockIq4Xs, ib: usize) -> i32 {
     let lo = (b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0f;
     let hi = ((b.scales_h >> (2 * ib)) & 3) as u8;

@@ -24,6 +24,7 @@
 #![allow(clippy::missing_safety_doc)] // the contract is the module doc's SAFETY paragraph
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use super::blocks::*;
 use super::x86::{bytes_from_bits_32, iq4nl_table};
@@ -214,27 +215,24 @@ tile_kernel!(
     }
 );
 
-/// i32 row sums of unsigned weight bytes `w` times activation group `a`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn rows_u(w: __m256i, a: __m256i) -> __m256i {
-    widen(pairs_u(w, a))
-}
-
-/// Column blocks per pass of [`lanes_kernel`] (its `d_w * d_a` products are kept for them).
+/// Column blocks whose decoded weights [`lanes_kernel`] keeps for the activation rows.
 const LANE_CHUNK: usize = 32;
 
 /// One ggml-order format's kernel `$name::<N>` (`scalar::dot32` with `LANES`): per (row,
 /// activation) pair 8 lane accumulators, lane `g` the exact sum of group `g`'s 4 products,
 /// `fma(d_w * d_a, sum, lane)` per block; the lanes reduced in `hsum8`'s order at the end, as
-/// vertical adds over 8 rows at once. `$pair` gives the weight vectors of groups `gp` and
-/// `gp + 4`; `$rows` multiplies one with an activation group (`rows_u` or `rows_s`).
+/// vertical adds over 8 rows at once. `$pair` decodes the weight vectors of groups `gp` and
+/// `gp + 4`; `$signed` formats multiply with the sign trick, the others directly (u8).
 ///
-/// The 8N accumulators do not fit in 16 registers, so the loop runs per chunk of blocks one
-/// pass per group pair, holding only that pair's 2N accumulators (each lane's chain still goes
-/// block after block: same bits); the tiles of a chunk stay in L1 between passes.
+/// The integer multiplier bounds this arithmetic: every 32 products need a `maddubs` and a
+/// `madd`, where the exact block sums (`tile_kernel`) need one `maddubs`. So nothing else may
+/// repeat per activation row: for several rows, a chunk of blocks is decoded once into a
+/// scratch (with |w| for the signed formats), then each activation row runs over it with its
+/// 8 accumulators in registers (8N would not fit). Measured against holding 8N accumulators
+/// in memory and against re-decoding per row (`instr_probe speed FORMAT 16`).
 macro_rules! lanes_kernel {
-    ($name:ident, $tile:ty, $act:ty, min = $min:tt, $rows:ident, |$t:ident, $gp:ident| $pair:expr) => {
+    ($name:ident, $tile:ty, $act:ty, min = $min:tt, signed = $signed:tt,
+     |$t:ident, $gp:ident| $pair:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $name<const N: usize>(
             tiles: &[$tile],
@@ -247,64 +245,59 @@ macro_rules! lanes_kernel {
             let mut acc = [[_mm256_setzero_ps(); 8]; N];
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm256_setzero_ps(); N];
+            // Scratch left uninitialised (zeroing 17 KiB per call cost more than the work):
+            // every entry read below was written first for the same chunk.
+            let mut w = [[MaybeUninit::<__m256i>::uninit(); 8]; LANE_CHUNK];
+            #[allow(unused_mut, unused_variables)] // |w|, for the signed formats
+            let mut wa = [[MaybeUninit::<__m256i>::uninit(); 8]; LANE_CHUNK];
+            let mut dw = [MaybeUninit::<__m256>::uninit(); LANE_CHUNK];
             if N == 1 {
-                // One activation row (decode): its 8 accumulators fit in registers, so one
-                // pass streams each tile once.
+                // One activation row (decode): decoded weights go straight to the multiplier,
+                // one sequential pass over the tiles.
                 for i in 0..nb {
                     let $t = unsafe { tiles.get_unchecked(i) };
-                    let dw = lanes_f16(&$t.d);
                     let ys = unsafe { y[0].get_unchecked(i) }.qs.as_ptr();
-                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(unsafe { *meta[0].d.get_unchecked(i) }));
+                    let da = unsafe { *meta[0].d.get_unchecked(i) };
+                    let d = _mm256_mul_ps(lanes_f16(&$t.d), _mm256_set1_ps(da));
                     for $gp in 0..4 {
                         let (wl, wh) = $pair;
-                        let pl = _mm256_cvtepi32_ps($rows(wl, group(ys, $gp)));
-                        acc[0][$gp] = _mm256_fmadd_ps(d, pl, acc[0][$gp]);
-                        let ph = _mm256_cvtepi32_ps($rows(wh, group(ys, $gp + 4)));
-                        acc[0][$gp + 4] = _mm256_fmadd_ps(d, ph, acc[0][$gp + 4]);
+                        let pl = lanes_kernel!(@rows_now $signed, wl, group(ys, $gp));
+                        acc[0][$gp] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(pl), acc[0][$gp]);
+                        let ph = lanes_kernel!(@rows_now $signed, wh, group(ys, $gp + 4));
+                        acc[0][$gp + 4] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(ph), acc[0][$gp + 4]);
                     }
                     tile_kernel!(@min $min, $t, meta, summs, i, N);
                 }
             }
-            // Every entry read below was written first in the same chunk: no zeroing (a 4 KiB
-            // memset per call showed up at 6% of batched decode).
-            let mut dd = [[_mm256_undefined_ps(); N]; LANE_CHUNK];
-            let multi = if N == 1 { 0 } else { nb };
-            for c0 in (0..multi).step_by(LANE_CHUNK) {
-                let c1 = (c0 + LANE_CHUNK).min(multi);
+            let chunked = if N == 1 { 0 } else { nb };
+            for c0 in (0..chunked).step_by(LANE_CHUNK) {
+                let c1 = (c0 + LANE_CHUNK).min(chunked);
                 for i in c0..c1 {
                     // SAFETY (the unchecked indexing in this function): i < nb, and every
                     // slice indexed with i is at least nb long (asserted above).
                     let $t = unsafe { tiles.get_unchecked(i) };
-                    let dw = lanes_f16(&$t.d);
-                    for n in 0..N {
-                        let da = unsafe { *meta[n].d.get_unchecked(i) };
-                        dd[i - c0][n] = _mm256_mul_ps(dw, _mm256_set1_ps(da));
+                    dw[i - c0] = MaybeUninit::new(lanes_f16(&$t.d));
+                    for $gp in 0..4 {
+                        let (wl, wh) = $pair;
+                        w[i - c0][$gp] = MaybeUninit::new(wl);
+                        w[i - c0][$gp + 4] = MaybeUninit::new(wh);
+                        lanes_kernel!(@abs $signed, wa[i - c0], $gp, wl, wh);
                     }
                     tile_kernel!(@min $min, $t, meta, summs, i, N);
                 }
-                for $gp in 0..4 {
-                    let mut lo = [_mm256_setzero_ps(); N];
-                    let mut hi = [_mm256_setzero_ps(); N];
-                    for n in 0..N {
-                        lo[n] = acc[n][$gp];
-                        hi[n] = acc[n][$gp + 4];
-                    }
+                for n in 0..N {
+                    let mut a = acc[n];
                     for i in c0..c1 {
-                        let $t = unsafe { tiles.get_unchecked(i) };
-                        let (wl, wh) = $pair;
-                        for n in 0..N {
-                            let ys = unsafe { y[n].get_unchecked(i) }.qs.as_ptr();
-                            let d = dd[i - c0][n];
-                            let pl = _mm256_cvtepi32_ps($rows(wl, group(ys, $gp)));
-                            lo[n] = _mm256_fmadd_ps(d, pl, lo[n]);
-                            let ph = _mm256_cvtepi32_ps($rows(wh, group(ys, $gp + 4)));
-                            hi[n] = _mm256_fmadd_ps(d, ph, hi[n]);
+                        let ys = unsafe { y[n].get_unchecked(i) }.qs.as_ptr();
+                        let da = unsafe { *meta[n].d.get_unchecked(i) };
+                        // SAFETY: entries i - c0 of the scratch were written for this chunk above.
+                        let d = _mm256_mul_ps(unsafe { dw[i - c0].assume_init() }, _mm256_set1_ps(da));
+                        for g in 0..8 {
+                            let s = lanes_kernel!(@rows $signed, w[i - c0][g], wa[i - c0][g], group(ys, g));
+                            a[g] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), a[g]);
                         }
                     }
-                    for n in 0..N {
-                        acc[n][$gp] = lo[n];
-                        acc[n][$gp + 4] = hi[n];
-                    }
+                    acc[n] = a;
                 }
             }
             let mut out = [[0f32; TILE_ROWS]; N];
@@ -320,6 +313,21 @@ macro_rules! lanes_kernel {
             out
         }
     };
+    (@abs false, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {};
+    (@abs true, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {
+        $wa[$gp] = MaybeUninit::new(_mm256_abs_epi8($wl));
+        $wa[$gp + 4] = MaybeUninit::new(_mm256_abs_epi8($wh));
+    };
+    (@rows_now false, $w:expr, $a:expr) => { widen(pairs_u($w, $a)) };
+    (@rows_now true, $w:expr, $a:expr) => { rows_s($w, $a) };
+    // SAFETY (both arms): the scratch entries were written for this chunk (see above).
+    (@rows false, $w:expr, $wa:expr, $a:expr) => {
+        widen(pairs_u(unsafe { $w.assume_init() }, $a))
+    };
+    (@rows true, $w:expr, $wa:expr, $a:expr) => {{
+        let (w, wa) = unsafe { ($w.assume_init(), $wa.assume_init()) };
+        widen(_mm256_maddubs_epi16(wa, _mm256_sign_epi8($a, w)))
+    }};
 }
 
 lanes_kernel!(
@@ -327,7 +335,7 @@ lanes_kernel!(
     TileQ4_1,
     BlockQ8_1,
     min = true,
-    rows_u,
+    signed = false,
     |t, gp| { nibbles(&t.qs, gp) }
 );
 // Q5_0 as ggml decodes it: signed values, the nibble minus 16 where the fifth bit is clear.
@@ -336,7 +344,7 @@ lanes_kernel!(
     TileQ5_0,
     BlockQ8_0,
     min = false,
-    rows_s,
+    signed = true,
     |t, gp| {
         let (lo, hi) = nibbles(&t.qs, gp);
         (signed_q5(lo, t.qh[gp]), signed_q5(hi, t.qh[gp + 4]))
@@ -347,7 +355,7 @@ lanes_kernel!(
     TileQ5_1,
     BlockQ8_1,
     min = true,
-    rows_u,
+    signed = false,
     |t, gp| {
         let (lo, hi) = nibbles(&t.qs, gp);
         (
@@ -361,7 +369,7 @@ lanes_kernel!(
     TileQ8_0,
     BlockQ8_0,
     min = false,
-    rows_s,
+    signed = true,
     |t, gp| {
         (
             _mm256_loadu_si256(t.qs[32 * gp..32 * gp + 32].as_ptr().cast()),
