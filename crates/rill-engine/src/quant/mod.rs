@@ -466,6 +466,10 @@ impl<'a> QMatrix<'a> {
             let n = a1 - a0;
             for rt in tile_rows.clone() {
                 let w = tiles.tile_row::<T>(rt);
+                if rt + 1 < tiles.tile_rows {
+                    // The next tile row streams in while this one is multiplied.
+                    prefetch(tiles.tile_row::<T>(rt + 1));
+                }
                 let mut j = 0;
                 while j + 4 <= n {
                     let v = f4(
@@ -490,18 +494,8 @@ impl<'a> QMatrix<'a> {
     /// decode is bound by memory latency, not arithmetic: this keeps several rows in flight.
     #[inline(always)]
     fn prefetch_row(&self, r: usize) {
-        #[cfg(target_arch = "x86_64")]
         if r < self.rows {
-            let row = self.row_bytes(r);
-            for off in (0..row.len()).step_by(64) {
-                // SAFETY: prefetch never faults and SSE is part of the x86_64 baseline; the
-                // address is inside the row anyway.
-                unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                        row.as_ptr().add(off).cast(),
-                    )
-                };
-            }
+            prefetch(self.row_bytes(r));
         }
     }
 
@@ -533,6 +527,24 @@ impl<'a> QMatrix<'a> {
             }
             GgmlType::F32 => out.copy_from_slice(cast_weights::<f32>(b)),
             GgmlType::Other(_) => {}
+        }
+    }
+}
+
+/// Hints the cache to start loading `data` (every 64-byte line).
+#[inline(always)]
+fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(data);
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: prefetch never faults and SSE is part of the x86_64 baseline; the address
+            // is inside `data` anyway.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    data.as_ptr().cast::<i8>().add(off),
+                )
+            };
         }
     }
 }
