@@ -63,14 +63,16 @@ fn deinterleave_qh(qh: &[u32; 8], j: usize) -> [u8; 4] {
     h.to_le_bytes()
 }
 
+/// `Tiled` for a 4-/5-bit format: scales, optional offsets `m` and fifth bits `qh`, nibbles.
 macro_rules! tiled_nibbles {
-    ($tile:ident, $row:ident $(, $m:ident)?) => {
+    ($tile:ident, $row:ident $(, m = $m:ident)? $(, qh = $qh:ident)?) => {
         impl Tiled for $tile {
             type Row = $row;
             fn pack(rows: &[$row; TILE_ROWS]) -> Self {
                 Self {
                     d: rows.each_ref().map(|r| r.d),
                     $($m: rows.each_ref().map(|r| r.$m),)?
+                    $($qh: interleave_qh(rows.each_ref().map(|r| r.$qh)),)?
                     qs: interleave::<4, 128, u8>(rows.each_ref().map(|r| &r.qs[..])),
                 }
             }
@@ -78,6 +80,7 @@ macro_rules! tiled_nibbles {
                 $row {
                     d: self.d[j],
                     $($m: self.$m[j],)?
+                    $($qh: deinterleave_qh(&self.$qh, j),)?
                     qs: deinterleave::<4, 16, u8>(&self.qs, j),
                 }
             }
@@ -86,33 +89,9 @@ macro_rules! tiled_nibbles {
 }
 tiled_nibbles!(TileQ4_0, BlockQ4_0);
 tiled_nibbles!(TileIq4Nl, BlockIq4Nl);
-tiled_nibbles!(TileQ4_1, BlockQ4_1, m);
-
-macro_rules! tiled_q5 {
-    ($tile:ident, $row:ident $(, $m:ident)?) => {
-        impl Tiled for $tile {
-            type Row = $row;
-            fn pack(rows: &[$row; TILE_ROWS]) -> Self {
-                Self {
-                    d: rows.each_ref().map(|r| r.d),
-                    $($m: rows.each_ref().map(|r| r.$m),)?
-                    qh: interleave_qh(rows.each_ref().map(|r| r.qh)),
-                    qs: interleave::<4, 128, u8>(rows.each_ref().map(|r| &r.qs[..])),
-                }
-            }
-            fn unpack(&self, j: usize) -> $row {
-                $row {
-                    d: self.d[j],
-                    $($m: self.$m[j],)?
-                    qh: deinterleave_qh(&self.qh, j),
-                    qs: deinterleave::<4, 16, u8>(&self.qs, j),
-                }
-            }
-        }
-    };
-}
-tiled_q5!(TileQ5_0, BlockQ5_0);
-tiled_q5!(TileQ5_1, BlockQ5_1, m);
+tiled_nibbles!(TileQ4_1, BlockQ4_1, m = m);
+tiled_nibbles!(TileQ5_0, BlockQ5_0, qh = qh);
+tiled_nibbles!(TileQ5_1, BlockQ5_1, m = m, qh = qh);
 
 impl Tiled for TileQ8_0 {
     type Row = BlockQ8_0;

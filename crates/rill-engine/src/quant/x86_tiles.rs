@@ -101,6 +101,16 @@ unsafe fn widen(s16: __m256i) -> __m256i {
     _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
 }
 
+/// What the kernels' unchecked indexing relies on: every activation row, and the per-block
+/// values the kernel reads (`d`; `s` with `s`, `sum` with `sum`), cover the tile row's `nb`
+/// blocks.
+fn check_lengths<A>(nb: usize, y: &[&[A]], meta: &[ActMeta<'_>], s: bool, sum: bool) {
+    assert!(y.iter().all(|a| a.len() >= nb));
+    assert!(meta
+        .iter()
+        .all(|m| m.d.len() >= nb && (!s || m.s.len() >= nb) && (!sum || m.sum.len() >= nb)));
+}
+
 /// One format's kernel `$name::<N>`. `$int` fills `$isum[n]` (8 i32 row sums of tile `$t`
 /// against activation quants `$ys[n]`); `corr` is the offset taken off as `corr * sum(a)`;
 /// `min` adds the `m * s` chain of the offset formats.
@@ -114,10 +124,7 @@ macro_rules! tile_kernel {
             meta: [ActMeta<'_>; N],
         ) -> [[f32; TILE_ROWS]; N] {
             let nb = tiles.len();
-            assert!(y.iter().all(|a| a.len() >= nb));
-            assert!(meta.iter().all(|m| m.d.len() >= nb
-                && (!$min || m.s.len() >= nb)
-                && ($corr == 0 || m.sum.len() >= nb)));
+            check_lengths(nb, &y, &meta, $min, $corr != 0);
             let mut acc = [_mm256_setzero_ps(); N];
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm256_setzero_ps(); N];
@@ -240,8 +247,7 @@ macro_rules! lanes_kernel {
             meta: [ActMeta<'_>; N],
         ) -> [[f32; TILE_ROWS]; N] {
             let nb = tiles.len();
-            assert!(y.iter().all(|a| a.len() >= nb));
-            assert!(meta.iter().all(|m| m.d.len() >= nb && (!$min || m.s.len() >= nb)));
+            check_lengths(nb, &y, &meta, $min, false);
             let mut acc = [[_mm256_setzero_ps(); 8]; N];
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm256_setzero_ps(); N];
