@@ -2,8 +2,10 @@
 # rill beside llama.cpp on the default model in every weight format (tools/requantize.sh makes
 # the files), same machine, same threads, interleaved per format: prefill pp512 and decode tg64
 # from `rill bench-engine` and `llama-bench`, plus rill's batched decode at 1/4/8/16/32.
-# Prints one markdown row per format (BENCHMARKS.md keeps the table and this command).
-#   tools/bench-formats.sh [FORMAT ...]
+# Prints one markdown row per format (BENCHMARKS.md keeps the table and this command). An
+# argument that is a .gguf path benchmarks that file instead (e.g. Gemma 3 270M); GEN=128 sets
+# the decode length.
+#   tools/bench-formats.sh [FORMAT | FILE.gguf ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 home=${RILL_HOME:-$HOME/.cache/rill}
@@ -12,13 +14,15 @@ rill=${RILL_BIN:-target/release/rill}
 threads=${THREADS:-2}
 formats=("$@")
 [ ${#formats[@]} -gt 0 ] || formats=(Q4_1 Q4_0 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K IQ4_NL IQ4_XS F16 BF16)
-echo "| format | pp512 rill / llama.cpp | tg64 rill / llama.cpp | rill batched decode tok/s at ${BATCHES:-1,16} (16 vs 1) |"
+gen=${GEN:-64}
+echo "| format | pp512 rill / llama.cpp | tg$gen rill / llama.cpp | rill batched decode tok/s at ${BATCHES:-1,16} (16 vs 1) |"
 echo "|---|---|---|---|"
 for f in "${formats[@]}"; do
   m=$home/models/requant/SmolLM2-135M-Instruct.$f.gguf
   [ "$f" = Q4_1 ] && m=$home/models/SmolLM2-135M-Instruct.Q4_1.gguf
-  r=$("$rill" bench-engine -m "$m" -t "$threads" --gen 64 --batch ${BATCHES:-1,16} -r 2 --json 2>/dev/null)
-  l=$("$peer/llama-bench" -m "$m" -t "$threads" -p 512 -n 64 -r 2 -o json 2>/dev/null)
+  case $f in *.gguf) m=$f; f=$(basename "$f" .gguf) ;; esac
+  r=$("$rill" bench-engine -m "$m" -t "$threads" --gen "$gen" --batch ${BATCHES:-1,16} -r 2 --json 2>/dev/null)
+  l=$("$peer/llama-bench" -m "$m" -t "$threads" -p 512 -n "$gen" -r 2 -o json 2>/dev/null)
   python3 - "$f" "$r" "$l" <<'PY'
 import json, sys
 f, r, l = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])

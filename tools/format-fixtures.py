@@ -39,34 +39,46 @@ def peer_bin():
     return subprocess.check_output([tool], text=True).strip()
 
 
+def start_server(server, model, extra=()):
+    """Starts llama-server on `model` (2 threads, one slot) and waits until it is healthy."""
+    proc = subprocess.Popen([server, "-m", model, "-t", "2", "-np", "1", "-c", "2048",
+                             "--host", "127.0.0.1", "--port", str(PORT), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except Exception:
+            time.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError(f"llama-server did not start on {model}")
+
+
+def greedy_case(name, prompt, add_special, n_predict=N_PREDICT, n_probs=2):
+    """llama-server's tokens for `prompt` and its greedy continuation with the `n_probs` most
+    likely tokens and their log-probabilities at every position."""
+    ids = post("/tokenize", {"content": prompt, "add_special": add_special, "parse_special": True})["tokens"]
+    r = post("/completion", {"prompt": ids, "n_predict": n_predict, "temperature": 0,
+                             "top_k": 1, "n_probs": n_probs, "cache_prompt": False,
+                             "ignore_eos": True, "return_tokens": True, "samplers": ["top_k"]})
+    probs = r["completion_probabilities"]
+    top = [[[t["id"], round(t["logprob"], 5)] for t in p["top_logprobs"][:n_probs]] for p in probs]
+    return {
+        "name": name,
+        "prompt": prompt,
+        "prompt_tokens": ids,
+        "greedy_tokens": [p["id"] for p in probs],
+        "top2": [t[:2] for t in top],
+        **({"top5_first": top[:4]} if n_probs >= 5 else {}),
+    }
+
+
 def reference(fmt, server):
     model = os.path.join(REQUANT, f"SmolLM2-135M-Instruct.{fmt}.gguf")
-    proc = subprocess.Popen([server, "-m", model, "-t", "2", "-np", "1", "-c", "2048",
-                             "--host", "127.0.0.1", "--port", str(PORT)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_server(server, model)
     try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except Exception:
-                time.sleep(0.1)
-        cases = []
-        for name, prompt in PROMPTS.items():
-            ids = post("/tokenize", {"content": prompt, "add_special": False, "parse_special": True})["tokens"]
-            r = post("/completion", {"prompt": ids, "n_predict": N_PREDICT, "temperature": 0,
-                                     "top_k": 1, "n_probs": 2, "cache_prompt": False,
-                                     "ignore_eos": True, "return_tokens": True, "samplers": ["top_k"]})
-            probs = r["completion_probabilities"]
-            top2 = [[[t["id"], round(t["logprob"], 5)] for t in p["top_logprobs"][:2]] for p in probs]
-            cases.append({
-                "name": name,
-                "prompt": prompt,
-                "prompt_tokens": ids,
-                "greedy_tokens": [p["id"] for p in probs],
-                "top2": top2,
-            })
+        cases = [greedy_case(name, prompt, False) for name, prompt in PROMPTS.items()]
         return {
             "reference": "llama.cpp llama-server b11434, greedy (temperature 0, top_k 1, ignore_eos), 2 threads",
             "model": os.path.basename(model),

@@ -32,6 +32,7 @@ async fn measures_a_real_rill_server_and_stores_the_run() {
             kv_tokens: 8192,
             kv_bytes: 0,
             kernels: None,
+            chat_template: None,
         },
     )
     .unwrap();

@@ -120,6 +120,7 @@ fn step(model: &str, batch: usize) {
             kv_tokens: 4096,
             kv_bytes: 0,
             kernels: Some("avx2".into()),
+            chat_template: None,
         },
     )
     .unwrap();

@@ -1,5 +1,7 @@
 //! Renders the model's `tokenizer.chat_template` (Jinja) with minijinja, configured like Hugging
-//! Face's environment (trim_blocks, lstrip_blocks, `raise_exception`).
+//! Face's environment (trim_blocks, lstrip_blocks, `raise_exception`). A model without one (a
+//! base model) has no chat format: rendering fails with [`EngineError::NoChatTemplate`] rather
+//! than guessing one, unless the user supplies a template.
 
 use minijinja::{Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -21,18 +23,31 @@ impl ChatMessage {
     }
 }
 
-/// A compiled chat template.
+/// A compiled chat template, or the absence of one.
 pub struct ChatTemplate {
-    env: Environment<'static>,
+    /// None: the model has no template.
+    env: Option<Environment<'static>>,
     bos: String,
     eos: String,
 }
 
-/// ChatML, used when a model ships no template.
-const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
 impl ChatTemplate {
+    /// Compiles `source` (None: a model without a template, whose `render` fails).
     pub fn new(source: Option<&str>, bos: &str, eos: &str) -> Result<Self> {
+        let env = source.map(Self::compile).transpose()?;
+        Ok(Self {
+            env,
+            bos: bos.into(),
+            eos: eos.into(),
+        })
+    }
+
+    /// Whether there is a template to render.
+    pub fn is_available(&self) -> bool {
+        self.env.is_some()
+    }
+
+    fn compile(source: &str) -> Result<Environment<'static>> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -42,18 +57,14 @@ impl ChatTemplate {
                 Err(Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        env.add_template_owned("chat", source.unwrap_or(CHATML).to_string())
+        env.add_template_owned("chat", source.to_string())
             .map_err(|e| EngineError::ChatTemplate(e.to_string()))?;
-        Ok(Self {
-            env,
-            bos: bos.into(),
-            eos: eos.into(),
-        })
+        Ok(env)
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self
-            .env
+        let env = self.env.as_ref().ok_or(EngineError::NoChatTemplate)?;
+        let tmpl = env
             .get_template("chat")
             .map_err(|e| EngineError::ChatTemplate(e.to_string()))?;
         tmpl.render(minijinja::context! {

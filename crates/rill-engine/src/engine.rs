@@ -26,6 +26,8 @@ pub struct EngineConfig {
     pub kv_bytes: usize,
     /// Force a kernel tier by name (`scalar`, `avx2`, `avx512`); None: best available.
     pub kernels: Option<String>,
+    /// A chat template (Jinja source) replacing the model's `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
 }
 
 /// One sequence's share of a step: `tokens` are appended at the sequence's current length.
@@ -69,7 +71,9 @@ impl Engine {
                 .unwrap_or_default()
         };
         let chat_template = ChatTemplate::new(
-            tokenizer.chat_template.as_deref(),
+            cfg.chat_template
+                .as_deref()
+                .or(tokenizer.chat_template.as_deref()),
             &tok_text(tokenizer.bos_id),
             &tok_text(tokenizer.eos_id),
         )?;

@@ -27,12 +27,14 @@ pub enum EngineError {
     MissingTensor(String),
     #[error("tensor `{name}` has type {dtype}, which rill does not support")]
     UnsupportedTensorType { name: String, dtype: String },
-    #[error("model architecture `{0}` is not supported (supported: llama)")]
+    #[error("model architecture `{0}` is not supported (supported: {list})", list = crate::model::SUPPORTED_ARCHITECTURES.join(", "))]
     UnsupportedArchitecture(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    #[error("model has no chat template (no `tokenizer.chat_template`): use /v1/completions with raw text, or start rill with --chat-template FILE")]
+    NoChatTemplate,
     #[error("sequence {0} is unknown to the engine")]
     UnknownSequence(u64),
     #[error("sequence {0} already exists")]

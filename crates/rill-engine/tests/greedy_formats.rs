@@ -1,15 +1,7 @@
 //! rill against llama.cpp on the default model requantized into every weight format
 //! (`tools/requantize.sh`, llama.cpp's `llama-quantize --allow-requantize`): greedy decoding
 //! must give llama.cpp's tokens (`tests/data/formats/*.json`, made by `tools/format-fixtures.py`
-//! with the peer's `llama-server`) for at least 32 tokens per case, or diverge only
-//! - at a near-tie of the reference (its top-2 log-prob gap < 0.1), or
-//! - where both engines end the text (llama.cpp's `ignore_eos` bans the end token, so its
-//!   fixture goes on: rill's generates through it instead), or
-//! - where both engines end the text (llama.cpp's `ignore_eos` bans the end token, so its
-//!   fixture goes on: rill's generates through it instead), or
-//! - at a tie of both engines: each engine's choice is the other's runner-up and both gaps are
-//!   < 0.5 (llama.cpp runs a prompt through other kernels than decode for some formats, so the
-//!   two engines may split a close call either way).
+//! with the peer's `llama-server`) by the rules of `support::reference::compare`.
 //!
 //! The requantized files are made by llama.cpp's tool, which `.ci/run` builds; where they are
 //! absent the test says so and passes, unless `RILL_REQUIRE_FORMATS=1` (as in CI).
@@ -19,58 +11,8 @@ mod support;
 
 use std::path::PathBuf;
 
-use rill_engine::{
-    generate, Engine, EngineConfig, GenerateOptions, SamplingParams, SeqId, StepItem,
-};
-
-const MIN_MATCH: usize = 32;
-const NEAR_TIE: f32 = 0.1;
-const TIE: f32 = 0.5;
-
-struct Case {
-    name: String,
-    prompt_tokens: Vec<u32>,
-    greedy: Vec<u32>,
-    /// Per position: (id, logprob) of the reference's two most likely tokens.
-    top2: Vec<[(u32, f32); 2]>,
-}
-
-fn load_cases(path: &std::path::Path) -> (String, Vec<Case>) {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let ids = |x: &serde_json::Value| -> Vec<u32> {
-        x.as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect()
-    };
-    let cases = v["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| Case {
-            name: c["name"].as_str().unwrap().to_string(),
-            prompt_tokens: ids(&c["prompt_tokens"]),
-            greedy: ids(&c["greedy_tokens"]),
-            top2: c["top2"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    let e = |i: usize| {
-                        (
-                            p[i][0].as_u64().unwrap() as u32,
-                            p[i][1].as_f64().unwrap() as f32,
-                        )
-                    };
-                    [e(0), e(1)]
-                })
-                .collect(),
-        })
-        .collect();
-    (v["model"].as_str().unwrap().to_string(), cases)
-}
+use rill_engine::{Engine, EngineConfig, SeqId, StepItem};
+use support::reference;
 
 #[test]
 fn greedy_tokens_match_llama_cpp_in_every_format() {
@@ -90,7 +32,7 @@ fn greedy_tokens_match_llama_cpp_in_every_format() {
     let require = std::env::var_os("RILL_REQUIRE_FORMATS").is_some_and(|v| v == "1");
     let mut failures = Vec::new();
     for file in files {
-        let (model, cases) = load_cases(&file);
+        let (model, cases) = reference::load_cases(&file);
         let path = models.join(&model);
         if !path.exists() {
             assert!(
@@ -111,73 +53,11 @@ fn greedy_tokens_match_llama_cpp_in_every_format() {
                 kv_tokens: 1024,
                 kv_bytes: 0,
                 kernels: None,
+                chat_template: None,
             },
         )
         .unwrap();
-        for c in &cases {
-            let g = generate(
-                &mut engine,
-                &c.prompt_tokens,
-                &GenerateOptions {
-                    max_tokens: c.greedy.len(),
-                    sampling: SamplingParams {
-                        ignore_eos: true,
-                        logprobs: true,
-                        top_logprobs: 2,
-                        ..SamplingParams::greedy()
-                    },
-                    ..Default::default()
-                },
-                |_| {},
-            )
-            .unwrap();
-            let matched = g
-                .tokens
-                .iter()
-                .zip(&c.greedy)
-                .take_while(|(a, b)| a.id == **b)
-                .count();
-            let want = MIN_MATCH.min(c.greedy.len());
-            if matched >= want {
-                eprintln!(
-                    "{model} {}: {matched}/{} tokens match",
-                    c.name,
-                    c.greedy.len()
-                );
-                continue;
-            }
-            let [(ref1, lp1), (ref2, lp2)] = c.top2[matched];
-            let ref_gap = lp1 - lp2;
-            let ours = &g.tokens[matched];
-            let our_gap = match ours.top_logprobs.as_slice() {
-                [(_, a), (_, b), ..] => a - b,
-                _ => f32::INFINITY,
-            };
-            let our_runner_up = ours.top_logprobs.get(1).map(|t| t.0);
-            // llama.cpp's `ignore_eos` bans the end token (its log-probs still show it on top);
-            // rill's generates through it. Both engines ending the text here is agreement.
-            let both_end = ours.id == ref1 && c.greedy[matched] != ref1;
-            let tie =
-                ref_gap < TIE && our_gap < TIE && our_runner_up == Some(ref1) && ours.id == ref2;
-            let verdict = format!(
-                "{model} {}: diverged at token {matched}: llama.cpp {ref1} ({lp1:.3}) over {ref2} \
-                 ({lp2:.3}), gap {ref_gap:.3}; rill {} over {:?}, gap {our_gap:.3}",
-                c.name, ours.id, our_runner_up
-            );
-            if both_end {
-                eprintln!(
-                    "{model} {}: {matched} tokens match, then both end the text",
-                    c.name
-                );
-            } else if ref_gap < NEAR_TIE || tie {
-                eprintln!(
-                    "{verdict}: accepted ({})",
-                    if tie { "tie" } else { "near-tie" }
-                );
-            } else {
-                failures.push(verdict);
-            }
-        }
+        failures.extend(reference::compare(&mut engine, &model, &cases, 0.0));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
@@ -206,6 +86,7 @@ fn mixed_format_file_is_batch_invariant() {
         kv_tokens: 2048,
         kv_bytes: 0,
         kernels: None,
+        chat_template: None,
     };
     let mut e = Engine::load(&path, &cfg).unwrap();
     let prompt: Vec<u32> = e.tokenizer.encode("The river carried the boat past fields and towns, and the people on the banks waved as it went by.", false).unwrap();

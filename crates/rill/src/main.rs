@@ -28,8 +28,12 @@ struct Cli {
 enum Command {
     /// Fetch a model into the cache (default: SmolLM2-135M-Instruct Q4_1) and print its path.
     Pull {
-        /// A model name, local .gguf path or http(s) URL. Default: the default model.
+        /// A known model name (`--list`), local .gguf path or http(s) URL. Default: the default
+        /// model.
         model: Option<String>,
+        /// List the known model names and whether each is in the cache.
+        #[arg(long, conflicts_with_all = ["model", "sha256"])]
+        list: bool,
         /// Expected sha256 of the .gguf (for URLs and paths).
         #[arg(long)]
         sha256: Option<String>,
@@ -64,6 +68,17 @@ pub struct ModelArgs {
     /// Force a kernel set: scalar, avx2, avx512.
     #[arg(long, env = "RILL_KERNELS")]
     pub kernels: Option<String>,
+    /// A Jinja chat template file replacing the model's (a base model has none).
+    #[arg(long, env = "RILL_CHAT_TEMPLATE")]
+    pub chat_template: Option<PathBuf>,
+}
+
+/// The text of a `--chat-template` file.
+pub fn read_chat_template(path: Option<&std::path::Path>) -> Result<Option<String>> {
+    path.map(|p| {
+        std::fs::read_to_string(p).with_context(|| format!("reading chat template {}", p.display()))
+    })
+    .transpose()
 }
 
 impl ModelArgs {
@@ -76,6 +91,7 @@ impl ModelArgs {
                 kv_tokens,
                 kv_bytes: 0,
                 kernels: self.kernels.clone(),
+                chat_template: read_chat_template(self.chat_template.as_deref())?,
             },
         )
         .with_context(|| format!("loading {}", path.display()))?;
@@ -125,6 +141,21 @@ pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
     Ok(rill_store::pull(&r, None, progress())?)
 }
 
+/// `rill pull --list`: the known models, the default first.
+fn list_models() -> Result<()> {
+    for (i, m) in rill_store::KNOWN_MODELS.iter().enumerate() {
+        let path = m.path()?;
+        let state = if path.is_file() {
+            format!("cached at {}", path.display())
+        } else {
+            "not pulled".to_string()
+        };
+        let default = if i == 0 { " (default)" } else { "" };
+        println!("{:<14} {}{default}; {state}", m.name, m.description);
+    }
+    Ok(())
+}
+
 fn progress() -> Progress {
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         Progress::Bar
@@ -137,7 +168,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let _telemetry = telemetry::init(cli.otlp_endpoint.as_deref())?;
     match cli.command {
-        Command::Pull { model, sha256 } => {
+        Command::Pull { list: true, .. } => list_models()?,
+        Command::Pull { model, sha256, .. } => {
             let r = ModelRef::parse(model.as_deref())?;
             let path = rill_store::pull(&r, sha256.as_deref(), progress())?;
             println!("{}", path.display());

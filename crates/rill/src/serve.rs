@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Force a kernel set: scalar, avx2, avx512.
     #[arg(long, env = "RILL_KERNELS")]
     kernels: Option<String>,
+    /// A Jinja chat template file replacing the model's (a base model has none, and answers
+    /// /v1/chat/completions with 400 without one).
+    #[arg(long, env = "RILL_CHAT_TEMPLATE")]
+    chat_template: Option<PathBuf>,
     /// KV cache size in MiB (default: derived from memory, see `rill info`).
     #[arg(long, env = "RILL_KV_CACHE_MIB")]
     kv_cache_mib: Option<usize>,
@@ -115,6 +119,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             kv_tokens: 0,
             kv_bytes,
             kernels: a.kernels,
+            chat_template: crate::read_chat_template(a.chat_template.as_deref())?,
         },
     )
     .with_context(|| format!("loading {}", path.display()))?;

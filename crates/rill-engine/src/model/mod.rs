@@ -1,8 +1,12 @@
-//! Model architectures. Each architecture is a sibling module that turns GGUF tensors into its
-//! weights and implements the batched forward pass over the paged KV cache; [`Model`] is the
-//! closed set the engine dispatches on.
+//! Model architectures. Every supported architecture is the one decoder-only transformer of
+//! [`decoder`] with its own hyper-parameters and [`decoder::Features`]; each has a sibling module
+//! that reads them from the GGUF metadata (`llama`, `gemma3`), and [`Model::load`] is the one
+//! place that dispatches on `general.architecture`.
 
-pub mod llama;
+pub mod decoder;
+mod gemma3;
+mod hparams;
+mod llama;
 mod ops;
 
 use crate::error::{EngineError, Result};
@@ -11,7 +15,38 @@ use crate::kv_cache::{BlockId, KvCache, KvLayout};
 use crate::quant::Kernels;
 use crate::threadpool::ThreadPool;
 
-/// Hyper-parameters shared by the decoder-only transformers rill runs.
+/// The architectures [`Model::load`] accepts (`general.architecture`).
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
+
+/// How the rotary embedding pairs dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeMode {
+    /// Adjacent pairs (2i, 2i+1): llama.
+    Normal,
+    /// Pairs (i, i + n/2): Gemma, Qwen, Phi-3 (llama.cpp's NEOX).
+    Neox,
+}
+
+/// The gated feed-forward activation: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnActivation {
+    /// SiLU (SwiGLU): llama, Qwen, Phi-3.
+    SiluGlu,
+    /// tanh-approximated GELU (GeGLU): Gemma.
+    GeluGlu,
+}
+
+/// The attention settings of one layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerAttention {
+    /// Sliding window in tokens (the query itself included); None: global attention.
+    pub window: Option<usize>,
+    pub rope_base: f32,
+    /// Angles are multiplied by this (linear RoPE scaling: 1 / factor; 1 for none).
+    pub rope_freq_scale: f32,
+}
+
+/// Hyper-parameters of a decoder-only transformer, as read from the GGUF metadata.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub architecture: String,
@@ -24,9 +59,12 @@ pub struct ModelConfig {
     pub ffn_dim: usize,
     pub vocab_size: usize,
     pub context_length: usize,
+    /// RoPE base of the global-attention layers (`{arch}.rope.freq_base`).
     pub rope_base: f32,
     pub rope_dim: usize,
     pub norm_eps: f32,
+    /// Per layer: window and RoPE parameters.
+    pub layers: Vec<LayerAttention>,
 }
 
 impl ModelConfig {
@@ -55,23 +93,22 @@ pub struct ForwardCtx<'a> {
     pub kernels: &'a Kernels,
 }
 
-pub enum Model {
-    Llama(llama::Llama),
-}
+/// A loaded model.
+pub struct Model(decoder::Decoder);
 
 impl Model {
     pub fn load(gguf: &GgufFile) -> Result<Self> {
         let arch = gguf.req_str("general.architecture")?;
-        match arch {
-            "llama" => Ok(Model::Llama(llama::Llama::load(gguf)?)),
-            other => Err(EngineError::UnsupportedArchitecture(other.to_string())),
-        }
+        let (cfg, features) = match arch {
+            "llama" => llama::describe(gguf)?,
+            "gemma3" => gemma3::describe(gguf)?,
+            other => return Err(EngineError::UnsupportedArchitecture(other.to_string())),
+        };
+        Ok(Model(decoder::Decoder::load(gguf, cfg, features)?))
     }
 
     pub fn config(&self) -> &ModelConfig {
-        match self {
-            Model::Llama(m) => &m.cfg,
-        }
+        &self.0.cfg
     }
 
     /// Runs the batch, writing K/V into `kv`, and fills `logits` with one row of
@@ -84,24 +121,18 @@ impl Model {
         kv: &mut KvCache,
         logits: &mut Vec<f32>,
     ) {
-        match self {
-            Model::Llama(m) => m.forward(ctx, ws, batch, kv, logits),
-        }
+        self.0.forward(ctx, ws, batch, kv, logits)
     }
 
     /// Bytes of weights (the mmap'd tensors).
     pub fn weight_bytes(&self) -> usize {
-        match self {
-            Model::Llama(m) => m.weight_bytes(),
-        }
+        self.0.weight_bytes()
     }
 
     /// Heap bytes of the weights repacked at load (they replace their mmap'd pages, which
     /// are released from the resident set).
     pub fn repacked_bytes(&self) -> usize {
-        match self {
-            Model::Llama(m) => m.repacked_bytes(),
-        }
+        self.0.repacked_bytes()
     }
 }
 

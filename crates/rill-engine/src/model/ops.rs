@@ -1,6 +1,11 @@
-//! Row operations of the forward pass that are not kernels (RMSNorm, RoPE tables), and
+//! Row operations of the forward pass that are not kernels (RMSNorm, RoPE tables, GeGLU), and
 //! the per-step scratch buffers. Arithmetic follows ggml's CPU ops where it changes results
-//! (RMSNorm sums squares in f64; queries are rounded to f16 before the f16 key dot products).
+//! (RMSNorm sums squares in f64; GELU is looked up in an f16 table; queries are rounded to f16
+//! before the f16 key dot products).
+
+use std::sync::OnceLock;
+
+use half::f16;
 
 use crate::quant::{ActFormat, Kernels, QMatrix, QuantActs};
 
@@ -14,6 +19,8 @@ pub struct Workspace {
     pub att: Vec<f32>,
     pub hb: Vec<f32>,
     pub up: Vec<f32>,
+    /// A projection's output before its post-norm (Gemma).
+    pub proj: Vec<f32>,
     pub out_x: Vec<f32>,
     pub acts: ActPool,
 }
@@ -35,6 +42,7 @@ impl Workspace {
             att: Vec::new(),
             hb: Vec::new(),
             up: Vec::new(),
+            proj: Vec::new(),
             out_x: Vec::new(),
             acts: ActPool::default(),
         }
@@ -118,12 +126,24 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     }
 }
 
-/// (cos, sin) for each rotated pair at `pos`. theta is advanced by repeated multiplication, as
-/// ggml does, so the angles match bit for bit.
+/// [`rms_norm`] in place.
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for (v, &g) in x.iter_mut().zip(w) {
+        *v = (*v * scale) * g;
+    }
+}
+
+/// (cos, sin) for each rotated pair at `pos`, angles multiplied by `freq_scale` (linear RoPE
+/// scaling; 1 for none). theta is advanced by repeated multiplication, as ggml does, so the
+/// angles match bit for bit.
 pub fn rope_table(
     pos: usize,
     rope_dim: usize,
     base: f32,
+    freq_scale: f32,
     freq_factors: Option<&[f32]>,
 ) -> Vec<(f32, f32)> {
     let theta_scale = base.powf(-2.0 / rope_dim as f32);
@@ -133,9 +153,45 @@ pub fn rope_table(
             let t = match freq_factors {
                 Some(ff) => theta / ff[i],
                 None => theta,
-            };
+            } * freq_scale;
             theta *= theta_scale;
             (t.cos(), t.sin())
         })
         .collect()
+}
+
+/// tanh-approximated GELU of every f16 value, as f16 bits: ggml's `ggml_table_gelu_f16`, which
+/// its CPU GELU and GeGLU read (the input rounded to f16, the result widened back). GCC
+/// contracts `1 + a*x*x` of `ggml_gelu_f32` into one FMA (checked on its -O3 -march=native
+/// code: with it all 65536 entries agree, without it one differs), so this does too.
+fn gelu_table() -> &'static [u16] {
+    static TABLE: OnceLock<Vec<u16>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        #[allow(clippy::excessive_precision)] // ggml's literal, rounded to f32 like its own
+        const SQRT_2_OVER_PI: f32 = 0.797_884_560_802_865_355_879_892_119_868_76;
+        const GELU_COEF_A: f32 = 0.044715;
+        (0..=u16::MAX)
+            .map(|b| {
+                let x = f16::from_bits(b).to_f32();
+                let inner = (GELU_COEF_A * x).mul_add(x, 1.0);
+                let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh());
+                f16::from_f32(y).to_bits()
+            })
+            .collect()
+    })
+}
+
+/// gate = GELU(gate) * up, ggml's `ggml_vec_geglu_f32` (table look-up between -10 and 10).
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            f16::from_bits(table[f16::from_f32(x).to_bits() as usize]).to_f32() * u
+        };
+    }
 }

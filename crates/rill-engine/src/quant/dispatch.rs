@@ -32,8 +32,9 @@ pub type Dot4<W, A> = fn(&[W], [&[A]; 4]) -> [f32; 4];
 pub type TileMul<T, A, const N: usize> =
     fn(&[T], [&[A]; N], [ActMeta<'_>; N]) -> [[f32; TILE_ROWS]; N];
 
-/// Attention for a group of query heads over one sequence's K/V rows (see `scalar::attend`).
-pub type AttendFn = fn(&[f32], std::ops::Range<usize>, usize, &scalar::KvRows<'_>, &mut [f32]);
+/// Attention for a group of query heads over one sequence's K/V rows: queries, query heads,
+/// head dim, score scale, rows, output (see `scalar::attend`).
+pub type AttendFn = fn(&[f32], std::ops::Range<usize>, usize, f32, &scalar::KvRows<'_>, &mut [f32]);
 
 /// One function pointer per (weight, activation) pair and batch shape, plus activation
 /// quantizers and the attention primitives.
@@ -74,6 +75,7 @@ pub struct Kernels {
     pub mad_f16: fn(&mut [u16], &[u16], f32),
     pub scale_f16: fn(&mut [u16], f32),
     pub rope_norm: fn(&mut [f32], &[(f32, f32)]),
+    pub rope_neox: fn(&mut [f32], &[(f32, f32)]),
     pub attend: AttendFn,
 }
 
@@ -115,6 +117,7 @@ impl Kernels {
             mad_f16: scalar::mad_f16,
             scale_f16: scalar::scale_f16,
             rope_norm: scalar::rope_norm,
+            rope_neox: scalar::rope_neox,
             attend: scalar::attend,
         }
     }
@@ -212,9 +215,10 @@ mod x86_sets {
                 mad_f16: |a, v, s| unsafe { x86::$m::mad_f16(a, v, s) },
                 scale_f16: |a, s| unsafe { x86::$m::scale_f16(a, s) },
                 rope_norm: |h, cs| unsafe { x86::$m::rope_norm(h, cs) },
-                attend: |q, hs, hd, kv, o| {
+                rope_neox: |h, cs| unsafe { x86::$m::rope_neox(h, cs) },
+                attend: |q, hs, hd, sc, kv, o| {
                     assert!(hd <= 256 && q.len() >= hs.end * hd && o.len() >= hs.end * hd);
-                    unsafe { x86::$m::attend(q, hs, hd, kv, o) }
+                    unsafe { x86::$m::attend(q, hs, hd, sc, kv, o) }
                 },
             }
         }};

@@ -445,6 +445,18 @@ pub fn rope_norm(head: &mut [f32], cs: &[(f32, f32)]) {
     }
 }
 
+/// Rotary embedding, "neox" mode (pairs `i` and `i + n/2`, as Gemma, Qwen and Phi-3 use), in
+/// place, with [`rope_norm`]'s fused products (both modes are one function in ggml).
+#[inline(always)]
+pub fn rope_neox(head: &mut [f32], cs: &[(f32, f32)]) {
+    let (lo, hi) = head.split_at_mut(head.len() / 2);
+    for ((a, b), &(c, s)) in lo.iter_mut().zip(hi.iter_mut()).zip(cs) {
+        let (x0, x1) = (*a, *b);
+        *a = x0.mul_add(c, -(x1 * s));
+        *b = x0.mul_add(s, x1 * c);
+    }
+}
+
 /// Where the K/V rows of a sequence live: row `j` starts at `row_offset(j)` (f16 elements).
 pub struct KvRows<'a> {
     pub keys: &'a [u16],
@@ -454,7 +466,7 @@ pub struct KvRows<'a> {
 }
 
 /// Causal attention for query heads `q_heads` (sharing one KV head) of one token, over the
-/// positions in `kv.offsets`. This is ggml's CPU flash-attention arithmetic, which matching
+/// positions in `kv.offsets`, scores multiplied by `scale` (llama.cpp's `kq_scale`). This is ggml's CPU flash-attention arithmetic, which matching
 /// llama.cpp's greedy output needs: query rounded to f16, f16 dot products (ggml's summation
 /// tree), online softmax with the value accumulator kept in f16, the running sum updated as
 /// fma(S, ms, vs), one normalisation at the end.
@@ -467,10 +479,10 @@ pub fn attend_with(
     q: &[f32],
     q_heads: std::ops::Range<usize>,
     head_dim: usize,
+    scale: f32,
     kv: &KvRows<'_>,
     out: &mut [f32],
 ) {
-    let scale = 1.0 / (head_dim as f32).sqrt();
     let mut q16 = [0u16; 256];
     let mut acc = [0u16; 256];
     let (q16, acc) = (&mut q16[..head_dim], &mut acc[..head_dim]);
@@ -510,6 +522,7 @@ pub fn attend(
     q: &[f32],
     q_heads: std::ops::Range<usize>,
     head_dim: usize,
+    scale: f32,
     kv: &KvRows<'_>,
     out: &mut [f32],
 ) {
@@ -520,6 +533,7 @@ pub fn attend(
         q,
         q_heads,
         head_dim,
+        scale,
         kv,
         out,
     )

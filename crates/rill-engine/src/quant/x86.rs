@@ -206,6 +206,12 @@ macro_rules! kernels {
                 super::super::scalar::rope_norm(head, cs)
             }
 
+            /// The scalar neox RoPE compiled with FMA available (identical arithmetic).
+            #[target_feature(enable = $features)]
+            pub unsafe fn rope_neox(head: &mut [f32], cs: &[(f32, f32)]) {
+                super::super::scalar::rope_neox(head, cs)
+            }
+
             /// `scalar::attend_with`'s arithmetic (query rounded to f16, ggml's f16 dot tree,
             /// online softmax with libm `expf`, value accumulator rounded to f16 after every
             /// update), reorganised for head dims that are multiples of 64: up to 3 query heads
@@ -218,6 +224,7 @@ macro_rules! kernels {
                 q: &[f32],
                 q_heads: std::ops::Range<usize>,
                 head_dim: usize,
+                scale: f32,
                 kv: &super::super::scalar::KvRows<'_>,
                 out: &mut [f32],
             ) {
@@ -230,11 +237,11 @@ macro_rules! kernels {
                         q,
                         q_heads,
                         head_dim,
+                        scale,
                         kv,
                         out,
                     );
                 }
-                let scale = 1.0 / (hd as f32).sqrt();
                 let heads: Vec<usize> = q_heads.collect();
                 let kn = kv.offsets.len().min(ATT_KEYS);
                 // Scratch sized to this call, flat: per head `hd` query/accumulator values and

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // test and debug code: a panic is the failure report
 
+pub mod reference;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -25,6 +27,7 @@ pub fn engine(threads: usize) -> Engine {
             kv_tokens: 8192,
             kv_bytes: 0,
             kernels: std::env::var("RILL_KERNELS").ok(),
+            chat_template: None,
         },
     )
     .expect("loading the default model")

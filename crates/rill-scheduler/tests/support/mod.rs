@@ -36,6 +36,7 @@ pub fn engine(kv_tokens: usize) -> Engine {
             kv_tokens,
             kv_bytes: 0,
             kernels: None,
+            chat_template: None,
         },
     )
     .expect("loading the default model")

@@ -35,6 +35,7 @@ pub fn engine() -> Engine {
             kv_tokens: 8192,
             kv_bytes: 0,
             kernels: None,
+            chat_template: None,
         },
     )
     .expect("loading the default model")

@@ -1,0 +1,619 @@
+//! The decoder-only transformer every supported architecture is an instance of: token embedding,
+//! blocks of (RMSNorm, rotary attention over the paged KV cache, residual; RMSNorm, gated
+//! feed-forward network, residual), final norm, output projection. What differs between
+//! architectures (RoPE mode, FFN activation, QK-norm, QKV biases, post-norms, embedding and query
+//! scales, sliding windows, fused projections) is data: [`Features`] and [`ModelConfig`], which
+//! each architecture's module reads from the GGUF metadata. This module holds the one forward
+//! pass and the tensor loading they share.
+//!
+//! A step is a handful of parallel regions per layer: fused Q/K/V projection (+ bias, QK-norm,
+//! RoPE, KV-cache write), attention, output projection (+ post-norm, residual), fused gate/up (+
+//! activation), down projection (+ post-norm, residual). Each projection reads every weight row
+//! once for the whole batch.
+
+use std::sync::Arc;
+
+use half::f16;
+use memmap2::Mmap;
+
+use super::ops::{self, resize, Workspace};
+use super::{FfnActivation, ForwardBatch, ForwardCtx, ModelConfig, RopeMode};
+use crate::error::{EngineError, Result};
+use crate::gguf::{GgmlType, GgufFile};
+use crate::kv_cache::{KvCache, BLOCK_TOKENS};
+use crate::quant::scalar::KvRows;
+use crate::quant::{QMatrix, QuantActs};
+use crate::threadpool::SharedMut;
+
+/// How an architecture departs from the plain llama block. Optional tensors named here are
+/// required when their flag is set (a file without them is refused, naming the tensor).
+#[derive(Debug, Clone)]
+pub struct Features {
+    pub rope: RopeMode,
+    pub activation: FfnActivation,
+    /// Embeddings are multiplied by this after the look-up (Gemma: sqrt(dim)).
+    pub embed_scale: Option<f32>,
+    /// Queries are multiplied by this after RoPE and attention then scales scores by 1, as
+    /// llama.cpp's graphs for Gemma and Phi-3 do; None: scores are scaled by 1/sqrt(head_dim).
+    pub query_scale: Option<f32>,
+    /// Per-head RMSNorm of queries and keys before RoPE (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// Biases on the Q/K/V projections (`attn_q.bias`, ...).
+    pub qkv_bias: bool,
+    /// RMSNorm of the attention and FFN outputs before their residual adds
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    /// Final logits become cap * tanh(logits / cap).
+    pub logit_softcap: Option<f32>,
+}
+
+/// A row range of a weight matrix: the whole of it, or one part of a fused one (Phi-3's
+/// `attn_qkv`, `ffn_up` holding gate and up).
+#[derive(Clone)]
+struct Proj {
+    m: QMatrix<'static>,
+    row0: usize,
+}
+
+impl Proj {
+    /// Runs rows `rows` (relative to this projection) for every activation row and hands each
+    /// run of outputs to `out(t, row, values)` with `row` relative too.
+    fn matmul_rows(
+        &self,
+        k: &crate::quant::Kernels,
+        acts: &QuantActs,
+        rows: std::ops::Range<usize>,
+        out: &mut dyn FnMut(usize, usize, &[f32]),
+    ) {
+        let r0 = self.row0;
+        self.m
+            .matmul_rows(k, acts, r0 + rows.start..r0 + rows.end, &mut |t, r, v| {
+                out(t, r - r0, v)
+            });
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Proj,
+    wk: Proj,
+    wv: Proj,
+    /// Q, K, V biases (concatenated like the outputs), when the architecture has them.
+    qkv_bias: Option<[Vec<f32>; 3]>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    wo: QMatrix<'static>,
+    attn_post_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    w_gate: Proj,
+    w_up: Proj,
+    w_down: QMatrix<'static>,
+    ffn_post_norm: Option<Vec<f32>>,
+    /// Index of this layer's RoPE parameters in `Decoder::rope_sets`.
+    rope_set: usize,
+}
+
+/// A loaded model of any supported architecture.
+pub struct Decoder {
+    pub cfg: ModelConfig,
+    features: Features,
+    tok_embd: QMatrix<'static>,
+    output: QMatrix<'static>,
+    output_norm: Vec<f32>,
+    rope_freqs: Option<Vec<f32>>,
+    /// Distinct (base, freq_scale) pairs of the layers' RoPE (Gemma 3: local and global).
+    rope_sets: Vec<(f32, f32)>,
+    layers: Vec<Layer>,
+    /// Keeps the mapping alive for the `'static` slices above. Declared last: dropped last.
+    _map: Arc<Mmap>,
+}
+
+/// Rows per chunk for projection regions. Long chunks keep each thread on one sequential weight
+/// stream, which is what single-stream decode (memory-latency bound) needs. Measured with
+/// interleaved `rill bench-engine -t 2` runs: tg128 ~108 tok/s at 32 rows, ~128 at 64, ~134 at
+/// 128; prefill and batch-16 decode unchanged.
+const ROW_CHUNK: usize = 128;
+const OUTPUT_ROW_CHUNK: usize = 512;
+
+impl Decoder {
+    /// Loads the weights of `cfg`'s architecture with `features` from `g`.
+    pub fn load(g: &GgufFile, cfg: ModelConfig, features: Features) -> Result<Self> {
+        let (dim, hd, ffn) = (cfg.dim, cfg.head_dim, cfg.ffn_dim);
+        let map = g.mmap().clone();
+        let mat = |name: &str, rows: usize, cols: usize| -> Result<QMatrix<'static>> {
+            let t = g.tensor(name)?;
+            if t.dims.len() != 2 || t.dims[0] != cols || t.dims[1] != rows {
+                return Err(EngineError::BadTensor {
+                    name: name.into(),
+                    reason: format!("shape {:?}, expected [{cols}, {rows}]", t.dims),
+                });
+            }
+            let bytes = g.tensor_bytes(t);
+            // SAFETY: the bytes live in the mmap held by `_map`, which outlives every QMatrix
+            // (struct field order) and is never remapped.
+            let bytes: &'static [u8] =
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
+            QMatrix::new(name, t.dtype, rows, cols, bytes)
+        };
+        let whole = |name: &str, rows: usize, cols: usize| -> Result<Proj> {
+            Ok(Proj {
+                m: mat(name, rows, cols)?,
+                row0: 0,
+            })
+        };
+        let vecf = |name: &str, n: usize| -> Result<Vec<f32>> {
+            let t = g.tensor(name)?;
+            if t.n_elements() != n {
+                return Err(EngineError::BadTensor {
+                    name: name.into(),
+                    reason: format!("{} elements, expected {n}", t.n_elements()),
+                });
+            }
+            let mut out = vec![0f32; n];
+            match t.dtype {
+                GgmlType::F32 | GgmlType::F16 => {
+                    let bytes = g.tensor_bytes(t);
+                    let m = QMatrix::new(name, t.dtype, 1, n, bytes)?;
+                    m.dequantize_row(0, &mut out);
+                    Ok(out)
+                }
+                d => Err(EngineError::UnsupportedTensorType {
+                    name: name.into(),
+                    dtype: d.name(),
+                }),
+            }
+        };
+        let q_dim = cfg.n_heads * hd;
+        let kv_dim = cfg.n_kv_heads * hd;
+        let mut rope_sets: Vec<(f32, f32)> = Vec::new();
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for (i, la) in cfg.layers.iter().enumerate() {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let has = |s: &str| g.tensors.contains_key(&p(s));
+            let (wq, wk, wv) = if has("attn_qkv") {
+                let m = mat(&p("attn_qkv"), q_dim + 2 * kv_dim, dim)?;
+                let part = |row0| Proj { m: m.clone(), row0 };
+                (part(0), part(q_dim), part(q_dim + kv_dim))
+            } else {
+                (
+                    whole(&p("attn_q"), q_dim, dim)?,
+                    whole(&p("attn_k"), kv_dim, dim)?,
+                    whole(&p("attn_v"), kv_dim, dim)?,
+                )
+            };
+            let (w_gate, w_up) = if has("ffn_gate") {
+                (
+                    whole(&p("ffn_gate"), ffn, dim)?,
+                    whole(&p("ffn_up"), ffn, dim)?,
+                )
+            } else {
+                // Fused: the first half of `ffn_up` is the gate (ggml_swiglu's split).
+                let m = mat(&p("ffn_up"), 2 * ffn, dim)?;
+                (
+                    Proj {
+                        m: m.clone(),
+                        row0: 0,
+                    },
+                    Proj { m, row0: ffn },
+                )
+            };
+            let bias = |s: &str, n| vecf(&format!("blk.{i}.{s}.bias"), n);
+            let rope = (la.rope_base, la.rope_freq_scale);
+            let rope_set = match rope_sets.iter().position(|&r| r == rope) {
+                Some(s) => s,
+                None => {
+                    rope_sets.push(rope);
+                    rope_sets.len() - 1
+                }
+            };
+            layers.push(Layer {
+                attn_norm: vecf(&p("attn_norm"), dim)?,
+                wq,
+                wk,
+                wv,
+                qkv_bias: if features.qkv_bias {
+                    Some([
+                        bias("attn_q", q_dim)?,
+                        bias("attn_k", kv_dim)?,
+                        bias("attn_v", kv_dim)?,
+                    ])
+                } else {
+                    None
+                },
+                q_norm: features
+                    .qk_norm
+                    .then(|| vecf(&p("attn_q_norm"), hd))
+                    .transpose()?,
+                k_norm: features
+                    .qk_norm
+                    .then(|| vecf(&p("attn_k_norm"), hd))
+                    .transpose()?,
+                wo: mat(&p("attn_output"), dim, q_dim)?,
+                attn_post_norm: features
+                    .post_norms
+                    .then(|| vecf(&p("post_attention_norm"), dim))
+                    .transpose()?,
+                ffn_norm: vecf(&p("ffn_norm"), dim)?,
+                w_gate,
+                w_up,
+                w_down: mat(&p("ffn_down"), dim, ffn)?,
+                ffn_post_norm: features
+                    .post_norms
+                    .then(|| vecf(&p("post_ffw_norm"), dim))
+                    .transpose()?,
+                rope_set,
+            });
+        }
+        let tok_embd = mat("token_embd.weight", cfg.vocab_size, dim)?;
+        let output = if g.tensors.contains_key("output.weight") {
+            mat("output.weight", cfg.vocab_size, dim)?
+        } else {
+            tok_embd.clone()
+        };
+        let rope_freqs = if g.tensors.contains_key("rope_freqs.weight") {
+            Some(vecf("rope_freqs.weight", cfg.rope_dim / 2)?)
+        } else {
+            None
+        };
+        let output_norm = vecf("output_norm.weight", dim)?;
+        g.release_resident_pages();
+        Ok(Self {
+            output_norm,
+            cfg,
+            features,
+            tok_embd,
+            output,
+            rope_freqs,
+            rope_sets,
+            layers,
+            _map: map,
+        })
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.matrices().map(|m| m.data.len()).sum()
+    }
+
+    /// Heap bytes of the tiles repacked at load.
+    pub fn repacked_bytes(&self) -> usize {
+        self.matrices().map(|m| m.repacked_bytes()).sum()
+    }
+
+    /// Every weight matrix once (a tied output embedding counted with the embedding, a fused
+    /// matrix once).
+    fn matrices(&self) -> impl Iterator<Item = &QMatrix<'static>> {
+        let output = (!self.output.same_as(&self.tok_embd)).then_some(&self.output);
+        std::iter::once(&self.tok_embd)
+            .chain(output)
+            .chain(self.layers.iter().flat_map(|l| {
+                let mut v = vec![&l.wq.m];
+                for p in [&l.wk, &l.wv] {
+                    if !p.m.same_as(&l.wq.m) {
+                        v.push(&p.m);
+                    }
+                }
+                v.push(&l.wo);
+                v.push(&l.w_gate.m);
+                if !l.w_up.m.same_as(&l.w_gate.m) {
+                    v.push(&l.w_up.m);
+                }
+                v.push(&l.w_down);
+                v
+            }))
+    }
+
+    pub fn forward(
+        &self,
+        ctx: &ForwardCtx<'_>,
+        ws: &mut Workspace,
+        batch: &ForwardBatch<'_>,
+        kv: &mut KvCache,
+        logits: &mut Vec<f32>,
+    ) {
+        let (c, f) = (&self.cfg, &self.features);
+        let (t_n, dim, hd) = (batch.tokens.len(), c.dim, c.head_dim);
+        let (q_dim, kv_dim, ffn) = (c.n_heads * hd, c.n_kv_heads * hd, c.ffn_dim);
+        let k = ctx.kernels;
+        resize(&mut ws.x, t_n * dim);
+        resize(&mut ws.xn, t_n * dim);
+        resize(&mut ws.q, t_n * q_dim);
+        resize(&mut ws.k, t_n * kv_dim);
+        resize(&mut ws.v, t_n * kv_dim);
+        resize(&mut ws.att, t_n * q_dim);
+        resize(&mut ws.hb, t_n * ffn);
+        for (t, &tok) in batch.tokens.iter().enumerate() {
+            let row = &mut ws.x[t * dim..(t + 1) * dim];
+            self.tok_embd.dequantize_row(tok as usize, row);
+            if let Some(s) = f.embed_scale {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+        }
+        // ropes[set][t]: (cos, sin) per rotated pair of token t under RoPE parameter set `set`.
+        let ropes: Vec<Vec<Vec<(f32, f32)>>> = self
+            .rope_sets
+            .iter()
+            .map(|&(base, scale)| {
+                batch
+                    .positions
+                    .iter()
+                    .map(|&p| {
+                        ops::rope_table(p, c.rope_dim, base, scale, self.rope_freqs.as_deref())
+                    })
+                    .collect()
+            })
+            .collect();
+        let rope_fn = match f.rope {
+            RopeMode::Normal => k.rope_norm,
+            RopeMode::Neox => k.rope_neox,
+        };
+        let score_scale = match f.query_scale {
+            Some(_) => 1.0,
+            None => 1.0 / (hd as f32).sqrt(),
+        };
+        // Slot offset (f16 elements within a layer buffer) of every token's KV row.
+        let slots: Vec<usize> = (0..t_n)
+            .map(|t| kv.slot_offset(batch.tables[t], batch.positions[t]))
+            .collect();
+
+        for (l_idx, layer) in self.layers.iter().enumerate() {
+            let la = &c.layers[l_idx];
+            // ---- attention block ----
+            self.norm_rows(&ws.x, &layer.attn_norm, &mut ws.xn, t_n);
+            let acts = ws.acts.quantize_for(
+                k,
+                &[&layer.wq.m, &layer.wk.m, &layer.wv.m],
+                &ws.xn[..t_n * dim],
+                t_n,
+                dim,
+            );
+            let (kc, vc) = kv.layer_mut(l_idx);
+            let (kc, vc) = (SharedMut::new(kc), SharedMut::new(vc));
+            let (qb, kb, vb) = (
+                SharedMut::new(&mut ws.q),
+                SharedMut::new(&mut ws.k),
+                SharedMut::new(&mut ws.v),
+            );
+            let heads_q = c.n_heads;
+            let n_chunks = c.n_heads + 2 * c.n_kv_heads;
+            let ropes = &ropes[layer.rope_set];
+            let slots = &slots;
+            let acts_ref = &acts;
+            ctx.pool.run(n_chunks, &|chunk| {
+                // One head per chunk: Q heads, then K heads, then V heads.
+                let (part, h, buf, width) = if chunk < heads_q {
+                    (0, chunk, qb, q_dim)
+                } else if chunk < heads_q + c.n_kv_heads {
+                    (1, chunk - heads_q, kb, kv_dim)
+                } else {
+                    (2, chunk - heads_q - c.n_kv_heads, vb, kv_dim)
+                };
+                let m = [&layer.wq, &layer.wk, &layer.wv][part];
+                let rows = h * hd..(h + 1) * hd;
+                // SAFETY: this chunk alone writes columns `rows` of its buffer.
+                m.matmul_rows(
+                    k,
+                    acts_ref.for_matrix(&m.m),
+                    rows.clone(),
+                    &mut |t, r, v| unsafe { buf.slice(t * width + r, v.len()).copy_from_slice(v) },
+                );
+                let norm = [&layer.q_norm, &layer.k_norm, &None][part];
+                for t in 0..t_n {
+                    // SAFETY: same disjoint column range, per token row.
+                    let head = unsafe { buf.slice(t * width + h * hd, hd) };
+                    if let Some(b) = &layer.qkv_bias {
+                        for (v, &b) in head.iter_mut().zip(&b[part][rows.clone()]) {
+                            *v += b;
+                        }
+                    }
+                    if let Some(w) = norm {
+                        ops::rms_norm_in_place(head, w, c.norm_eps);
+                    }
+                    if part < 2 {
+                        rope_fn(&mut head[..c.rope_dim], &ropes[t]);
+                    }
+                    if part == 0 {
+                        if let Some(s) = f.query_scale {
+                            head.iter_mut().for_each(|v| *v *= s);
+                        }
+                    } else {
+                        let cache = if part == 1 { kc } else { vc };
+                        // SAFETY: slot rows are distinct per token (distinct positions or
+                        // sequences) and this chunk owns head h's columns of each row.
+                        let dst = unsafe { cache.slice(slots[t] + h * hd, hd) };
+                        for (d, &v) in dst.iter_mut().zip(head.iter()) {
+                            *d = f16::from_f32(v).to_bits();
+                        }
+                    }
+                }
+            });
+            ws.acts.put_all(acts);
+
+            // Attention: one chunk per (token, kv head).
+            let group = c.n_heads / c.n_kv_heads;
+            let (kc, vc) = kv.layer(l_idx);
+            let att = SharedMut::new(&mut ws.att);
+            let q = &ws.q;
+            ctx.pool.run(t_n * c.n_kv_heads, &|chunk| {
+                let (t, g) = (chunk / c.n_kv_heads, chunk % c.n_kv_heads);
+                let table = batch.tables[t];
+                let pos = batch.positions[t];
+                // A sliding-window layer sees the last `window` positions, itself included
+                // (llama.cpp masks key p0 for query p1 when p1 - p0 >= window).
+                let first = la.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let offsets: Vec<usize> = (first..=pos)
+                    .map(|j| {
+                        let b = table[j / BLOCK_TOKENS].0 as usize;
+                        (b * BLOCK_TOKENS + j % BLOCK_TOKENS) * kv_dim + g * hd
+                    })
+                    .collect();
+                let rows = KvRows {
+                    keys: kc,
+                    values: vc,
+                    offsets: &offsets,
+                };
+                // SAFETY: this chunk alone writes heads g*group..(g+1)*group of token t.
+                let out = unsafe { att.slice(t * q_dim, q_dim) };
+                (k.attend)(
+                    &q[t * q_dim..(t + 1) * q_dim],
+                    g * group..(g + 1) * group,
+                    hd,
+                    score_scale,
+                    &rows,
+                    out,
+                );
+            });
+
+            // Output projection (+ post-norm) + residual.
+            let mut acts = ws.acts.take(layer.wo.act_format());
+            acts.quantize(k, &ws.att[..t_n * q_dim], t_n, q_dim);
+            self.project_residual(ctx, ws, &layer.wo, &acts, layer.attn_post_norm.as_deref());
+            ws.acts.put(acts);
+
+            // ---- feed-forward block ----
+            self.norm_rows(&ws.x, &layer.ffn_norm, &mut ws.xn, t_n);
+            let acts = ws.acts.quantize_for(
+                k,
+                &[&layer.w_gate.m, &layer.w_up.m],
+                &ws.xn[..t_n * dim],
+                t_n,
+                dim,
+            );
+            resize(&mut ws.up, t_n * ffn);
+            let (hb, up) = (SharedMut::new(&mut ws.hb), SharedMut::new(&mut ws.up));
+            let acts_ref = &acts;
+            ctx.pool.run(ffn.div_ceil(ROW_CHUNK), &|chunk| {
+                let rows = chunk * ROW_CHUNK..((chunk + 1) * ROW_CHUNK).min(ffn);
+                // SAFETY: this chunk alone writes columns `rows` of hb and up.
+                layer.w_gate.matmul_rows(
+                    k,
+                    acts_ref.for_matrix(&layer.w_gate.m),
+                    rows.clone(),
+                    &mut |t, r, v| unsafe { hb.slice(t * ffn + r, v.len()).copy_from_slice(v) },
+                );
+                layer.w_up.matmul_rows(
+                    k,
+                    acts_ref.for_matrix(&layer.w_up.m),
+                    rows.clone(),
+                    &mut |t, r, v| unsafe { up.slice(t * ffn + r, v.len()).copy_from_slice(v) },
+                );
+                for t in 0..t_n {
+                    // SAFETY: as above.
+                    let (g, u) = unsafe {
+                        (
+                            hb.slice(t * ffn + rows.start, rows.len()),
+                            up.slice(t * ffn + rows.start, rows.len()),
+                        )
+                    };
+                    match f.activation {
+                        FfnActivation::SiluGlu => (k.swiglu)(g, u),
+                        FfnActivation::GeluGlu => ops::geglu(g, u),
+                    }
+                }
+            });
+            ws.acts.put_all(acts);
+            let mut acts = ws.acts.take(layer.w_down.act_format());
+            acts.quantize(k, &ws.hb[..t_n * ffn], t_n, ffn);
+            self.project_residual(
+                ctx,
+                ws,
+                &layer.w_down,
+                &acts,
+                layer.ffn_post_norm.as_deref(),
+            );
+            ws.acts.put(acts);
+        }
+
+        // ---- logits ----
+        let n_out = batch.logit_rows.len();
+        resize(&mut ws.out_x, n_out * dim);
+        for (i, &t) in batch.logit_rows.iter().enumerate() {
+            ops::rms_norm(
+                &ws.x[t * dim..(t + 1) * dim],
+                &self.output_norm,
+                c.norm_eps,
+                &mut ws.out_x[i * dim..(i + 1) * dim],
+            );
+        }
+        let vocab = c.vocab_size;
+        logits.clear();
+        logits.resize(n_out * vocab, 0.0);
+        if n_out == 0 {
+            return;
+        }
+        let mut acts = ws.acts.take(self.output.act_format());
+        acts.quantize(k, &ws.out_x[..n_out * dim], n_out, dim);
+        let lg = SharedMut::new(logits);
+        let acts_ref = &acts;
+        ctx.pool.run(vocab.div_ceil(OUTPUT_ROW_CHUNK), &|chunk| {
+            let rows = chunk * OUTPUT_ROW_CHUNK..((chunk + 1) * OUTPUT_ROW_CHUNK).min(vocab);
+            // SAFETY: disjoint vocabulary columns per chunk.
+            self.output
+                .matmul_rows(k, acts_ref, rows, &mut |t, r, v| unsafe {
+                    lg.slice(t * vocab + r, v.len()).copy_from_slice(v)
+                });
+        });
+        ws.acts.put(acts);
+        if let Some(cap) = f.logit_softcap {
+            // ggml: scale by 1/cap, tanh, scale by cap.
+            let inv = 1.0 / cap;
+            logits.iter_mut().for_each(|v| *v = (*v * inv).tanh() * cap);
+        }
+    }
+
+    /// xn[t] = RMSNorm(x[t]) * w for the batch's rows.
+    fn norm_rows(&self, x: &[f32], w: &[f32], xn: &mut [f32], t_n: usize) {
+        let dim = self.cfg.dim;
+        for t in 0..t_n {
+            ops::rms_norm(
+                &x[t * dim..(t + 1) * dim],
+                w,
+                self.cfg.norm_eps,
+                &mut xn[t * dim..(t + 1) * dim],
+            );
+        }
+    }
+
+    /// x[t] += (W a_t), or x[t] += RMSNorm(W a_t) * post_norm when the block has a post-norm.
+    fn project_residual(
+        &self,
+        ctx: &ForwardCtx<'_>,
+        ws: &mut Workspace,
+        w: &QMatrix<'_>,
+        acts: &QuantActs,
+        post_norm: Option<&[f32]>,
+    ) {
+        let dim = self.cfg.dim;
+        let t_n = acts.rows;
+        match post_norm {
+            None => project_add(ctx, w, acts, &mut ws.x, dim),
+            Some(pn) => {
+                resize(&mut ws.proj, t_n * dim);
+                let proj = &mut ws.proj[..t_n * dim];
+                proj.fill(0.0);
+                project_add(ctx, w, acts, proj, dim);
+                for (x, p) in ws.x.chunks_exact_mut(dim).zip(proj.chunks_exact_mut(dim)) {
+                    ops::rms_norm_in_place(p, pn, self.cfg.norm_eps);
+                    for (x, &p) in x.iter_mut().zip(p.iter()) {
+                        *x += p;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// x[t][r] += (W a_t)[r] for all rows, in parallel over row chunks.
+fn project_add(ctx: &ForwardCtx<'_>, w: &QMatrix<'_>, acts: &QuantActs, x: &mut [f32], dim: usize) {
+    let xs = SharedMut::new(x);
+    let k = ctx.kernels;
+    ctx.pool.run(w.rows.div_ceil(ROW_CHUNK), &|chunk| {
+        let rows = chunk * ROW_CHUNK..((chunk + 1) * ROW_CHUNK).min(w.rows);
+        // SAFETY: disjoint rows (columns of x) per chunk.
+        w.matmul_rows(k, acts, rows, &mut |t, r, v| {
+            let dst = unsafe { xs.slice(t * dim + r, v.len()) };
+            for (d, &v) in dst.iter_mut().zip(v) {
+                *d += v;
+            }
+        });
+    });
+}
