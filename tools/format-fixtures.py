@@ -63,6 +63,10 @@ def greedy_case(name, prompt, add_special, n_predict=N_PREDICT, n_probs=2):
                              "top_k": 1, "n_probs": n_probs, "cache_prompt": False,
                              "ignore_eos": True, "return_tokens": True, "samplers": ["top_k"]})
     probs = r["completion_probabilities"]
+    # llama-server leaves out the probabilities of a token that ends in an incomplete UTF-8
+    # sequence; such a reference could not be aligned, so it is refused.
+    if [p["id"] for p in probs] != r["tokens"]:
+        raise RuntimeError(f"{name}: llama-server skipped probabilities (incomplete UTF-8 output)")
     top = [[[t["id"], round(t["logprob"], 5)] for t in p["top_logprobs"][:n_probs]] for p in probs]
     return {
         "name": name,

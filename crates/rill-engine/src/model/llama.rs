@@ -9,18 +9,19 @@ use crate::gguf::GgufFile;
 
 /// The llama hyper-parameters and features of `g`.
 pub(super) fn describe(g: &GgufFile) -> Result<(ModelConfig, Features)> {
-    let cfg = hparams::base_config(g, "llama")?;
-    Ok((
-        cfg,
-        Features {
-            rope: RopeMode::Normal,
-            activation: FfnActivation::SiluGlu,
-            embed_scale: None,
-            query_scale: None,
-            qk_norm: false,
-            qkv_bias: false,
-            post_norms: false,
-            logit_softcap: None,
-        },
-    ))
+    Ok((hparams::base_config(g, "llama")?, features()))
+}
+
+/// The plain llama block, which the other architectures depart from.
+pub(super) fn features() -> Features {
+    Features {
+        rope: RopeMode::Normal,
+        activation: FfnActivation::SiluGlu,
+        embed_scale: None,
+        query_scale: None,
+        qk_norm: false,
+        qkv_bias: false,
+        post_norms: false,
+        logit_softcap: None,
+    }
 }

@@ -1,6 +1,6 @@
 //! Model architectures. Every supported architecture is the one decoder-only transformer of
 //! [`decoder`] with its own hyper-parameters and [`decoder::Features`]; each has a sibling module
-//! that reads them from the GGUF metadata (`llama`, `gemma3`), and [`Model::load`] is the one
+//! that reads them from the GGUF metadata (`llama`, `gemma3`, `qwen`, `phi3`), and [`Model::load`] is the one
 //! place that dispatches on `general.architecture`.
 
 pub mod decoder;
@@ -8,6 +8,8 @@ mod gemma3;
 mod hparams;
 mod llama;
 mod ops;
+mod phi3;
+mod qwen;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
@@ -16,7 +18,7 @@ use crate::quant::Kernels;
 use crate::threadpool::ThreadPool;
 
 /// The architectures [`Model::load`] accepts (`general.architecture`).
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3", "qwen2", "qwen3", "phi3"];
 
 /// How the rotary embedding pairs dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +104,9 @@ impl Model {
         let (cfg, features) = match arch {
             "llama" => llama::describe(gguf)?,
             "gemma3" => gemma3::describe(gguf)?,
+            "qwen2" => qwen::describe_qwen2(gguf)?,
+            "qwen3" => qwen::describe_qwen3(gguf)?,
+            "phi3" => phi3::describe(gguf)?,
             other => return Err(EngineError::UnsupportedArchitecture(other.to_string())),
         };
         Ok(Model(decoder::Decoder::load(gguf, cfg, features)?))
