@@ -32,6 +32,10 @@ WORDS = ("the of and to in is was for on that with as by at from it his an be th
          "would can said so up out some into time only new people river sea boat town light "
          "house night day water stone tree bird song road city king story small old long "
          "every evening morning green blue red").split()
+# Phi-3's chat tokens: llama.cpp looks up <|endoftext|> by name and strips the whitespace after
+# the others (RSTRIP), which the `chat` prompt checks.
+PHI3_SPECIALS = ["<|endoftext|>", "<|end|>", "<|user|>", "<|assistant|>"]
+PHI3_CHAT = "<|user|>\nthe old river was long <|end|>\n<|assistant|>\n"
 PROMPTS = {
     "words": "the old river was long and the boat was small",
     "bytes": "Kilo 42: {x}, then the sea!",
@@ -66,7 +70,7 @@ def write_model(name, path):
     """`name` is an architecture, or `llama3`: llama with Llama 3's RoPE frequency factors."""
     rng = np.random.default_rng({"llama": 1, "qwen2": 2, "qwen3": 3, "phi3": 4, "gemma3": 5, "llama3": 6}[name])
     arch = "llama" if name == "llama3" else name
-    toks, scores, types = vocab(["<|endoftext|>", "<|end|>"] if arch == "phi3" else [])
+    toks, scores, types = vocab(PHI3_SPECIALS if arch == "phi3" else [])
     w = gguf.GGUFWriter(path, arch)
     w.add_name(f"rill oracle {name}")
     w.add_context_length(CTX)
@@ -156,7 +160,8 @@ def main():
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             proc = ff.start_server(os.path.join(peer, "llama-server"), path, ["-fa", "on", "-c", str(CTX)])
             try:
-                cases = [ff.greedy_case(n, p, True, n_predict=32, n_probs=5) for n, p in PROMPTS.items()]
+                prompts = dict(PROMPTS, **({"chat": PHI3_CHAT} if arch == "phi3" else {}))
+                cases = [ff.greedy_case(n, p, True, n_predict=32, n_probs=5) for n, p in prompts.items()]
             finally:
                 proc.terminate()
                 proc.wait()

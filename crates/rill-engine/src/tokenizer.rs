@@ -36,6 +36,8 @@ enum Model {
         vocab: Box<SpmVocab>,
         /// Control and user-defined tokens, longest first (matched before SPM runs).
         specials: Vec<(String, u32)>,
+        /// Special tokens that swallow the whitespace after them (llama.cpp's RSTRIP).
+        rstrip: Vec<u32>,
         add_space_prefix: bool,
     },
 }
@@ -105,9 +107,11 @@ impl Tokenizer {
                     .map(|(i, (t, _))| (t.clone(), i as u32))
                     .collect();
                 specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+                let rstrip = rstrip_tokens(g, &specials);
                 Model::Spm {
                     vocab: Box::new(SpmVocab::new(&tokens, scores, id("tokenizer.ggml.unknown_token_id"))),
                     specials,
+                    rstrip,
                     add_space_prefix: g
                         .get("tokenizer.ggml.add_space_prefix")
                         .and_then(|v| v.as_bool())
@@ -247,16 +251,28 @@ impl Tokenizer {
             Model::Spm {
                 vocab,
                 specials,
+                rstrip,
                 add_space_prefix,
             } => {
                 let mut prev_special = true;
+                let mut strip_next = false;
                 for frag in split_specials(text, specials) {
                     match frag {
                         Fragment::Special(id) => {
                             ids.push(id);
                             prev_special = true;
+                            strip_next = rstrip.contains(&id);
                         }
                         Fragment::Text(t) => {
+                            // C's isspace, as llama.cpp trims.
+                            let t = if std::mem::take(&mut strip_next) {
+                                t.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r'])
+                            } else {
+                                t
+                            };
+                            if t.is_empty() {
+                                continue;
+                            }
                             let mut raw = String::with_capacity(t.len() + 1);
                             if *add_space_prefix && prev_special {
                                 raw.push(' ');
@@ -295,6 +311,26 @@ impl Tokenizer {
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// The special tokens llama.cpp gives the RSTRIP attribute: for a model whose lower-cased
+/// `general.name` contains `phi-3` or `phi3`, every special token but `<unk>`, `<s>` and
+/// `<|endoftext|>` (Phi-3's chat template relies on it: the newline after `<|user|>` is not a
+/// token). No other model has any.
+fn rstrip_tokens(g: &GgufFile, specials: &[(String, u32)]) -> Vec<u32> {
+    let name = g
+        .get("general.name")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_lowercase();
+    if !(name.contains("phi-3") || name.contains("phi3")) {
+        return Vec::new();
+    }
+    specials
+        .iter()
+        .filter(|(t, _)| !matches!(t.as_str(), "<unk>" | "<s>" | "<|endoftext|>"))
+        .map(|&(_, id)| id)
+        .collect()
 }
 
 enum Fragment<'a> {
