@@ -20,14 +20,7 @@ const F16_TOL: f32 = 5e-3;
 
 #[test]
 fn tiny_models_of_every_architecture_match_llama_cpp() {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/arch");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no fixtures in {}", data.display());
+    let (data, files) = reference::fixture_files("arch");
     let mut failures = Vec::new();
     for file in files {
         let (model, cases) = reference::load_cases(&file);

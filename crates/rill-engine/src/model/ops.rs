@@ -118,19 +118,22 @@ pub fn resize(v: &mut Vec<f32>, n: usize) {
 
 /// y = x / sqrt(mean(x^2) + eps) * w, the sum of squares in f64 as ggml does.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
-    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
-    let mean = (sum / x.len() as f64) as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for ((o, &v), &g) in y.iter_mut().zip(x).zip(w) {
         *o = (v * scale) * g;
     }
 }
 
-/// [`rms_norm`] in place.
-pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+/// 1 / sqrt(mean(x^2) + eps), the sum of squares in f64.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
     let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
     let mean = (sum / x.len() as f64) as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
+    1.0 / (mean + eps).sqrt()
+}
+
+/// [`rms_norm`] in place.
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let scale = rms_scale(x, eps);
     for (v, &g) in x.iter_mut().zip(w) {
         *v = (*v * scale) * g;
     }

@@ -8,6 +8,8 @@
 //!   < 0.5 (llama.cpp runs a prompt through other kernels than decode for some formats, so the
 //!   two engines may split a close call either way).
 
+use std::path::PathBuf;
+
 use rill_engine::{generate, Engine, GenerateOptions, SamplingParams};
 
 pub const MIN_MATCH: usize = 32;
@@ -23,6 +25,21 @@ pub struct Case {
     pub top2: Vec<[(u32, f32); 2]>,
     /// At the first positions, when the fixture has them: the five most likely tokens.
     pub top5_first: Vec<Vec<(u32, f32)>>,
+}
+
+/// `tests/data/<dir>` and its fixture files (`*.json`), sorted; none is a failure.
+pub fn fixture_files(dir: &str) -> (PathBuf, Vec<PathBuf>) {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no fixtures in {}", data.display());
+    (data, files)
 }
 
 /// The model named by a fixture file and its cases.
