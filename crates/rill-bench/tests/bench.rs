@@ -33,6 +33,7 @@ async fn measures_a_real_rill_server_and_stores_the_run() {
             kv_bytes: 0,
             kernels: None,
             chat_template: None,
+            kv_type: Default::default(),
         },
     )
     .unwrap();

@@ -121,6 +121,7 @@ fn step(model: &str, batch: usize) {
             kv_bytes: 0,
             kernels: Some("avx2".into()),
             chat_template: None,
+            kv_type: Default::default(),
         },
     )
     .unwrap();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::chat_template::ChatTemplate;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
-use crate::kv_cache::{BlockId, KvCache, KvStats, SeqId, BLOCK_TOKENS};
+use crate::kv_cache::{BlockId, KvCache, KvStats, KvType, SeqId, BLOCK_TOKENS};
 use crate::model::{ForwardBatch, ForwardCtx, Model, ModelConfig, Workspace};
 use crate::quant::Kernels;
 use crate::threadpool::ThreadPool;
@@ -28,6 +28,8 @@ pub struct EngineConfig {
     pub kernels: Option<String>,
     /// A chat template (Jinja source) replacing the model's `tokenizer.chat_template`.
     pub chat_template: Option<String>,
+    /// The element format of the KV cache (`kv_bytes` buys tokens in this format).
+    pub kv_type: KvType,
 }
 
 /// One sequence's share of a step: `tokens` are appended at the sequence's current length.
@@ -90,7 +92,7 @@ impl Engine {
         } else {
             cfg.threads
         };
-        let layout = model.config().kv_layout();
+        let layout = model.config().kv_layout(cfg.kv_type);
         let kv_tokens = if cfg.kv_tokens > 0 {
             cfg.kv_tokens
         } else if cfg.kv_bytes > 0 {
@@ -98,7 +100,7 @@ impl Engine {
         } else {
             model.config().context_length
         };
-        let kv = KvCache::new(layout, kv_tokens.div_ceil(BLOCK_TOKENS));
+        let kv = KvCache::new(layout, kv_tokens.div_ceil(BLOCK_TOKENS))?;
         Ok(Self {
             model,
             tokenizer: Arc::new(tokenizer),

@@ -1,5 +1,5 @@
-//! The paged KV cache: a pool of fixed-size blocks (f16 keys and values for every layer), a block
-//! table per sequence, and the prefix cache.
+//! The paged KV cache: a pool of fixed-size blocks (keys and values of every layer, stored in
+//! the cache's [`KvType`] by [`KvStore`]), a block table per sequence, and the prefix cache.
 //!
 //! Blocks are reference-counted. Every block a sequence fills completely is registered in the
 //! prefix cache under a chained hash of all tokens up to its end (so a block is only ever reused
@@ -14,6 +14,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 
 use crate::error::{EngineError, Result};
+pub use crate::kv_store::{AttendQuery, KvRotation, KvStore, KvType};
+use crate::quant::Kernels;
 
 /// Tokens per KV block.
 pub const BLOCK_TOKENS: usize = 16;
@@ -36,6 +38,8 @@ pub struct KvStats {
     pub cached_blocks: usize,
     pub block_tokens: usize,
     pub bytes_per_block: usize,
+    /// The element format of keys and values.
+    pub kv_type: KvType,
     pub sequences: usize,
     /// Cumulative blocks reused from the prefix cache instead of being recomputed.
     pub prefix_hit_blocks: u64,
@@ -55,18 +59,25 @@ impl KvStats {
     }
 }
 
-/// Geometry of the cache.
+/// Geometry and format of the cache.
 #[derive(Debug, Clone, Copy)]
 pub struct KvLayout {
     pub n_layers: usize,
     /// n_kv_heads * head_dim
     pub kv_dim: usize,
+    pub head_dim: usize,
+    pub kv_type: KvType,
 }
 
 impl KvLayout {
     /// Bytes of one block across all layers, keys and values.
     pub fn bytes_per_block(&self) -> usize {
-        self.n_layers * 2 * BLOCK_TOKENS * self.kv_dim * 2
+        self.n_layers * 2 * BLOCK_TOKENS * self.kv_type.row_bytes(self.kv_dim)
+    }
+
+    /// Tokens of KV that `bytes` hold (whole blocks).
+    pub fn tokens_in(&self, bytes: usize) -> usize {
+        bytes / self.bytes_per_block() * BLOCK_TOKENS
     }
 }
 
@@ -116,9 +127,8 @@ struct CachedBlock {
 
 pub struct KvCache {
     pub layout: KvLayout,
-    /// Per layer: keys then values, each `total_blocks * BLOCK_TOKENS * kv_dim` f16 bits.
-    k: Vec<Vec<u16>>,
-    v: Vec<Vec<u16>>,
+    /// Keys and values of every layer, `total_blocks * BLOCK_TOKENS` token slots each.
+    store: KvStore,
     refcount: Vec<u32>,
     free: Vec<BlockId>,
     seqs: HashMap<SeqId, SeqState>,
@@ -135,16 +145,19 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(layout: KvLayout, total_blocks: usize) -> Self {
-        let per_layer = total_blocks * BLOCK_TOKENS * layout.kv_dim;
-        Self {
+    /// A pool of `total_blocks` blocks. The layout's head dim must suit its KV type
+    /// ([`KvType::check_head_dim`]).
+    pub fn new(layout: KvLayout, total_blocks: usize) -> Result<Self> {
+        layout.kv_type.check_head_dim(layout.head_dim)?;
+        Ok(Self {
             layout,
-            k: (0..layout.n_layers)
-                .map(|_| vec![0u16; per_layer])
-                .collect(),
-            v: (0..layout.n_layers)
-                .map(|_| vec![0u16; per_layer])
-                .collect(),
+            store: KvStore::new(
+                layout.kv_type,
+                layout.n_layers,
+                layout.kv_dim,
+                layout.head_dim,
+                total_blocks * BLOCK_TOKENS,
+            ),
             refcount: vec![0; total_blocks],
             // Pop from the end: hand out low ids first.
             free: (0..total_blocks as u32).rev().map(BlockId).collect(),
@@ -156,7 +169,7 @@ impl KvCache {
             tick: 0,
             prefix_hit_blocks: 0,
             evictions: 0,
-        }
+        })
     }
 
     pub fn stats(&self) -> KvStats {
@@ -167,6 +180,7 @@ impl KvCache {
             cached_blocks: self.prefix.len(),
             block_tokens: BLOCK_TOKENS,
             bytes_per_block: self.layout.bytes_per_block(),
+            kv_type: self.layout.kv_type,
             sequences: self.seqs.len(),
             prefix_hit_blocks: self.prefix_hit_blocks,
             evictions: self.evictions,
@@ -293,11 +307,7 @@ impl KvCache {
             .get_mut(&id)
             .ok_or(EngineError::UnknownSequence(id.0))?;
         let old = std::mem::replace(&mut s.blocks[idx], new);
-        let n = BLOCK_TOKENS * self.layout.kv_dim;
-        let (src, dst) = (old.0 as usize * n, new.0 as usize * n);
-        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            buf.copy_within(src..src + n, dst);
-        }
+        self.store.copy_block(old.0 as usize, new.0 as usize);
         self.release(old);
         Ok(())
     }
@@ -434,19 +444,36 @@ impl KvCache {
         self.seqs.get(&id).map(|s| s.blocks.as_slice())
     }
 
-    /// Index (in f16 elements) of token slot `pos` of a block table within a layer buffer.
+    /// The token slot of position `pos` of a block table.
     #[inline]
-    pub fn slot_offset(&self, table: &[BlockId], pos: usize) -> usize {
-        let b = table[pos / BLOCK_TOKENS].0 as usize;
-        (b * BLOCK_TOKENS + pos % BLOCK_TOKENS) * self.layout.kv_dim
+    pub fn slot(table: &[BlockId], pos: usize) -> usize {
+        table[pos / BLOCK_TOKENS].0 as usize * BLOCK_TOKENS + pos % BLOCK_TOKENS
     }
 
-    pub fn layer(&self, l: usize) -> (&[u16], &[u16]) {
-        (&self.k[l], &self.v[l])
+    /// Stores tokens' key and value rows (f32, `kv_dim` each) of layer `layer` at `slots`.
+    pub fn write(
+        &mut self,
+        kernels: &Kernels,
+        layer: usize,
+        slots: &[usize],
+        keys: &[f32],
+        values: &[f32],
+    ) {
+        self.store.write(kernels, layer, slots, keys, values)
     }
 
-    pub fn layer_mut(&mut self, l: usize) -> (&mut [u16], &mut [u16]) {
-        (&mut self.k[l], &mut self.v[l])
+    /// Attention over KV head `kv_head` of layer `layer` at token `slots` ([`KvStore::attend`]).
+    pub fn attend(
+        &self,
+        kernels: &Kernels,
+        layer: usize,
+        kv_head: usize,
+        slots: &[usize],
+        query: &AttendQuery<'_>,
+        out: &mut [f32],
+    ) {
+        self.store
+            .attend(kernels, layer, kv_head, slots, query, out)
     }
 }
 
@@ -459,9 +486,12 @@ mod tests {
             KvLayout {
                 n_layers: 1,
                 kv_dim: 4,
+                head_dim: 4,
+                kv_type: KvType::F16,
             },
             blocks,
         )
+        .unwrap()
     }
 
     fn toks(n: usize, salt: u32) -> Vec<u32> {

@@ -32,6 +32,7 @@ fn tiny_models_of_every_architecture_match_llama_cpp() {
                 kv_bytes: 0,
                 kernels: std::env::var("RILL_KERNELS").ok(),
                 chat_template: None,
+                kv_type: Default::default(),
             },
         )
         .unwrap_or_else(|e| panic!("{model}: {e}"));

@@ -46,6 +46,7 @@ fn greedy_tokens_match_llama_cpp_in_every_format() {
                 kv_bytes: 0,
                 kernels: None,
                 chat_template: None,
+                kv_type: Default::default(),
             },
         )
         .unwrap();
@@ -79,6 +80,7 @@ fn mixed_format_file_is_batch_invariant() {
         kv_bytes: 0,
         kernels: None,
         chat_template: None,
+        kv_type: Default::default(),
     };
     let mut e = Engine::load(&path, &cfg).unwrap();
     let prompt: Vec<u32> = e.tokenizer.encode("The river carried the boat past fields and towns, and the people on the banks waved as it went by.", false).unwrap();

@@ -37,6 +37,7 @@ fn greedy_tokens_match_llama_cpp_on_every_known_model() {
                 kv_bytes: 0,
                 kernels: std::env::var("RILL_KERNELS").ok(),
                 chat_template: None,
+                kv_type: Default::default(),
             },
         )
         .unwrap();

@@ -19,6 +19,8 @@ pub struct ServeConfig {
     pub threads: usize,
     /// KV cache size in MiB (0: derived from memory, see `rill info`).
     pub kv_cache_mib: usize,
+    /// Element format of the KV cache: `f16`, `q8_0` or `q4_0` (llama.cpp's `-ctk/-ctv`).
+    pub kv_type: String,
     pub target_itl_ms: f64,
     /// Hard cap on running sequences (0: derived from cores).
     pub max_running: usize,
@@ -65,6 +67,7 @@ impl Default for ServeConfig {
             served_model_name: String::new(),
             threads: 0,
             kv_cache_mib: 0,
+            kv_type: "f16".into(),
             target_itl_ms: 100.0,
             max_running: 0,
             max_prefill_chunk: 512,
@@ -97,6 +100,7 @@ pub struct Overrides {
     pub served_model_name: Option<String>,
     pub threads: Option<usize>,
     pub kv_cache_mib: Option<usize>,
+    pub kv_type: Option<String>,
     pub target_itl_ms: Option<f64>,
     pub max_running: Option<usize>,
     pub queue_capacity: Option<usize>,
@@ -156,6 +160,7 @@ impl ServeConfig {
             served_model_name,
             threads,
             kv_cache_mib,
+            kv_type,
             target_itl_ms,
             max_running,
             queue_capacity,
@@ -191,6 +196,9 @@ impl ServeConfig {
                 &self.host,
                 "an IP address such as 127.0.0.1 or 0.0.0.0",
             ));
+        }
+        if self.kv_type.parse::<rill_engine::KvType>().is_err() {
+            return Err(bad("kv_type", &self.kv_type, "one of f16, q8_0, q4_0"));
         }
         if !(self.target_itl_ms.is_finite() && self.target_itl_ms > 0.0) {
             return Err(bad(
@@ -292,6 +300,24 @@ mod tests {
             },
         );
         assert!(e.is_err_and(|e| e.to_string().contains("target_itl_ms")));
+        // The KV type: from the file, overridden by a flag, refused naming the key.
+        std::fs::write(&f, "kv_type = \"q4_0\"\n").unwrap_or_default();
+        let c = ServeConfig::build(Some(&f), Overrides::default()).unwrap_or_default();
+        assert_eq!(c.kv_type, "q4_0");
+        let o = |t: &str| Overrides {
+            kv_type: Some(t.into()),
+            ..Overrides::default()
+        };
+        let c = ServeConfig::build(Some(&f), o("q8_0")).unwrap_or_default();
+        assert_eq!(c.kv_type, "q8_0");
+        let e = ServeConfig::build(None, o("q5_1"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("kv_type") && e.contains("q5_1") && e.contains("q4_0")),
+            "{e:?}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -294,7 +294,7 @@ impl Collector for SchedulerCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.sched.stats();
         let cfg = self.sched.config();
-        let gauges: [(&str, &str, i64); 10] = [
+        let gauges: [(&str, &str, i64); 11] = [
             (
                 "running_sequences",
                 "Sequences in the running batch",
@@ -324,6 +324,11 @@ impl Collector for SchedulerCollector {
                 "kv_blocks_total",
                 "KV cache blocks in the pool",
                 s.kv.total_blocks as i64,
+            ),
+            (
+                "kv_cache_bytes",
+                "Bytes of the KV block pool, in its KV type",
+                (s.kv.total_blocks * s.kv.bytes_per_block) as i64,
             ),
             (
                 "kv_blocks_cached",

@@ -21,6 +21,7 @@ fn gemma(chat_template: Option<&str>) -> Engine {
             kv_bytes: 0,
             kernels: None,
             chat_template: chat_template.map(str::to_string),
+            kv_type: Default::default(),
         },
     )
     .unwrap()

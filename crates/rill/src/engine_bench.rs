@@ -1,6 +1,8 @@
 //! `rill bench-engine`: the engine's own throughput, without HTTP. Reports prefill tokens/s for
 //! a 512-token prompt (like llama-bench pp512), single-stream decode tokens/s over 128 tokens
-//! (like tg128) and aggregate decode tokens/s with B sequences decoding together.
+//! (like tg128) and aggregate decode tokens/s with B sequences decoding together, optionally
+//! after `--depth` tokens of context (like llama-bench `-d`; the sequences of a batch share that
+//! context through the prefix cache, computed once and not timed).
 
 use std::time::Instant;
 
@@ -23,6 +25,9 @@ pub struct BenchArgs {
     /// Batch sizes for aggregate decode.
     #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32")]
     batch: Vec<usize>,
+    /// Tokens of context before each measurement (llama-bench's `-d`).
+    #[arg(long, default_value_t = 0)]
+    depth: usize,
     /// Repetitions (the median is reported).
     #[arg(long, short = 'r', default_value_t = 3)]
     reps: usize,
@@ -44,11 +49,38 @@ fn prompt_tokens(e: &Engine, n: usize) -> Result<Vec<u32>> {
     Ok(base.iter().copied().cycle().take(n).collect())
 }
 
+/// Prefills `tokens` into `seq` in chunks of 512 (the scheduler's), returning after the
+/// last chunk's logits.
+fn prefill(e: &mut Engine, seq: SeqId, tokens: &[u32]) -> Result<()> {
+    let n = tokens.chunks(512).count();
+    for (i, c) in tokens.chunks(512).enumerate() {
+        e.step(&[StepItem {
+            seq,
+            tokens: c,
+            want_logits: i + 1 == n,
+        }])?;
+    }
+    Ok(())
+}
+
+/// A new sequence holding `context` (attached from the prefix cache where another sequence
+/// computed it already).
+fn with_context(e: &mut Engine, seq: SeqId, context: &[u32]) -> Result<()> {
+    e.add_sequence(seq)?;
+    if !context.is_empty() {
+        let reused = e.attach_prefix(seq, context)?;
+        prefill(e, seq, &context[reused..])?;
+    }
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     let max_b = a.batch.iter().copied().max().unwrap_or(1);
-    let kv_tokens = (a.prompt + a.gen + 16).max(max_b * (a.gen + 32));
+    // Room for the shared context plus every sequence's own tokens (and a partial block each).
+    let kv_tokens = a.depth + (a.prompt + a.gen + 32).max(max_b * (a.gen + 32));
     let mut e = a.model.load(kv_tokens)?;
     let prompt = prompt_tokens(&e, a.prompt)?;
+    let context = prompt_tokens(&e, a.depth)?;
     let mut next = 1u64;
     let mut seq = || {
         next += 1;
@@ -59,16 +91,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut pp = Vec::new();
     for _ in 0..a.reps {
         let s = seq();
-        e.add_sequence(s)?;
+        with_context(&mut e, s, &context)?;
         let t = Instant::now();
-        for (i, c) in prompt.chunks(512).enumerate() {
-            let last = (i + 1) * 512 >= prompt.len();
-            e.step(&[StepItem {
-                seq: s,
-                tokens: c,
-                want_logits: last,
-            }])?;
-        }
+        prefill(&mut e, s, &prompt)?;
         pp.push(prompt.len() as f64 / t.elapsed().as_secs_f64());
         e.free_sequence(s);
     }
@@ -80,7 +105,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         for _ in 0..a.reps {
             let seqs: Vec<SeqId> = (0..b).map(|_| seq()).collect();
             for &s in &seqs {
-                e.add_sequence(s)?;
+                with_context(&mut e, s, &context)?;
             }
             let toks: Vec<u32> = (0..b).map(|i| prompt[i % prompt.len()]).collect();
             let t = Instant::now();
@@ -113,6 +138,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "threads": e.threads(),
                 "kernels": e.kernels().tier.to_string(),
                 "contention_fallbacks": e.contention_fallbacks(),
+                "kv_type": e.kv_stats().kv_type.to_string(),
+                "depth": a.depth,
                 "prefill_tokens": a.prompt,
                 "prefill_tok_s": pp,
                 "decode_tokens": a.gen,
@@ -123,20 +150,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "model {} | {} threads | kernels {} | median of {} | contention fallbacks {}",
+        "model {} | {} threads | kernels {} | KV {} | median of {} | contention fallbacks {}",
         e.config().name,
         e.threads(),
         e.kernels().tier,
+        e.kv_stats().kv_type,
         a.reps,
         e.contention_fallbacks()
     );
+    let at = if a.depth > 0 {
+        format!(" @ d{}", a.depth)
+    } else {
+        String::new()
+    };
     println!("{:<28} {:>10}", "test", "tokens/s");
-    println!("{:<28} {:>10.1}", format!("prefill pp{}", a.prompt), pp);
+    println!("{:<28} {:>10.1}", format!("prefill pp{}{at}", a.prompt), pp);
     for (b, r) in &rows {
         let label = if *b == 1 {
-            format!("decode tg{}", a.gen)
+            format!("decode tg{}{at}", a.gen)
         } else {
-            format!("decode tg{} x batch {b}", a.gen)
+            format!("decode tg{}{at} x batch {b}", a.gen)
         };
         let ratio = single
             .map(|s| format!("  ({:.2}x single)", r / s))

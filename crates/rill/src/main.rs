@@ -42,11 +42,15 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Stream one completion of a chat prompt to stdout; TTFT and tokens/s go to stderr.
     Generate(GenerateArgs),
-    /// Show the machine as rill sees it and the defaults derived from it.
+    /// Show the machine as rill sees it, the defaults derived from it, and how many tokens of
+    /// KV the default budget holds for a model in each KV type.
     Info {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The model to size the KV cache for (default: the default model, if pulled).
+        #[arg(long, short = 'm', env = "RILL_MODEL")]
+        model: Option<String>,
     },
     /// Load-test any OpenAI-compatible server; `history` and `compare` work on stored runs.
     Bench(bench_cmd::BenchArgs),
@@ -71,6 +75,9 @@ pub struct ModelArgs {
     /// A Jinja chat template file replacing the model's (a base model has none).
     #[arg(long, env = "RILL_CHAT_TEMPLATE")]
     pub chat_template: Option<PathBuf>,
+    /// KV cache element format: f16, q8_0 or q4_0.
+    #[arg(long, default_value = "f16", env = "RILL_KV_TYPE")]
+    pub kv_type: rill_engine::KvType,
 }
 
 /// The text of a `--chat-template` file.
@@ -92,6 +99,7 @@ impl ModelArgs {
                 kv_bytes: 0,
                 kernels: self.kernels.clone(),
                 chat_template: read_chat_template(self.chat_template.as_deref())?,
+                kv_type: self.kv_type,
             },
         )
         .with_context(|| format!("loading {}", path.display()))?;
@@ -176,7 +184,7 @@ fn main() -> Result<()> {
         }
         Command::Serve(a) => serve::run(a)?,
         Command::Generate(a) => generate(a)?,
-        Command::Info { json } => info(json)?,
+        Command::Info { json, model } => info(json, model.as_deref())?,
         Command::Bench(a) => bench_cmd::run(a)?,
         Command::BenchEngine(a) => engine_bench::run(a)?,
         Command::BenchScheduler(a) => scheduler_bench::run(a)?,
@@ -238,11 +246,44 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn info(json: bool) -> Result<()> {
+/// The KV cache a model needs in each type: bytes per token, tokens in `budget` bytes and in
+/// one GiB. None where no model is named and the default one is not pulled.
+fn kv_sizes(model: Option<&str>, budget: u64) -> Result<Option<serde_json::Value>> {
+    let path = match model {
+        Some(m) => resolve_model(Some(m))?,
+        None => match rill_store::default_model_path() {
+            Ok(p) if p.is_file() => p,
+            _ => return Ok(None),
+        },
+    };
+    let gguf = rill_engine::gguf::GgufFile::open(&path)?;
+    let cfg = rill_engine::model::Model::describe(&gguf)?;
+    let mut per_token = serde_json::Map::new();
+    let mut in_budget = serde_json::Map::new();
+    let mut per_gib = serde_json::Map::new();
+    for t in rill_engine::KvType::ALL {
+        let layout = cfg.kv_layout(t);
+        let bytes = layout.bytes_per_block() / rill_engine::BLOCK_TOKENS;
+        per_token.insert(t.to_string(), bytes.into());
+        in_budget.insert(t.to_string(), layout.tokens_in(budget as usize).into());
+        per_gib.insert(t.to_string(), layout.tokens_in(1 << 30).into());
+    }
+    Ok(Some(serde_json::json!({
+        "name": cfg.name,
+        "path": path.display().to_string(),
+        "head_dim_fits_blocks": rill_engine::KvType::Q8_0.check_head_dim(cfg.head_dim).is_ok(),
+        "kv_bytes_per_token": per_token,
+        "kv_tokens_default_budget": in_budget,
+        "kv_tokens_per_gib": per_gib,
+    })))
+}
+
+fn info(json: bool, model: Option<&str>) -> Result<()> {
     let m = rill_engine::sysinfo::machine_info();
     let d = rill_scheduler::MachineDefaults::for_machine(&m);
     let s = rill_scheduler::SchedulerConfig::for_machine(&m);
     let (threads, kv_bytes, max_batch) = (d.threads, d.kv_cache_bytes, d.max_running);
+    let kv = kv_sizes(model, kv_bytes)?;
     let defaults = serde_json::json!({
         "threads": threads,
         "kv_cache_bytes": kv_bytes,
@@ -256,7 +297,9 @@ fn info(json: bool) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"machine": m, "defaults": defaults}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"machine": m, "defaults": defaults, "model": kv})
+            )?
         );
         return Ok(());
     }
@@ -288,5 +331,26 @@ fn info(json: bool) -> Result<()> {
         gib(d.rss_high_bytes),
         gib(d.rss_critical_bytes)
     );
+    match kv {
+        Some(k) => {
+            let n = |key: &str, t: &str| k[key][t].as_u64().unwrap_or(0);
+            println!(
+                "KV tokens:  {} in the default {:.2} GiB: f16 {}, q8_0 {}, q4_0 {} (--kv-type)",
+                k["name"].as_str().unwrap_or("model"),
+                gib(kv_bytes),
+                n("kv_tokens_default_budget", "f16"),
+                n("kv_tokens_default_budget", "q8_0"),
+                n("kv_tokens_default_budget", "q4_0"),
+            );
+            if !k["head_dim_fits_blocks"].as_bool().unwrap_or(true) {
+                println!(
+                    "            (q8_0 and q4_0 need head dims that are multiples of 32: f16 only)"
+                );
+            }
+        }
+        None => {
+            println!("KV tokens:  pull the default model (rill pull) or pass -m MODEL to see them")
+        }
+    }
     Ok(())
 }

@@ -13,15 +13,13 @@
 
 use std::sync::Arc;
 
-use half::f16;
 use memmap2::Mmap;
 
 use super::ops::{self, resize, Workspace};
 use super::{FfnActivation, ForwardBatch, ForwardCtx, ModelConfig, RopeMode};
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgmlType, GgufFile};
-use crate::kv_cache::{KvCache, BLOCK_TOKENS};
-use crate::quant::scalar::KvRows;
+use crate::kv_cache::{AttendQuery, KvCache};
 use crate::quant::{QMatrix, QuantActs};
 use crate::threadpool::SharedMut;
 
@@ -354,9 +352,11 @@ impl Decoder {
             Some(_) => 1.0,
             None => 1.0 / (hd as f32).sqrt(),
         };
-        // Slot offset (f16 elements within a layer buffer) of every token's KV row.
+        // llama.cpp's rotation of heads around a quantized cache.
+        let rotation = kv.layout.kv_type.rotation(hd);
+        // The KV slot of every token.
         let slots: Vec<usize> = (0..t_n)
-            .map(|t| kv.slot_offset(batch.tables[t], batch.positions[t]))
+            .map(|t| KvCache::slot(batch.tables[t], batch.positions[t]))
             .collect();
 
         for (l_idx, layer) in self.layers.iter().enumerate() {
@@ -370,8 +370,6 @@ impl Decoder {
                 t_n,
                 dim,
             );
-            let (kc, vc) = kv.layer_mut(l_idx);
-            let (kc, vc) = (SharedMut::new(kc), SharedMut::new(vc));
             let (qb, kb, vb) = (
                 SharedMut::new(&mut ws.q),
                 SharedMut::new(&mut ws.k),
@@ -380,7 +378,6 @@ impl Decoder {
             let heads_q = c.n_heads;
             let n_chunks = c.n_heads + 2 * c.n_kv_heads;
             let ropes = &ropes[layer.rope_set];
-            let slots = &slots;
             let acts_ref = &acts;
             ctx.pool.run(n_chunks, &|chunk| {
                 // One head per chunk: Q heads, then K heads, then V heads.
@@ -401,7 +398,7 @@ impl Decoder {
                     &mut |t, r, v| unsafe { buf.slice(t * width + r, v.len()).copy_from_slice(v) },
                 );
                 let norm = [&layer.q_norm, &layer.k_norm, &None][part];
-                for t in 0..t_n {
+                for (t, rope) in ropes.iter().enumerate().take(t_n) {
                     // SAFETY: same disjoint column range, per token row.
                     let head = unsafe { buf.slice(t * width + h * hd, hd) };
                     if let Some(b) = &layer.qkv_bias {
@@ -413,28 +410,31 @@ impl Decoder {
                         ops::rms_norm_in_place(head, w, c.norm_eps);
                     }
                     if part < 2 {
-                        rope_fn(&mut head[..c.rope_dim], &ropes[t]);
+                        rope_fn(&mut head[..c.rope_dim], rope);
                     }
                     if part == 0 {
                         if let Some(s) = f.query_scale {
                             head.iter_mut().for_each(|v| *v *= s);
                         }
-                    } else {
-                        let cache = if part == 1 { kc } else { vc };
-                        // SAFETY: slot rows are distinct per token (distinct positions or
-                        // sequences) and this chunk owns head h's columns of each row.
-                        let dst = unsafe { cache.slice(slots[t] + h * hd, hd) };
-                        for (d, &v) in dst.iter_mut().zip(head.iter()) {
-                            *d = f16::from_f32(v).to_bits();
-                        }
+                    }
+                    if let Some(n) = [rotation.k, rotation.k, rotation.v][part] {
+                        ops::hadamard_rotate(head, n);
                     }
                 }
             });
             ws.acts.put_all(acts);
+            // Into the cache (every token before any attends: prefill sees its own chunk).
+            kv.write(
+                k,
+                l_idx,
+                &slots,
+                &ws.k[..t_n * kv_dim],
+                &ws.v[..t_n * kv_dim],
+            );
 
             // Attention: one chunk per (token, kv head).
             let group = c.n_heads / c.n_kv_heads;
-            let (kc, vc) = kv.layer(l_idx);
+            let kv = &*kv;
             let att = SharedMut::new(&mut ws.att);
             let q = &ws.q;
             ctx.pool.run(t_n * c.n_kv_heads, &|chunk| {
@@ -444,29 +444,20 @@ impl Decoder {
                 // A sliding-window layer sees the last `window` positions, itself included
                 // (llama.cpp masks key p0 for query p1 when p1 - p0 >= window).
                 let first = la.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let offsets: Vec<usize> = (first..=pos)
-                    .map(|j| {
-                        let b = table[j / BLOCK_TOKENS].0 as usize;
-                        (b * BLOCK_TOKENS + j % BLOCK_TOKENS) * kv_dim + g * hd
-                    })
-                    .collect();
-                let rows = KvRows {
-                    keys: kc,
-                    values: vc,
-                    offsets: &offsets,
+                let keys: Vec<usize> = (first..=pos).map(|j| KvCache::slot(table, j)).collect();
+                let query = AttendQuery {
+                    q: &q[t * q_dim..(t + 1) * q_dim],
+                    heads: g * group..(g + 1) * group,
+                    scale: score_scale,
                 };
                 // SAFETY: this chunk alone writes heads g*group..(g+1)*group of token t.
                 let out = unsafe { att.slice(t * q_dim, q_dim) };
-                (k.attend)(
-                    &q[t * q_dim..(t + 1) * q_dim],
-                    g * group..(g + 1) * group,
-                    hd,
-                    score_scale,
-                    &rows,
-                    out,
-                );
+                kv.attend(k, l_idx, g, &keys, &query, out);
             });
 
+            if let Some(n) = rotation.v {
+                ops::hadamard_rotate(&mut ws.att[..t_n * q_dim], n);
+            }
             // Output projection (+ post-norm) + residual.
             let mut acts = ws.acts.take(layer.wo.act_format());
             acts.quantize(k, &ws.att[..t_n * q_dim], t_n, q_dim);

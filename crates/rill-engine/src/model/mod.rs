@@ -13,7 +13,7 @@ mod qwen;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
-use crate::kv_cache::{BlockId, KvCache, KvLayout};
+use crate::kv_cache::{BlockId, KvCache, KvLayout, KvType};
 use crate::quant::Kernels;
 use crate::threadpool::ThreadPool;
 
@@ -70,10 +70,13 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    pub fn kv_layout(&self) -> KvLayout {
+    /// The KV cache's geometry for this model with keys and values stored as `kv_type`.
+    pub fn kv_layout(&self, kv_type: KvType) -> KvLayout {
         KvLayout {
             n_layers: self.n_layers,
             kv_dim: self.n_kv_heads * self.head_dim,
+            head_dim: self.head_dim,
+            kv_type,
         }
     }
 }
@@ -99,17 +102,28 @@ pub struct ForwardCtx<'a> {
 pub struct Model(decoder::Decoder);
 
 impl Model {
+    /// The model's configuration from the file's metadata alone (no weights are read): what
+    /// `rill info` sizes the KV cache with.
+    pub fn describe(gguf: &GgufFile) -> Result<ModelConfig> {
+        Ok(Self::describe_arch(gguf)?.0)
+    }
+
     pub fn load(gguf: &GgufFile) -> Result<Self> {
+        let (cfg, features) = Self::describe_arch(gguf)?;
+        Ok(Model(decoder::Decoder::load(gguf, cfg, features)?))
+    }
+
+    /// Architecture dispatch: the one place that maps `general.architecture` to a model.
+    fn describe_arch(gguf: &GgufFile) -> Result<(ModelConfig, decoder::Features)> {
         let arch = gguf.req_str("general.architecture")?;
-        let (cfg, features) = match arch {
+        Ok(match arch {
             "llama" => llama::describe(gguf)?,
             "gemma3" => gemma3::describe(gguf)?,
             "qwen2" => qwen::describe_qwen2(gguf)?,
             "qwen3" => qwen::describe_qwen3(gguf)?,
             "phi3" => phi3::describe(gguf)?,
             other => return Err(EngineError::UnsupportedArchitecture(other.to_string())),
-        };
-        Ok(Model(decoder::Decoder::load(gguf, cfg, features)?))
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {

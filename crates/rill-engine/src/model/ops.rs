@@ -1,4 +1,5 @@
-//! Row operations of the forward pass that are not kernels (RMSNorm, RoPE tables, GeGLU), and
+//! Row operations of the forward pass that are not kernels (RMSNorm, RoPE tables, GeGLU, the
+//! Hadamard rotation of a quantized KV cache's heads), and
 //! the per-step scratch buffers. Arithmetic follows ggml's CPU ops where it changes results
 //! (RMSNorm sums squares in f64; GELU is looked up in an f16 table; queries are rounded to f16
 //! before the f16 key dot products).
@@ -136,6 +137,28 @@ pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     let scale = rms_scale(x, eps);
     for (v, &g) in x.iter_mut().zip(w) {
         *v = (*v * scale) * g;
+    }
+}
+
+/// The orthonormal Walsh-Hadamard transform of every `n` consecutive elements (`n` a power of
+/// two), as llama.cpp's `ggml_compute_forward_fwht` computes it: each element scaled by
+/// `1 / sqrt(n)` first, then butterflies of widths 1, 2, 4, ... (`u + v`, `u - v`). The
+/// transform is its own inverse up to rounding.
+pub fn hadamard_rotate(x: &mut [f32], n: usize) {
+    debug_assert!(n.is_power_of_two() && x.len().is_multiple_of(n));
+    let scale = 1.0 / (n as f32).sqrt();
+    for row in x.chunks_exact_mut(n) {
+        row.iter_mut().for_each(|v| *v *= scale);
+        let mut len = 1;
+        while len < n {
+            for pair in row.chunks_exact_mut(2 * len) {
+                let (lo, hi) = pair.split_at_mut(len);
+                for (u, v) in lo.iter_mut().zip(hi.iter_mut()) {
+                    (*u, *v) = (*u + *v, *u - *v);
+                }
+            }
+            len *= 2;
+        }
     }
 }
 

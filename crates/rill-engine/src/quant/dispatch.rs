@@ -34,7 +34,8 @@ pub type TileMul<T, A, const N: usize> =
 
 /// Attention for a group of query heads over one sequence's K/V rows: queries, query heads,
 /// head dim, score scale, rows, output (see `scalar::attend`).
-pub type AttendFn = fn(&[f32], std::ops::Range<usize>, usize, f32, &scalar::KvRows<'_>, &mut [f32]);
+pub type AttendFn<T = u16> =
+    fn(&[f32], std::ops::Range<usize>, usize, f32, &scalar::KvRows<'_, T>, &mut [f32]);
 
 /// One function pointer per (weight, activation) pair and batch shape, plus activation
 /// quantizers and the attention primitives.
@@ -76,7 +77,14 @@ pub struct Kernels {
     pub scale_f16: fn(&mut [u16], f32),
     pub rope_norm: fn(&mut [f32], &[(f32, f32)]),
     pub rope_neox: fn(&mut [f32], &[(f32, f32)]),
+    /// Attention over an f16 KV cache.
     pub attend: AttendFn,
+    /// Attention over a Q8_0 KV cache.
+    pub attend_q8_0: AttendFn<BlockQ8_0>,
+    /// Attention over a Q4_0 KV cache.
+    pub attend_q4_0: AttendFn<BlockQ4_0>,
+    /// The Q4_0 KV cache writer (ggml's reference quantizer).
+    pub quantize_q4_0: fn(&[f32], &mut [BlockQ4_0]),
 }
 
 impl Kernels {
@@ -119,6 +127,9 @@ impl Kernels {
             rope_norm: scalar::rope_norm,
             rope_neox: scalar::rope_neox,
             attend: scalar::attend,
+            attend_q8_0: scalar::attend_q8_0,
+            attend_q4_0: scalar::attend_q4_0,
+            quantize_q4_0: scalar::quantize_q4_0,
         }
     }
 
@@ -220,8 +231,26 @@ mod x86_sets {
                     assert!(hd <= 256 && q.len() >= hs.end * hd && o.len() >= hs.end * hd);
                     unsafe { x86::$m::attend(q, hs, hd, sc, kv, o) }
                 },
+                attend_q8_0: |q, hs, hd, sc, kv, o| {
+                    check_quant_attend(q, &hs, hd, o);
+                    unsafe { x86::$m::attend_q8_0(q, hs, hd, sc, kv, o) }
+                },
+                attend_q4_0: |q, hs, hd, sc, kv, o| {
+                    check_quant_attend(q, &hs, hd, o);
+                    unsafe { x86::$m::attend_q4_0(q, hs, hd, sc, kv, o) }
+                },
+                quantize_q4_0: |x, y| {
+                    assert_eq!(x.len(), y.len() * QK);
+                    unsafe { x86::$m::quantize_q4_0(x, y) }
+                },
             }
         }};
+    }
+
+    /// What the quantized attention kernels assume: whole blocks per head, queries and
+    /// outputs covering the heads (the K/V rows themselves are bounds-checked slices).
+    fn check_quant_attend(q: &[f32], hs: &std::ops::Range<usize>, hd: usize, o: &[f32]) {
+        assert!(hd.is_multiple_of(QK) && q.len() >= hs.end * hd && o.len() >= hs.end * hd);
     }
 
     pub fn avx2() -> Kernels {

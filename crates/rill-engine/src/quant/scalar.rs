@@ -457,10 +457,12 @@ pub fn rope_neox(head: &mut [f32], cs: &[(f32, f32)]) {
     }
 }
 
-/// Where the K/V rows of a sequence live: row `j` starts at `row_offset(j)` (f16 elements).
-pub struct KvRows<'a> {
-    pub keys: &'a [u16],
-    pub values: &'a [u16],
+/// Where one KV head's rows of a sequence live, in the cache's storage unit `T` (`u16` f16
+/// elements, or Q8_0 / Q4_0 blocks of 32 elements): position `j`'s head row starts at unit
+/// `offsets[j]` of both buffers.
+pub struct KvRows<'a, T = u16> {
+    pub keys: &'a [T],
+    pub values: &'a [T],
     /// Offset of each position's row (already including the KV head's column offset).
     pub offsets: &'a [usize],
 }
@@ -530,6 +532,165 @@ pub fn attend(
         dot_f16_f16,
         mad_f16,
         scale_f16,
+        q,
+        q_heads,
+        head_dim,
+        scale,
+        kv,
+        out,
+    )
+}
+
+/// ggml's `quantize_row_q4_0_ref` (what llama.cpp writes into a `q4_0` KV cache): the element
+/// of largest magnitude maps to -8, d = max / -8, q = min(15, trunc(x / d + 8.5)). Multiply
+/// and add stay separate roundings (ggml-base is built without FMA).
+pub fn quantize_q4_0(x: &[f32], out: &mut [BlockQ4_0]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in xb {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        yb.d = f32_to_f16(d);
+        let q = |v: f32| (((v * id) + 8.5) as i8).min(15) as u8;
+        for (j, b) in yb.qs.iter_mut().enumerate() {
+            *b = q(xb[j]) | (q(xb[j + QK / 2]) << 4);
+        }
+    }
+}
+
+/// A block read in ggml's 8-lane order whatever the format's matmul order (llama.cpp's
+/// `ggml_vec_dot_q4_0_q8_0`, used on un-repacked tensors such as a Q4_0 KV cache).
+#[derive(Clone, Copy)]
+pub struct Lanes<B>(pub B);
+
+impl<B: Block32> Block32 for Lanes<B> {
+    const OFFSET: bool = B::OFFSET;
+    const LANES: bool = true;
+    fn d(&self) -> u16 {
+        self.0.d()
+    }
+    fn m(&self) -> u16 {
+        self.0.m()
+    }
+    #[inline(always)]
+    fn value(&self, k: usize) -> i32 {
+        self.0.value(k)
+    }
+}
+
+/// Q4_0 against Q8_0 in lane order (see [`Lanes`]).
+pub fn dot_q4_0_q8_0_lanes(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    dot32(x.iter().copied().map(Lanes), y)
+}
+
+/// Causal attention over a quantized KV cache (Q8_0 or Q4_0 keys and values), for query
+/// heads `q_heads` sharing one KV head: ggml's CPU flash-attention arithmetic for quantized
+/// K/V (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`), which llama.cpp runs with
+/// `-fa on -ctk q8_0 -ctv q8_0`:
+/// - each query head quantized to Q8_0 (`quantize_q`), scores `dot(K row, q) * scale` in the
+///   format's vec-dot order (`dot`);
+/// - online softmax with an f32 value accumulator: on a new maximum `acc *= expf(m_old - s)`,
+///   else the weight is `expf(s - m)`; then `acc = fma(v, w, acc)` with the V row
+///   dequantized (`dequant`, exact); `sum = fma(sum, ms, vs)`;
+/// - one normalisation `acc * (1 / sum)` at the end.
+///
+/// The heads of the group walk the positions together so each V row is dequantized once;
+/// every head's own operations keep ggml's order, so the result is the per-head reference's.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // one kernel: three primitives plus the data
+pub fn attend_quant_with<T: Copy>(
+    dot: impl Fn(&[T], &[BlockQ8_0]) -> f32,
+    dequant: impl Fn(&[T], &mut [f32]),
+    quantize_q: impl Fn(&[f32], &mut [BlockQ8_0]),
+    q: &[f32],
+    q_heads: std::ops::Range<usize>,
+    head_dim: usize,
+    scale: f32,
+    kv: &KvRows<'_, T>,
+    out: &mut [f32],
+) {
+    let (hd, nb) = (head_dim, head_dim / QK);
+    let heads: Vec<usize> = q_heads.collect();
+    let nh = heads.len();
+    let zero = BlockQ8_0 { d: 0, qs: [0; QK] };
+    let mut qq = vec![zero; nh * nb];
+    for (i, &h) in heads.iter().enumerate() {
+        quantize_q(&q[h * hd..(h + 1) * hd], &mut qq[i * nb..(i + 1) * nb]);
+    }
+    let mut acc = vec![0f32; nh * hd];
+    let mut v32 = vec![0f32; hd];
+    let (mut m, mut sum) = (vec![f32::NEG_INFINITY; nh], vec![0f32; nh]);
+    for &off in kv.offsets {
+        dequant(&kv.values[off..off + nb], &mut v32);
+        let krow = &kv.keys[off..off + nb];
+        for i in 0..nh {
+            let s = dot(krow, &qq[i * nb..(i + 1) * nb]) * scale;
+            let a = &mut acc[i * hd..(i + 1) * hd];
+            let (ms, vs);
+            if s > m[i] {
+                ms = (m[i] - s).exp();
+                vs = 1.0;
+                m[i] = s;
+                a.iter_mut().for_each(|x| *x *= ms);
+            } else {
+                ms = 1.0;
+                vs = (s - m[i]).exp();
+            }
+            for (x, &v) in a.iter_mut().zip(&v32) {
+                *x = v.mul_add(vs, *x);
+            }
+            sum[i] = sum[i].mul_add(ms, vs);
+        }
+    }
+    for (i, &h) in heads.iter().enumerate() {
+        let inv = if sum[i] == 0.0 { 0.0 } else { 1.0 / sum[i] };
+        for (o, &a) in out[h * hd..(h + 1) * hd].iter_mut().zip(&acc[i * hd..]) {
+            *o = a * inv;
+        }
+    }
+}
+
+/// [`attend_quant_with`] over a Q8_0 cache.
+pub fn attend_q8_0(
+    q: &[f32],
+    q_heads: std::ops::Range<usize>,
+    head_dim: usize,
+    scale: f32,
+    kv: &KvRows<'_, BlockQ8_0>,
+    out: &mut [f32],
+) {
+    attend_quant_with(
+        dot_q8_0_q8_0,
+        dequantize_q8_0,
+        quantize_q8_0,
+        q,
+        q_heads,
+        head_dim,
+        scale,
+        kv,
+        out,
+    )
+}
+
+/// [`attend_quant_with`] over a Q4_0 cache.
+pub fn attend_q4_0(
+    q: &[f32],
+    q_heads: std::ops::Range<usize>,
+    head_dim: usize,
+    scale: f32,
+    kv: &KvRows<'_, BlockQ4_0>,
+    out: &mut [f32],
+) {
+    attend_quant_with(
+        dot_q4_0_q8_0_lanes,
+        dequantize_q4_0,
+        quantize_q8_0,
         q,
         q_heads,
         head_dim,

@@ -382,6 +382,145 @@ macro_rules! kernels {
                 }
             }
 
+            /// ggml's AVX2 `ggml_vec_dot_q8_0_q8_0` / `ggml_vec_dot_q4_0_q8_0` (the lane order
+            /// of `scalar::dot32`): per block 8 exact i32 lane sums of 4 products, `acc =
+            /// fma(d_x * d_y, lanes, acc)`, one horizontal sum. `row` yields block `b`'s 32
+            /// signed values and its scale.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn dot_lanes_q8_0(
+                nb: usize,
+                row: impl Fn(usize) -> (__m256i, u16),
+                y: &[BlockQ8_0],
+            ) -> f32 {
+                assert!(y.len() >= nb);
+                let mut acc = _mm256_setzero_ps();
+                for (b, yb) in y[..nb].iter().enumerate() {
+                    let (qx, dx) = row(b);
+                    let d = _mm256_set1_ps(fp16(dx) * fp16(yb.d));
+                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                    // |x| * sign(y, x): the products' signs without a signed-by-signed
+                    // multiply; values stay within +-127, so the i16 pair sums are exact.
+                    let p16 =
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
+                    let lanes = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+                    acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc);
+                }
+                hsum_f32_8(acc)
+            }
+
+            /// Dequantizes blocks (`values` gives a block's 32 signed values and scale) into
+            /// `out`: `q as f32 * d`, exact, as `scalar::dequantize_q8_0` / `_q4_0`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn dequant_blocks<B>(
+                x: &[B],
+                out: &mut [f32],
+                values: impl Fn(&B) -> (__m256i, u16),
+            ) {
+                assert!(out.len() >= x.len() * QK);
+                for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
+                    let (q, d) = values(b);
+                    let d = _mm256_set1_ps(fp16(d));
+                    let lo = _mm256_castsi256_si128(q);
+                    let hi = _mm256_extracti128_si256(q, 1);
+                    let parts = [
+                        _mm256_cvtepi8_epi32(lo),
+                        _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)),
+                        _mm256_cvtepi8_epi32(hi),
+                        _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)),
+                    ];
+                    for (r, p) in parts.into_iter().enumerate() {
+                        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(p), d);
+                        _mm256_storeu_ps(o.as_mut_ptr().add(8 * r), v);
+                    }
+                }
+            }
+
+            /// `scalar::dot_q8_0_q8_0` (lane order).
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_kv_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+                dot_lanes_q8_0(
+                    x.len(),
+                    |b| (_mm256_loadu_si256(x[b].qs.as_ptr().cast()), x[b].d),
+                    y,
+                )
+            }
+
+            /// `scalar::dot_q4_0_q8_0_lanes`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_kv_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+                dot_lanes_q8_0(
+                    x.len(),
+                    |b| {
+                        let q = nibbles_32(x[b].qs.as_ptr());
+                        (_mm256_sub_epi8(q, _mm256_set1_epi8(8)), x[b].d)
+                    },
+                    y,
+                )
+            }
+
+            /// `scalar::attend_q8_0` with this tier's dot product and quantizer; the value
+            /// loops compile to FMA vectors (same per-element operations).
+            #[target_feature(enable = $features)]
+            pub unsafe fn attend_q8_0(
+                q: &[f32],
+                q_heads: std::ops::Range<usize>,
+                head_dim: usize,
+                scale: f32,
+                kv: &super::super::scalar::KvRows<'_, BlockQ8_0>,
+                out: &mut [f32],
+            ) {
+                super::super::scalar::attend_quant_with(
+                    |x, y| dot_kv_q8_0(x, y),
+                    |x, o| {
+                        dequant_blocks(x, o, |b| (_mm256_loadu_si256(b.qs.as_ptr().cast()), b.d))
+                    },
+                    |x, y| quantize_q8_0(x, y),
+                    q,
+                    q_heads,
+                    head_dim,
+                    scale,
+                    kv,
+                    out,
+                )
+            }
+
+            /// `scalar::attend_q4_0` with this tier's dot product and quantizer.
+            #[target_feature(enable = $features)]
+            pub unsafe fn attend_q4_0(
+                q: &[f32],
+                q_heads: std::ops::Range<usize>,
+                head_dim: usize,
+                scale: f32,
+                kv: &super::super::scalar::KvRows<'_, BlockQ4_0>,
+                out: &mut [f32],
+            ) {
+                super::super::scalar::attend_quant_with(
+                    |x, y| dot_kv_q4_0(x, y),
+                    |x, o| {
+                        dequant_blocks(x, o, |b| {
+                            let q = nibbles_32(b.qs.as_ptr());
+                            (_mm256_sub_epi8(q, _mm256_set1_epi8(8)), b.d)
+                        })
+                    },
+                    |x, y| quantize_q8_0(x, y),
+                    q,
+                    q_heads,
+                    head_dim,
+                    scale,
+                    kv,
+                    out,
+                )
+            }
+
+            /// The scalar Q4_0 quantizer compiled for this tier (identical arithmetic: Rust
+            /// never contracts its multiply and add).
+            #[target_feature(enable = $features)]
+            pub unsafe fn quantize_q4_0(x: &[f32], out: &mut [BlockQ4_0]) {
+                super::super::scalar::quantize_q4_0(x, out)
+            }
+
             /// The scalar `swiglu` compiled with FMA available (its `mul_add`s become single
             /// instructions; the arithmetic is identical).
             #[target_feature(enable = $features)]

@@ -28,6 +28,7 @@ pub fn engine(threads: usize) -> Engine {
             kv_bytes: 0,
             kernels: std::env::var("RILL_KERNELS").ok(),
             chat_template: None,
+            kv_type: Default::default(),
         },
     )
     .expect("loading the default model")

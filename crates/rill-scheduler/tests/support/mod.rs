@@ -37,6 +37,7 @@ pub fn engine(kv_tokens: usize) -> Engine {
             kv_bytes: 0,
             kernels: None,
             chat_template: None,
+            kv_type: Default::default(),
         },
     )
     .expect("loading the default model")

@@ -36,6 +36,7 @@ pub fn engine() -> Engine {
             kv_bytes: 0,
             kernels: None,
             chat_template: None,
+            kv_type: Default::default(),
         },
     )
     .expect("loading the default model")
