@@ -100,7 +100,8 @@ impl Engine {
         } else {
             model.config().context_length
         };
-        let kv = KvCache::new(layout, kv_tokens.div_ceil(BLOCK_TOKENS))?;
+        let windows: Vec<Option<usize>> = model.config().layers.iter().map(|l| l.window).collect();
+        let kv = KvCache::new(layout, &windows, kv_tokens.div_ceil(BLOCK_TOKENS))?;
         Ok(Self {
             model,
             tokenizer: Arc::new(tokenizer),

@@ -1,14 +1,25 @@
-//! The paged KV cache: a pool of fixed-size blocks (keys and values of every layer, stored in
-//! the cache's [`KvType`] by [`KvStore`]), a block table per sequence, and the prefix cache.
+//! The paged KV cache: logical blocks of [`BLOCK_TOKENS`] tokens, each backed by one *page* per
+//! layer (that layer's keys and values of the block's tokens, in the cache's [`KvType`], stored
+//! by [`KvStore`]), a block table per sequence, and the prefix cache.
 //!
 //! Blocks are reference-counted. Every block a sequence fills completely is registered in the
 //! prefix cache under a chained hash of all tokens up to its end (so a block is only ever reused
 //! behind the exact same prefix); the cache holds one reference of its own. A new sequence whose
 //! prompt starts with cached blocks attaches them instead of recomputing them
 //! ([`KvCache::attach_prefix`]). A cached block nobody else holds is *evictable*: it still counts
-//! as available and is reclaimed least-recently-used first when the free list runs dry. Shared
+//! as available and is reclaimed least-recently-used first when the free pages run out. Shared
 //! blocks are never written: a sequence only appends past its length, and truncating into a
 //! shared block copies it first.
+//!
+//! Sliding-window layers (Gemma 3's local layers) keep only what a future query can see: once a
+//! sequence has moved more than its window (plus [`ROLLBACK_SLACK`] tokens) past a block, the
+//! block's pages of the windowed layers go back to the pool while its global-layer pages stay.
+//! A block shared by several sequences keeps them until none of their windows covers it; a
+//! sequence that ends leaves them to the prefix cache (reclaimed with the block). A prefix is
+//! attached only as far as the window before the attach point still has its pages.
+//!
+//! Budgets count *block equivalents* (one page per layer): a model without windows counts
+//! exactly in blocks, and the pages a window frees make room for other blocks.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -20,23 +31,31 @@ use crate::quant::Kernels;
 /// Tokens per KV block.
 pub const BLOCK_TOKENS: usize = 16;
 
+/// Tokens a sliding-window sequence can still be truncated by (speculative rollback): the
+/// windowed layers keep this many keys beyond the window.
+pub const ROLLBACK_SLACK: usize = BLOCK_TOKENS;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeqId(pub u64);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BlockId(pub u32);
 
-/// Block usage, for schedulers and metrics.
+/// A page that was released (a windowed layer's page of a block out of every window).
+const NO_PAGE: u32 = u32::MAX;
+
+/// Pool usage, for schedulers and metrics. Block counts are block equivalents: pages / layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct KvStats {
     pub total_blocks: usize,
-    /// Blocks on the free list.
+    /// Free pages, in block equivalents.
     pub free_blocks: usize,
-    /// Blocks held only by the prefix cache (reclaimable on demand).
+    /// Pages held only by the prefix cache (reclaimable on demand), in block equivalents.
     pub evictable_blocks: usize,
     /// Blocks registered in the prefix cache (shared or evictable).
     pub cached_blocks: usize,
     pub block_tokens: usize,
+    /// Bytes of one block equivalent (a page per layer).
     pub bytes_per_block: usize,
     /// The element format of keys and values.
     pub kv_type: KvType,
@@ -45,6 +64,11 @@ pub struct KvStats {
     pub prefix_hit_blocks: u64,
     /// Cumulative cached blocks reclaimed for other use.
     pub evictions: u64,
+    /// Pages in the pool (one layer's block each) and how many are free.
+    pub total_pages: usize,
+    pub free_pages: usize,
+    /// Cumulative windowed-layer pages returned because every window had moved past them.
+    pub window_pages_released: u64,
 }
 
 impl KvStats {
@@ -72,7 +96,12 @@ pub struct KvLayout {
 impl KvLayout {
     /// Bytes of one block across all layers, keys and values.
     pub fn bytes_per_block(&self) -> usize {
-        self.n_layers * 2 * BLOCK_TOKENS * self.kv_type.row_bytes(self.kv_dim)
+        self.n_layers * self.bytes_per_page()
+    }
+
+    /// Bytes of one layer's block, keys and values.
+    pub fn bytes_per_page(&self) -> usize {
+        2 * BLOCK_TOKENS * self.kv_type.row_bytes(self.kv_dim)
     }
 
     /// Tokens of KV that `bytes` hold (whole blocks).
@@ -104,6 +133,9 @@ struct SeqState {
     /// False once the token history is unknown (after truncating mid-block): nothing more of
     /// this sequence is registered in the prefix cache.
     cacheable: bool,
+    /// First block index this sequence's window still covers (it counts in `window_holders`
+    /// of blocks from here on). 0 without windowed layers.
+    window_from: usize,
 }
 
 impl Default for SeqState {
@@ -114,6 +146,7 @@ impl Default for SeqState {
             hash: ROOT_HASH,
             tail: Vec::new(),
             cacheable: true,
+            window_from: 0,
         }
     }
 }
@@ -127,10 +160,23 @@ struct CachedBlock {
 
 pub struct KvCache {
     pub layout: KvLayout,
-    /// Keys and values of every layer, `total_blocks * BLOCK_TOKENS` token slots each.
+    /// Keys and values of every page, `BLOCK_TOKENS` token slots each.
     store: KvStore,
+    /// Layers with a sliding window (their pages can be released).
+    windowed: Vec<usize>,
+    /// The windowed layers' window (the largest, if they differ); None: every layer global.
+    window: Option<usize>,
+    /// Per logical block: references (sequences, plus one while cached).
     refcount: Vec<u32>,
-    free: Vec<BlockId>,
+    /// `pages[b * n_layers + l]`: the page of layer `l` of block `b`, or `NO_PAGE`.
+    pages: Vec<u32>,
+    /// Per block: live sequences whose window still covers it.
+    window_holders: Vec<u32>,
+    free_block_ids: Vec<BlockId>,
+    free_pages: Vec<u32>,
+    total_pages: usize,
+    /// Pages of the blocks in `lru` (held by the prefix cache alone).
+    evictable_pages: usize,
     seqs: HashMap<SeqId, SeqState>,
     /// Prefix cache: chain hash -> block.
     prefix: HashMap<u64, CachedBlock>,
@@ -142,41 +188,69 @@ pub struct KvCache {
     tick: u64,
     prefix_hit_blocks: u64,
     evictions: u64,
+    window_pages_released: u64,
 }
 
 impl KvCache {
-    /// A pool of `total_blocks` blocks. The layout's head dim must suit its KV type
-    /// ([`KvType::check_head_dim`]).
-    pub fn new(layout: KvLayout, total_blocks: usize) -> Result<Self> {
+    /// A pool of `total_blocks` block equivalents (a page per layer each). `windows[l]` is layer
+    /// `l`'s sliding window (None: it attends to everything). The layout's head dim must suit
+    /// its KV type ([`KvType::check_head_dim`]).
+    pub fn new(layout: KvLayout, windows: &[Option<usize>], total_blocks: usize) -> Result<Self> {
         layout.kv_type.check_head_dim(layout.head_dim)?;
+        if windows.len() != layout.n_layers {
+            return Err(EngineError::InvalidInput(format!(
+                "{} layer windows for {} layers",
+                windows.len(),
+                layout.n_layers
+            )));
+        }
+        let total_pages = total_blocks * layout.n_layers;
+        if total_pages >= NO_PAGE as usize {
+            return Err(EngineError::InvalidInput(format!(
+                "a KV cache of {total_pages} pages is too large"
+            )));
+        }
+        let windowed = (0..layout.n_layers)
+            .filter(|&l| windows[l].is_some())
+            .collect();
         Ok(Self {
             layout,
             store: KvStore::new(
                 layout.kv_type,
-                layout.n_layers,
                 layout.kv_dim,
                 layout.head_dim,
-                total_blocks * BLOCK_TOKENS,
+                total_pages * BLOCK_TOKENS,
             ),
-            refcount: vec![0; total_blocks],
-            // Pop from the end: hand out low ids first.
-            free: (0..total_blocks as u32).rev().map(BlockId).collect(),
+            windowed,
+            window: windows.iter().flatten().copied().max(),
+            refcount: Vec::new(),
+            pages: Vec::new(),
+            window_holders: Vec::new(),
+            free_block_ids: Vec::new(),
+            // Pop from the end: hand out low pages first.
+            free_pages: (0..total_pages as u32).rev().collect(),
+            total_pages,
+            evictable_pages: 0,
             seqs: HashMap::new(),
             prefix: HashMap::new(),
-            block_hash: vec![None; total_blocks],
+            block_hash: Vec::new(),
             lru: BTreeSet::new(),
-            last_use: vec![0; total_blocks],
+            last_use: Vec::new(),
             tick: 0,
             prefix_hit_blocks: 0,
             evictions: 0,
+            window_pages_released: 0,
         })
     }
 
     pub fn stats(&self) -> KvStats {
+        let l = self.layout.n_layers.max(1);
+        let available = self.available_pages() / l;
+        let free = self.free_pages.len() / l;
         KvStats {
-            total_blocks: self.refcount.len(),
-            free_blocks: self.free.len(),
-            evictable_blocks: self.lru.len(),
+            total_blocks: self.total_pages / l,
+            free_blocks: free,
+            evictable_blocks: available - free,
             cached_blocks: self.prefix.len(),
             block_tokens: BLOCK_TOKENS,
             bytes_per_block: self.layout.bytes_per_block(),
@@ -184,11 +258,53 @@ impl KvCache {
             sequences: self.seqs.len(),
             prefix_hit_blocks: self.prefix_hit_blocks,
             evictions: self.evictions,
+            total_pages: self.total_pages,
+            free_pages: self.free_pages.len(),
+            window_pages_released: self.window_pages_released,
         }
     }
 
-    fn available(&self) -> usize {
-        self.free.len() + self.lru.len()
+    fn available_pages(&self) -> usize {
+        self.free_pages.len() + self.evictable_pages
+    }
+
+    /// The first block a sequence of `len` tokens still needs in its windowed layers: the one
+    /// holding key position `len - window - ROLLBACK_SLACK + 1` (the earliest a query at
+    /// `len` or later can see after a rollback of up to `ROLLBACK_SLACK` tokens).
+    fn first_windowed_block(&self, len: usize) -> usize {
+        match self.window {
+            Some(w) => (len + 1).saturating_sub(w + ROLLBACK_SLACK) / BLOCK_TOKENS,
+            None => 0,
+        }
+    }
+
+    /// The first block a query at `len` can see in the windowed layers (no rollback slack):
+    /// what an attached prefix or a truncated sequence must still hold.
+    fn first_needed_block(&self, len: usize) -> usize {
+        match self.window {
+            Some(w) => (len + 1).saturating_sub(w) / BLOCK_TOKENS,
+            None => 0,
+        }
+    }
+
+    fn page_index(&self, b: BlockId, layer: usize) -> usize {
+        b.0 as usize * self.layout.n_layers + layer
+    }
+
+    /// Pages block `b` holds.
+    fn present_pages(&self, b: BlockId) -> usize {
+        let i = self.page_index(b, 0);
+        self.pages[i..i + self.layout.n_layers]
+            .iter()
+            .filter(|&&p| p != NO_PAGE)
+            .count()
+    }
+
+    /// Whether block `b` still has its windowed layers' pages.
+    fn has_window_pages(&self, b: BlockId) -> bool {
+        self.windowed
+            .iter()
+            .all(|&l| self.pages[self.page_index(b, l)] != NO_PAGE)
     }
 
     pub fn add_sequence(&mut self, id: SeqId) -> Result<()> {
@@ -202,6 +318,12 @@ impl KvCache {
     /// Drops a sequence and releases its blocks. Unknown ids are ignored (idempotent).
     pub fn free_sequence(&mut self, id: SeqId) {
         if let Some(s) = self.seqs.remove(&id) {
+            if self.window.is_some() {
+                // The blocks keep their windowed pages for the prefix cache.
+                for b in &s.blocks[s.window_from.min(s.blocks.len())..] {
+                    self.window_holders[b.0 as usize] -= 1;
+                }
+            }
             for b in s.blocks {
                 self.release(b);
             }
@@ -209,7 +331,8 @@ impl KvCache {
     }
 
     /// Attaches the longest cached prefix of `tokens` to an empty sequence, leaving at least one
-    /// token to compute (its logits are needed). Returns the number of tokens reused.
+    /// token to compute (its logits are needed), and only as far as the window before the end
+    /// of the prefix still has its pages. Returns the number of tokens reused.
     pub fn attach_prefix(&mut self, id: SeqId, tokens: &[u32]) -> Result<usize> {
         let s = self
             .seqs
@@ -232,9 +355,30 @@ impl KvCache {
             }
             hash = h;
         }
+        // Shorten until the windowed layers hold every block the next query can see.
+        while let Some(n) = (!found.is_empty()).then_some(found.len()) {
+            let from = self.first_needed_block(n * BLOCK_TOKENS);
+            if found[from..].iter().all(|&(b, _)| self.has_window_pages(b)) {
+                break;
+            }
+            found.pop();
+        }
         // Touch leaf first so that parents carry the newer tick and outlive their children.
         for &(b, _) in found.iter().rev() {
             self.retain(b);
+        }
+        let len = found.len() * BLOCK_TOKENS;
+        // Cover the rollback slack too where those blocks still have their pages.
+        let mut window_from = self.first_windowed_block(len);
+        while window_from < self.first_needed_block(len)
+            && !self.has_window_pages(found[window_from].0)
+        {
+            window_from += 1;
+        }
+        if self.window.is_some() {
+            for &(b, _) in &found[window_from..] {
+                self.window_holders[b.0 as usize] += 1;
+            }
         }
         let s = self
             .seqs
@@ -244,25 +388,53 @@ impl KvCache {
             s.blocks.push(b);
             s.hash = h;
         }
-        s.len = found.len() * BLOCK_TOKENS;
+        s.len = len;
+        s.window_from = window_from;
         self.prefix_hit_blocks += found.len() as u64;
-        Ok(s.len)
+        Ok(len)
     }
 
     /// Shortens a sequence to `len` tokens (e.g. rejected speculative tokens), freeing blocks
-    /// no longer needed. A kept partial block that is shared is copied first.
+    /// no longer needed. A kept partial block that is shared is copied first. A sequence with
+    /// windowed layers can go back at most [`ROLLBACK_SLACK`] tokens past what its window
+    /// released; further is refused (nothing changed).
     pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
         let s = self
             .seqs
-            .get_mut(&id)
+            .get(&id)
             .ok_or(EngineError::UnknownSequence(id.0))?;
         if len >= s.len {
             return Ok(());
         }
+        let keep = len.div_ceil(BLOCK_TOKENS);
+        let old_from = s.window_from;
+        // The windowed layers must still hold what a query at `len` sees; the sequence's
+        // window covers those blocks again.
+        let need = self.first_needed_block(len);
+        let back = need.min(old_from)..old_from.min(keep);
+        if !s.blocks[back.clone()]
+            .iter()
+            .all(|&b| self.has_window_pages(b))
+        {
+            return Err(EngineError::InvalidInput(format!(
+                "sequence {} cannot be truncated from {} to {len} tokens: its sliding-window \
+                 layers released the keys that far back",
+                id.0, s.len
+            )));
+        }
+        for &b in &s.blocks[back.clone()] {
+            self.window_holders[b.0 as usize] += 1;
+        }
+        let s = self
+            .seqs
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownSequence(id.0))?;
+        s.window_from = old_from.min(need);
         let old_len = s.len;
         s.len = len;
-        let keep = len.div_ceil(BLOCK_TOKENS);
         let dropped: Vec<BlockId> = s.blocks.drain(keep..).collect();
+        // Dropped blocks the window covered lose this holder.
+        let dropped_from = old_from.max(keep);
         let full_blocks = len / BLOCK_TOKENS;
         let within_tail = old_len / BLOCK_TOKENS == full_blocks;
         if within_tail {
@@ -285,6 +457,13 @@ impl KvCache {
             }
         }
         let partial = (!len.is_multiple_of(BLOCK_TOKENS)).then(|| s.blocks[keep - 1]);
+        if self.window.is_some() {
+            for (j, b) in dropped.iter().enumerate() {
+                if keep + j >= dropped_from {
+                    self.window_holders[b.0 as usize] -= 1;
+                }
+            }
+        }
         for b in dropped {
             self.release(b);
         }
@@ -298,7 +477,8 @@ impl KvCache {
 
     /// Replaces block `idx` of a sequence by a private copy.
     fn copy_on_write(&mut self, id: SeqId, idx: usize) -> Result<()> {
-        if self.available() == 0 {
+        let layers = self.layout.n_layers;
+        if self.available_pages() < layers {
             return Err(EngineError::OutOfBlocks { needed: 1, free: 0 });
         }
         let new = self.take_block();
@@ -307,33 +487,87 @@ impl KvCache {
             .get_mut(&id)
             .ok_or(EngineError::UnknownSequence(id.0))?;
         let old = std::mem::replace(&mut s.blocks[idx], new);
-        self.store.copy_block(old.0 as usize, new.0 as usize);
+        let covered = idx >= s.window_from;
+        for l in 0..layers {
+            let (src, dst) = (self.page_index(old, l), self.page_index(new, l));
+            if self.pages[src] != NO_PAGE {
+                self.store.copy_slots(
+                    self.pages[src] as usize * BLOCK_TOKENS,
+                    self.pages[dst] as usize * BLOCK_TOKENS,
+                    BLOCK_TOKENS,
+                );
+            }
+        }
+        if self.window.is_some() && covered {
+            self.window_holders[old.0 as usize] -= 1;
+            self.window_holders[new.0 as usize] += 1;
+        }
         self.release(old);
         Ok(())
     }
 
-    /// Takes a block from the free list, evicting the least recently used cached block if the
-    /// list is empty. The caller checked `available() > 0`.
+    /// A free page, evicting the least recently used cached block if none is free. The caller
+    /// checked `available_pages()`.
+    fn take_page(&mut self) -> u32 {
+        while self.free_pages.is_empty() {
+            let Some((_, b)) = self.lru.pop_first() else {
+                break;
+            };
+            let b = BlockId(b);
+            if let Some(h) = self.block_hash[b.0 as usize].take() {
+                self.prefix.remove(&h);
+            }
+            self.evictable_pages -= self.present_pages(b);
+            self.refcount[b.0 as usize] = 0;
+            self.free_block(b);
+            self.evictions += 1;
+        }
+        self.free_pages.pop().unwrap_or(0)
+    }
+
+    /// A new block (one reference) with a page for every layer. The caller checked that
+    /// `n_layers` pages are available.
     fn take_block(&mut self) -> BlockId {
-        if self.free.is_empty() {
-            if let Some((_, b)) = self.lru.pop_first() {
-                if let Some(h) = self.block_hash[b as usize].take() {
-                    self.prefix.remove(&h);
-                }
-                self.refcount[b as usize] = 0;
-                self.free.push(BlockId(b));
-                self.evictions += 1;
+        let layers = self.layout.n_layers;
+        let b = match self.free_block_ids.pop() {
+            Some(b) => b,
+            None => {
+                let b = BlockId(self.refcount.len() as u32);
+                self.refcount.push(0);
+                self.pages.extend(std::iter::repeat_n(NO_PAGE, layers));
+                self.window_holders.push(0);
+                self.block_hash.push(None);
+                self.last_use.push(0);
+                b
+            }
+        };
+        for l in 0..layers {
+            let p = self.take_page();
+            let i = self.page_index(b, l);
+            self.pages[i] = p;
+        }
+        self.refcount[b.0 as usize] = 1;
+        self.window_holders[b.0 as usize] = 0;
+        b
+    }
+
+    /// Returns every page of an unreferenced block, and its id.
+    fn free_block(&mut self, b: BlockId) {
+        for l in 0..self.layout.n_layers {
+            let i = self.page_index(b, l);
+            let p = std::mem::replace(&mut self.pages[i], NO_PAGE);
+            if p != NO_PAGE {
+                self.free_pages.push(p);
             }
         }
-        let b = self.free.pop().unwrap_or(BlockId(0));
-        self.refcount[b.0 as usize] = 1;
-        b
+        self.free_block_ids.push(b);
     }
 
     fn retain(&mut self, b: BlockId) {
         let i = b.0 as usize;
         if self.refcount[i] == 1 && self.block_hash[i].is_some() {
             self.lru.remove(&(self.last_use[i], b.0));
+            self.evictable_pages -= self.present_pages(b);
         }
         self.refcount[i] += 1;
         self.tick += 1;
@@ -344,11 +578,49 @@ impl KvCache {
         let i = b.0 as usize;
         self.refcount[i] -= 1;
         match self.refcount[i] {
-            0 => self.free.push(b),
+            0 => self.free_block(b),
             1 if self.block_hash[i].is_some() => {
                 self.lru.insert((self.last_use[i], b.0));
+                self.evictable_pages += self.present_pages(b);
             }
             _ => {}
+        }
+    }
+
+    /// Blocks (by index in the sequence) whose windowed pages `id` no longer needs at its
+    /// current length, with whether the sequence is their last window holder.
+    fn out_of_window(&self, s: &SeqState) -> std::ops::Range<usize> {
+        let to = self.first_windowed_block(s.len).min(s.blocks.len());
+        s.window_from.min(to)..to
+    }
+
+    /// Moves the sequence's window forward: blocks it has left lose a holder, and a block with
+    /// no holder left returns its windowed layers' pages.
+    fn slide_window(&mut self, id: SeqId) {
+        let Some(s) = self.seqs.get(&id) else {
+            return;
+        };
+        let range = self.out_of_window(s);
+        if range.is_empty() {
+            return;
+        }
+        let blocks: Vec<BlockId> = s.blocks[range.clone()].to_vec();
+        for b in blocks {
+            let i = b.0 as usize;
+            self.window_holders[i] -= 1;
+            if self.window_holders[i] == 0 {
+                for k in 0..self.windowed.len() {
+                    let pi = self.page_index(b, self.windowed[k]);
+                    let p = std::mem::replace(&mut self.pages[pi], NO_PAGE);
+                    if p != NO_PAGE {
+                        self.free_pages.push(p);
+                        self.window_pages_released += 1;
+                    }
+                }
+            }
+        }
+        if let Some(s) = self.seqs.get_mut(&id) {
+            s.window_from = range.end;
         }
     }
 
@@ -360,30 +632,65 @@ impl KvCache {
         self.seqs.contains_key(&id)
     }
 
-    /// Blocks a sequence needs beyond what it holds to take `new_tokens` more.
-    pub fn blocks_needed(&self, id: SeqId, new_tokens: usize) -> usize {
+    /// Pages `id` needs beyond what it holds to take `new_tokens` more: a page per layer for
+    /// each new block, less the windowed pages it is about to release.
+    fn pages_needed(&self, id: SeqId, new_tokens: usize) -> usize {
         let s = self.seqs.get(&id);
         let have = s.map_or(0, |s| s.blocks.len());
         let len = s.map_or(0, |s| s.len);
-        (len + new_tokens)
+        let new_blocks = (len + new_tokens)
             .div_ceil(BLOCK_TOKENS)
-            .saturating_sub(have)
+            .saturating_sub(have);
+        let released = s.map_or(0, |s| {
+            s.blocks[self.out_of_window(s)]
+                .iter()
+                .filter(|b| self.window_holders[b.0 as usize] == 1)
+                .map(|&b| {
+                    self.windowed
+                        .iter()
+                        .filter(|&&l| self.pages[self.page_index(b, l)] != NO_PAGE)
+                        .count()
+                })
+                .sum()
+        });
+        (new_blocks * self.layout.n_layers).saturating_sub(released)
+    }
+
+    /// Block equivalents a sequence needs beyond what it holds to take `new_tokens` more
+    /// (rounded up: a step that fits [`KvStats::available_blocks`] never runs out).
+    pub fn blocks_needed(&self, id: SeqId, new_tokens: usize) -> usize {
+        self.pages_needed(id, new_tokens)
+            .div_ceil(self.layout.n_layers.max(1))
     }
 
     /// Reserves room for `tokens` appended to `id` and records them for the prefix cache;
-    /// returns the position of the first one. All-or-nothing: on error nothing changed.
+    /// returns the position of the first one. All-or-nothing: on error nothing changed (the
+    /// sequence's window may have moved, which only returns pages it no longer needs).
     pub fn extend(&mut self, id: SeqId, tokens: &[u32]) -> Result<usize> {
-        let needed = self.blocks_needed(id, tokens.len());
-        if needed > self.available() {
-            return Err(EngineError::OutOfBlocks {
-                needed,
-                free: self.available(),
-            });
-        }
         if !self.seqs.contains_key(&id) {
             return Err(EngineError::UnknownSequence(id.0));
         }
-        let new_blocks: Vec<BlockId> = (0..needed).map(|_| self.take_block()).collect();
+        self.slide_window(id);
+        let layers = self.layout.n_layers;
+        let needed = self.pages_needed(id, tokens.len());
+        if needed > self.available_pages() {
+            return Err(EngineError::OutOfBlocks {
+                needed: needed.div_ceil(layers),
+                free: self.available_pages() / layers,
+            });
+        }
+        let Some(s) = self.seqs.get(&id) else {
+            return Err(EngineError::UnknownSequence(id.0));
+        };
+        let n_new = (s.len + tokens.len())
+            .div_ceil(BLOCK_TOKENS)
+            .saturating_sub(s.blocks.len());
+        let new_blocks: Vec<BlockId> = (0..n_new).map(|_| self.take_block()).collect();
+        if self.window.is_some() {
+            for b in &new_blocks {
+                self.window_holders[b.0 as usize] += 1;
+            }
+        }
         let Some(s) = self.seqs.get_mut(&id) else {
             return Err(EngineError::UnknownSequence(id.0));
         };
@@ -431,11 +738,13 @@ impl KvCache {
     /// Drops every evictable cached block (tests, memory trimming).
     pub fn clear_prefix_cache(&mut self) {
         while let Some((_, b)) = self.lru.pop_first() {
-            if let Some(h) = self.block_hash[b as usize].take() {
+            let b = BlockId(b);
+            if let Some(h) = self.block_hash[b.0 as usize].take() {
                 self.prefix.remove(&h);
             }
-            self.refcount[b as usize] = 0;
-            self.free.push(BlockId(b));
+            self.evictable_pages -= self.present_pages(b);
+            self.refcount[b.0 as usize] = 0;
+            self.free_block(b);
         }
     }
 
@@ -444,36 +753,48 @@ impl KvCache {
         self.seqs.get(&id).map(|s| s.blocks.as_slice())
     }
 
-    /// The token slot of position `pos` of a block table.
+    /// The token slot (in [`KvStore`]) of position `pos` of a block table in layer `layer`.
     #[inline]
-    pub fn slot(table: &[BlockId], pos: usize) -> usize {
-        table[pos / BLOCK_TOKENS].0 as usize * BLOCK_TOKENS + pos % BLOCK_TOKENS
+    pub fn slot(&self, layer: usize, table: &[BlockId], pos: usize) -> usize {
+        let page = self.pages[self.page_index(table[pos / BLOCK_TOKENS], layer)];
+        debug_assert!(page != NO_PAGE, "layer {layer} position {pos} was released");
+        page as usize * BLOCK_TOKENS + pos % BLOCK_TOKENS
     }
 
-    /// Stores tokens' key and value rows (f32, `kv_dim` each) of layer `layer` at `slots`.
+    /// Stores tokens' key and value rows (f32, `kv_dim` each) of layer `layer`: token `t` at
+    /// position `positions[t]` of block table `tables[t]`.
     pub fn write(
         &mut self,
         kernels: &Kernels,
         layer: usize,
-        slots: &[usize],
+        tables: &[&[BlockId]],
+        positions: &[usize],
         keys: &[f32],
         values: &[f32],
     ) {
-        self.store.write(kernels, layer, slots, keys, values)
+        let slots: Vec<usize> = tables
+            .iter()
+            .zip(positions)
+            .map(|(t, &p)| self.slot(layer, t, p))
+            .collect();
+        self.store.write(kernels, &slots, keys, values)
     }
 
-    /// Attention over KV head `kv_head` of layer `layer` at token `slots` ([`KvStore::attend`]).
+    /// Attention over KV head `kv_head` of layer `layer` at `positions` of block table
+    /// `table` ([`KvStore::attend`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn attend(
         &self,
         kernels: &Kernels,
         layer: usize,
         kv_head: usize,
-        slots: &[usize],
+        table: &[BlockId],
+        positions: std::ops::RangeInclusive<usize>,
         query: &AttendQuery<'_>,
         out: &mut [f32],
     ) {
-        self.store
-            .attend(kernels, layer, kv_head, slots, query, out)
+        let slots: Vec<usize> = positions.map(|j| self.slot(layer, table, j)).collect();
+        self.store.attend(kernels, kv_head, &slots, query, out)
     }
 }
 
@@ -481,17 +802,17 @@ impl KvCache {
 mod tests {
     use super::*;
 
+    fn layout(n_layers: usize) -> KvLayout {
+        KvLayout {
+            n_layers,
+            kv_dim: 4,
+            head_dim: 4,
+            kv_type: KvType::F16,
+        }
+    }
+
     fn cache(blocks: usize) -> KvCache {
-        KvCache::new(
-            KvLayout {
-                n_layers: 1,
-                kv_dim: 4,
-                head_dim: 4,
-                kv_type: KvType::F16,
-            },
-            blocks,
-        )
-        .unwrap()
+        KvCache::new(layout(1), &[None], blocks).unwrap()
     }
 
     fn toks(n: usize, salt: u32) -> Vec<u32> {
@@ -577,5 +898,69 @@ mod tests {
         kv.free_sequence(SeqId(2));
         kv.clear_prefix_cache();
         assert_eq!(kv.stats().free_blocks, 8);
+    }
+
+    /// Two layers, one with a 32-token window: pages of blocks every window has left return
+    /// to the pool, the global layer keeps its pages, and the budget counts what is left.
+    #[test]
+    fn windowed_layers_release_the_pages_behind_the_window() {
+        let mut kv = KvCache::new(layout(2), &[Some(32), None], 16).unwrap();
+        assert_eq!(kv.stats().total_pages, 32);
+        kv.add_sequence(SeqId(1)).unwrap();
+        kv.extend(SeqId(1), &toks(160, 1)).unwrap(); // 10 blocks, 20 pages
+        assert_eq!(kv.stats().free_pages, 12);
+        // The next extend slides the window: blocks wholly before key 160 - 32 - 16 + 1 = 113
+        // (blocks 0..6) lose their windowed page; the decode token needs a new block (2 pages).
+        assert_eq!(kv.blocks_needed(SeqId(1), 1), 0, "7 pages freed, 2 needed");
+        kv.extend(SeqId(1), &toks(1, 9)).unwrap();
+        let s = kv.stats();
+        assert_eq!((s.free_pages, s.window_pages_released), (12 + 7 - 2, 7));
+        assert_eq!(s.available_blocks(), 17 / 2);
+        // The released layer's slots are gone, the global layer's remain.
+        let table = kv.block_table(SeqId(1)).unwrap().to_vec();
+        assert!(kv.pages[kv.page_index(table[0], 0)] == NO_PAGE);
+        assert!(kv.pages[kv.page_index(table[0], 1)] != NO_PAGE);
+        // A rollback of up to ROLLBACK_SLACK tokens stays possible, further is refused.
+        kv.truncate(SeqId(1), 161 - ROLLBACK_SLACK).unwrap();
+        assert_eq!(kv.seq_len(SeqId(1)), Some(145));
+        let e = kv.truncate(SeqId(1), 40).unwrap_err().to_string();
+        assert!(e.contains("sliding-window"), "{e}");
+        kv.free_sequence(SeqId(1));
+        kv.clear_prefix_cache();
+        assert_eq!(kv.stats().free_pages, 32);
+    }
+
+    /// A prefix attaches only where the window before its end still has its pages; a block
+    /// another sequence's window still covers keeps its pages.
+    #[test]
+    fn prefix_attach_stops_where_the_window_was_released() {
+        let mut kv = KvCache::new(layout(2), &[Some(32), None], 64).unwrap();
+        let prompt = toks(200, 3);
+        kv.add_sequence(SeqId(1)).unwrap();
+        kv.extend(SeqId(1), &prompt[..64]).unwrap();
+        // Sequence 2 shares the first 48 tokens while 1 is still near them.
+        kv.add_sequence(SeqId(2)).unwrap();
+        assert_eq!(kv.attach_prefix(SeqId(2), &prompt[..49]).unwrap(), 48);
+        kv.extend(SeqId(1), &prompt[64..200]).unwrap();
+        // Sliding 1's window to block 9 releases blocks 3..8; sequence 2 (at 48 tokens, its
+        // window and slack from block 0) keeps blocks 0..2.
+        kv.extend(SeqId(1), &toks(1, 0)).unwrap();
+        let t2 = kv.block_table(SeqId(2)).unwrap().to_vec();
+        assert!(t2.iter().all(|&b| kv.has_window_pages(b)));
+        // A third sequence with the whole prompt attaches all 12 full blocks: the window
+        // before token 192 (blocks 9..11) is intact, and nothing earlier is needed.
+        kv.add_sequence(SeqId(3)).unwrap();
+        assert_eq!(kv.attach_prefix(SeqId(3), &prompt).unwrap(), 192);
+        // A fourth that shares only the first 96 tokens cannot use blocks 3..5 (released):
+        // it attaches the 48 tokens whose window (blocks 0..2) sequence 2 kept alive.
+        let mut other = prompt[..96].to_vec();
+        other.extend(toks(40, 99));
+        kv.add_sequence(SeqId(4)).unwrap();
+        assert_eq!(kv.attach_prefix(SeqId(4), &other).unwrap(), 48);
+        for id in 1..=4 {
+            kv.free_sequence(SeqId(id));
+        }
+        kv.clear_prefix_cache();
+        assert_eq!(kv.stats().free_pages, 128);
     }
 }

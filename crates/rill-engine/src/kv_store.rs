@@ -1,15 +1,14 @@
 //! The KV cache's storage: its element format ([`KvType`]: f16, or llama.cpp's Q8_0 / Q4_0
-//! blocks), the per-layer key and value buffers in that format, writing token rows into them
-//! (quantize-on-write, as llama.cpp's `set_rows` does) and attention over them. Block
-//! bookkeeping (which slots belong to which sequence) is [`crate::kv_cache`]'s.
+//! blocks), the key and value buffers in that format, writing token rows into them
+//! (quantize-on-write, as llama.cpp's `set_rows` does) and attention over them. Page
+//! bookkeeping (which slots belong to which layer and sequence) is [`crate::kv_cache`]'s.
 //!
-//! A buffer holds `total_blocks * BLOCK_TOKENS` token slots per layer; slot `s` is the row
-//! `s * units_per_row ..` of `kv_dim` elements, where a unit is one f16 element or one block
-//! of 32 elements. A head's row is a whole number of units (block formats need head dims that
+//! The buffers hold token slots (`BLOCK_TOKENS` per page, the pages of every layer side by
+//! side); slot `s` is the row `s * units_per_row ..` of `kv_dim` elements, where a unit is one
+//! f16 element or one block of 32 elements. A head's row is a whole number of units (block formats need head dims that
 //! are multiples of 32, checked when the cache is sized).
 
 use crate::error::{EngineError, Result};
-use crate::kv_cache::BLOCK_TOKENS;
 use crate::quant::blocks::{f32_to_f16, BlockQ4_0, BlockQ8_0, QK};
 use crate::quant::dispatch::AttendFn;
 use crate::quant::scalar::KvRows;
@@ -167,50 +166,42 @@ impl KvUnit for BlockQ4_0 {
     }
 }
 
-/// Keys and values of every layer in one unit type.
-struct Layers<T> {
-    k: Vec<Vec<T>>,
-    v: Vec<Vec<T>>,
+/// Keys and values of every token slot in one unit type.
+struct Slots<T> {
+    k: Vec<T>,
+    v: Vec<T>,
     /// Units per token row (`kv_dim / T::ELEMS`).
     row: usize,
 }
 
-impl<T: KvUnit> Layers<T> {
-    fn new(n_layers: usize, kv_dim: usize, slots: usize) -> Self {
+impl<T: KvUnit> Slots<T> {
+    fn new(kv_dim: usize, slots: usize) -> Self {
         let row = kv_dim / T::ELEMS;
-        let buf = || (0..n_layers).map(|_| vec![T::ZERO; slots * row]).collect();
         Self {
-            k: buf(),
-            v: buf(),
+            k: vec![T::ZERO; slots * row],
+            v: vec![T::ZERO; slots * row],
             row,
         }
     }
 
     fn copy_slots(&mut self, src: usize, dst: usize, n: usize) {
         let (s, d, len) = (src * self.row, dst * self.row, n * self.row);
-        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            buf.copy_within(s..s + len, d);
-        }
+        self.k.copy_within(s..s + len, d);
+        self.v.copy_within(s..s + len, d);
     }
 
-    fn write(&mut self, k: &Kernels, layer: usize, slots: &[usize], keys: &[f32], vals: &[f32]) {
+    fn write(&mut self, k: &Kernels, slots: &[usize], keys: &[f32], vals: &[f32]) {
         let dim = self.row * T::ELEMS;
         for (t, &slot) in slots.iter().enumerate() {
             let dst = slot * self.row..(slot + 1) * self.row;
-            T::store(
-                k,
-                &keys[t * dim..(t + 1) * dim],
-                &mut self.k[layer][dst.clone()],
-            );
-            T::store(k, &vals[t * dim..(t + 1) * dim], &mut self.v[layer][dst]);
+            T::store(k, &keys[t * dim..(t + 1) * dim], &mut self.k[dst.clone()]);
+            T::store(k, &vals[t * dim..(t + 1) * dim], &mut self.v[dst]);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         k: &Kernels,
-        layer: usize,
         kv_head: usize,
         head_dim: usize,
         slots: &[usize],
@@ -220,8 +211,8 @@ impl<T: KvUnit> Layers<T> {
         let head = kv_head * head_dim / T::ELEMS;
         let offsets: Vec<usize> = slots.iter().map(|&s| s * self.row + head).collect();
         let rows = KvRows {
-            keys: &self.k[layer],
-            values: &self.v[layer],
+            keys: &self.k,
+            values: &self.v,
             offsets: &offsets,
         };
         (T::attend(k))(q.q, q.heads.clone(), head_dim, q.scale, &rows, out)
@@ -237,23 +228,23 @@ pub struct AttendQuery<'a> {
 }
 
 enum Buffers {
-    F16(Layers<u16>),
-    Q8_0(Layers<BlockQ8_0>),
-    Q4_0(Layers<BlockQ4_0>),
+    F16(Slots<u16>),
+    Q8_0(Slots<BlockQ8_0>),
+    Q4_0(Slots<BlockQ4_0>),
 }
 
-/// Runs `$body` with `$l` bound to the buffers whatever their unit type.
-macro_rules! with_layers {
-    ($self:expr, $l:ident => $body:expr) => {
+/// Runs `$body` with `$b` bound to the buffers whatever their unit type.
+macro_rules! with_slots {
+    ($self:expr, $b:ident => $body:expr) => {
         match $self {
-            Buffers::F16($l) => $body,
-            Buffers::Q8_0($l) => $body,
-            Buffers::Q4_0($l) => $body,
+            Buffers::F16($b) => $body,
+            Buffers::Q8_0($b) => $body,
+            Buffers::Q4_0($b) => $body,
         }
     };
 }
 
-/// The key and value buffers of every layer, in one [`KvType`].
+/// The key and value buffers of every token slot, in one [`KvType`].
 pub struct KvStore {
     kv_type: KvType,
     head_dim: usize,
@@ -261,18 +252,12 @@ pub struct KvStore {
 }
 
 impl KvStore {
-    /// Buffers for `slots` token slots of `kv_dim` elements per layer.
-    pub fn new(
-        kv_type: KvType,
-        n_layers: usize,
-        kv_dim: usize,
-        head_dim: usize,
-        slots: usize,
-    ) -> Self {
+    /// Buffers for `slots` token slots of `kv_dim` elements.
+    pub fn new(kv_type: KvType, kv_dim: usize, head_dim: usize, slots: usize) -> Self {
         let bufs = match kv_type {
-            KvType::F16 => Buffers::F16(Layers::new(n_layers, kv_dim, slots)),
-            KvType::Q8_0 => Buffers::Q8_0(Layers::new(n_layers, kv_dim, slots)),
-            KvType::Q4_0 => Buffers::Q4_0(Layers::new(n_layers, kv_dim, slots)),
+            KvType::F16 => Buffers::F16(Slots::new(kv_dim, slots)),
+            KvType::Q8_0 => Buffers::Q8_0(Slots::new(kv_dim, slots)),
+            KvType::Q4_0 => Buffers::Q4_0(Slots::new(kv_dim, slots)),
         };
         Self {
             kv_type,
@@ -285,37 +270,29 @@ impl KvStore {
         self.kv_type
     }
 
-    /// Copies the `BLOCK_TOKENS` slots of block `src` over those of block `dst`, every layer.
-    pub fn copy_block(&mut self, src: usize, dst: usize) {
-        with_layers!(&mut self.bufs, l => l.copy_slots(src * BLOCK_TOKENS, dst * BLOCK_TOKENS, BLOCK_TOKENS))
+    /// Copies `n` slots from `src ..` over `dst ..`.
+    pub fn copy_slots(&mut self, src: usize, dst: usize, n: usize) {
+        with_slots!(&mut self.bufs, b => b.copy_slots(src, dst, n))
     }
 
     /// Stores the key and value rows of tokens (row `t` of `keys`/`values`, `kv_dim` f32 each)
-    /// into their slots of layer `layer`, converting to the cache's format.
-    pub fn write(
-        &mut self,
-        kernels: &Kernels,
-        layer: usize,
-        slots: &[usize],
-        keys: &[f32],
-        values: &[f32],
-    ) {
-        with_layers!(&mut self.bufs, l => l.write(kernels, layer, slots, keys, values))
+    /// into `slots[t]`, converting to the cache's format.
+    pub fn write(&mut self, kernels: &Kernels, slots: &[usize], keys: &[f32], values: &[f32]) {
+        with_slots!(&mut self.bufs, b => b.write(kernels, slots, keys, values))
     }
 
-    /// Attention of `query`'s heads over KV head `kv_head` of layer `layer` at the token
-    /// `slots` (in position order), into `out` (the token's whole attention row).
+    /// Attention of `query`'s heads over KV head `kv_head` at the token `slots` (in position
+    /// order), into `out` (the token's whole attention row).
     pub fn attend(
         &self,
         kernels: &Kernels,
-        layer: usize,
         kv_head: usize,
         slots: &[usize],
         query: &AttendQuery<'_>,
         out: &mut [f32],
     ) {
         let hd = self.head_dim;
-        with_layers!(&self.bufs, l => l.attend(kernels, layer, kv_head, hd, slots, query, out))
+        with_slots!(&self.bufs, b => b.attend(kernels, kv_head, hd, slots, query, out))
     }
 }
 

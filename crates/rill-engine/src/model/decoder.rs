@@ -354,10 +354,6 @@ impl Decoder {
         };
         // llama.cpp's rotation of heads around a quantized cache.
         let rotation = kv.layout.kv_type.rotation(hd);
-        // The KV slot of every token.
-        let slots: Vec<usize> = (0..t_n)
-            .map(|t| KvCache::slot(batch.tables[t], batch.positions[t]))
-            .collect();
 
         for (l_idx, layer) in self.layers.iter().enumerate() {
             let la = &c.layers[l_idx];
@@ -427,7 +423,8 @@ impl Decoder {
             kv.write(
                 k,
                 l_idx,
-                &slots,
+                batch.tables,
+                batch.positions,
                 &ws.k[..t_n * kv_dim],
                 &ws.v[..t_n * kv_dim],
             );
@@ -444,7 +441,6 @@ impl Decoder {
                 // A sliding-window layer sees the last `window` positions, itself included
                 // (llama.cpp masks key p0 for query p1 when p1 - p0 >= window).
                 let first = la.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let keys: Vec<usize> = (first..=pos).map(|j| KvCache::slot(table, j)).collect();
                 let query = AttendQuery {
                     q: &q[t * q_dim..(t + 1) * q_dim],
                     heads: g * group..(g + 1) * group,
@@ -452,7 +448,7 @@ impl Decoder {
                 };
                 // SAFETY: this chunk alone writes heads g*group..(g+1)*group of token t.
                 let out = unsafe { att.slice(t * q_dim, q_dim) };
-                kv.attend(k, l_idx, g, &keys, &query, out);
+                kv.attend(k, l_idx, g, table, first..=pos, &query, out);
             });
 
             if let Some(n) = rotation.v {
