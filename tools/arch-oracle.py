@@ -171,9 +171,7 @@ def main():
                 "made_by": "tools/arch-oracle.py",
                 "cases": cases,
             }
-            with open(os.path.join(OUT, f"{arch}.{fmt}.json"), "w") as f:
-                json.dump(ref, f, indent=1, ensure_ascii=False, separators=(",", ":"))
-                f.write("\n")
+            ff.write_fixture(os.path.join(OUT, f"{arch}.{fmt}.json"), ref)
             gaps = [round(c["top2"][i][0][1] - c["top2"][i][1][1], 2) for c in cases for i in range(3)]
             print(arch, fmt, [len(c["prompt_tokens"]) for c in cases], "first gaps", gaps)
 

@@ -78,6 +78,13 @@ def greedy_case(name, prompt, add_special, n_predict=N_PREDICT, n_probs=2):
     }
 
 
+def write_fixture(path, ref):
+    """Writes a fixture as the tests read it (one-space indent, UTF-8, trailing newline)."""
+    with open(path, "w") as f:
+        json.dump(ref, f, indent=1, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+
+
 def reference(fmt, server):
     model = os.path.join(REQUANT, f"SmolLM2-135M-Instruct.{fmt}.gguf")
     proc = start_server(server, model)
@@ -99,9 +106,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     for fmt in sys.argv[1:] or FORMATS:
         ref = reference(fmt, server)
-        with open(os.path.join(OUT, f"{fmt}.json"), "w") as f:
-            json.dump(ref, f, indent=1, ensure_ascii=False, separators=(",", ":"))
-            f.write("\n")
+        write_fixture(os.path.join(OUT, f"{fmt}.json"), ref)
         print(fmt, [len(c["greedy_tokens"]) for c in ref["cases"]])
 
 

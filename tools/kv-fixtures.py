@@ -69,9 +69,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     for kv_type in sys.argv[1:] or TYPES:
         ref = reference(kv_type, server)
-        with open(os.path.join(OUT, f"{kv_type}.json"), "w") as f:
-            json.dump(ref, f, indent=1, ensure_ascii=False, separators=(",", ":"))
-            f.write("\n")
+        ff.write_fixture(os.path.join(OUT, f"{kv_type}.json"), ref)
         print(kv_type, [len(c["greedy_tokens"]) for c in ref["cases"]])
 
 

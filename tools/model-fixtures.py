@@ -66,9 +66,7 @@ def main():
             "made_by": "tools/model-fixtures.py",
             "cases": cases,
         }
-        with open(os.path.join(OUT, f"{name}.json"), "w") as f:
-            json.dump(ref, f, indent=1, ensure_ascii=False, separators=(",", ":"))
-            f.write("\n")
+        ff.write_fixture(os.path.join(OUT, f"{name}.json"), ref)
         print(name, [(c["name"], len(c["prompt_tokens"]), len(c["greedy_tokens"])) for c in cases])
 
 

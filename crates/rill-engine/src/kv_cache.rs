@@ -509,20 +509,25 @@ impl KvCache {
     /// A free page, evicting the least recently used cached block if none is free. The caller
     /// checked `available_pages()`.
     fn take_page(&mut self) -> u32 {
-        while self.free_pages.is_empty() {
-            let Some((_, b)) = self.lru.pop_first() else {
-                break;
-            };
-            let b = BlockId(b);
-            if let Some(h) = self.block_hash[b.0 as usize].take() {
-                self.prefix.remove(&h);
-            }
-            self.evictable_pages -= self.present_pages(b);
-            self.refcount[b.0 as usize] = 0;
-            self.free_block(b);
+        while self.free_pages.is_empty() && self.evict_lru() {
             self.evictions += 1;
         }
         self.free_pages.pop().unwrap_or(0)
+    }
+
+    /// Frees the least recently used evictable block; false if there is none.
+    fn evict_lru(&mut self) -> bool {
+        let Some((_, b)) = self.lru.pop_first() else {
+            return false;
+        };
+        let b = BlockId(b);
+        if let Some(h) = self.block_hash[b.0 as usize].take() {
+            self.prefix.remove(&h);
+        }
+        self.evictable_pages -= self.present_pages(b);
+        self.refcount[b.0 as usize] = 0;
+        self.free_block(b);
+        true
     }
 
     /// A new block (one reference) with a page for every layer. The caller checked that
@@ -737,15 +742,7 @@ impl KvCache {
 
     /// Drops every evictable cached block (tests, memory trimming).
     pub fn clear_prefix_cache(&mut self) {
-        while let Some((_, b)) = self.lru.pop_first() {
-            let b = BlockId(b);
-            if let Some(h) = self.block_hash[b.0 as usize].take() {
-                self.prefix.remove(&h);
-            }
-            self.evictable_pages -= self.present_pages(b);
-            self.refcount[b.0 as usize] = 0;
-            self.free_block(b);
-        }
+        while self.evict_lru() {}
     }
 
     /// The block table of a sequence.
@@ -817,6 +814,15 @@ mod tests {
 
     fn toks(n: usize, salt: u32) -> Vec<u32> {
         (0..n as u32).map(|i| i * 7 + salt).collect()
+    }
+
+    /// Frees `ids` and the prefix cache, then checks that every page is free again.
+    fn assert_drains(kv: &mut KvCache, ids: std::ops::RangeInclusive<u64>) {
+        for id in ids {
+            kv.free_sequence(SeqId(id));
+        }
+        kv.clear_prefix_cache();
+        assert_eq!(kv.stats().free_pages, kv.stats().total_pages);
     }
 
     #[test]
@@ -894,10 +900,7 @@ mod tests {
         let t = kv.block_table(SeqId(2)).unwrap();
         assert_eq!(t.len(), 2);
         assert_ne!(t[1], shared, "a shared block must not be written in place");
-        kv.free_sequence(SeqId(1));
-        kv.free_sequence(SeqId(2));
-        kv.clear_prefix_cache();
-        assert_eq!(kv.stats().free_blocks, 8);
+        assert_drains(&mut kv, 1..=2);
     }
 
     /// Two layers, one with a 32-token window: pages of blocks every window has left return
@@ -925,9 +928,7 @@ mod tests {
         assert_eq!(kv.seq_len(SeqId(1)), Some(145));
         let e = kv.truncate(SeqId(1), 40).unwrap_err().to_string();
         assert!(e.contains("sliding-window"), "{e}");
-        kv.free_sequence(SeqId(1));
-        kv.clear_prefix_cache();
-        assert_eq!(kv.stats().free_pages, 32);
+        assert_drains(&mut kv, 1..=1);
     }
 
     /// A prefix attaches only where the window before its end still has its pages; a block
@@ -957,10 +958,6 @@ mod tests {
         other.extend(toks(40, 99));
         kv.add_sequence(SeqId(4)).unwrap();
         assert_eq!(kv.attach_prefix(SeqId(4), &other).unwrap(), 48);
-        for id in 1..=4 {
-            kv.free_sequence(SeqId(id));
-        }
-        kv.clear_prefix_cache();
-        assert_eq!(kv.stats().free_pages, 128);
+        assert_drains(&mut kv, 1..=4);
     }
 }

@@ -9,7 +9,7 @@
 
 mod support;
 
-use rill_engine::{Engine, EngineConfig, SeqId, StepItem};
+use rill_engine::{Engine, EngineConfig};
 use support::reference;
 
 #[test]
@@ -84,66 +84,5 @@ fn mixed_format_file_is_batch_invariant() {
     };
     let mut e = Engine::load(&path, &cfg).unwrap();
     let prompt: Vec<u32> = e.tokenizer.encode("The river carried the boat past fields and towns, and the people on the banks waved as it went by.", false).unwrap();
-    let bits = |row: &[f32]| row.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    // One step.
-    e.add_sequence(SeqId(1)).unwrap();
-    let whole = bits(
-        e.step(&[StepItem {
-            seq: SeqId(1),
-            tokens: &prompt,
-            want_logits: true,
-        }])
-        .unwrap()
-        .row(0),
-    );
-    // Chunks of 7.
-    e.add_sequence(SeqId(2)).unwrap();
-    let mut chunked = Vec::new();
-    for (i, c) in prompt.chunks(7).enumerate() {
-        let last = (i + 1) * 7 >= prompt.len();
-        let l = e
-            .step(&[StepItem {
-                seq: SeqId(2),
-                tokens: c,
-                want_logits: last,
-            }])
-            .unwrap();
-        if last {
-            chunked = bits(l.row(0));
-        }
-    }
-    assert_eq!(whole, chunked, "prefill in one step vs chunks of 7");
-    // Decode alone, then the same token beside 7 other sequences.
-    let tok = [504u32];
-    let alone = bits(
-        e.step(&[StepItem {
-            seq: SeqId(1),
-            tokens: &tok,
-            want_logits: true,
-        }])
-        .unwrap()
-        .row(0),
-    );
-    let others: Vec<SeqId> = (10..17).map(SeqId).collect();
-    for (i, &s) in others.iter().enumerate() {
-        e.add_sequence(s).unwrap();
-        e.step(&[StepItem {
-            seq: s,
-            tokens: &prompt[..3 + 2 * i],
-            want_logits: false,
-        }])
-        .unwrap();
-    }
-    let mut items = vec![StepItem {
-        seq: SeqId(2),
-        tokens: &tok,
-        want_logits: true,
-    }];
-    items.extend(others.iter().map(|&s| StepItem {
-        seq: s,
-        tokens: &tok,
-        want_logits: true,
-    }));
-    let batched = bits(e.step(&items).unwrap().row(0));
-    assert_eq!(alone, batched, "decode alone vs beside 7 sequences");
+    support::invariance::assert_batch_invariant(&mut e, &prompt, "Q4_K_M");
 }

@@ -11,8 +11,8 @@
 
 mod support;
 
-use rill_engine::{Engine, EngineConfig, KvType, SeqId, StepItem};
-use support::reference;
+use rill_engine::{Engine, EngineConfig, KvType, SeqId};
+use support::{invariance, reference};
 
 fn engine(kv_type: KvType, kv_tokens: usize) -> Engine {
     Engine::load(
@@ -51,29 +51,6 @@ fn greedy_tokens_match_llama_cpp_with_quantized_kv() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-fn bits(row: &[f32]) -> Vec<u32> {
-    row.iter().map(|v| v.to_bits()).collect()
-}
-
-/// Prefills `tokens` of `seq` in chunks of `chunk` and returns the last token's logits.
-fn prefill(e: &mut Engine, seq: SeqId, tokens: &[u32], chunk: usize) -> Vec<u32> {
-    let mut last = Vec::new();
-    let n = tokens.chunks(chunk).count();
-    for (i, c) in tokens.chunks(chunk).enumerate() {
-        let l = e
-            .step(&[StepItem {
-                seq,
-                tokens: c,
-                want_logits: i + 1 == n,
-            }])
-            .unwrap();
-        if i + 1 == n {
-            last = bits(l.row(0));
-        }
-    }
-    last
-}
-
 #[test]
 fn every_kv_type_is_batch_and_prefix_invariant() {
     for kv_type in KvType::ALL {
@@ -87,50 +64,14 @@ fn every_kv_type_is_batch_and_prefix_invariant() {
             "three full blocks to share: {}",
             prompt.len()
         );
-        e.add_sequence(SeqId(1)).unwrap();
-        let whole = prefill(&mut e, SeqId(1), &prompt, prompt.len());
-        e.add_sequence(SeqId(2)).unwrap();
-        let chunked = prefill(&mut e, SeqId(2), &prompt, 7);
-        assert_eq!(whole, chunked, "kv {kv_type}: one step vs chunks of 7");
-
-        // The prefix cache now holds sequence 2's blocks: a third sequence attaches them.
+        let label = format!("kv {kv_type}");
+        let whole = invariance::assert_batch_invariant(&mut e, &prompt, &label);
+        // The prefix cache holds sequence 1's blocks: a new sequence attaches them.
         e.add_sequence(SeqId(3)).unwrap();
         let reused = e.attach_prefix(SeqId(3), &prompt).unwrap();
-        assert!(reused >= 32, "kv {kv_type}: {reused} tokens reused");
-        let attached = prefill(&mut e, SeqId(3), &prompt[reused..], 64);
-        assert_eq!(whole, attached, "kv {kv_type}: computed vs attached prefix");
-
-        // One decode token alone, then the same token for sequence 2 beside 7 others.
-        let tok = [504u32];
-        let alone = bits(
-            e.step(&[StepItem {
-                seq: SeqId(1),
-                tokens: &tok,
-                want_logits: true,
-            }])
-            .unwrap()
-            .row(0),
-        );
-        let others: Vec<SeqId> = (10..17).map(SeqId).collect();
-        for (i, &s) in others.iter().enumerate() {
-            e.add_sequence(s).unwrap();
-            prefill(&mut e, s, &prompt[..5 + 3 * i], 64);
-        }
-        let mut items = vec![StepItem {
-            seq: SeqId(2),
-            tokens: &tok,
-            want_logits: true,
-        }];
-        items.extend(others.iter().map(|&s| StepItem {
-            seq: s,
-            tokens: &tok,
-            want_logits: true,
-        }));
-        let batched = bits(e.step(&items).unwrap().row(0));
-        assert_eq!(
-            alone, batched,
-            "kv {kv_type}: decode alone vs beside 7 sequences"
-        );
+        assert!(reused >= 32, "{label}: {reused} tokens reused");
+        let attached = invariance::prefill(&mut e, SeqId(3), &prompt[reused..], 64);
+        assert_eq!(whole, attached, "{label}: computed vs attached prefix");
     }
 }
 

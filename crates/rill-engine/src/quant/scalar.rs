@@ -656,46 +656,34 @@ pub fn attend_quant_with<T: Copy>(
     }
 }
 
-/// [`attend_quant_with`] over a Q8_0 cache.
-pub fn attend_q8_0(
-    q: &[f32],
-    q_heads: std::ops::Range<usize>,
-    head_dim: usize,
-    scale: f32,
-    kv: &KvRows<'_, BlockQ8_0>,
-    out: &mut [f32],
-) {
-    attend_quant_with(
-        dot_q8_0_q8_0,
-        dequantize_q8_0,
-        quantize_q8_0,
-        q,
-        q_heads,
-        head_dim,
-        scale,
-        kv,
-        out,
-    )
+/// Defines the safe reference entry point of [`attend_quant_with`] for one cache format.
+macro_rules! attend_quant {
+    ($(#[$doc:meta])* $name:ident, $block:ty, $dot:path, $dequant:path) => {
+        $(#[$doc])*
+        pub fn $name(
+            q: &[f32],
+            q_heads: std::ops::Range<usize>,
+            head_dim: usize,
+            scale: f32,
+            kv: &KvRows<'_, $block>,
+            out: &mut [f32],
+        ) {
+            attend_quant_with($dot, $dequant, quantize_q8_0, q, q_heads, head_dim, scale, kv, out)
+        }
+    };
 }
 
-/// [`attend_quant_with`] over a Q4_0 cache.
-pub fn attend_q4_0(
-    q: &[f32],
-    q_heads: std::ops::Range<usize>,
-    head_dim: usize,
-    scale: f32,
-    kv: &KvRows<'_, BlockQ4_0>,
-    out: &mut [f32],
-) {
-    attend_quant_with(
-        dot_q4_0_q8_0_lanes,
-        dequantize_q4_0,
-        quantize_q8_0,
-        q,
-        q_heads,
-        head_dim,
-        scale,
-        kv,
-        out,
-    )
-}
+attend_quant!(
+    /// [`attend_quant_with`] over a Q8_0 cache.
+    attend_q8_0,
+    BlockQ8_0,
+    dot_q8_0_q8_0,
+    dequantize_q8_0
+);
+attend_quant!(
+    /// [`attend_quant_with`] over a Q4_0 cache.
+    attend_q4_0,
+    BlockQ4_0,
+    dot_q4_0_q8_0_lanes,
+    dequantize_q4_0
+);

@@ -125,6 +125,24 @@ struct Weights<'a> {
     stride: usize,
 }
 
+/// One tier's public attention kernel over a quantized cache format: `attend_quant` with the
+/// format's dot product and block values.
+macro_rules! attend_quant_entry {
+    ($features:literal, $name:ident, $block:ty, $dot:expr, $values:expr) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(
+            q: &[f32],
+            q_heads: std::ops::Range<usize>,
+            head_dim: usize,
+            scale: f32,
+            kv: &super::super::scalar::KvRows<'_, $block>,
+            out: &mut [f32],
+        ) {
+            attend_quant($dot, $values, q, q_heads, head_dim, scale, kv, out)
+        }
+    };
+}
+
 macro_rules! kernels {
     ($modname:ident, $features:literal, $att_heads:literal) => {
         pub mod $modname {
@@ -450,32 +468,35 @@ macro_rules! kernels {
             /// `scalar::dot_q4_0_q8_0_lanes`.
             #[target_feature(enable = $features)]
             pub unsafe fn dot_kv_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-                dot_lanes_q8_0(
-                    x.len(),
-                    |b| {
-                        let q = nibbles_32(x[b].qs.as_ptr());
-                        (_mm256_sub_epi8(q, _mm256_set1_epi8(8)), x[b].d)
-                    },
-                    y,
-                )
+                dot_lanes_q8_0(x.len(), |b| q4_0_values(&x[b]), y)
             }
 
-            /// `scalar::attend_q8_0` with this tier's dot product and quantizer; the value
-            /// loops compile to FMA vectors (same per-element operations).
+            /// A Q4_0 block's 32 signed values (nibble - 8) and its scale.
             #[target_feature(enable = $features)]
-            pub unsafe fn attend_q8_0(
+            #[inline]
+            unsafe fn q4_0_values(b: &BlockQ4_0) -> (__m256i, u16) {
+                let q = nibbles_32(b.qs.as_ptr());
+                (_mm256_sub_epi8(q, _mm256_set1_epi8(8)), b.d)
+            }
+
+            /// `scalar::attend_q8_0` / `_q4_0` with this tier's dot product, dequantization and
+            /// quantizer; the value loops compile to FMA vectors (same per-element operations).
+            #[target_feature(enable = $features)]
+            #[inline]
+            #[allow(clippy::too_many_arguments)] // the kernel's arguments plus its two primitives
+            unsafe fn attend_quant<B: Copy>(
+                dot: impl Fn(&[B], &[BlockQ8_0]) -> f32,
+                values: impl Fn(&B) -> (__m256i, u16),
                 q: &[f32],
                 q_heads: std::ops::Range<usize>,
                 head_dim: usize,
                 scale: f32,
-                kv: &super::super::scalar::KvRows<'_, BlockQ8_0>,
+                kv: &super::super::scalar::KvRows<'_, B>,
                 out: &mut [f32],
             ) {
                 super::super::scalar::attend_quant_with(
-                    |x, y| dot_kv_q8_0(x, y),
-                    |x, o| {
-                        dequant_blocks(x, o, |b| (_mm256_loadu_si256(b.qs.as_ptr().cast()), b.d))
-                    },
+                    dot,
+                    |x, o| dequant_blocks(x, o, &values),
                     |x, y| quantize_q8_0(x, y),
                     q,
                     q_heads,
@@ -486,33 +507,20 @@ macro_rules! kernels {
                 )
             }
 
-            /// `scalar::attend_q4_0` with this tier's dot product and quantizer.
-            #[target_feature(enable = $features)]
-            pub unsafe fn attend_q4_0(
-                q: &[f32],
-                q_heads: std::ops::Range<usize>,
-                head_dim: usize,
-                scale: f32,
-                kv: &super::super::scalar::KvRows<'_, BlockQ4_0>,
-                out: &mut [f32],
-            ) {
-                super::super::scalar::attend_quant_with(
-                    |x, y| dot_kv_q4_0(x, y),
-                    |x, o| {
-                        dequant_blocks(x, o, |b| {
-                            let q = nibbles_32(b.qs.as_ptr());
-                            (_mm256_sub_epi8(q, _mm256_set1_epi8(8)), b.d)
-                        })
-                    },
-                    |x, y| quantize_q8_0(x, y),
-                    q,
-                    q_heads,
-                    head_dim,
-                    scale,
-                    kv,
-                    out,
-                )
-            }
+            attend_quant_entry!(
+                $features,
+                attend_q8_0,
+                BlockQ8_0,
+                |x, y| dot_kv_q8_0(x, y),
+                |b: &BlockQ8_0| (_mm256_loadu_si256(b.qs.as_ptr().cast()), b.d)
+            );
+            attend_quant_entry!(
+                $features,
+                attend_q4_0,
+                BlockQ4_0,
+                |x, y| dot_kv_q4_0(x, y),
+                |b: &BlockQ4_0| q4_0_values(b)
+            );
 
             /// The scalar Q4_0 quantizer compiled for this tier (identical arithmetic: Rust
             /// never contracts its multiply and add).

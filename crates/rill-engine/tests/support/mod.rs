@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // test and debug code: a panic is the failure report
 
+pub mod invariance;
 pub mod reference;
 
 use std::path::PathBuf;
