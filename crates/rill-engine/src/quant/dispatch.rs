@@ -180,8 +180,7 @@ mod x86_sets {
 
     use crate::quant::x86;
     use crate::quant::x86_kquants::avx2 as xk;
-    // The tile kernels are AVX2 in both tiers (see `x86_tiles`).
-    use crate::quant::x86_tiles as xt;
+    use crate::quant::x86_tiles;
 
     /// Wraps each `unsafe` ISA function of module `$m` in a safe fn. Only reachable through
     /// `all_supported`, which checked the features first.
@@ -204,18 +203,18 @@ mod x86_sets {
                 dot4_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<4>(x, y) },
                 dot4_q6k_q8k: |x, y| unsafe { xk::dot_q6k_q8k::<4>(x, y) },
                 dot4_iq4xs_q8k: |x, y| unsafe { xk::dot_iq4xs_q8k::<4>(x, y) },
-                tile1_q4_0: |t, y, m| unsafe { xt::tiles_q4_0::<1>(t, y, m) },
-                tile4_q4_0: |t, y, m| unsafe { xt::tiles_q4_0::<4>(t, y, m) },
-                tile1_q4_1: |t, y, m| unsafe { xt::tiles_q4_1::<1>(t, y, m) },
-                tile4_q4_1: |t, y, m| unsafe { xt::tiles_q4_1::<4>(t, y, m) },
-                tile1_q5_0: |t, y, m| unsafe { xt::tiles_q5_0::<1>(t, y, m) },
-                tile4_q5_0: |t, y, m| unsafe { xt::tiles_q5_0::<4>(t, y, m) },
-                tile1_q5_1: |t, y, m| unsafe { xt::tiles_q5_1::<1>(t, y, m) },
-                tile4_q5_1: |t, y, m| unsafe { xt::tiles_q5_1::<4>(t, y, m) },
-                tile1_q8_0: |t, y, m| unsafe { xt::tiles_q8_0::<1>(t, y, m) },
-                tile4_q8_0: |t, y, m| unsafe { xt::tiles_q8_0::<4>(t, y, m) },
-                tile1_iq4nl: |t, y, m| unsafe { xt::tiles_iq4nl::<1>(t, y, m) },
-                tile4_iq4nl: |t, y, m| unsafe { xt::tiles_iq4nl::<4>(t, y, m) },
+                tile1_q4_0: |t, y, m| unsafe { x86_tiles::$m::tiles_q4_0::<1>(t, y, m) },
+                tile4_q4_0: |t, y, m| unsafe { x86_tiles::$m::tiles_q4_0::<4>(t, y, m) },
+                tile1_q4_1: |t, y, m| unsafe { x86_tiles::$m::tiles_q4_1::<1>(t, y, m) },
+                tile4_q4_1: |t, y, m| unsafe { x86_tiles::$m::tiles_q4_1::<4>(t, y, m) },
+                tile1_q5_0: |t, y, m| unsafe { x86_tiles::$m::tiles_q5_0::<1>(t, y, m) },
+                tile4_q5_0: |t, y, m| unsafe { x86_tiles::$m::tiles_q5_0::<4>(t, y, m) },
+                tile1_q5_1: |t, y, m| unsafe { x86_tiles::$m::tiles_q5_1::<1>(t, y, m) },
+                tile4_q5_1: |t, y, m| unsafe { x86_tiles::$m::tiles_q5_1::<4>(t, y, m) },
+                tile1_q8_0: |t, y, m| unsafe { x86_tiles::$m::tiles_q8_0::<1>(t, y, m) },
+                tile4_q8_0: |t, y, m| unsafe { x86_tiles::$m::tiles_q8_0::<4>(t, y, m) },
+                tile1_iq4nl: |t, y, m| unsafe { x86_tiles::$m::tiles_iq4nl::<1>(t, y, m) },
+                tile4_iq4nl: |t, y, m| unsafe { x86_tiles::$m::tiles_iq4nl::<4>(t, y, m) },
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
                 dot_bf16: |x, y| unsafe { x86::$m::dot_bf16(x, y) },
                 dot_f16_f16: |x, y| unsafe { x86::$m::dot_f16_f16(x, y) },

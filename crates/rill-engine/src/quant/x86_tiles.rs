@@ -15,11 +15,13 @@
 //! - signed formats (Q8_0, IQ4_NL) use the sign trick: |w| (u8, <= 128) times a * sign(w), a
 //!   pair at most 2 * 128 * 127 = 32512, widened per group.
 //!
-//! The AVX-512 VNNI tier uses these AVX2 kernels too: a VNNI variant is not shipped until a
-//! machine that can run it tests it.
+//! The kernels are compiled twice from one macro: [`avx2`], and [`vnni`] for the AVX-512 VNNI
+//! tier, where each group's 4-product row sums are one `vpdpbusd` (u8 x i8 summed into i32,
+//! no i16 step) instead of `maddubs` + `madd`. The integers are the same, so are the bits.
 //!
-//! SAFETY contract for every `unsafe fn` here: the caller has verified AVX2, FMA and F16C
-//! (only `dispatch::Kernels::detect` calls them). Slice lengths are checked by asserts.
+//! SAFETY contract for every `unsafe fn` here: the caller has verified the features in the
+//! function's `target_feature` attribute (only `dispatch::Kernels::detect` calls them). Slice
+//! lengths are checked by asserts.
 
 #![allow(clippy::missing_safety_doc)] // the contract is the module doc's SAFETY paragraph
 
@@ -86,14 +88,6 @@ unsafe fn pairs_u(w: __m256i, a: __m256i) -> __m256i {
     _mm256_maddubs_epi16(w, a)
 }
 
-/// i32 row sums of signed weight bytes `w` times activation group `a` (sign trick).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn rows_s(w: __m256i, a: __m256i) -> __m256i {
-    let p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w));
-    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
-}
-
 /// i16 row-pair sums to i32 row sums.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -115,9 +109,9 @@ fn check_lengths<A>(nb: usize, y: &[&[A]], meta: &[ActMeta<'_>], s: bool, sum: b
 /// against activation quants `$ys[n]`); `corr` is the offset taken off as `corr * sum(a)`;
 /// `min` adds the `m * s` chain of the offset formats.
 macro_rules! tile_kernel {
-    ($name:ident, $tile:ty, $act:ty, corr = $corr:expr, min = $min:tt,
+    ($features:literal, $name:ident, $tile:ty, $act:ty, corr = $corr:expr, min = $min:tt,
      |$t:ident, $ys:ident, $isum:ident| $int:block) => {
-        #[target_feature(enable = "avx2,fma,f16c")]
+        #[target_feature(enable = $features)]
         pub unsafe fn $name<const N: usize>(
             tiles: &[$tile],
             y: [&[$act]; N],
@@ -169,59 +163,6 @@ macro_rules! tile_kernel {
     (@finish true, $acc:expr, $summs:expr) => { _mm256_add_ps($acc, $summs) };
 }
 
-/// The integer part of the 4-bit unsigned formats: all 8 groups summed in i16.
-macro_rules! int_nibbles {
-    ($t:ident, $ys:ident, $isum:ident) => {{
-        let mut s16 = [_mm256_setzero_si256(); N];
-        for gp in 0..4 {
-            let (lo, hi) = nibbles(&$t.qs, gp);
-            for n in 0..N {
-                let p = _mm256_add_epi16(
-                    pairs_u(lo, group($ys[n], gp)),
-                    pairs_u(hi, group($ys[n], gp + 4)),
-                );
-                s16[n] = _mm256_add_epi16(s16[n], p);
-            }
-        }
-        for n in 0..N {
-            $isum[n] = widen(s16[n]);
-        }
-    }};
-}
-
-tile_kernel!(
-    tiles_q4_0,
-    TileQ4_0,
-    BlockQ8_0,
-    corr = 8,
-    min = false,
-    |t, ys, isum| { int_nibbles!(t, ys, isum) }
-);
-tile_kernel!(
-    tiles_iq4nl,
-    TileIq4Nl,
-    BlockQ8_0,
-    corr = 0,
-    min = false,
-    |t, ys, isum| {
-        let table = iq4nl_table();
-        for gp in 0..4 {
-            let (lo, hi) = nibbles(&t.qs, gp);
-            let (wl, wh) = (
-                _mm256_shuffle_epi8(table, lo),
-                _mm256_shuffle_epi8(table, hi),
-            );
-            for n in 0..N {
-                let s = _mm256_add_epi32(
-                    rows_s(wl, group(ys[n], gp)),
-                    rows_s(wh, group(ys[n], gp + 4)),
-                );
-                isum[n] = _mm256_add_epi32(isum[n], s);
-            }
-        }
-    }
-);
-
 /// Column blocks whose decoded weights [`lanes_kernel`] keeps for the activation rows.
 const LANE_CHUNK: usize = 32;
 
@@ -238,9 +179,9 @@ const LANE_CHUNK: usize = 32;
 /// 8 accumulators in registers (8N would not fit). Measured against holding 8N accumulators
 /// in memory and against re-decoding per row (`instr_probe speed FORMAT 16`).
 macro_rules! lanes_kernel {
-    ($name:ident, $tile:ty, $act:ty, min = $min:tt, signed = $signed:tt,
+    ($features:literal, $name:ident, $tile:ty, $act:ty, min = $min:tt, signed = $signed:tt,
      |$t:ident, $gp:ident| $pair:expr) => {
-        #[target_feature(enable = "avx2,fma,f16c")]
+        #[target_feature(enable = $features)]
         pub unsafe fn $name<const N: usize>(
             tiles: &[$tile],
             y: [&[$act]; N],
@@ -324,62 +265,177 @@ macro_rules! lanes_kernel {
         $wa[$gp] = MaybeUninit::new(_mm256_abs_epi8($wl));
         $wa[$gp + 4] = MaybeUninit::new(_mm256_abs_epi8($wh));
     };
-    (@rows_now false, $w:expr, $a:expr) => { widen(pairs_u($w, $a)) };
+    (@rows_now false, $w:expr, $a:expr) => { rows_u($w, $a) };
     (@rows_now true, $w:expr, $a:expr) => { rows_s($w, $a) };
     // SAFETY (both arms): the scratch entries were written for this chunk (see above).
     (@rows false, $w:expr, $wa:expr, $a:expr) => {
-        widen(pairs_u(unsafe { $w.assume_init() }, $a))
+        rows_u(unsafe { $w.assume_init() }, $a)
     };
     (@rows true, $w:expr, $wa:expr, $a:expr) => {{
         let (w, wa) = unsafe { ($w.assume_init(), $wa.assume_init()) };
-        widen(_mm256_maddubs_epi16(wa, _mm256_sign_epi8($a, w)))
+        rows_u(wa, _mm256_sign_epi8($a, w))
     }};
 }
 
-lanes_kernel!(
-    tiles_q4_1,
-    TileQ4_1,
-    BlockQ8_1,
-    min = true,
-    signed = false,
-    |t, gp| { nibbles(&t.qs, gp) }
-);
-// Q5_0 as ggml decodes it: signed values, the nibble minus 16 where the fifth bit is clear.
-lanes_kernel!(
-    tiles_q5_0,
-    TileQ5_0,
-    BlockQ8_0,
-    min = false,
-    signed = true,
-    |t, gp| {
-        let (lo, hi) = nibbles(&t.qs, gp);
-        (signed_q5(lo, t.qh[gp]), signed_q5(hi, t.qh[gp + 4]))
+/// Every format's tile kernels for one tier: `$f` its target features; the module around the
+/// invocation provides the integer primitives `rows_u` and `nibble_rows`.
+macro_rules! tile_kernels {
+    ($f:literal) => {
+        /// i32 row sums of signed weight bytes `w` times activation group `a` (sign trick:
+        /// |w| times a * sign(w)).
+        #[target_feature(enable = $f)]
+        #[inline]
+        unsafe fn rows_s(w: __m256i, a: __m256i) -> __m256i {
+            rows_u(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
+        }
+
+        tile_kernel!(
+            $f,
+            tiles_q4_0,
+            TileQ4_0,
+            BlockQ8_0,
+            corr = 8,
+            min = false,
+            |t, ys, isum| { isum.copy_from_slice(&nibble_rows(&t.qs, ys)) }
+        );
+        tile_kernel!(
+            $f,
+            tiles_iq4nl,
+            TileIq4Nl,
+            BlockQ8_0,
+            corr = 0,
+            min = false,
+            |t, ys, isum| {
+                let table = iq4nl_table();
+                for gp in 0..4 {
+                    let (lo, hi) = nibbles(&t.qs, gp);
+                    let (wl, wh) = (
+                        _mm256_shuffle_epi8(table, lo),
+                        _mm256_shuffle_epi8(table, hi),
+                    );
+                    for n in 0..N {
+                        let s = _mm256_add_epi32(
+                            rows_s(wl, group(ys[n], gp)),
+                            rows_s(wh, group(ys[n], gp + 4)),
+                        );
+                        isum[n] = _mm256_add_epi32(isum[n], s);
+                    }
+                }
+            }
+        );
+
+        lanes_kernel!(
+            $f,
+            tiles_q4_1,
+            TileQ4_1,
+            BlockQ8_1,
+            min = true,
+            signed = false,
+            |t, gp| { nibbles(&t.qs, gp) }
+        );
+        // Q5_0 as ggml decodes it: signed values, the nibble minus 16 where the fifth bit is clear.
+        lanes_kernel!(
+            $f,
+            tiles_q5_0,
+            TileQ5_0,
+            BlockQ8_0,
+            min = false,
+            signed = true,
+            |t, gp| {
+                let (lo, hi) = nibbles(&t.qs, gp);
+                (signed_q5(lo, t.qh[gp]), signed_q5(hi, t.qh[gp + 4]))
+            }
+        );
+        lanes_kernel!(
+            $f,
+            tiles_q5_1,
+            TileQ5_1,
+            BlockQ8_1,
+            min = true,
+            signed = false,
+            |t, gp| {
+                let (lo, hi) = nibbles(&t.qs, gp);
+                (
+                    _mm256_or_si256(lo, fifth_bits(t.qh[gp])),
+                    _mm256_or_si256(hi, fifth_bits(t.qh[gp + 4])),
+                )
+            }
+        );
+        lanes_kernel!(
+            $f,
+            tiles_q8_0,
+            TileQ8_0,
+            BlockQ8_0,
+            min = false,
+            signed = true,
+            |t, gp| {
+                (
+                    _mm256_loadu_si256(t.qs[32 * gp..32 * gp + 32].as_ptr().cast()),
+                    _mm256_loadu_si256(t.qs[32 * gp + 128..32 * gp + 160].as_ptr().cast()),
+                )
+            }
+        );
+    };
+}
+
+/// The AVX2+FMA tier.
+pub mod avx2 {
+    use super::*;
+
+    /// i32 row sums of unsigned weight bytes `w` times activation group `a`: `maddubs` (exact
+    /// i16 pairs, see the module doc) then `madd` with ones.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn rows_u(w: __m256i, a: __m256i) -> __m256i {
+        widen(pairs_u(w, a))
     }
-);
-lanes_kernel!(
-    tiles_q5_1,
-    TileQ5_1,
-    BlockQ8_1,
-    min = true,
-    signed = false,
-    |t, gp| {
-        let (lo, hi) = nibbles(&t.qs, gp);
-        (
-            _mm256_or_si256(lo, fifth_bits(t.qh[gp])),
-            _mm256_or_si256(hi, fifth_bits(t.qh[gp + 4])),
-        )
+
+    /// The integer part of the 4-bit unsigned formats: all 8 groups summed in i16, widened once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn nibble_rows<const N: usize>(qs: &[u8; 128], ys: [*const i8; N]) -> [__m256i; N] {
+        let mut s16 = [_mm256_setzero_si256(); N];
+        for gp in 0..4 {
+            let (lo, hi) = nibbles(qs, gp);
+            for n in 0..N {
+                let p = _mm256_add_epi16(
+                    pairs_u(lo, group(ys[n], gp)),
+                    pairs_u(hi, group(ys[n], gp + 4)),
+                );
+                s16[n] = _mm256_add_epi16(s16[n], p);
+            }
+        }
+        s16.map(|v| widen(v))
     }
-);
-lanes_kernel!(
-    tiles_q8_0,
-    TileQ8_0,
-    BlockQ8_0,
-    min = false,
-    signed = true,
-    |t, gp| {
-        (
-            _mm256_loadu_si256(t.qs[32 * gp..32 * gp + 32].as_ptr().cast()),
-            _mm256_loadu_si256(t.qs[32 * gp + 128..32 * gp + 160].as_ptr().cast()),
-        )
+
+    tile_kernels!("avx2,fma,f16c");
+}
+
+/// The AVX-512 VNNI tier (256-bit `vpdpbusd`, AVX-512 VL).
+pub mod vnni {
+    use super::*;
+
+    /// i32 row sums of unsigned weight bytes `w` times activation group `a`: one `vpdpbusd`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    #[inline]
+    unsafe fn rows_u(w: __m256i, a: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
     }
-);
+
+    /// The integer part of the 4-bit unsigned formats: `vpdpbusd` accumulating all 8 groups.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    #[inline]
+    unsafe fn nibble_rows<const N: usize>(qs: &[u8; 128], ys: [*const i8; N]) -> [__m256i; N] {
+        let mut s = [_mm256_setzero_si256(); N];
+        for gp in 0..4 {
+            let (lo, hi) = nibbles(qs, gp);
+            for n in 0..N {
+                s[n] = _mm256_dpbusd_epi32(s[n], lo, group(ys[n], gp));
+                s[n] = _mm256_dpbusd_epi32(s[n], hi, group(ys[n], gp + 4));
+            }
+        }
+        s
+    }
+
+    tile_kernels!("avx2,fma,f16c,avx512vnni,avx512vl");
+}
