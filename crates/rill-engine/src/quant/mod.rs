@@ -90,11 +90,8 @@ pub struct QuantActs {
     scales_d: Vec<f32>,
     scales_s: Vec<f32>,
     /// Per row, per block: the sum of the 32 quants (Q8_0 only), with which the tile kernels
-    /// take Q4_0's offset off exactly.
+    /// take Q4_0's and Q5_0's offsets off exactly.
     sums: Vec<i32>,
-    /// Per row, per block, per group of 4 quants: their sum (Q8_0 only), with which the lane
-    /// kernels take Q5_0's offset off each lane exactly.
-    group_sums: Vec<i32>,
 }
 
 /// One activation row's per-block values that the tile kernels read besides the quants.
@@ -106,8 +103,6 @@ pub struct ActMeta<'a> {
     pub s: &'a [f32],
     /// Q8_0's exact `sum(qs)` (empty otherwise).
     pub sum: &'a [i32],
-    /// Q8_0's exact sums of each group of 4 quants, 8 per block (empty otherwise).
-    pub group_sum: &'a [i32],
 }
 
 impl QuantActs {
@@ -121,7 +116,6 @@ impl QuantActs {
             scales_d: Vec::new(),
             scales_s: Vec::new(),
             sums: Vec::new(),
-            group_sums: Vec::new(),
         }
     }
 
@@ -145,16 +139,14 @@ impl QuantActs {
 
     fn widen_scales(&mut self) {
         let nb = self.cols / QK;
-        let (mut sd, mut ss, mut sums, mut gsums) = (
+        let (mut sd, mut ss, mut sums) = (
             std::mem::take(&mut self.scales_d),
             std::mem::take(&mut self.scales_s),
             std::mem::take(&mut self.sums),
-            std::mem::take(&mut self.group_sums),
         );
         sd.clear();
         ss.clear();
         sums.clear();
-        gsums.clear();
         for r in 0..self.rows {
             match self.format {
                 ActFormat::Q8_0 => {
@@ -165,10 +157,6 @@ impl QuantActs {
                             .iter()
                             .map(|b| b.qs.iter().map(|&q| q as i32).sum::<i32>()),
                     );
-                    gsums.extend(blocks.iter().flat_map(|b| {
-                        b.qs.chunks_exact(4)
-                            .map(|g| g.iter().map(|&q| q as i32).sum::<i32>())
-                    }));
                 }
                 ActFormat::Q8_1 => {
                     let blocks: &[BlockQ8_1] = cast_ref(self.row(r));
@@ -182,7 +170,6 @@ impl QuantActs {
         self.scales_d = sd;
         self.scales_s = ss;
         self.sums = sums;
-        self.group_sums = gsums;
     }
 
     /// Row `r`'s per-block scales and sums (Q8_0/Q8_1 only; empty slices otherwise).
@@ -192,11 +179,7 @@ impl QuantActs {
         ActMeta {
             d: self.scales_d.get(range.clone()).unwrap_or(&[]),
             s: self.scales_s.get(range.clone()).unwrap_or(&[]),
-            sum: self.sums.get(range.clone()).unwrap_or(&[]),
-            group_sum: self
-                .group_sums
-                .get(8 * range.start..8 * range.end)
-                .unwrap_or(&[]),
+            sum: self.sums.get(range).unwrap_or(&[]),
         }
     }
 

@@ -10,8 +10,8 @@
 //! - unsigned formats multiply the raw 4-/5-bit value (0..=31) by the activation (|a| <= 127:
 //!   `quantize_q8_*` never produces -128); a pair is at most 2 * 31 * 127 = 7874, so 4-bit
 //!   pairs of all 8 groups (8 * 3810 = 30480) and 5-bit pairs of 4 groups (31496) are summed in
-//!   i16 before widening. Q4_0's offset (-8) comes off exactly as `8 * sum(a)` per block
-//!   (`ActMeta::sum`), Q5_0's (-16) as `16 * sum(a)` per lane of 4 (`ActMeta::group_sum`).
+//!   i16 before widening. Q4_0/Q5_0's offsets (-8, -16) come off exactly as `8 * sum(a)`,
+//!   `16 * sum(a)` (`ActMeta::sum`).
 //! - signed formats (Q8_0, IQ4_NL) use the sign trick: |w| (u8, <= 128) times a * sign(w), a
 //!   pair at most 2 * 128 * 127 = 32512, widened per group.
 //!
@@ -69,6 +69,18 @@ unsafe fn fifth_bits(mask: u32) -> __m256i {
     )
 }
 
+/// Q5_0's signed values from nibbles and a group mask: the nibble, minus 16 (`| 0xf0`) where
+/// the fifth bit is clear.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn signed_q5(nib: __m256i, mask: u32) -> __m256i {
+    let clear = _mm256_andnot_si256(
+        bytes_from_bits_32(mask.to_le_bytes()),
+        _mm256_set1_epi8(0xf0u8 as i8),
+    );
+    _mm256_or_si256(nib, clear)
+}
+
 /// i16 pair sums of unsigned weight bytes `w` times activation group `a`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -86,19 +98,11 @@ unsafe fn widen(s16: __m256i) -> __m256i {
 /// What the kernels' unchecked indexing relies on: every activation row, and the per-block
 /// values the kernel reads (`d`; `s` with `s`, `sum` with `sum`), cover the tile row's `nb`
 /// blocks.
-fn check_lengths<A>(
-    nb: usize,
-    y: &[&[A]],
-    meta: &[ActMeta<'_>],
-    s: bool,
-    sum: bool,
-    group_sum: bool,
-) {
+fn check_lengths<A>(nb: usize, y: &[&[A]], meta: &[ActMeta<'_>], s: bool, sum: bool) {
     assert!(y.iter().all(|a| a.len() >= nb));
-    assert!(meta.iter().all(|m| m.d.len() >= nb
-        && (!s || m.s.len() >= nb)
-        && (!sum || m.sum.len() >= nb)
-        && (!group_sum || m.group_sum.len() >= 8 * nb)));
+    assert!(meta
+        .iter()
+        .all(|m| m.d.len() >= nb && (!s || m.s.len() >= nb) && (!sum || m.sum.len() >= nb)));
 }
 
 /// One format's kernel `$name::<N>`. `$int` fills `$isum[n]` (8 i32 row sums of tile `$t`
@@ -114,7 +118,7 @@ macro_rules! tile_kernel {
             meta: [ActMeta<'_>; N],
         ) -> [[f32; TILE_ROWS]; N] {
             let nb = tiles.len();
-            check_lengths(nb, &y, &meta, $min, $corr != 0, false);
+            check_lengths(nb, &y, &meta, $min, $corr != 0);
             let mut acc = [_mm256_setzero_ps(); N];
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm256_setzero_ps(); N];
@@ -176,7 +180,7 @@ const LANE_CHUNK: usize = 32;
 /// in memory and against re-decoding per row (`instr_probe speed FORMAT 16`).
 macro_rules! lanes_kernel {
     ($features:literal, $name:ident, $tile:ty, $act:ty, min = $min:tt, signed = $signed:tt,
-     off = $off:tt, |$t:ident, $gp:ident| $pair:expr) => {
+     |$t:ident, $gp:ident| $pair:expr) => {
         #[target_feature(enable = $features)]
         pub unsafe fn $name<const N: usize>(
             tiles: &[$tile],
@@ -184,7 +188,7 @@ macro_rules! lanes_kernel {
             meta: [ActMeta<'_>; N],
         ) -> [[f32; TILE_ROWS]; N] {
             let nb = tiles.len();
-            check_lengths(nb, &y, &meta, $min, false, $off != 0);
+            check_lengths(nb, &y, &meta, $min, false);
             let mut acc = [[_mm256_setzero_ps(); 8]; N];
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm256_setzero_ps(); N];
@@ -204,10 +208,9 @@ macro_rules! lanes_kernel {
                     let d = _mm256_mul_ps(lanes_f16(&$t.d), _mm256_set1_ps(da));
                     for $gp in 0..4 {
                         let (wl, wh) = $pair;
-                        let pl = lanes_kernel!(@rows_now $signed, $off, wl, group(ys, $gp), unsafe { *meta[0].group_sum.get_unchecked(8 * i + $gp) });
+                        let pl = lanes_kernel!(@rows_now $signed, wl, group(ys, $gp));
                         acc[0][$gp] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(pl), acc[0][$gp]);
-                        let ph =
-                            lanes_kernel!(@rows_now $signed, $off, wh, group(ys, $gp + 4), unsafe { *meta[0].group_sum.get_unchecked(8 * i + $gp + 4) });
+                        let ph = lanes_kernel!(@rows_now $signed, wh, group(ys, $gp + 4));
                         acc[0][$gp + 4] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(ph), acc[0][$gp + 4]);
                     }
                     tile_kernel!(@min $min, $t, meta, summs, i, N);
@@ -237,7 +240,7 @@ macro_rules! lanes_kernel {
                         // SAFETY: entries i - c0 of the scratch were written for this chunk above.
                         let d = _mm256_mul_ps(unsafe { dw[i - c0].assume_init() }, _mm256_set1_ps(da));
                         for g in 0..8 {
-                            let s = lanes_kernel!(@rows $signed, $off, w[i - c0][g], wa[i - c0][g], group(ys, g), unsafe { *meta[n].group_sum.get_unchecked(8 * i + g) });
+                            let s = lanes_kernel!(@rows $signed, w[i - c0][g], wa[i - c0][g], group(ys, g));
                             a[g] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), a[g]);
                         }
                     }
@@ -262,19 +265,13 @@ macro_rules! lanes_kernel {
         $wa[$gp] = MaybeUninit::new(_mm256_abs_epi8($wl));
         $wa[$gp + 4] = MaybeUninit::new(_mm256_abs_epi8($wh));
     };
-    // A group's 8 row sums: unsigned weights (less `$off` times the activations' group sum
-    // `$gs`, which gives Q5_0's signed values exactly), or signed ones by the sign trick.
-    (@rows_now false, 0, $w:expr, $a:expr, $gs:expr) => { rows_u($w, $a) };
-    (@rows_now false, $off:tt, $w:expr, $a:expr, $gs:expr) => { rows_u_less($w, $a, $off * $gs) };
-    (@rows_now true, 0, $w:expr, $a:expr, $gs:expr) => { rows_s($w, $a) };
-    // SAFETY (all arms): the scratch entries were written for this chunk (see above).
-    (@rows false, 0, $w:expr, $wa:expr, $a:expr, $gs:expr) => {
+    (@rows_now false, $w:expr, $a:expr) => { rows_u($w, $a) };
+    (@rows_now true, $w:expr, $a:expr) => { rows_s($w, $a) };
+    // SAFETY (both arms): the scratch entries were written for this chunk (see above).
+    (@rows false, $w:expr, $wa:expr, $a:expr) => {
         rows_u(unsafe { $w.assume_init() }, $a)
     };
-    (@rows false, $off:tt, $w:expr, $wa:expr, $a:expr, $gs:expr) => {
-        rows_u_less(unsafe { $w.assume_init() }, $a, $off * $gs)
-    };
-    (@rows true, 0, $w:expr, $wa:expr, $a:expr, $gs:expr) => {{
+    (@rows true, $w:expr, $wa:expr, $a:expr) => {{
         let (w, wa) = unsafe { ($w.assume_init(), $wa.assume_init()) };
         rows_u(wa, _mm256_sign_epi8($a, w))
     }};
@@ -334,25 +331,19 @@ macro_rules! tile_kernels {
             BlockQ8_1,
             min = true,
             signed = false,
-            off = 0,
             |t, gp| { nibbles(&t.qs, gp) }
         );
-        // Q5_0 as unsigned 5-bit values (0..=31); each lane's 16 * (sum of its 4 activations)
-        // comes off exactly, which gives ggml's signed lane sums without a `sign` per group.
+        // Q5_0 as ggml decodes it: signed values, the nibble minus 16 where the fifth bit is clear.
         lanes_kernel!(
             $f,
             tiles_q5_0,
             TileQ5_0,
             BlockQ8_0,
             min = false,
-            signed = false,
-            off = 16,
+            signed = true,
             |t, gp| {
                 let (lo, hi) = nibbles(&t.qs, gp);
-                (
-                    _mm256_or_si256(lo, fifth_bits(t.qh[gp])),
-                    _mm256_or_si256(hi, fifth_bits(t.qh[gp + 4])),
-                )
+                (signed_q5(lo, t.qh[gp]), signed_q5(hi, t.qh[gp + 4]))
             }
         );
         lanes_kernel!(
@@ -362,7 +353,6 @@ macro_rules! tile_kernels {
             BlockQ8_1,
             min = true,
             signed = false,
-            off = 0,
             |t, gp| {
                 let (lo, hi) = nibbles(&t.qs, gp);
                 (
@@ -378,7 +368,6 @@ macro_rules! tile_kernels {
             BlockQ8_0,
             min = false,
             signed = true,
-            off = 0,
             |t, gp| {
                 (
                     _mm256_loadu_si256(t.qs[32 * gp..32 * gp + 32].as_ptr().cast()),
@@ -419,13 +408,6 @@ pub mod avx2 {
         s16.map(|v| widen(v))
     }
 
-    /// [`rows_u`] less `c` in every lane.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn rows_u_less(w: __m256i, a: __m256i, c: i32) -> __m256i {
-        _mm256_sub_epi32(rows_u(w, a), _mm256_set1_epi32(c))
-    }
-
     tile_kernels!("avx2,fma,f16c");
 }
 
@@ -453,13 +435,6 @@ pub mod vnni {
             }
         }
         s
-    }
-
-    /// [`rows_u`] less `c` in every lane: `vpdpbusd` accumulating onto `-c`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    #[inline]
-    unsafe fn rows_u_less(w: __m256i, a: __m256i, c: i32) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_set1_epi32(-c), w, a)
     }
 
     tile_kernels!("avx2,fma,f16c,avx512vnni,avx512vl");
