@@ -240,10 +240,11 @@ macro_rules! check_tiles {
         for nb in [1usize, 3, 18, 35, 48] {
             let rows = rows_of($rng, 13, nb, $fix);
             let tiles = packed::<$tile>(&rows, nb);
-            let x = rand_f32($rng, 4 * nb * QK, 3.0);
+            let cols = nb * <$tile as Tiled>::ELEMS;
+            let x = rand_f32($rng, 4 * cols, 3.0);
             for k in Kernels::all_supported() {
                 let mut acts = QuantActs::new($fmt);
-                acts.quantize(&k, &x, 4, nb * QK);
+                acts.quantize(&k, &x, 4, cols);
                 let a: Vec<&[$act]> = (0..4).map(|t| unsafe_cast(acts.row(t))).collect();
                 let m: Vec<ActMeta<'_>> = (0..4).map(|t| acts.row_meta(t)).collect();
                 for rt in 0..tiles.tile_rows {
@@ -274,6 +275,29 @@ macro_rules! check_tiles {
 fn tiles_round_trip_and_match_row_dots_on_every_tier() {
     let mut rng = StdRng::seed_from_u64(20);
     let rng = &mut rng;
+    check_tiles!(
+        rng,
+        TileQ4K,
+        BlockQ8K,
+        ActFormat::Q8K,
+        tile1_q4k,
+        tile4_q4k,
+        kquants::dot_q4k_q8k,
+        |b: &mut BlockQ4K, r: &mut StdRng| {
+            b.d = f16r(r, 0.0, 0.05);
+            b.dmin = f16r(r, 0.0, 0.05);
+        }
+    );
+    check_tiles!(
+        rng,
+        TileQ6K,
+        BlockQ8K,
+        ActFormat::Q8K,
+        tile1_q6k,
+        tile4_q6k,
+        kquants::dot_q6k_q8k,
+        |b: &mut BlockQ6K, r: &mut StdRng| b.d = f16r(r, -0.05, 0.05)
+    );
     check_tiles!(
         rng,
         TileQ4_0,

@@ -85,7 +85,7 @@ pub struct BlockQ8_1 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ4K {
     pub d: u16,
@@ -95,7 +95,19 @@ pub struct BlockQ4K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 
-#[derive(Clone, Copy, Debug)]
+impl Default for BlockQ4K {
+    /// A zero block (scales 0): the padding rows of a tile.
+    fn default() -> Self {
+        Self {
+            d: 0,
+            dmin: 0,
+            scales: [0; 12],
+            qs: [0; QK_K / 2],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ6K {
     pub ql: [u8; QK_K / 2],
@@ -104,6 +116,18 @@ pub struct BlockQ6K {
     pub d: u16,
 }
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
+
+impl Default for BlockQ6K {
+    /// A zero block (scale 0): the padding rows of a tile.
+    fn default() -> Self {
+        Self {
+            ql: [0; QK_K / 2],
+            qh: [0; QK_K / 4],
+            scales: [0; QK_K / 16],
+            d: 0,
+        }
+    }
+}
 
 /// IQ4_NL: 32 non-linear 4-bit codes (indices into [`IQ4NL_VALUES`]) and one f16 scale.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -297,6 +321,38 @@ pub struct TileQ8_0 {
 }
 const _: () = assert!(std::mem::size_of::<TileQ8_0>() == TILE_ROWS * 34);
 
+/// 8 rows' Q4_K super-blocks (`repack`): the quant bytes interleaved as in [`TileQ4_0`] (4
+/// bytes of each row per 32-byte group, 32 groups: group `8c + g` holds values `64c + 4g ..`
+/// in its low nibbles and `64c + 32 + 4g ..` in its high ones), the 6-bit scales and minimums
+/// unpacked into the lane layouts the kernels widen them from.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileQ4K {
+    pub d: [u16; TILE_ROWS],
+    pub dmin: [u16; TILE_ROWS],
+    /// `sc[j][2r] = sc[j][2r + 1]` = row r's scale of sub-block j (one per i16 half of lane r).
+    pub sc: [[u8; 16]; 8],
+    /// `m[p][2r + h]` = row r's minimum of sub-block `2p + h`.
+    pub m: [[u8; 16]; 4],
+    pub qs: [u8; 1024],
+}
+const _: () = assert!(std::mem::size_of::<TileQ4K>() == 1248);
+
+/// 8 rows' Q6_K super-blocks (`repack`): `ql` and `qh` interleaved 4 bytes per row per 32-byte
+/// group (as [`TileQ4_0`]), the 16 scales repeated per i16 half of each row's lane.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileQ6K {
+    pub d: [u16; TILE_ROWS],
+    /// `sc[g][2r] = sc[g][2r + 1]` = row r's scale of group g (16 values).
+    pub sc: [[i8; 16]; 16],
+    pub ql: [u8; 1024],
+    pub qh: [u8; 512],
+}
+const _: () = assert!(std::mem::size_of::<TileQ6K>() == 1808);
+
+unsafe impl PodBlock for TileQ4K {}
+unsafe impl PodBlock for TileQ6K {}
 unsafe impl PodBlock for TileQ4_0 {}
 unsafe impl PodBlock for TileIq4Nl {}
 unsafe impl PodBlock for TileQ4_1 {}

@@ -147,6 +147,18 @@ pub fn q4k_scale_min(j: usize, q: &[u8; 12]) -> (u8, u8) {
     }
 }
 
+/// The 12 scale bytes of a Q4_K/Q5_K block from its 8 scales and minimums (6 bits each): the
+/// exact inverse of [`q4k_scale_min`].
+pub fn q4k_pack_scales(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+    let mut q = [0u8; 12];
+    for j in 0..4 {
+        q[j] = sc[j] & 63 | (sc[j + 4] >> 4) << 6;
+        q[j + 4] = m[j] & 63 | (m[j + 4] >> 4) << 6;
+        q[j + 8] = sc[j + 4] & 0x0f | (m[j + 4] & 0x0f) << 4;
+    }
+    q
+}
+
 /// The 4-bit values of a Q4_K block (0..15) in element order: sub-block `s` of 32 is the low
 /// (even `s`) or high (odd `s`) nibbles of bytes `32 * (s / 2)..`.
 pub fn q4k_values(qs: &[u8; QK_K / 2]) -> [i8; QK_K] {
@@ -296,4 +308,21 @@ pub fn dequantize_iq4xs(x: &[BlockIq4Xs], out: &mut [f32]) {
             *o = (d * iq4xs_scale(b, e / 32) as f32) * v[e] as f32;
         }
     }
+}
+
+/// The scalar tier's Q4_K tile product: each of the tile row's 8 rows, unpacked, through
+/// [`dot_q4k_q8k`] (the reference itself).
+pub fn tiles_q4k<const N: usize>(t: &[TileQ4K], y: [&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
+    use super::repack::Tiled;
+    let rows: [Vec<BlockQ4K>; TILE_ROWS] =
+        std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
+    y.map(|a| std::array::from_fn(|j| dot_q4k_q8k(&rows[j], a)))
+}
+
+/// The scalar tier's Q6_K tile product: each row unpacked, through [`dot_q6k_q8k`].
+pub fn tiles_q6k<const N: usize>(t: &[TileQ6K], y: [&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
+    use super::repack::Tiled;
+    let rows: [Vec<BlockQ6K>; TILE_ROWS] =
+        std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
+    y.map(|a| std::array::from_fn(|j| dot_q6k_q8k(&rows[j], a)))
 }

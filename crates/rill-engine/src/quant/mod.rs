@@ -319,7 +319,7 @@ impl<'a> QMatrix<'a> {
     fn repack(&self) -> Option<Tiles> {
         use repack::Tiled;
         fn pack<T: Tiled>(m: &QMatrix<'_>) -> Tiles {
-            Tiles::pack::<T>(m.rows, m.cols / QK, |r| cast_weights(m.row_bytes(r)))
+            Tiles::pack::<T>(m.rows, m.cols / T::ELEMS, |r| cast_weights(m.row_bytes(r)))
         }
         Some(match self.dtype {
             GgmlType::Q4_0 => pack::<TileQ4_0>(self),
@@ -328,6 +328,8 @@ impl<'a> QMatrix<'a> {
             GgmlType::Q5_1 => pack::<TileQ5_1>(self),
             GgmlType::Q8_0 => pack::<TileQ8_0>(self),
             GgmlType::Iq4Nl => pack::<TileIq4Nl>(self),
+            GgmlType::Q4K => pack::<TileQ4K>(self),
+            GgmlType::Q6K => pack::<TileQ6K>(self),
             _ => return None,
         })
     }
@@ -425,9 +427,9 @@ impl<'a> QMatrix<'a> {
             GgmlType::Iq4Nl => self.tiled(k.tile1_iq4nl, k.tile4_iq4nl, acts, rows, out),
             GgmlType::Q2K => quad!(BlockQ2K, BlockQ8K, k.dot_q2k_q8k, k.dot4_q2k_q8k),
             GgmlType::Q3K => quad!(BlockQ3K, BlockQ8K, k.dot_q3k_q8k, k.dot4_q3k_q8k),
-            GgmlType::Q4K => quad!(BlockQ4K, BlockQ8K, k.dot_q4k_q8k, k.dot4_q4k_q8k),
+            GgmlType::Q4K => self.tiled(k.tile1_q4k, k.tile4_q4k, acts, rows, out),
             GgmlType::Q5K => quad!(BlockQ5K, BlockQ8K, k.dot_q5k_q8k, k.dot4_q5k_q8k),
-            GgmlType::Q6K => quad!(BlockQ6K, BlockQ8K, k.dot_q6k_q8k, k.dot4_q6k_q8k),
+            GgmlType::Q6K => self.tiled(k.tile1_q6k, k.tile4_q6k, acts, rows, out),
             GgmlType::Iq4Xs => quad!(BlockIq4Xs, BlockQ8K, k.dot_iq4xs_q8k, k.dot4_iq4xs_q8k),
             GgmlType::F16 => run!(u16, u16, k.dot_f16_f16),
             GgmlType::Bf16 => run!(u16, u16, k.dot_bf16),

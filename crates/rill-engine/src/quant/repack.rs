@@ -1,4 +1,4 @@
-//! The load-time transform of the 32-element block formats from GGUF's row-major blocks into
+//! The load-time transform of the 32-element block formats, Q4_K and Q6_K from GGUF's row-major blocks into
 //! interleaved tiles (`blocks::Tile*`): the blocks of 8 consecutive rows for one column block
 //! side by side, arranged so that one 32-byte load yields 4 values of each of the 8 rows. The
 //! SIMD kernels then keep one output row per f32 lane, sum each block's products exactly in
@@ -9,11 +9,14 @@
 //! count is not a multiple of 8 gets zero rows (scale 0) in its last tile.
 
 use super::blocks::*;
+use super::kquants::{q4k_pack_scales, q4k_scale_min};
 
 /// A tile type and the row block it interleaves.
 pub trait Tiled: PodBlock {
     /// The GGUF block of one row.
     type Row: PodBlock + Default;
+    /// Elements per row block.
+    const ELEMS: usize;
     /// Interleaves one column block of 8 rows.
     fn pack(rows: &[Self::Row; TILE_ROWS]) -> Self;
     /// Row `j`'s block back (the exact inverse of `pack`).
@@ -68,6 +71,7 @@ macro_rules! tiled_nibbles {
     ($tile:ident, $row:ident $(, m = $m:ident)? $(, qh = $qh:ident)?) => {
         impl Tiled for $tile {
             type Row = $row;
+            const ELEMS: usize = QK;
             fn pack(rows: &[$row; TILE_ROWS]) -> Self {
                 Self {
                     d: rows.each_ref().map(|r| r.d),
@@ -95,6 +99,7 @@ tiled_nibbles!(TileQ5_1, BlockQ5_1, m = m, qh = qh);
 
 impl Tiled for TileQ8_0 {
     type Row = BlockQ8_0;
+    const ELEMS: usize = QK;
     fn pack(rows: &[BlockQ8_0; TILE_ROWS]) -> Self {
         Self {
             d: rows.each_ref().map(|r| r.d),
@@ -105,6 +110,54 @@ impl Tiled for TileQ8_0 {
         BlockQ8_0 {
             d: self.d[j],
             qs: deinterleave::<8, 32, i8>(&self.qs, j),
+        }
+    }
+}
+
+impl Tiled for TileQ4K {
+    type Row = BlockQ4K;
+    const ELEMS: usize = QK_K;
+    fn pack(rows: &[BlockQ4K; TILE_ROWS]) -> Self {
+        let sm: [[(u8, u8); 8]; TILE_ROWS] = rows
+            .each_ref()
+            .map(|r| std::array::from_fn(|j| q4k_scale_min(j, &r.scales)));
+        Self {
+            d: rows.each_ref().map(|r| r.d),
+            dmin: rows.each_ref().map(|r| r.dmin),
+            sc: std::array::from_fn(|j| std::array::from_fn(|k| sm[k / 2][j].0)),
+            m: std::array::from_fn(|p| std::array::from_fn(|k| sm[k / 2][2 * p + k % 2].1)),
+            qs: interleave::<32, 1024, u8>(rows.each_ref().map(|r| &r.qs[..])),
+        }
+    }
+    fn unpack(&self, r: usize) -> BlockQ4K {
+        let sc: [u8; 8] = std::array::from_fn(|j| self.sc[j][2 * r]);
+        let m: [u8; 8] = std::array::from_fn(|j| self.m[j / 2][2 * r + j % 2]);
+        BlockQ4K {
+            d: self.d[r],
+            dmin: self.dmin[r],
+            scales: q4k_pack_scales(&sc, &m),
+            qs: deinterleave::<32, 128, u8>(&self.qs, r),
+        }
+    }
+}
+
+impl Tiled for TileQ6K {
+    type Row = BlockQ6K;
+    const ELEMS: usize = QK_K;
+    fn pack(rows: &[BlockQ6K; TILE_ROWS]) -> Self {
+        Self {
+            d: rows.each_ref().map(|r| r.d),
+            sc: std::array::from_fn(|g| std::array::from_fn(|k| rows[k / 2].scales[g])),
+            ql: interleave::<32, 1024, u8>(rows.each_ref().map(|r| &r.ql[..])),
+            qh: interleave::<16, 512, u8>(rows.each_ref().map(|r| &r.qh[..])),
+        }
+    }
+    fn unpack(&self, r: usize) -> BlockQ6K {
+        BlockQ6K {
+            ql: deinterleave::<32, 128, u8>(&self.ql, r),
+            qh: deinterleave::<16, 64, u8>(&self.qh, r),
+            scales: std::array::from_fn(|g| self.sc[g][2 * r]),
+            d: self.d[r],
         }
     }
 }

@@ -1,4 +1,4 @@
-//! AVX2 kernels over the interleaved tiles of the 32-element formats (`repack`): one tile row
+//! AVX2 kernels over the interleaved tiles of the 32-element formats and Q4_K (`repack`): one tile row
 //! (8 weight rows, one per f32 lane) against N activation rows. Per column block, the 32
 //! products of every (row, activation) pair are summed exactly in integers, 4 values of all 8
 //! rows per `maddubs` against one broadcast group of 4 activation bytes; then one conversion and
@@ -277,6 +277,29 @@ macro_rules! lanes_kernel {
     }};
 }
 
+/// The unsigned 6-bit values (`v + 32`) of quad `q` (bytes `4q..4q + 4` of each half's
+/// `ql`/`qh`) of half `h` of a Q6_K tile: elements `128h + 4q + 32k` for k = 0..4.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6k_quad(t: &TileQ6K, h: usize, q: usize) -> [__m256i; 4] {
+    let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x03));
+    let ql0 = _mm256_loadu_si256(t.ql[32 * (16 * h + q)..].as_ptr().cast());
+    let ql1 = _mm256_loadu_si256(t.ql[32 * (16 * h + 8 + q)..].as_ptr().cast());
+    let qh = _mm256_loadu_si256(t.qh[32 * (8 * h + q)..].as_ptr().cast());
+    // The 2-bit high parts, at bit 4 of each byte (16-bit shifts; the masks drop what
+    // crosses a byte).
+    let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4);
+    let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4);
+    let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4);
+    let h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4);
+    [
+        _mm256_or_si256(_mm256_and_si256(ql0, m4), h0),
+        _mm256_or_si256(_mm256_and_si256(ql1, m4), h1),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), h2),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), h3),
+    ]
+}
+
 /// Every format's tile kernels for one tier: `$f` its target features; the module around the
 /// invocation provides the integer primitives `rows_u` and `nibble_rows`.
 macro_rules! tile_kernels {
@@ -287,6 +310,97 @@ macro_rules! tile_kernels {
         #[inline]
         unsafe fn rows_s(w: __m256i, a: __m256i) -> __m256i {
             rows_u(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
+        }
+
+        /// Q4_K tiles against N Q8_K rows: `kquants::dot_q4k_q8k`'s arithmetic for 8 rows at
+        /// once. Per super-block and row the exact `sum(scale * sum(v * y))` (`q4k_pair`) and
+        /// `sum(min * bsum)` (one `madd` per two sub-blocks), then its two FMAs per lane.
+        #[target_feature(enable = $f)]
+        pub unsafe fn tiles_q4k<const N: usize>(
+            tiles: &[TileQ4K],
+            y: [&[BlockQ8K]; N],
+            _meta: [ActMeta<'_>; N],
+        ) -> [[f32; TILE_ROWS]; N] {
+            let nb = tiles.len();
+            assert!(y.iter().all(|a| a.len() >= nb));
+            let mut total = [_mm256_setzero_ps(); N];
+            for i in 0..nb {
+                // SAFETY (the unchecked indexing below): i < nb, and every activation row has
+                // at least nb blocks (asserted above).
+                let t = unsafe { tiles.get_unchecked(i) };
+                let yb: [&BlockQ8K; N] = std::array::from_fn(|n| unsafe { y[n].get_unchecked(i) });
+                let ys: [*const i8; N] = std::array::from_fn(|n| yb[n].qs.as_ptr());
+                let mut sumi = [_mm256_setzero_si256(); N];
+                for c in 0..4 {
+                    let p = q4k_pair(t, c, ys);
+                    for n in 0..N {
+                        sumi[n] = _mm256_add_epi32(sumi[n], p[n]);
+                    }
+                }
+                let (dw, dm) = (lanes_f16(&t.d), lanes_f16(&t.dmin));
+                for n in 0..N {
+                    let bs = &yb[n].bsums;
+                    let mut summ = _mm256_setzero_si256();
+                    for p in 0..4 {
+                        let m16 = _mm256_cvtepu8_epi16(_mm_loadu_si128(t.m[p].as_ptr().cast()));
+                        let lo = bs[4 * p].wrapping_add(bs[4 * p + 1]) as u16 as u32;
+                        let hi = bs[4 * p + 2].wrapping_add(bs[4 * p + 3]) as u16 as u32;
+                        let pair = _mm256_set1_epi32((lo | hi << 16) as i32);
+                        summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m16, pair));
+                    }
+                    let yd = _mm256_set1_ps(yb[n].d);
+                    let t1 = _mm256_fmadd_ps(
+                        _mm256_mul_ps(dw, yd),
+                        _mm256_cvtepi32_ps(sumi[n]),
+                        total[n],
+                    );
+                    total[n] =
+                        _mm256_fnmadd_ps(_mm256_mul_ps(dm, yd), _mm256_cvtepi32_ps(summ), t1);
+                }
+            }
+            let mut out = [[0f32; TILE_ROWS]; N];
+            for n in 0..N {
+                _mm256_storeu_ps(out[n].as_mut_ptr(), total[n]);
+            }
+            out
+        }
+
+        /// Q6_K tiles against N Q8_K rows: `kquants::dot_q6k_q8k`'s arithmetic for 8 rows at
+        /// once. Values are multiplied unsigned (`v + 32`, 0..=63) and each group's `32 *
+        /// scale * bsum` comes off exactly; per super-block one FMA per lane.
+        #[target_feature(enable = $f)]
+        pub unsafe fn tiles_q6k<const N: usize>(
+            tiles: &[TileQ6K],
+            y: [&[BlockQ8K]; N],
+            _meta: [ActMeta<'_>; N],
+        ) -> [[f32; TILE_ROWS]; N] {
+            let nb = tiles.len();
+            assert!(y.iter().all(|a| a.len() >= nb));
+            let mut total = [_mm256_setzero_ps(); N];
+            for i in 0..nb {
+                // SAFETY (the unchecked indexing below): i < nb, and every activation row has
+                // at least nb blocks (asserted above).
+                let t = unsafe { tiles.get_unchecked(i) };
+                let yb: [&BlockQ8K; N] = std::array::from_fn(|n| unsafe { y[n].get_unchecked(i) });
+                let sumi = q6k_sums(t, yb);
+                let dw = lanes_f16(&t.d);
+                for n in 0..N {
+                    let mut corr = _mm256_setzero_si256();
+                    for g in 0..16 {
+                        let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(t.sc[g].as_ptr().cast()));
+                        let bs = _mm256_set1_epi32(yb[n].bsums[g] as u16 as i32);
+                        corr = _mm256_add_epi32(corr, _mm256_madd_epi16(sc, bs));
+                    }
+                    let s = _mm256_sub_epi32(sumi[n], _mm256_slli_epi32(corr, 5));
+                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(yb[n].d));
+                    total[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), total[n]);
+                }
+            }
+            let mut out = [[0f32; TILE_ROWS]; N];
+            for n in 0..N {
+                _mm256_storeu_ps(out[n].as_mut_ptr(), total[n]);
+            }
+            out
         }
 
         tile_kernel!(
@@ -408,6 +522,67 @@ pub mod avx2 {
         s16.map(|v| widen(v))
     }
 
+    /// Sub-blocks `2c` and `2c + 1` of a Q4_K tile against N activation rows: per row (lane),
+    /// each sub-block's 32 products summed in i16 (8 groups of pairs: at most 8 * 2 * 15 *
+    /// 127 = 30480), then `madd` by the row's scale (repeated in both i16 halves of its lane).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn q4k_pair<const N: usize>(t: &TileQ4K, c: usize, ys: [*const i8; N]) -> [__m256i; N] {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let (mut lo16, mut hi16) = ([_mm256_setzero_si256(); N], [_mm256_setzero_si256(); N]);
+        for g in 0..8 {
+            let v = _mm256_loadu_si256(t.qs[32 * (8 * c + g)..].as_ptr().cast());
+            let (lo, hi) = (
+                _mm256_and_si256(v, m4),
+                _mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+            );
+            for n in 0..N {
+                // SAFETY: 64c + 32 + 4g + 4 <= 256, inside the activation block's quants.
+                let (al, ah) = unsafe { (ys[n].add(64 * c), ys[n].add(64 * c + 32)) };
+                lo16[n] = _mm256_add_epi16(lo16[n], pairs_u(lo, group(al, g)));
+                hi16[n] = _mm256_add_epi16(hi16[n], pairs_u(hi, group(ah, g)));
+            }
+        }
+        let sl = _mm256_cvtepu8_epi16(_mm_loadu_si128(t.sc[2 * c].as_ptr().cast()));
+        let sh = _mm256_cvtepu8_epi16(_mm_loadu_si128(t.sc[2 * c + 1].as_ptr().cast()));
+        let mut out = [_mm256_setzero_si256(); N];
+        for n in 0..N {
+            out[n] = _mm256_add_epi32(
+                _mm256_madd_epi16(lo16[n], sl),
+                _mm256_madd_epi16(hi16[n], sh),
+            );
+        }
+        out
+    }
+
+    /// A Q6_K tile's `sum(scale * sum(u * y))` per row (lane) against N activation blocks: per
+    /// 4-value group one `maddubs` (pairs at most 2 * 63 * 127 = 16002) and a `madd` by the
+    /// group's scale, added in i32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn q6k_sums<const N: usize>(t: &TileQ6K, yb: [&BlockQ8K; N]) -> [__m256i; N] {
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for h in 0..2 {
+            for q in 0..8 {
+                let u = q6k_quad(t, h, q);
+                for (k, &uk) in u.iter().enumerate() {
+                    let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                        t.sc[8 * h + q / 4 + 2 * k].as_ptr().cast(),
+                    ));
+                    for n in 0..N {
+                        // SAFETY: 128h + 4q + 32k + 4 <= 256, inside the block's quants.
+                        let a = group(
+                            unsafe { yb[n].qs.as_ptr().add(128 * h + 4 * q + 32 * k) },
+                            0,
+                        );
+                        sumi[n] = _mm256_add_epi32(sumi[n], _mm256_madd_epi16(pairs_u(uk, a), sc));
+                    }
+                }
+            }
+        }
+        sumi
+    }
+
     tile_kernels!("avx2,fma,f16c");
 }
 
@@ -435,6 +610,84 @@ pub mod vnni {
             }
         }
         s
+    }
+
+    /// Sub-blocks `2c` and `2c + 1` of a Q4_K tile against N activation rows: per row, each
+    /// sub-block's products accumulated by `vpdpbusd` in i32, times the row's scale.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    #[inline]
+    unsafe fn q4k_pair<const N: usize>(t: &TileQ4K, c: usize, ys: [*const i8; N]) -> [__m256i; N] {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let (mut lo, mut hi) = ([_mm256_setzero_si256(); N], [_mm256_setzero_si256(); N]);
+        for g in 0..8 {
+            let v = _mm256_loadu_si256(t.qs[32 * (8 * c + g)..].as_ptr().cast());
+            let (wl, wh) = (
+                _mm256_and_si256(v, m4),
+                _mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+            );
+            for n in 0..N {
+                // SAFETY: 64c + 32 + 4g + 4 <= 256, inside the activation block's quants.
+                let (al, ah) = unsafe { (ys[n].add(64 * c), ys[n].add(64 * c + 32)) };
+                lo[n] = _mm256_dpbusd_epi32(lo[n], wl, group(al, g));
+                hi[n] = _mm256_dpbusd_epi32(hi[n], wh, group(ah, g));
+            }
+        }
+        // The scale bytes are repeated per i16 half: keep the low half of each lane.
+        let low = _mm256_set1_epi32(0xffff);
+        let sl = _mm256_and_si256(
+            _mm256_cvtepu8_epi16(_mm_loadu_si128(t.sc[2 * c].as_ptr().cast())),
+            low,
+        );
+        let sh = _mm256_and_si256(
+            _mm256_cvtepu8_epi16(_mm_loadu_si128(t.sc[2 * c + 1].as_ptr().cast())),
+            low,
+        );
+        let mut out = [_mm256_setzero_si256(); N];
+        for n in 0..N {
+            out[n] = _mm256_add_epi32(_mm256_mullo_epi32(lo[n], sl), _mm256_mullo_epi32(hi[n], sh));
+        }
+        out
+    }
+
+    /// A Q6_K tile's `sum(scale * sum(u * y))` per row against N activation blocks: the 4
+    /// quads of a scale group accumulated by `vpdpbusd`, then one multiply by the scale.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    #[inline]
+    unsafe fn q6k_sums<const N: usize>(t: &TileQ6K, yb: [&BlockQ8K; N]) -> [__m256i; N] {
+        let mut sumi = [_mm256_setzero_si256(); N];
+        let low = _mm256_set1_epi32(0xffff);
+        for h in 0..2 {
+            for j in 0..2 {
+                let mut acc = [[_mm256_setzero_si256(); 4]; N];
+                for q in 4 * j..4 * j + 4 {
+                    let u = q6k_quad(t, h, q);
+                    for n in 0..N {
+                        for (k, &uk) in u.iter().enumerate() {
+                            // SAFETY: 128h + 4q + 32k + 4 <= 256, inside the block's quants.
+                            let a = group(
+                                unsafe { yb[n].qs.as_ptr().add(128 * h + 4 * q + 32 * k) },
+                                0,
+                            );
+                            acc[n][k] = _mm256_dpbusd_epi32(acc[n][k], uk, a);
+                        }
+                    }
+                }
+                // Sign-extended i16 halves: the low one, sign-extended to i32.
+                let mut scs = [_mm256_setzero_si256(); 4];
+                for (k, sc) in scs.iter_mut().enumerate() {
+                    let v = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                        t.sc[8 * h + j + 2 * k].as_ptr().cast(),
+                    ));
+                    *sc = _mm256_srai_epi32(_mm256_slli_epi32(_mm256_and_si256(v, low), 16), 16);
+                }
+                for (s, a) in sumi.iter_mut().zip(&acc) {
+                    for (&ak, &sc) in a.iter().zip(&scs) {
+                        *s = _mm256_add_epi32(*s, _mm256_mullo_epi32(ak, sc));
+                    }
+                }
+            }
+        }
+        sumi
     }
 
     tile_kernels!("avx2,fma,f16c,avx512vnni,avx512vl");
