@@ -324,32 +324,33 @@ const _: () = assert!(std::mem::size_of::<TileQ8_0>() == TILE_ROWS * 34);
 /// 8 rows' Q4_K super-blocks (`repack`): the quant bytes interleaved as in [`TileQ4_0`] (4
 /// bytes of each row per 32-byte group, 32 groups: group `8c + g` holds values `64c + 4g ..`
 /// in its low nibbles and `64c + 32 + 4g ..` in its high ones), the 6-bit scales and minimums
-/// unpacked into the lane layouts the kernels widen them from.
+/// unpacked (32 bytes more than the 8 blocks' 1152).
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileQ4K {
     pub d: [u16; TILE_ROWS],
     pub dmin: [u16; TILE_ROWS],
-    /// `sc[j][2r] = sc[j][2r + 1]` = row r's scale of sub-block j (one per i16 half of lane r).
-    pub sc: [[u8; 16]; 8],
+    /// `sc[j][r]` = row r's scale of sub-block j.
+    pub sc: [[u8; 8]; 8],
     /// `m[p][2r + h]` = row r's minimum of sub-block `2p + h`.
     pub m: [[u8; 16]; 4],
     pub qs: [u8; 1024],
 }
-const _: () = assert!(std::mem::size_of::<TileQ4K>() == 1248);
+const _: () = assert!(std::mem::size_of::<TileQ4K>() == 1184);
 
 /// 8 rows' Q6_K super-blocks (`repack`): `ql` and `qh` interleaved 4 bytes per row per 32-byte
-/// group (as [`TileQ4_0`]), the 16 scales repeated per i16 half of each row's lane.
+/// group (as [`TileQ4_0`]), the 16 scales per group of 16 values side by side for the 8 rows
+/// (the same 1680 bytes as the 8 blocks).
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileQ6K {
     pub d: [u16; TILE_ROWS],
-    /// `sc[g][2r] = sc[g][2r + 1]` = row r's scale of group g (16 values).
-    pub sc: [[i8; 16]; 16],
+    /// `sc[g][r]` = row r's scale of group g (16 values).
+    pub sc: [[i8; 8]; 16],
     pub ql: [u8; 1024],
     pub qh: [u8; 512],
 }
-const _: () = assert!(std::mem::size_of::<TileQ6K>() == 1808);
+const _: () = assert!(std::mem::size_of::<TileQ6K>() == TILE_ROWS * 210);
 
 unsafe impl PodBlock for TileQ4K {}
 unsafe impl PodBlock for TileQ6K {}

@@ -124,13 +124,13 @@ impl Tiled for TileQ4K {
         Self {
             d: rows.each_ref().map(|r| r.d),
             dmin: rows.each_ref().map(|r| r.dmin),
-            sc: std::array::from_fn(|j| std::array::from_fn(|k| sm[k / 2][j].0)),
+            sc: std::array::from_fn(|j| std::array::from_fn(|r| sm[r][j].0)),
             m: std::array::from_fn(|p| std::array::from_fn(|k| sm[k / 2][2 * p + k % 2].1)),
             qs: interleave::<32, 1024, u8>(rows.each_ref().map(|r| &r.qs[..])),
         }
     }
     fn unpack(&self, r: usize) -> BlockQ4K {
-        let sc: [u8; 8] = std::array::from_fn(|j| self.sc[j][2 * r]);
+        let sc: [u8; 8] = std::array::from_fn(|j| self.sc[j][r]);
         let m: [u8; 8] = std::array::from_fn(|j| self.m[j / 2][2 * r + j % 2]);
         BlockQ4K {
             d: self.d[r],
@@ -147,7 +147,7 @@ impl Tiled for TileQ6K {
     fn pack(rows: &[BlockQ6K; TILE_ROWS]) -> Self {
         Self {
             d: rows.each_ref().map(|r| r.d),
-            sc: std::array::from_fn(|g| std::array::from_fn(|k| rows[k / 2].scales[g])),
+            sc: std::array::from_fn(|g| std::array::from_fn(|r| rows[r].scales[g])),
             ql: interleave::<32, 1024, u8>(rows.each_ref().map(|r| &r.ql[..])),
             qh: interleave::<16, 512, u8>(rows.each_ref().map(|r| &r.qh[..])),
         }
@@ -156,7 +156,7 @@ impl Tiled for TileQ6K {
         BlockQ6K {
             ql: deinterleave::<32, 128, u8>(&self.ql, r),
             qh: deinterleave::<16, 64, u8>(&self.qh, r),
-            scales: std::array::from_fn(|g| self.sc[g][2 * r]),
+            scales: std::array::from_fn(|g| self.sc[g][r]),
             d: self.d[r],
         }
     }

@@ -282,22 +282,70 @@ macro_rules! lanes_kernel {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn q6k_quad(t: &TileQ6K, h: usize, q: usize) -> [__m256i; 4] {
-    let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x03));
+    let (m4, m30) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
     let ql0 = _mm256_loadu_si256(t.ql[32 * (16 * h + q)..].as_ptr().cast());
     let ql1 = _mm256_loadu_si256(t.ql[32 * (16 * h + 8 + q)..].as_ptr().cast());
     let qh = _mm256_loadu_si256(t.qh[32 * (8 * h + q)..].as_ptr().cast());
-    // The 2-bit high parts, at bit 4 of each byte (16-bit shifts; the masks drop what
-    // crosses a byte).
-    let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4);
-    let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4);
-    let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4);
-    let h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4);
+    // The 2-bit high parts moved to bits 4-5 of each byte (16-bit shifts; the 0x30 mask drops
+    // what crosses a byte).
+    let h0 = _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30);
+    let h1 = _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30);
+    let h2 = _mm256_and_si256(qh, m30);
+    let h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30);
     [
         _mm256_or_si256(_mm256_and_si256(ql0, m4), h0),
         _mm256_or_si256(_mm256_and_si256(ql1, m4), h1),
         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), h2),
         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), h3),
     ]
+}
+
+/// Eight per-row bytes as 16 i16 lanes, each row's value in both halves of its i32 lane
+/// (`signed`: sign-extended, else zero-extended).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn row_pairs_i16(b: &[u8; 8], signed: bool) -> __m256i {
+    let v = _mm_loadl_epi64(b.as_ptr().cast());
+    let dup = _mm_shuffle_epi8(
+        v,
+        _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
+    );
+    if signed {
+        _mm256_cvtepi8_epi16(dup)
+    } else {
+        _mm256_cvtepu8_epi16(dup)
+    }
+}
+
+/// Half `h`'s 8 scale vectors of a Q6_K tile: group `8h + i`'s scale of row r in both i16
+/// halves of lane r.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6k_scales(t: &TileQ6K, h: usize) -> [__m256i; 8] {
+    let mut v = [_mm256_setzero_si256(); 8];
+    for (i, s) in v.iter_mut().enumerate() {
+        *s = row_pairs_i16(&t.sc[8 * h + i].map(|x| x as u8), true);
+    }
+    v
+}
+
+/// Half `h`'s share of `32 * sum(scale * bsum)` per row (the unsigned values' offset), from its
+/// scale vectors: two groups per `madd` against their two activation block sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6k_offset(scv: &[__m256i; 8], bsums: &[i16; 16], h: usize) -> __m256i {
+    let mut corr = _mm256_setzero_si256();
+    for p in 0..4 {
+        // Lane r: [scale of group 2p, scale of group 2p + 1] (the odd i16 from the second).
+        let pair = _mm256_blend_epi16::<0b1010_1010>(scv[2 * p], scv[2 * p + 1]);
+        let (lo, hi) = (
+            bsums[8 * h + 2 * p] as u16 as u32,
+            bsums[8 * h + 2 * p + 1] as u16 as u32,
+        );
+        let bs = _mm256_set1_epi32((lo | hi << 16) as i32);
+        corr = _mm256_add_epi32(corr, _mm256_madd_epi16(pair, bs));
+    }
+    _mm256_slli_epi32(corr, 5)
 }
 
 /// Every format's tile kernels for one tier: `$f` its target features; the module around the
@@ -385,15 +433,8 @@ macro_rules! tile_kernels {
                 let sumi = q6k_sums(t, yb);
                 let dw = lanes_f16(&t.d);
                 for n in 0..N {
-                    let mut corr = _mm256_setzero_si256();
-                    for g in 0..16 {
-                        let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(t.sc[g].as_ptr().cast()));
-                        let bs = _mm256_set1_epi32(yb[n].bsums[g] as u16 as i32);
-                        corr = _mm256_add_epi32(corr, _mm256_madd_epi16(sc, bs));
-                    }
-                    let s = _mm256_sub_epi32(sumi[n], _mm256_slli_epi32(corr, 5));
                     let d = _mm256_mul_ps(dw, _mm256_set1_ps(yb[n].d));
-                    total[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), total[n]);
+                    total[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[n]), total[n]);
                 }
             }
             let mut out = [[0f32; TILE_ROWS]; N];
@@ -543,8 +584,10 @@ pub mod avx2 {
                 hi16[n] = _mm256_add_epi16(hi16[n], pairs_u(hi, group(ah, g)));
             }
         }
-        let sl = _mm256_cvtepu8_epi16(_mm_loadu_si128(t.sc[2 * c].as_ptr().cast()));
-        let sh = _mm256_cvtepu8_epi16(_mm_loadu_si128(t.sc[2 * c + 1].as_ptr().cast()));
+        let (sl, sh) = (
+            row_pairs_i16(&t.sc[2 * c], false),
+            row_pairs_i16(&t.sc[2 * c + 1], false),
+        );
         let mut out = [_mm256_setzero_si256(); N];
         for n in 0..N {
             out[n] = _mm256_add_epi32(
@@ -555,20 +598,19 @@ pub mod avx2 {
         out
     }
 
-    /// A Q6_K tile's `sum(scale * sum(u * y))` per row (lane) against N activation blocks: per
-    /// 4-value group one `maddubs` (pairs at most 2 * 63 * 127 = 16002) and a `madd` by the
-    /// group's scale, added in i32.
+    /// A Q6_K tile's `sum(scale * sum(v * y))` per row (lane) against N activation blocks,
+    /// computed on `u = v + 32`: per 4-value group one `maddubs` (pairs at most 2 * 63 * 127 =
+    /// 16002) and a `madd` by the group's scale, added in i32; the offset off at the end.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn q6k_sums<const N: usize>(t: &TileQ6K, yb: [&BlockQ8K; N]) -> [__m256i; N] {
         let mut sumi = [_mm256_setzero_si256(); N];
         for h in 0..2 {
+            let scv = q6k_scales(t, h);
             for q in 0..8 {
                 let u = q6k_quad(t, h, q);
                 for (k, &uk) in u.iter().enumerate() {
-                    let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                        t.sc[8 * h + q / 4 + 2 * k].as_ptr().cast(),
-                    ));
+                    let sc = scv[q / 4 + 2 * k];
                     for n in 0..N {
                         // SAFETY: 128h + 4q + 32k + 4 <= 256, inside the block's quants.
                         let a = group(
@@ -578,6 +620,9 @@ pub mod avx2 {
                         sumi[n] = _mm256_add_epi32(sumi[n], _mm256_madd_epi16(pairs_u(uk, a), sc));
                     }
                 }
+            }
+            for n in 0..N {
+                sumi[n] = _mm256_sub_epi32(sumi[n], q6k_offset(&scv, &yb[n].bsums, h));
             }
         }
         sumi
@@ -632,16 +677,9 @@ pub mod vnni {
                 hi[n] = _mm256_dpbusd_epi32(hi[n], wh, group(ah, g));
             }
         }
-        // The scale bytes are repeated per i16 half: keep the low half of each lane.
-        let low = _mm256_set1_epi32(0xffff);
-        let sl = _mm256_and_si256(
-            _mm256_cvtepu8_epi16(_mm_loadu_si128(t.sc[2 * c].as_ptr().cast())),
-            low,
-        );
-        let sh = _mm256_and_si256(
-            _mm256_cvtepu8_epi16(_mm_loadu_si128(t.sc[2 * c + 1].as_ptr().cast())),
-            low,
-        );
+        // The rows' scales as i32 lanes.
+        let sl = _mm256_cvtepu8_epi32(_mm_loadl_epi64(t.sc[2 * c].as_ptr().cast()));
+        let sh = _mm256_cvtepu8_epi32(_mm_loadl_epi64(t.sc[2 * c + 1].as_ptr().cast()));
         let mut out = [_mm256_setzero_si256(); N];
         for n in 0..N {
             out[n] = _mm256_add_epi32(_mm256_mullo_epi32(lo[n], sl), _mm256_mullo_epi32(hi[n], sh));
@@ -649,14 +687,15 @@ pub mod vnni {
         out
     }
 
-    /// A Q6_K tile's `sum(scale * sum(u * y))` per row against N activation blocks: the 4
-    /// quads of a scale group accumulated by `vpdpbusd`, then one multiply by the scale.
+    /// A Q6_K tile's `sum(scale * sum(v * y))` per row against N activation blocks, on `u =
+    /// v + 32`: the 4 quads of a scale group accumulated by `vpdpbusd`, then one multiply by
+    /// the scale; the offset off at the end.
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     #[inline]
     unsafe fn q6k_sums<const N: usize>(t: &TileQ6K, yb: [&BlockQ8K; N]) -> [__m256i; N] {
         let mut sumi = [_mm256_setzero_si256(); N];
-        let low = _mm256_set1_epi32(0xffff);
         for h in 0..2 {
+            let scv = q6k_scales(t, h);
             for j in 0..2 {
                 let mut acc = [[_mm256_setzero_si256(); 4]; N];
                 for q in 4 * j..4 * j + 4 {
@@ -672,19 +711,19 @@ pub mod vnni {
                         }
                     }
                 }
-                // Sign-extended i16 halves: the low one, sign-extended to i32.
+                // Group j + 2k's scale as i32 lanes: the low i16 half, sign-extended.
                 let mut scs = [_mm256_setzero_si256(); 4];
                 for (k, sc) in scs.iter_mut().enumerate() {
-                    let v = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                        t.sc[8 * h + j + 2 * k].as_ptr().cast(),
-                    ));
-                    *sc = _mm256_srai_epi32(_mm256_slli_epi32(_mm256_and_si256(v, low), 16), 16);
+                    *sc = _mm256_srai_epi32(_mm256_slli_epi32(scv[j + 2 * k], 16), 16);
                 }
                 for (s, a) in sumi.iter_mut().zip(&acc) {
                     for (&ak, &sc) in a.iter().zip(&scs) {
                         *s = _mm256_add_epi32(*s, _mm256_mullo_epi32(ak, sc));
                     }
                 }
+            }
+            for n in 0..N {
+                sumi[n] = _mm256_sub_epi32(sumi[n], q6k_offset(&scv, &yb[n].bsums, h));
             }
         }
         sumi
