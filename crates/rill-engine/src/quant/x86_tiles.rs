@@ -348,6 +348,36 @@ unsafe fn q6k_offset(scv: &[__m256i; 8], bsums: &[i16; 16], h: usize) -> __m256i
     _mm256_slli_epi32(corr, 5)
 }
 
+/// A super-block format's tile kernel `$name::<N>` against Q8_K rows: `$body` folds tile `$t`
+/// and the N rows' blocks `$yb` into the 8-lane totals `$total`, super-block after super-block.
+macro_rules! ktile_kernel {
+    ($f:literal, $(#[$doc:meta])* $name:ident, $tile:ty, |$t:ident, $yb:ident, $total:ident| $body:block) => {
+        $(#[$doc])*
+        #[target_feature(enable = $f)]
+        pub unsafe fn $name<const N: usize>(
+            tiles: &[$tile],
+            y: [&[BlockQ8K]; N],
+            _meta: [ActMeta<'_>; N],
+        ) -> [[f32; TILE_ROWS]; N] {
+            let nb = tiles.len();
+            assert!(y.iter().all(|a| a.len() >= nb));
+            let mut $total = [_mm256_setzero_ps(); N];
+            for i in 0..nb {
+                // SAFETY (the unchecked indexing): i < nb, and every activation row has at least
+                // nb blocks (asserted above).
+                let $t = unsafe { tiles.get_unchecked(i) };
+                let $yb: [&BlockQ8K; N] = std::array::from_fn(|n| unsafe { y[n].get_unchecked(i) });
+                $body
+            }
+            let mut out = [[0f32; TILE_ROWS]; N];
+            for n in 0..N {
+                _mm256_storeu_ps(out[n].as_mut_ptr(), $total[n]);
+            }
+            out
+        }
+    };
+}
+
 /// Every format's tile kernels for one tier: `$f` its target features; the module around the
 /// invocation provides the integer primitives `rows_u` and `nibble_rows`.
 macro_rules! tile_kernels {
@@ -360,23 +390,15 @@ macro_rules! tile_kernels {
             rows_u(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
         }
 
-        /// Q4_K tiles against N Q8_K rows: `kquants::dot_q4k_q8k`'s arithmetic for 8 rows at
-        /// once. Per super-block and row the exact `sum(scale * sum(v * y))` (`q4k_pair`) and
-        /// `sum(min * bsum)` (one `madd` per two sub-blocks), then its two FMAs per lane.
-        #[target_feature(enable = $f)]
-        pub unsafe fn tiles_q4k<const N: usize>(
-            tiles: &[TileQ4K],
-            y: [&[BlockQ8K]; N],
-            _meta: [ActMeta<'_>; N],
-        ) -> [[f32; TILE_ROWS]; N] {
-            let nb = tiles.len();
-            assert!(y.iter().all(|a| a.len() >= nb));
-            let mut total = [_mm256_setzero_ps(); N];
-            for i in 0..nb {
-                // SAFETY (the unchecked indexing below): i < nb, and every activation row has
-                // at least nb blocks (asserted above).
-                let t = unsafe { tiles.get_unchecked(i) };
-                let yb: [&BlockQ8K; N] = std::array::from_fn(|n| unsafe { y[n].get_unchecked(i) });
+        ktile_kernel!(
+            $f,
+            /// Q4_K tiles against N Q8_K rows: `kquants::dot_q4k_q8k`'s arithmetic for 8 rows
+            /// at once. Per super-block and row the exact `sum(scale * sum(v * y))`
+            /// (`q4k_pair`) and `sum(min * bsum)` (one `madd` per two sub-blocks), then its two
+            /// FMAs per lane.
+            tiles_q4k,
+            TileQ4K,
+            |t, yb, total| {
                 let ys: [*const i8; N] = std::array::from_fn(|n| yb[n].qs.as_ptr());
                 let mut sumi = [_mm256_setzero_si256(); N];
                 for c in 0..4 {
@@ -397,39 +419,22 @@ macro_rules! tile_kernels {
                         summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m16, pair));
                     }
                     let yd = _mm256_set1_ps(yb[n].d);
-                    let t1 = _mm256_fmadd_ps(
-                        _mm256_mul_ps(dw, yd),
-                        _mm256_cvtepi32_ps(sumi[n]),
-                        total[n],
-                    );
+                    let t1 =
+                        _mm256_fmadd_ps(_mm256_mul_ps(dw, yd), _mm256_cvtepi32_ps(sumi[n]), total[n]);
                     total[n] =
                         _mm256_fnmadd_ps(_mm256_mul_ps(dm, yd), _mm256_cvtepi32_ps(summ), t1);
                 }
             }
-            let mut out = [[0f32; TILE_ROWS]; N];
-            for n in 0..N {
-                _mm256_storeu_ps(out[n].as_mut_ptr(), total[n]);
-            }
-            out
-        }
+        );
 
-        /// Q6_K tiles against N Q8_K rows: `kquants::dot_q6k_q8k`'s arithmetic for 8 rows at
-        /// once. Values are multiplied unsigned (`v + 32`, 0..=63) and each group's `32 *
-        /// scale * bsum` comes off exactly; per super-block one FMA per lane.
-        #[target_feature(enable = $f)]
-        pub unsafe fn tiles_q6k<const N: usize>(
-            tiles: &[TileQ6K],
-            y: [&[BlockQ8K]; N],
-            _meta: [ActMeta<'_>; N],
-        ) -> [[f32; TILE_ROWS]; N] {
-            let nb = tiles.len();
-            assert!(y.iter().all(|a| a.len() >= nb));
-            let mut total = [_mm256_setzero_ps(); N];
-            for i in 0..nb {
-                // SAFETY (the unchecked indexing below): i < nb, and every activation row has
-                // at least nb blocks (asserted above).
-                let t = unsafe { tiles.get_unchecked(i) };
-                let yb: [&BlockQ8K; N] = std::array::from_fn(|n| unsafe { y[n].get_unchecked(i) });
+        ktile_kernel!(
+            $f,
+            /// Q6_K tiles against N Q8_K rows: `kquants::dot_q6k_q8k`'s arithmetic for 8 rows
+            /// at once. Values are multiplied unsigned (`v + 32`, 0..=63) and each group's `32 *
+            /// scale * bsum` comes off exactly (`q6k_sums`); per super-block one FMA per lane.
+            tiles_q6k,
+            TileQ6K,
+            |t, yb, total| {
                 let sumi = q6k_sums(t, yb);
                 let dw = lanes_f16(&t.d);
                 for n in 0..N {
@@ -437,12 +442,7 @@ macro_rules! tile_kernels {
                     total[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[n]), total[n]);
                 }
             }
-            let mut out = [[0f32; TILE_ROWS]; N];
-            for n in 0..N {
-                _mm256_storeu_ps(out[n].as_mut_ptr(), total[n]);
-            }
-            out
-        }
+        );
 
         tile_kernel!(
             $f,
