@@ -564,3 +564,63 @@ fn quantized_kv_attention_matches_scalar_on_every_tier() {
         }
     }
 }
+
+/// The 16-row tile kernels of the 5-bit lane formats give every pair the scalar dot's bits,
+/// as the 1- and 4-row ones do (`tiles_round_trip_and_match_row_dots_on_every_tier`).
+#[test]
+fn sixteen_row_tiles_match_row_dots_on_every_tier() {
+    let mut rng = StdRng::seed_from_u64(23);
+    macro_rules! check16 {
+        ($tile:ty, $act:ty, $fmt:expr, $f16:ident, $dot:path, $fix:expr) => {{
+            let nb = 19;
+            let rows = rows_of(&mut rng, 11, nb, $fix);
+            let tiles = packed::<$tile>(&rows, nb);
+            let x = rand_f32(&mut rng, 16 * nb * QK, 3.0);
+            for k in Kernels::all_supported() {
+                let mut acts = QuantActs::new($fmt);
+                acts.quantize(&k, &x, 16, nb * QK);
+                let a: [&[$act]; 16] = std::array::from_fn(|t| unsafe_cast(acts.row(t)));
+                let m: [ActMeta<'_>; 16] = std::array::from_fn(|t| acts.row_meta(t));
+                for rt in 0..tiles.tile_rows {
+                    let got = (k.$f16)(tiles.tile_row::<$tile>(rt), a, m);
+                    for (t, row) in got.iter().enumerate() {
+                        for (j, v) in row.iter().enumerate() {
+                            let r = rt * TILE_ROWS + j;
+                            let want = if r < rows.len() {
+                                $dot(&rows[r], a[t])
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(
+                                v.to_bits(),
+                                want.to_bits(),
+                                "{} {} row {r} act {t}",
+                                k.tier,
+                                stringify!($tile)
+                            );
+                        }
+                    }
+                }
+            }
+        }};
+    }
+    check16!(
+        TileQ5_0,
+        BlockQ8_0,
+        ActFormat::Q8_0,
+        tile16_q5_0,
+        scalar::dot_q5_0_q8_0,
+        |b: &mut BlockQ5_0, r: &mut StdRng| b.d = f16r(r, -0.1, 0.1)
+    );
+    check16!(
+        TileQ5_1,
+        BlockQ8_1,
+        ActFormat::Q8_1,
+        tile16_q5_1,
+        scalar::dot_q5_1_q8_1,
+        |b: &mut BlockQ5_1, r: &mut StdRng| {
+            b.d = f16r(r, 0.0, 0.1);
+            b.m = f16r(r, -1.0, 0.0);
+        }
+    );
+}

@@ -419,17 +419,31 @@ impl<'a> QMatrix<'a> {
             }};
         }
         match self.dtype {
-            GgmlType::Q4_0 => self.tiled(k.tile1_q4_0, k.tile4_q4_0, acts, rows, out),
-            GgmlType::Q4_1 => self.tiled(k.tile1_q4_1, k.tile4_q4_1, acts, rows, out),
-            GgmlType::Q5_0 => self.tiled(k.tile1_q5_0, k.tile4_q5_0, acts, rows, out),
-            GgmlType::Q5_1 => self.tiled(k.tile1_q5_1, k.tile4_q5_1, acts, rows, out),
-            GgmlType::Q8_0 => self.tiled(k.tile1_q8_0, k.tile4_q8_0, acts, rows, out),
-            GgmlType::Iq4Nl => self.tiled(k.tile1_iq4nl, k.tile4_iq4nl, acts, rows, out),
+            GgmlType::Q4_0 => self.tiled(k.tile1_q4_0, k.tile4_q4_0, None, acts, rows, out),
+            GgmlType::Q4_1 => self.tiled(k.tile1_q4_1, k.tile4_q4_1, None, acts, rows, out),
+            GgmlType::Q5_0 => self.tiled(
+                k.tile1_q5_0,
+                k.tile4_q5_0,
+                Some(k.tile16_q5_0),
+                acts,
+                rows,
+                out,
+            ),
+            GgmlType::Q5_1 => self.tiled(
+                k.tile1_q5_1,
+                k.tile4_q5_1,
+                Some(k.tile16_q5_1),
+                acts,
+                rows,
+                out,
+            ),
+            GgmlType::Q8_0 => self.tiled(k.tile1_q8_0, k.tile4_q8_0, None, acts, rows, out),
+            GgmlType::Iq4Nl => self.tiled(k.tile1_iq4nl, k.tile4_iq4nl, None, acts, rows, out),
             GgmlType::Q2K => quad!(BlockQ2K, BlockQ8K, k.dot_q2k_q8k, k.dot4_q2k_q8k),
             GgmlType::Q3K => quad!(BlockQ3K, BlockQ8K, k.dot_q3k_q8k, k.dot4_q3k_q8k),
-            GgmlType::Q4K => self.tiled(k.tile1_q4k, k.tile4_q4k, acts, rows, out),
+            GgmlType::Q4K => self.tiled(k.tile1_q4k, k.tile4_q4k, None, acts, rows, out),
             GgmlType::Q5K => quad!(BlockQ5K, BlockQ8K, k.dot_q5k_q8k, k.dot4_q5k_q8k),
-            GgmlType::Q6K => self.tiled(k.tile1_q6k, k.tile4_q6k, acts, rows, out),
+            GgmlType::Q6K => self.tiled(k.tile1_q6k, k.tile4_q6k, None, acts, rows, out),
             GgmlType::Iq4Xs => quad!(BlockIq4Xs, BlockQ8K, k.dot_iq4xs_q8k, k.dot4_iq4xs_q8k),
             GgmlType::F16 => run!(u16, u16, k.dot_f16_f16),
             GgmlType::Bf16 => run!(u16, u16, k.dot_bf16),
@@ -442,10 +456,12 @@ impl<'a> QMatrix<'a> {
     /// (8 weight rows) against 4 activation rows per call, leftovers one by one (the same bits
     /// either way). The tile rows of `rows` are computed whole; outputs outside `rows` (of a
     /// range that does not start or end on a multiple of 8) are dropped.
+    #[allow(clippy::too_many_arguments)] // one driver: the three batch shapes plus the data
     fn tiled<T: repack::Tiled, A: ActBlock>(
         &self,
         f1: dispatch::TileMul<T, A, 1>,
         f4: dispatch::TileMul<T, A, 4>,
+        f16: Option<dispatch::TileMul<T, A, 16>>,
         acts: &QuantActs,
         rows: std::ops::Range<usize>,
         out: &mut dyn FnMut(usize, usize, &[f32]),
@@ -473,6 +489,16 @@ impl<'a> QMatrix<'a> {
                     prefetch(tiles.tile_row::<T>(rt + 1));
                 }
                 let mut j = 0;
+                if let Some(f16) = f16 {
+                    while j + 16 <= n {
+                        let y: [&[A]; 16] = std::array::from_fn(|i| ys[j + i]);
+                        let m: [ActMeta<'_>; 16] = std::array::from_fn(|i| ms[j + i]);
+                        for (i, v) in f16(w, y, m).iter().enumerate() {
+                            emit(a0 + j + i, rt, v);
+                        }
+                        j += 16;
+                    }
+                }
                 while j + 4 <= n {
                     let v = f4(
                         w,
