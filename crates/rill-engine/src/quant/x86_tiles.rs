@@ -348,6 +348,36 @@ unsafe fn q6k_offset(scv: &[__m256i; 8], bsums: &[i16; 16], h: usize) -> __m256i
     _mm256_slli_epi32(corr, 5)
 }
 
+/// A Q6_K tile's `sum(scale * sum(v * y))` per row (lane) against N activation blocks,
+/// computed on `u = v + 32`: per 4-value group one `maddubs` (pairs at most 2 * 63 * 127 =
+/// 16002) and a `madd` by the group's scale, added in i32; the offset off at the end.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6k_sums_madd<const N: usize>(t: &TileQ6K, yb: [&BlockQ8K; N]) -> [__m256i; N] {
+    let mut sumi = [_mm256_setzero_si256(); N];
+    for h in 0..2 {
+        let scv = q6k_scales(t, h);
+        for q in 0..8 {
+            let u = q6k_quad(t, h, q);
+            for (k, &uk) in u.iter().enumerate() {
+                let sc = scv[q / 4 + 2 * k];
+                for n in 0..N {
+                    // SAFETY: 128h + 4q + 32k + 4 <= 256, inside the block's quants.
+                    let a = group(
+                        unsafe { yb[n].qs.as_ptr().add(128 * h + 4 * q + 32 * k) },
+                        0,
+                    );
+                    sumi[n] = _mm256_add_epi32(sumi[n], _mm256_madd_epi16(pairs_u(uk, a), sc));
+                }
+            }
+        }
+        for n in 0..N {
+            sumi[n] = _mm256_sub_epi32(sumi[n], q6k_offset(&scv, &yb[n].bsums, h));
+        }
+    }
+    sumi
+}
+
 /// A super-block format's tile kernel `$name::<N>` against Q8_K rows: `$body` folds tile `$t`
 /// and the N rows' blocks `$yb` into the 8-lane totals `$total`, super-block after super-block.
 macro_rules! ktile_kernel {
@@ -598,34 +628,11 @@ pub mod avx2 {
         out
     }
 
-    /// A Q6_K tile's `sum(scale * sum(v * y))` per row (lane) against N activation blocks,
-    /// computed on `u = v + 32`: per 4-value group one `maddubs` (pairs at most 2 * 63 * 127 =
-    /// 16002) and a `madd` by the group's scale, added in i32; the offset off at the end.
+    /// [`q6k_sums_madd`].
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn q6k_sums<const N: usize>(t: &TileQ6K, yb: [&BlockQ8K; N]) -> [__m256i; N] {
-        let mut sumi = [_mm256_setzero_si256(); N];
-        for h in 0..2 {
-            let scv = q6k_scales(t, h);
-            for q in 0..8 {
-                let u = q6k_quad(t, h, q);
-                for (k, &uk) in u.iter().enumerate() {
-                    let sc = scv[q / 4 + 2 * k];
-                    for n in 0..N {
-                        // SAFETY: 128h + 4q + 32k + 4 <= 256, inside the block's quants.
-                        let a = group(
-                            unsafe { yb[n].qs.as_ptr().add(128 * h + 4 * q + 32 * k) },
-                            0,
-                        );
-                        sumi[n] = _mm256_add_epi32(sumi[n], _mm256_madd_epi16(pairs_u(uk, a), sc));
-                    }
-                }
-            }
-            for n in 0..N {
-                sumi[n] = _mm256_sub_epi32(sumi[n], q6k_offset(&scv, &yb[n].bsums, h));
-            }
-        }
-        sumi
+        q6k_sums_madd(t, yb)
     }
 
     tile_kernels!("avx2,fma,f16c");
@@ -693,6 +700,11 @@ pub mod vnni {
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     #[inline]
     unsafe fn q6k_sums<const N: usize>(t: &TileQ6K, yb: [&BlockQ8K; N]) -> [__m256i; N] {
+        if N == 1 {
+            // One row (decode): per-group `madd` by the scale beats accumulate-then-multiply
+            // (`rill bench-engine --kernels avx2|avx512` on the Q6_K file).
+            return q6k_sums_madd(t, yb);
+        }
         let mut sumi = [_mm256_setzero_si256(); N];
         for h in 0..2 {
             let scv = q6k_scales(t, h);
