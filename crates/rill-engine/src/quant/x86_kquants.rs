@@ -1,13 +1,14 @@
-//! x86-64 SIMD kernels of the 256-element super-block formats (Q2_K..Q6_K, IQ4_XS) against Q8_K
+//! x86-64 SIMD kernels of the super-block formats that are not tiled (Q2_K, Q3_K, Q5_K, IQ4_XS;
+//! Q4_K and Q6_K run on `x86_tiles`) against Q8_K
 //! activations, for N activation rows at once: each weight super-block is decoded once (values
 //! as 8 vectors of 32 bytes, an i16 scale vector per 32 values) and used for all N rows.
 //!
 //! The arithmetic is `kquants`' exactly: integer sums per super-block (any lane order gives the
 //! same integer), then the same float folds, so every tier and every N give the reference's bits.
-//! Formats whose values are signed but small (Q3_K, Q6_K) are multiplied as `value + offset`
+//! Formats whose values are signed but small (Q3_K) are multiplied as `value + offset`
 //! (unsigned) and the offset's share is taken off exactly with the activation block sums;
-//! IQ4_XS values use the sign trick. No `maddubs` here can saturate: |u8 * i8 pair| <= 2 * 63 *
-//! 127 (Q6_K) or 2 * 127 * 127 (IQ4_XS) < 32768.
+//! IQ4_XS values use the sign trick. No `maddubs` here can saturate: |u8 * i8 pair| <= 2 * 31 *
+//! 127 (Q5_K) or 2 * 127 * 127 (IQ4_XS) < 32768.
 //!
 //! SAFETY contract as in `x86`: the caller checked the tier's CPU features and that every
 //! activation row has at least as many blocks as the weight row.
@@ -211,14 +212,6 @@ macro_rules! kquant_kernels {
             }
 
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4k_q8k<const N: usize>(
-                x: &[BlockQ4K],
-                y: [&[BlockQ8K]; N],
-            ) -> [f32; N] {
-                q45k!(x, y, N, |xb, c| {} high _mm256_setzero_si256())
-            }
-
-            #[target_feature(enable = $features)]
             pub unsafe fn dot_q5k_q8k<const N: usize>(
                 x: &[BlockQ5K],
                 y: [&[BlockQ8K]; N],
@@ -226,32 +219,6 @@ macro_rules! kquant_kernels {
                 q45k!(x, y, N, |xb, c| {
                     let qh = _mm256_loadu_si256(xb.qh.as_ptr().cast());
                 } high high_bit(qh, c, 16))
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot_q6k_q8k<const N: usize>(
-                x: &[BlockQ6K],
-                y: [&[BlockQ8K]; N],
-            ) -> [f32; N] {
-                let m4 = _mm256_set1_epi8(0x0f);
-                let m3 = _mm256_set1_epi8(3);
-                superblocks!(x, y, N, |xb| {
-                    // value + 32: four bits from `ql`, two from `qh` (see `kquants::q6k_values`).
-                    let vals: [__m256i; 8] = per_chunk!(|c| {
-                        let (half, k) = (c / 4, c % 4);
-                        let ql = _mm256_loadu_si256(
-                            xb.ql.as_ptr().add(64 * half + 32 * (k % 2)).cast(),
-                        );
-                        let qh = _mm256_loadu_si256(xb.qh.as_ptr().add(32 * half).cast());
-                        let low = bits_at(ql, 4 * (k / 2) as i32, m4);
-                        let high = bits_at(qh, 2 * k as i32, m3);
-                        _mm256_or_si256(low, _mm256_slli_epi16(high, 4))
-                    });
-                    let (scs, sc16) = group16_scales(&xb.scales);
-                    let d = fp16(xb.d);
-                } => (vals, scs), unsigned, |yb, sumi, t| {
-                    fold(t, d * yb.d, sumi - 32 * bsum_dot(yb, sc16))
-                })
             }
 
             #[target_feature(enable = $features)]
