@@ -246,7 +246,6 @@ macro_rules! with_slots {
 
 /// The key and value buffers of every token slot, in one [`KvType`].
 pub struct KvStore {
-    kv_type: KvType,
     head_dim: usize,
     bufs: Buffers,
 }
@@ -259,15 +258,7 @@ impl KvStore {
             KvType::Q8_0 => Buffers::Q8_0(Slots::new(kv_dim, slots)),
             KvType::Q4_0 => Buffers::Q4_0(Slots::new(kv_dim, slots)),
         };
-        Self {
-            kv_type,
-            head_dim,
-            bufs,
-        }
-    }
-
-    pub fn kv_type(&self) -> KvType {
-        self.kv_type
+        Self { head_dim, bufs }
     }
 
     /// Copies `n` slots from `src ..` over `dst ..`.
