@@ -132,7 +132,7 @@ fn step(model: &str, batch: usize) {
         e.step(&[StepItem {
             seq: s,
             tokens: &prompt,
-            want_logits: false,
+            logits: 0,
         }])
         .unwrap();
     }
@@ -142,7 +142,7 @@ fn step(model: &str, batch: usize) {
         .map(|&s| StepItem {
             seq: s,
             tokens: &tok,
-            want_logits: true,
+            logits: 1,
         })
         .collect();
     measured_step(&mut e, &items);

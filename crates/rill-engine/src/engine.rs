@@ -37,8 +37,9 @@ pub struct EngineConfig {
 pub struct StepItem<'a> {
     pub seq: SeqId,
     pub tokens: &'a [u32],
-    /// Return logits for the last token of this item.
-    pub want_logits: bool,
+    /// Return logits for the last `logits` tokens of this item (0: none; 1: the next-token
+    /// distribution; more: one row per position, as speculative verification needs).
+    pub logits: usize,
 }
 
 pub struct Engine {
@@ -178,8 +179,8 @@ impl Engine {
         self.kv.truncate(seq, len)
     }
 
-    /// Runs one batched forward pass. Returns one row of `vocab_size` logits per item with
-    /// `want_logits`, in item order. All-or-nothing: on error no sequence changed.
+    /// Runs one batched forward pass. Returns `logits` rows of `vocab_size` logits per item, in
+    /// item and position order. All-or-nothing: on error no sequence changed.
     pub fn step(&mut self, items: &[StepItem<'_>]) -> Result<StepLogits<'_>> {
         let n_ctx = self.model.config().context_length;
         let vocab = self.model.config().vocab_size;
@@ -189,6 +190,14 @@ impl Engine {
                 .kv
                 .seq_len(it.seq)
                 .ok_or(EngineError::UnknownSequence(it.seq.0))?;
+            if it.logits > it.tokens.len() {
+                return Err(EngineError::InvalidInput(format!(
+                    "step item for sequence {} asks logits for {} of its {} tokens",
+                    it.seq.0,
+                    it.logits,
+                    it.tokens.len()
+                )));
+            }
             if it.tokens.is_empty() {
                 return Err(EngineError::InvalidInput(format!(
                     "step item for sequence {} has no tokens",
@@ -229,9 +238,7 @@ impl Engine {
                 positions.push(start + j);
                 table_of_token.push(i);
             }
-            if it.want_logits {
-                logit_rows.push(tokens.len() - 1);
-            }
+            logit_rows.extend(tokens.len() - it.logits..tokens.len());
         }
         let token_tables: Vec<&[BlockId]> = table_of_token
             .iter()

@@ -84,7 +84,7 @@ fn run(
         let out = engine.step(&[StepItem {
             seq,
             tokens: part,
-            want_logits: last,
+            logits: usize::from(last),
         }])?;
         if last {
             logits = out.row(0).to_vec();
@@ -121,7 +121,7 @@ fn run(
         let out = engine.step(&[StepItem {
             seq,
             tokens: &[id],
-            want_logits: true,
+            logits: 1,
         }])?;
         logits.clear();
         logits.extend_from_slice(out.row(0));

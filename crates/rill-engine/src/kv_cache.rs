@@ -122,32 +122,27 @@ fn chain_hash(parent: u64, tokens: &[u32]) -> u64 {
     h.finish()
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct SeqState {
     blocks: Vec<BlockId>,
-    len: usize,
-    /// Chain hash after the last full block.
-    hash: u64,
-    /// Tokens of the current partial block (for registering it once full).
-    tail: Vec<u32>,
-    /// False once the token history is unknown (after truncating mid-block): nothing more of
-    /// this sequence is registered in the prefix cache.
-    cacheable: bool,
+    /// Every token of the sequence (attached prefix included): what a truncated sequence
+    /// registers again once its partial block fills.
+    tokens: Vec<u32>,
+    /// Chain hash after each full block (`tokens.len() / BLOCK_TOKENS` of them).
+    hashes: Vec<u64>,
     /// First block index this sequence's window still covers (it counts in `window_holders`
     /// of blocks from here on). 0 without windowed layers.
     window_from: usize,
 }
 
-impl Default for SeqState {
-    fn default() -> Self {
-        Self {
-            blocks: Vec::new(),
-            len: 0,
-            hash: ROOT_HASH,
-            tail: Vec::new(),
-            cacheable: true,
-            window_from: 0,
-        }
+impl SeqState {
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Chain hash after the last full block.
+    fn hash(&self) -> u64 {
+        self.hashes.last().copied().unwrap_or(ROOT_HASH)
     }
 }
 
@@ -338,7 +333,7 @@ impl KvCache {
             .seqs
             .get(&id)
             .ok_or(EngineError::UnknownSequence(id.0))?;
-        if s.len != 0 {
+        if s.len() != 0 {
             return Err(EngineError::InvalidInput(format!(
                 "sequence {} is not empty; a prefix attaches only to a new sequence",
                 id.0
@@ -386,24 +381,27 @@ impl KvCache {
             .ok_or(EngineError::UnknownSequence(id.0))?;
         for &(b, h) in &found {
             s.blocks.push(b);
-            s.hash = h;
+            s.hashes.push(h);
         }
-        s.len = len;
+        s.tokens.extend_from_slice(&tokens[..len]);
         s.window_from = window_from;
         self.prefix_hit_blocks += found.len() as u64;
         Ok(len)
     }
 
     /// Shortens a sequence to `len` tokens (e.g. rejected speculative tokens), freeing blocks
-    /// no longer needed. A kept partial block that is shared is copied first. A sequence with
-    /// windowed layers can go back at most [`ROLLBACK_SLACK`] tokens past what its window
-    /// released; further is refused (nothing changed).
+    /// no longer needed. A block that loses tokens leaves the prefix cache if this sequence was
+    /// its only holder (its cached content held tokens the sequence no longer has), so a
+    /// rollback leaves the cache as if those tokens had never been computed; a kept partial
+    /// block that is still shared is copied first. A sequence with windowed layers can go back
+    /// at most [`ROLLBACK_SLACK`] tokens past what its window released; further is refused
+    /// (nothing changed).
     pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
         let s = self
             .seqs
             .get(&id)
             .ok_or(EngineError::UnknownSequence(id.0))?;
-        if len >= s.len {
+        if len >= s.len() {
             return Ok(());
         }
         let keep = len.div_ceil(BLOCK_TOKENS);
@@ -419,10 +417,16 @@ impl KvCache {
             return Err(EngineError::InvalidInput(format!(
                 "sequence {} cannot be truncated from {} to {len} tokens: its sliding-window \
                  layers released the keys that far back",
-                id.0, s.len
+                id.0,
+                s.len()
             )));
         }
-        for &b in &s.blocks[back.clone()] {
+        let losing: Vec<BlockId> = s.blocks[len / BLOCK_TOKENS..].to_vec();
+        let covered_again: Vec<BlockId> = s.blocks[back].to_vec();
+        for b in losing {
+            self.unregister_private(b);
+        }
+        for b in covered_again {
             self.window_holders[b.0 as usize] += 1;
         }
         let s = self
@@ -430,32 +434,11 @@ impl KvCache {
             .get_mut(&id)
             .ok_or(EngineError::UnknownSequence(id.0))?;
         s.window_from = old_from.min(need);
-        let old_len = s.len;
-        s.len = len;
+        s.tokens.truncate(len);
+        s.hashes.truncate(len / BLOCK_TOKENS);
         let dropped: Vec<BlockId> = s.blocks.drain(keep..).collect();
         // Dropped blocks the window covered lose this holder.
         let dropped_from = old_from.max(keep);
-        let full_blocks = len / BLOCK_TOKENS;
-        let within_tail = old_len / BLOCK_TOKENS == full_blocks;
-        if within_tail {
-            s.tail.truncate(len % BLOCK_TOKENS);
-        } else {
-            // The token history of the new partial block is gone: stop registering.
-            s.cacheable = s.cacheable && len.is_multiple_of(BLOCK_TOKENS);
-            s.tail.clear();
-            if s.cacheable {
-                s.hash = s
-                    .blocks
-                    .last()
-                    .and_then(|b| self.block_hash[b.0 as usize])
-                    .unwrap_or(ROOT_HASH);
-                // Only exact if the last kept block is registered; otherwise give up.
-                s.cacheable = s.blocks.is_empty()
-                    || s.blocks
-                        .last()
-                        .is_some_and(|b| self.block_hash[b.0 as usize].is_some());
-            }
-        }
         let partial = (!len.is_multiple_of(BLOCK_TOKENS)).then(|| s.blocks[keep - 1]);
         if self.window.is_some() {
             for (j, b) in dropped.iter().enumerate() {
@@ -473,6 +456,19 @@ impl KvCache {
             }
         }
         Ok(())
+    }
+
+    /// Takes block `b` out of the prefix cache if it is registered and one sequence is its only
+    /// other holder (the caller's): its content is about to change.
+    fn unregister_private(&mut self, b: BlockId) {
+        let i = b.0 as usize;
+        if self.refcount[i] != 2 {
+            return;
+        }
+        if let Some(h) = self.block_hash[i].take() {
+            self.prefix.remove(&h);
+            self.refcount[i] -= 1;
+        }
     }
 
     /// Replaces block `idx` of a sequence by a private copy.
@@ -595,7 +591,7 @@ impl KvCache {
     /// Blocks (by index in the sequence) whose windowed pages `id` no longer needs at its
     /// current length, with whether the sequence is their last window holder.
     fn out_of_window(&self, s: &SeqState) -> std::ops::Range<usize> {
-        let to = self.first_windowed_block(s.len).min(s.blocks.len());
+        let to = self.first_windowed_block(s.len()).min(s.blocks.len());
         s.window_from.min(to)..to
     }
 
@@ -630,7 +626,7 @@ impl KvCache {
     }
 
     pub fn seq_len(&self, id: SeqId) -> Option<usize> {
-        self.seqs.get(&id).map(|s| s.len)
+        self.seqs.get(&id).map(|s| s.len())
     }
 
     pub fn contains(&self, id: SeqId) -> bool {
@@ -642,7 +638,7 @@ impl KvCache {
     fn pages_needed(&self, id: SeqId, new_tokens: usize) -> usize {
         let s = self.seqs.get(&id);
         let have = s.map_or(0, |s| s.blocks.len());
-        let len = s.map_or(0, |s| s.len);
+        let len = s.map_or(0, |s| s.len());
         let new_blocks = (len + new_tokens)
             .div_ceil(BLOCK_TOKENS)
             .saturating_sub(have);
@@ -687,7 +683,7 @@ impl KvCache {
         let Some(s) = self.seqs.get(&id) else {
             return Err(EngineError::UnknownSequence(id.0));
         };
-        let n_new = (s.len + tokens.len())
+        let n_new = (s.len() + tokens.len())
             .div_ceil(BLOCK_TOKENS)
             .saturating_sub(s.blocks.len());
         let new_blocks: Vec<BlockId> = (0..n_new).map(|_| self.take_block()).collect();
@@ -700,23 +696,17 @@ impl KvCache {
             return Err(EngineError::UnknownSequence(id.0));
         };
         s.blocks.extend(new_blocks);
-        let start = s.len;
-        s.len += tokens.len();
-        if !s.cacheable {
-            return Ok(start);
-        }
-        let mut pos = start;
+        let start = s.len();
         let mut filled = Vec::new();
         for &t in tokens {
-            s.tail.push(t);
-            pos += 1;
-            if s.tail.len() == BLOCK_TOKENS {
-                let h = chain_hash(s.hash, &s.tail);
+            s.tokens.push(t);
+            if s.tokens.len().is_multiple_of(BLOCK_TOKENS) {
+                let parent = s.hash();
                 let mut toks = [0u32; BLOCK_TOKENS];
-                toks.copy_from_slice(&s.tail);
-                filled.push((s.blocks[pos / BLOCK_TOKENS - 1], s.hash, h, toks));
-                s.hash = h;
-                s.tail.clear();
+                toks.copy_from_slice(&s.tokens[s.tokens.len() - BLOCK_TOKENS..]);
+                let h = chain_hash(parent, &toks);
+                s.hashes.push(h);
+                filled.push((s.blocks[s.hashes.len() - 1], parent, h, toks));
             }
         }
         for (b, parent, h, tokens) in filled {

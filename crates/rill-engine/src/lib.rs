@@ -22,6 +22,6 @@ pub use detokenizer::{Detokenizer, Released};
 pub use engine::{Engine, EngineConfig, StepItem, StepLogits};
 pub use error::{EngineError, Result};
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
-pub use kv_cache::{KvStats, KvType, SeqId, BLOCK_TOKENS};
+pub use kv_cache::{KvStats, KvType, SeqId, BLOCK_TOKENS, ROLLBACK_SLACK};
 pub use sampler::{SampledToken, Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -130,7 +130,7 @@ fn a_llama_sliding_window_is_honoured() {
             e.step(&[StepItem {
                 seq,
                 tokens,
-                want_logits: true,
+                logits: 1,
             }])
             .unwrap()
             .row(0),

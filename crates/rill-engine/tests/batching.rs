@@ -81,13 +81,13 @@ fn batched_decode_equals_solo_decode() {
                 items.push(StepItem {
                     seq: *s,
                     tokens: &ids[i],
-                    want_logits: true,
+                    logits: 1,
                 });
             } else if let Some(t) = &next[i] {
                 items.push(StepItem {
                     seq: *s,
                     tokens: std::slice::from_ref(t),
-                    want_logits: true,
+                    logits: 1,
                 });
             }
             who.push(i);
@@ -123,13 +123,13 @@ fn step_errors_leave_state_unchanged() {
     let bad = engine.step(&[StepItem {
         seq: SeqId(1),
         tokens: &[u32::MAX],
-        want_logits: true,
+        logits: 1,
     }]);
     assert!(bad.is_err());
     let unknown = engine.step(&[StepItem {
         seq: SeqId(9),
         tokens: &[1],
-        want_logits: true,
+        logits: 1,
     }]);
     assert!(unknown.is_err());
     assert_eq!(engine.kv_stats(), before);

@@ -95,7 +95,7 @@ fn gemma3_releases_the_pages_behind_its_window_and_stays_exact() {
             .step(&[StepItem {
                 seq: SeqId(1),
                 tokens: c,
-                want_logits: i + 1 == n,
+                logits: usize::from(i + 1 == n),
             }])
             .unwrap();
         if i + 1 == n {
@@ -111,7 +111,7 @@ fn gemma3_releases_the_pages_behind_its_window_and_stays_exact() {
             .step(&[StepItem {
                 seq: SeqId(1),
                 tokens: &t,
-                want_logits: true,
+                logits: 1,
             }])
             .unwrap()
             .row(0)
@@ -138,7 +138,7 @@ fn gemma3_releases_the_pages_behind_its_window_and_stays_exact() {
         e.step(&[StepItem {
             seq: SeqId(2),
             tokens: &prompt,
-            want_logits: true,
+            logits: 1,
         }])
         .unwrap()
         .row(0),
@@ -148,7 +148,7 @@ fn gemma3_releases_the_pages_behind_its_window_and_stays_exact() {
             e.step(&[StepItem {
                 seq: SeqId(2),
                 tokens: &[t],
-                want_logits: true,
+                logits: 1,
             }])
             .unwrap()
             .row(0),
@@ -165,7 +165,7 @@ fn gemma3_releases_the_pages_behind_its_window_and_stays_exact() {
         .step(&[StepItem {
             seq: SeqId(3),
             tokens: &prompt[reused..],
-            want_logits: true,
+            logits: 1,
         }])
         .unwrap();
     assert_eq!(bits(l.row(0)), decode1[0], "attached prefix vs computed");

@@ -6,6 +6,7 @@ use rill_engine::sysinfo::MachineInfo;
 
 use crate::controller::ControllerConfig;
 use crate::memory::MemoryLimits;
+use crate::speculative::SpecConfig;
 
 /// Defaults rill derives from the machine.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,6 +63,8 @@ pub struct SchedulerConfig {
     pub max_consumer_stall: Duration,
     /// Share KV blocks of identical prompt prefixes.
     pub prefix_cache: bool,
+    /// Speculative decoding (prompt-lookup drafts verified in the batched step).
+    pub spec: SpecConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -83,6 +86,7 @@ impl Default for SchedulerConfig {
             max_pending_tokens: 1024,
             max_consumer_stall: Duration::from_secs(30),
             prefix_cache: true,
+            spec: SpecConfig::default(),
         }
     }
 }
@@ -133,7 +137,7 @@ impl SchedulerConfig {
         if self.stream_capacity == 0 {
             return bad("stream_capacity", "0 (must be at least 1)".into());
         }
-        Ok(())
+        self.spec.validate()
     }
 
     pub(crate) fn controller(&self) -> ControllerConfig {

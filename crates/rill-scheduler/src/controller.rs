@@ -40,6 +40,8 @@ pub struct ControllerConfig {
 #[derive(Debug, Clone, Copy)]
 pub struct StepSample {
     pub decode_rows: usize,
+    /// Speculative draft tokens verified beside the decode rows (rows like any other).
+    pub draft_rows: usize,
     pub prefill_tokens: usize,
     /// Positions attended, summed over all rows of the step.
     pub attended: f64,
@@ -147,6 +149,19 @@ impl BatchController {
         fixed + per_row * rows as f64 + per_kpos * attended / 1000.0
     }
 
+    /// The fitted cost of one more row, for speculative draft planning.
+    pub fn step_cost(&self) -> crate::speculative::StepCost {
+        crate::speculative::StepCost {
+            per_row_ms: self.theta[1],
+            per_kpos_ms: self.theta[2],
+        }
+    }
+
+    /// Whether the limits adapt to the latency target (false: fixed caps, no step budget).
+    pub fn adaptive(&self) -> bool {
+        self.cfg.adaptive
+    }
+
     /// Predicted extra time of `n` prompt tokens appended at position `start`.
     pub fn chunk_ms(&self, n: usize, start: usize) -> f64 {
         let [_, per_row, per_kpos] = self.theta;
@@ -218,15 +233,16 @@ impl BatchController {
         if !self.cfg.adaptive || !s.duration_ms.is_finite() || s.duration_ms <= 0.0 {
             return;
         }
-        let rows = (s.decode_rows + s.prefill_tokens) as f64;
-        let predicted = self.predict_ms(s.decode_rows + s.prefill_tokens, s.attended);
+        let rows = s.decode_rows + s.draft_rows + s.prefill_tokens;
+        let predicted = self.predict_ms(rows, s.attended);
+        let rows = rows as f64;
         if predicted > 0.0 {
             self.bias = 0.8 * self.bias + 0.2 * (s.duration_ms / predicted - 1.0);
         }
         self.fit_update([1.0, rows, s.attended / 1000.0], s.duration_ms);
         let mut decode_attended = 0.0;
         if s.decode_rows > 0 {
-            if s.prefill_tokens == 0 {
+            if s.prefill_tokens == 0 && s.draft_rows == 0 {
                 let per_seq = s.attended / s.decode_rows as f64;
                 self.decode_context = 0.9 * self.decode_context + 0.1 * per_seq;
                 decode_attended = s.attended;
@@ -385,6 +401,7 @@ mod tests {
         });
         c.observe(StepSample {
             decode_rows: 12,
+            draft_rows: 0,
             prefill_tokens: 0,
             attended: 1200.0,
             duration_ms: 500.0,

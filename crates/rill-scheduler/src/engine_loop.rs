@@ -2,8 +2,9 @@
 //! pool). Every iteration it takes in control messages, drops cancelled and failed streams,
 //! admits waiting requests while the controller and the memory monitor allow, plans one step
 //! (every running sequence's decode token plus prefill chunks within the controller's budget,
-//! preempting the newest sequences if the KV pool cannot hold the step), runs it, samples,
-//! detokenizes and hands tokens to each request's outbox. It never blocks on a consumer.
+//! preempting the newest sequences if the KV pool cannot hold the step, and speculative draft
+//! rows where the cost model says they pay), runs it, samples and verifies, detokenizes and
+//! hands tokens to each request's outbox. It never blocks on a consumer.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,15 +21,30 @@ use crate::handle::{Control, Shared, Submission};
 use crate::memory::{PressureLevel, PressureMonitor};
 use crate::queue::WaitQueue;
 use crate::request::{ErrorCode, Event, FinishReason, RequestId};
-use crate::sequence::Sequence;
+use crate::sequence::{Sequence, SpecState};
+use crate::speculative::{plan_drafts, Acceptance, DraftCandidate, NgramIndex, SpecMode};
 use crate::stats::SchedulerStats;
 
 /// One sequence's share of a planned step.
 struct Planned {
     id: RequestId,
     start: usize,
+    /// Tokens of the sequence's context in the step (the draft comes on top).
     len: usize,
-    want_logits: bool,
+    /// Speculative tokens after the decode token, to verify.
+    draft: Vec<u32>,
+    /// Whether the step samples for this sequence (its last context token is in it).
+    sample: bool,
+}
+
+impl Planned {
+    fn logits(&self) -> usize {
+        if self.sample {
+            1 + self.draft.len()
+        } else {
+            0
+        }
+    }
 }
 
 /// What ends a sequence after a step.
@@ -183,6 +199,13 @@ impl EngineLoop {
         } = s;
         let mut sampler = Sampler::new(request.sampling);
         sampler.accept(&request.prompt);
+        let spec =
+            (self.cfg.spec.mode == SpecMode::Ngram && request.speculative).then(|| SpecState {
+                index: NgramIndex::new(self.cfg.spec.ngram_min, self.cfg.spec.ngram_max),
+                acceptance: Acceptance::default(),
+                drafted: 0,
+                accepted: 0,
+            });
         let seq = Sequence {
             seq: self.new_seq_id(),
             prompt_len: request.prompt.len(),
@@ -202,6 +225,7 @@ impl EngineLoop {
             gaps: Vec::new(),
             preemptions: 0,
             cached_tokens: 0,
+            spec,
         };
         self.arrivals += 1;
         self.queue.push(seq.priority, seq.arrival, id);
@@ -394,7 +418,8 @@ impl EngineLoop {
                     id,
                     start: s.computed,
                     len: 1,
-                    want_logits: true,
+                    draft: Vec::new(),
+                    sample: true,
                 });
             }
         }
@@ -450,16 +475,26 @@ impl EngineLoop {
                 id,
                 start,
                 len: n,
-                want_logits: start + n == s.context.len(),
+                draft: Vec::new(),
+                sample: start + n == s.context.len(),
             });
         }
         if plan.is_empty() {
             return;
         }
+        let planned_blocks = self
+            .engine
+            .kv_stats()
+            .available_blocks()
+            .saturating_sub(blocks_left);
+        let step_ms = c.predict_ms(decode.len() + prefill_tokens, attended_total);
+        let (draft_rows, draft_attended) =
+            self.add_drafts(&mut plan[..decode.len()], step_ms, planned_blocks);
         let sample = StepSample {
             decode_rows: decode.len(),
+            draft_rows,
             prefill_tokens,
-            attended: attended_total,
+            attended: attended_total + draft_attended,
             duration_ms: 0.0,
             interval_ms: None,
         };
@@ -469,16 +504,123 @@ impl EngineLoop {
         }
     }
 
+    /// Gives the decode rows in `plan` speculative drafts where they pay: each speculating
+    /// sequence offers what its n-gram index proposes (within its token and context limits),
+    /// the controller's cost model picks the lengths ([`plan_drafts`], within the step budget
+    /// when adaptive), and drafts take only free KV blocks (never evicting the prefix cache, so
+    /// a rejected draft leaves the pool as plain decoding would). `step_ms` is the step's
+    /// predicted time without drafts and `planned_blocks` the blocks it already takes. Returns
+    /// the draft rows and the positions they attend.
+    fn add_drafts(
+        &mut self,
+        decode: &mut [Planned],
+        step_ms: f64,
+        planned_blocks: usize,
+    ) -> (usize, f64) {
+        if self.cfg.spec.mode == SpecMode::Off || decode.is_empty() {
+            return (0, 0.0);
+        }
+        let n_ctx = self.engine.config().context_length;
+        let mut candidates = Vec::new();
+        let mut offered_by = Vec::new();
+        for (i, p) in decode.iter_mut().enumerate() {
+            let Some(s) = self.seqs.get_mut(&p.id) else {
+                continue;
+            };
+            // A step yields at most draft + 1 tokens, and the KV holds the context plus draft.
+            let room = s
+                .max_tokens
+                .saturating_sub(s.generated() + 1)
+                .min(n_ctx.saturating_sub(s.context.len()))
+                .min(self.cfg.spec.max_draft);
+            let Some(spec) = s.spec.as_mut() else {
+                continue;
+            };
+            if room > 0 {
+                spec.index.draft(&s.context, room, &mut p.draft);
+            }
+            if p.draft.is_empty() {
+                spec.acceptance.idle();
+                continue;
+            }
+            candidates.push(DraftCandidate {
+                attended: s.computed + 1,
+                rate: spec.acceptance.rate(),
+                offered: p.draft.len(),
+            });
+            offered_by.push(i);
+        }
+        if candidates.is_empty() {
+            return (0, 0.0);
+        }
+        let budget = self
+            .controller
+            .adaptive()
+            .then(|| self.controller.budget_ms());
+        let lengths = plan_drafts(
+            self.controller.step_cost(),
+            decode.len() as f64,
+            step_ms,
+            budget,
+            &candidates,
+        );
+        let mut free = self
+            .engine
+            .kv_stats()
+            .free_blocks
+            .saturating_sub(planned_blocks);
+        let (mut rows, mut attended_total) = (0, 0.0);
+        for (&i, mut k) in offered_by.iter().zip(lengths) {
+            let p = &mut decode[i];
+            let Some(s) = self.seqs.get_mut(&p.id) else {
+                continue;
+            };
+            let base = self.engine.blocks_needed(s.seq, 1);
+            let extra = |k: usize| self.engine.blocks_needed(s.seq, 1 + k) - base;
+            while k > 0 && extra(k) > free {
+                k -= 1;
+            }
+            free -= extra(k);
+            p.draft.truncate(k);
+            if k == 0 {
+                if let Some(spec) = s.spec.as_mut() {
+                    spec.acceptance.idle();
+                }
+                continue;
+            }
+            rows += k;
+            attended_total += attended(s.computed + 1, k);
+        }
+        (rows, attended_total)
+    }
+
     fn run_step(&mut self, plan: &[Planned], sample: StepSample) -> Vec<(RequestId, Outcome)> {
         let mut outcomes = Vec::new();
+        // A drafting row's tokens: its decode token, then the draft.
+        let drafted: Vec<Vec<u32>> = plan
+            .iter()
+            .map(|p| match self.seqs.get(&p.id) {
+                Some(s) if !p.draft.is_empty() => {
+                    let mut t = s.context[p.start..p.start + p.len].to_vec();
+                    t.extend_from_slice(&p.draft);
+                    t
+                }
+                _ => Vec::new(),
+            })
+            .collect();
         let items: Vec<StepItem<'_>> = plan
             .iter()
-            .filter_map(|p| {
+            .zip(&drafted)
+            .filter_map(|(p, d)| {
                 let s = self.seqs.get(&p.id)?;
                 Some(StepItem {
                     seq: s.seq,
-                    tokens: &s.context[p.start..p.start + p.len],
-                    want_logits: p.want_logits,
+                    tokens: if p.draft.is_empty() {
+                        &s.context[p.start..p.start + p.len]
+                    } else {
+                        d
+                    },
+                    logits: p.logits(),
                 })
             })
             .collect();
@@ -506,71 +648,51 @@ impl EngineLoop {
         let duration = t0.elapsed();
         let now = Instant::now();
         let mut row = 0;
+        let mut rollback = Vec::new();
         for p in plan {
             let Some(s) = self.seqs.get_mut(&p.id) else {
                 continue;
             };
-            s.computed += p.len;
             if p.start < s.prompt_len {
                 self.stats.prefill_tokens += p.len as u64;
             }
-            if !p.want_logits {
+            let rows = p.logits();
+            if rows == 0 {
+                s.computed += p.len;
                 continue;
             }
-            let l = logits.row(row);
-            row += 1;
-            if !l.iter().all(|x| x.is_finite()) {
-                outcomes.push((
-                    p.id,
-                    Outcome::Fail(
-                        ErrorCode::NumericalError,
-                        "the model produced non-finite logits for this sequence".into(),
-                    ),
-                ));
-                continue;
-            }
-            let tok = s.sampler.sample(l);
-            let id = tok.id;
-            s.sampler.accept(&[id]);
-            s.context.push(id);
-            self.stats.generated_tokens += 1;
-            match s.last_token_at {
-                Some(prev) => s
-                    .gaps
-                    .push(now.saturating_duration_since(prev).as_secs_f32() * 1e3),
-                None => s.first_token_at = Some(now),
-            }
-            s.last_token_at = Some(now);
-            let mut outcome = None;
-            if self.tokenizer.is_stop(id) && !s.sampler.params().ignore_eos {
-                outcome = Some(Outcome::Finish(FinishReason::Stop, None));
-            } else {
-                let rel = s.detok.push(self.tokenizer.token_bytes(id));
-                s.outbox.send(Event::Tokens {
-                    tokens: vec![tok],
-                    text: rel.text,
-                    sampled_at: now,
-                });
-                if let Some(stop) = rel.stopped {
-                    outcome = Some(Outcome::Finish(FinishReason::Stop, Some(stop)));
-                }
-            }
-            if outcome.is_none() && s.generated() >= s.max_tokens {
-                outcome = Some(Outcome::Finish(FinishReason::Length, None));
-            }
-            if let Some(o) = outcome {
+            let (verdict, pushed) =
+                sample_rows(s, p, &logits, row, now, &self.tokenizer, &mut self.stats);
+            row += rows;
+            if pushed < rows {
+                rollback.push((p.id, s.seq, s.computed, verdict));
+            } else if let Some(o) = verdict {
                 outcomes.push((p.id, o));
+            }
+        }
+        // Draft tokens past what was kept leave the KV cache (their blocks and prefix entries),
+        // also when the sequence ends here: the pool is left as plain decoding would leave it.
+        for (id, seq, len, verdict) in rollback {
+            let verdict = match self.engine.truncate_sequence(seq, len) {
+                Ok(()) => verdict,
+                Err(e) => verdict.or(Some(Outcome::Fail(ErrorCode::Internal, e.to_string()))),
+            };
+            if let Some(o) = verdict {
+                outcomes.push((id, o));
             }
         }
         let duration_ms = duration.as_secs_f64() * 1e3;
         tracing::trace!(
             decode_rows = sample.decode_rows,
+            draft_rows = sample.draft_rows,
             prefill_tokens = sample.prefill_tokens,
             attended = sample.attended,
             duration_ms,
             interval_ms,
             headroom = self.controller.state().headroom,
             bias = self.controller.state().bias,
+            fixed_ms = self.controller.state().fixed_ms,
+            per_row_ms = self.controller.state().per_row_ms,
             "step"
         );
         self.controller.observe(StepSample {
@@ -582,6 +704,7 @@ impl EngineLoop {
         self.stats.last_step_ms = duration_ms;
         self.stats.last_decode_rows = sample.decode_rows;
         self.stats.last_prefill_tokens = sample.prefill_tokens;
+        self.stats.last_draft_rows = sample.draft_rows;
         outcomes
     }
 
@@ -664,4 +787,95 @@ impl EngineLoop {
         shared.rejected_overload = overload;
         shared.rejected_invalid = invalid;
     }
+}
+
+/// Samples a planned row's logits in order, as plain decoding would one step at a time, and
+/// verifies its draft: each sample is kept, a draft token survives only while it equals the
+/// sample at its position, and the first mismatch or ending token stops the row (the
+/// sample there replaces the draft). Delivers the kept tokens as one event and moves the
+/// sequence's computed length to what plain decoding would hold. Returns the outcome if
+/// the sequence ended and how many tokens were kept.
+fn sample_rows(
+    s: &mut Sequence,
+    p: &Planned,
+    logits: &rill_engine::StepLogits<'_>,
+    first_row: usize,
+    now: Instant,
+    tokenizer: &Tokenizer,
+    stats: &mut SchedulerStats,
+) -> (Option<Outcome>, usize) {
+    s.computed = p.start + p.len - 1;
+    let mut outcome = None;
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    let mut pushed = 0;
+    let mut accepted = 0;
+    for j in 0..p.logits() {
+        let l = logits.row(first_row + j);
+        if !l.iter().all(|x| x.is_finite()) {
+            outcome = Some(Outcome::Fail(
+                ErrorCode::NumericalError,
+                "the model produced non-finite logits for this sequence".into(),
+            ));
+            break;
+        }
+        let tok = s.sampler.sample(l);
+        let id = tok.id;
+        s.sampler.accept(&[id]);
+        s.context.push(id);
+        s.computed += 1;
+        pushed += 1;
+        stats.generated_tokens += 1;
+        let matches_draft = p.draft.get(j) == Some(&id);
+        accepted += usize::from(matches_draft);
+        if tokenizer.is_stop(id) && !s.sampler.params().ignore_eos {
+            outcome = Some(Outcome::Finish(FinishReason::Stop, None));
+            break;
+        }
+        let rel = s.detok.push(tokenizer.token_bytes(id));
+        tokens.push(tok);
+        text.push_str(&rel.text);
+        if let Some(stop) = rel.stopped {
+            outcome = Some(Outcome::Finish(FinishReason::Stop, Some(stop)));
+            break;
+        }
+        if s.generated() >= s.max_tokens {
+            outcome = Some(Outcome::Finish(FinishReason::Length, None));
+            break;
+        }
+        if !matches_draft {
+            break;
+        }
+    }
+    if pushed > 0 {
+        // A burst of n tokens counts n gaps of an n-th of the wait each.
+        match s.last_token_at {
+            Some(prev) => {
+                let gap = now.saturating_duration_since(prev).as_secs_f32() * 1e3;
+                let each = gap / pushed as f32;
+                s.gaps.extend(std::iter::repeat_n(each, pushed));
+            }
+            None => {
+                s.first_token_at = Some(now);
+                s.gaps.extend(std::iter::repeat_n(0.0, pushed - 1));
+            }
+        }
+        s.last_token_at = Some(now);
+    }
+    if !tokens.is_empty() {
+        s.outbox.send(Event::Tokens {
+            tokens,
+            text,
+            sampled_at: now,
+        });
+    }
+    if !p.draft.is_empty() {
+        if let Some(spec) = s.spec.as_mut() {
+            spec.acceptance.observe(p.draft.len(), accepted);
+            spec.drafted += p.draft.len() as u64;
+            spec.accepted += accepted as u64;
+        }
+        stats.count_draft(p.draft.len(), accepted);
+    }
+    (outcome, pushed)
 }

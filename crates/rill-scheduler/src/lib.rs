@@ -3,7 +3,8 @@
 //! per-step budget, an adaptive controller that keeps p95 inter-token latency under a target,
 //! a memory-pressure monitor that stops admitting and preempts (recompute later) instead of
 //! failing, a bounded priority/FCFS queue with overload rejection, cancellation, and prefix
-//! sharing through the engine's block-level prefix cache.
+//! sharing through the engine's block-level prefix cache, and speculative decoding by prompt
+//! lookup verified inside the same batched step.
 //!
 //! ```text
 //! SchedulerHandle::submit ──control channel──▶ engine thread ──Outbox (per request)──▶ RequestStream
@@ -18,6 +19,7 @@ pub mod memory;
 mod queue;
 pub mod request;
 mod sequence;
+pub mod speculative;
 pub mod stats;
 mod stream;
 
@@ -29,5 +31,6 @@ pub use error::{SchedulerError, SubmitError};
 pub use handle::{retry_after, ModelLimits, Scheduler, SchedulerHandle};
 pub use memory::{MemoryLimits, PressureLevel};
 pub use request::{ErrorCode, Event, FinishReason, Request, RequestId, Timings, Usage};
+pub use speculative::{SpecConfig, SpecMode};
 pub use stats::SchedulerStats;
 pub use stream::RequestStream;

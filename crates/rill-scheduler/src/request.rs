@@ -19,6 +19,9 @@ pub struct Request {
     pub stop: Vec<String>,
     /// Higher runs first; equal priorities are first come, first served.
     pub priority: i32,
+    /// May draft tokens speculatively when the server has speculation on (the output is the
+    /// same either way; false only trades speed for nothing, e.g. to measure).
+    pub speculative: bool,
 }
 
 impl Request {
@@ -30,6 +33,7 @@ impl Request {
             sampling: SamplingParams::greedy(),
             stop: Vec::new(),
             priority: 0,
+            speculative: true,
         }
     }
 }
@@ -120,6 +124,9 @@ pub struct Timings {
     pub total_ms: f64,
     /// Times this request was preempted (and recomputed).
     pub preemptions: u32,
+    /// Draft tokens verified for this request, and how many of them were accepted.
+    pub draft_tokens: u64,
+    pub accepted_tokens: u64,
 }
 
 /// One message of a request's stream.

@@ -8,7 +8,17 @@ use std::time::Instant;
 use rill_engine::{Detokenizer, Sampler, SeqId};
 
 use crate::request::{Timings, Usage};
+use crate::speculative::{Acceptance, NgramIndex};
 use crate::stream::Outbox;
+
+/// A sequence's speculative-decoding state (None on a sequence that does not speculate).
+pub(crate) struct SpecState {
+    pub index: NgramIndex,
+    pub acceptance: Acceptance,
+    /// Draft tokens verified, and accepted, over the request's life.
+    pub drafted: u64,
+    pub accepted: u64,
+}
 
 pub(crate) struct Sequence {
     /// The engine's id for this sequence's current KV state (new after each preemption).
@@ -36,6 +46,7 @@ pub(crate) struct Sequence {
     pub gaps: Vec<f32>,
     pub preemptions: u32,
     pub cached_tokens: usize,
+    pub spec: Option<SpecState>,
 }
 
 impl Sequence {
@@ -102,6 +113,8 @@ impl Sequence {
             },
             total_ms: ms(self.submitted, now),
             preemptions: self.preemptions,
+            draft_tokens: self.spec.as_ref().map_or(0, |s| s.drafted),
+            accepted_tokens: self.spec.as_ref().map_or(0, |s| s.accepted),
         }
     }
 }

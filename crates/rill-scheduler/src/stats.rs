@@ -6,6 +6,7 @@ use rill_engine::KvStats;
 use crate::controller::ControllerState;
 use crate::memory::PressureLevel;
 use crate::request::{ErrorCode, FinishReason};
+use crate::speculative::MAX_DRAFT_LIMIT;
 
 #[derive(Debug, Clone, Default)]
 pub struct SchedulerStats {
@@ -41,6 +42,14 @@ pub struct SchedulerStats {
     pub rejected_invalid: u64,
     /// Completions per second, smoothed (drives the retry-after estimate).
     pub completion_rate: f64,
+    /// Speculative decoding: draft tokens verified, and accepted.
+    pub draft_tokens: u64,
+    pub accepted_tokens: u64,
+    /// Verified drafts by accepted tokens: `accepted_hist[n]` drafts had exactly `n` of their
+    /// tokens accepted (n up to [`crate::speculative::MAX_DRAFT_LIMIT`]).
+    pub accepted_hist: [u64; MAX_DRAFT_LIMIT + 1],
+    /// Draft rows in the last step.
+    pub last_draft_rows: usize,
 }
 
 impl SchedulerStats {
@@ -63,6 +72,12 @@ impl SchedulerStats {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.errors[i] += 1;
         }
+    }
+
+    pub(crate) fn count_draft(&mut self, drafted: usize, accepted: usize) {
+        self.draft_tokens += drafted as u64;
+        self.accepted_tokens += accepted as u64;
+        self.accepted_hist[accepted.min(MAX_DRAFT_LIMIT)] += 1;
     }
 
     pub(crate) fn count_finish(&mut self, reason: FinishReason) {

@@ -28,6 +28,7 @@ fn simulate(c: &mut BatchController, steps: usize, cost: impl Fn(usize) -> f64) 
             let d = cost(running + prefill) * (1.0 + 0.08 * (i as f64 * 1.7).sin());
             c.observe(StepSample {
                 decode_rows: running,
+                draft_rows: 0,
                 prefill_tokens: prefill,
                 attended: 0.0,
                 duration_ms: d,

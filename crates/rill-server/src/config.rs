@@ -26,6 +26,14 @@ pub struct ServeConfig {
     pub max_running: usize,
     pub max_prefill_chunk: usize,
     pub queue_capacity: usize,
+    /// Speculative decoding: `ngram` (prompt-lookup drafts, verified in the batched step; the
+    /// output is the same token for token) or `off`.
+    pub speculative: String,
+    /// Draft tokens a sequence may carry in one step.
+    pub spec_max_draft: usize,
+    /// Shortest and longest suffix the prompt lookup matches.
+    pub spec_ngram_min: usize,
+    pub spec_ngram_max: usize,
     /// API keys accepted as `Authorization: Bearer KEY` (none: no auth).
     pub api_keys: Vec<String>,
     /// A file with one API key per line (added to `api_keys`).
@@ -72,6 +80,10 @@ impl Default for ServeConfig {
             max_running: 0,
             max_prefill_chunk: 512,
             queue_capacity: 256,
+            speculative: "ngram".into(),
+            spec_max_draft: rill_scheduler::SpecConfig::default().max_draft,
+            spec_ngram_min: rill_scheduler::SpecConfig::default().ngram_min,
+            spec_ngram_max: rill_scheduler::SpecConfig::default().ngram_max,
             api_keys: Vec::new(),
             api_keys_file: None,
             cors_origins: Vec::new(),
@@ -104,6 +116,10 @@ pub struct Overrides {
     pub target_itl_ms: Option<f64>,
     pub max_running: Option<usize>,
     pub queue_capacity: Option<usize>,
+    pub speculative: Option<String>,
+    pub spec_max_draft: Option<usize>,
+    pub spec_ngram_min: Option<usize>,
+    pub spec_ngram_max: Option<usize>,
     pub api_keys: Vec<String>,
     pub api_keys_file: Option<PathBuf>,
     pub cors_origins: Vec<String>,
@@ -164,6 +180,10 @@ impl ServeConfig {
             target_itl_ms,
             max_running,
             queue_capacity,
+            speculative,
+            spec_max_draft,
+            spec_ngram_min,
+            spec_ngram_max,
             max_body_bytes,
             rate_limit_rpm,
             rate_limit_tpm,
@@ -180,6 +200,19 @@ impl ServeConfig {
         c.cors_origins.extend(o.cors_origins);
         c.validate()?;
         Ok(c)
+    }
+
+    /// The speculative-decoding settings (the error names the key).
+    pub fn spec_config(&self) -> Result<rill_scheduler::SpecConfig, (String, String)> {
+        Ok(rill_scheduler::SpecConfig {
+            mode: self
+                .speculative
+                .parse()
+                .map_err(|_| ("speculative".to_string(), "one of off, ngram".to_string()))?,
+            max_draft: self.spec_max_draft,
+            ngram_min: self.spec_ngram_min,
+            ngram_max: self.spec_ngram_max,
+        })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -206,6 +239,19 @@ impl ServeConfig {
                 self.target_itl_ms,
                 "a number of milliseconds > 0",
             ));
+        }
+        if let Err((key, why)) = self.spec_config().and_then(|s| s.validate()) {
+            let (key, value) = match key.as_str() {
+                "speculative" => ("speculative", self.speculative.clone()),
+                "spec_max_draft" => ("spec_max_draft", self.spec_max_draft.to_string()),
+                "spec_ngram_min" => ("spec_ngram_min", self.spec_ngram_min.to_string()),
+                _ => ("spec_ngram_max", self.spec_ngram_max.to_string()),
+            };
+            return Err(ConfigError::Invalid {
+                key,
+                value,
+                allowed: why,
+            });
         }
         if self.max_prefill_chunk == 0 {
             return Err(bad("max_prefill_chunk", 0, "at least 1"));

@@ -62,6 +62,7 @@ pub fn scheduler_config(cfg: &ServeConfig) -> SchedulerConfig {
         queue_capacity: cfg.queue_capacity,
         stream_capacity: cfg.stream_capacity,
         max_pending_tokens: cfg.max_pending_tokens,
+        spec: cfg.spec_config().unwrap_or_default(),
         ..base
     }
 }

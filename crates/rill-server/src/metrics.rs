@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use rill_scheduler::{ErrorCode, Event, SchedulerHandle};
 
@@ -138,10 +139,15 @@ impl Metrics {
             Event::Tokens {
                 tokens, sampled_at, ..
             } if !tokens.is_empty() => {
+                // A burst of n tokens (speculation, or coalescing for a slow reader) counts n
+                // gaps of an n-th of the wait: the metric counts tokens, not steps.
                 if let Some(prev) = t.last_sampled {
                     let gap = sampled_at.saturating_duration_since(prev).as_secs_f64();
-                    self.itl.observe(gap);
-                    self.push_recent(false, gap);
+                    let each = gap / tokens.len() as f64;
+                    for _ in 0..tokens.len() {
+                        self.itl.observe(each);
+                        self.push_recent(false, each);
+                    }
                 }
                 t.last_sampled = Some(*sampled_at);
             }
@@ -376,7 +382,7 @@ impl Collector for SchedulerCollector {
             let g = ConstGauge::new(v);
             g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
-        let counters: [(&str, &str, u64); 6] = [
+        let counters: [(&str, &str, u64); 8] = [
             (
                 "preemptions",
                 "Sequences preempted for memory (recomputed later)",
@@ -399,11 +405,43 @@ impl Collector for SchedulerCollector {
                 "Submissions refused because the queue was full",
                 s.rejected_overload,
             ),
+            (
+                "spec_draft_tokens",
+                "Speculative draft tokens verified",
+                s.draft_tokens,
+            ),
+            (
+                "spec_accepted_tokens",
+                "Speculative draft tokens accepted (each one a token without its own step)",
+                s.accepted_tokens,
+            ),
         ];
         for (name, help, v) in counters {
             let c = ConstCounter::new(v);
             c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
+        // Accepted tokens per verified draft, from the scheduler's exact per-count tallies.
+        let mut buckets: Vec<(f64, u64)> = s
+            .accepted_hist
+            .iter()
+            .enumerate()
+            .map(|(n, &c)| (n as f64, c))
+            .collect();
+        buckets.push((f64::MAX, 0));
+        let count: u64 = s.accepted_hist.iter().sum();
+        let sum: f64 = s
+            .accepted_hist
+            .iter()
+            .enumerate()
+            .map(|(n, &c)| (n as u64 * c) as f64)
+            .sum();
+        enc.encode_descriptor(
+            "spec_accepted_per_draft",
+            "Draft tokens accepted per verified draft",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
         Ok(())
     }
 }

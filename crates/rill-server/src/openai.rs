@@ -36,6 +36,8 @@ pub fn timings_json(t: &Timings, u: &Usage) -> Value {
         "total_ms": t.total_ms,
         "cached_tokens": u.cached_tokens,
         "preemptions": t.preemptions,
+        "draft_tokens": t.draft_tokens,
+        "accepted_tokens": t.accepted_tokens,
     })
 }
 

@@ -351,6 +351,7 @@ pub fn parse(
             sampling,
             stop: stop_sequences(&o)?,
             priority: o.int("priority", -1000, 1000)?.unwrap_or(0) as i32,
+            speculative: o.bool("speculative")?.unwrap_or(true),
         },
         stream: o.bool("stream")?.unwrap_or(false),
         include_usage,

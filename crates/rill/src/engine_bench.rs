@@ -57,7 +57,7 @@ fn prefill(e: &mut Engine, seq: SeqId, tokens: &[u32]) -> Result<()> {
         e.step(&[StepItem {
             seq,
             tokens: c,
-            want_logits: i + 1 == n,
+            logits: usize::from(i + 1 == n),
         }])?;
     }
     Ok(())
@@ -116,7 +116,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     .map(|(&s, tok)| StepItem {
                         seq: s,
                         tokens: std::slice::from_ref(tok),
-                        want_logits: true,
+                        logits: 1,
                     })
                     .collect();
                 let out = e.step(&items)?;

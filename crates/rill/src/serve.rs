@@ -52,6 +52,19 @@ pub struct ServeArgs {
     /// Requests that may wait; beyond, 429 with Retry-After.
     #[arg(long, env = "RILL_QUEUE_CAPACITY")]
     queue_capacity: Option<usize>,
+    /// Speculative decoding: ngram (prompt-lookup drafts verified in the batched step; same
+    /// tokens as without) or off.
+    #[arg(long, env = "RILL_SPECULATIVE")]
+    speculative: Option<String>,
+    /// Draft tokens a sequence may carry in one step (1-15).
+    #[arg(long, env = "RILL_SPEC_MAX_DRAFT")]
+    spec_max_draft: Option<usize>,
+    /// Shortest suffix the prompt lookup matches.
+    #[arg(long, env = "RILL_SPEC_NGRAM_MIN")]
+    spec_ngram_min: Option<usize>,
+    /// Longest suffix the prompt lookup tries first.
+    #[arg(long, env = "RILL_SPEC_NGRAM_MAX")]
+    spec_ngram_max: Option<usize>,
     /// An accepted API key (repeatable; comma-separated in RILL_API_KEY).
     #[arg(long, env = "RILL_API_KEY", value_delimiter = ',')]
     api_key: Vec<String>,
@@ -94,6 +107,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
             target_itl_ms: a.target_itl_ms,
             max_running: a.max_running,
             queue_capacity: a.queue_capacity,
+            speculative: a.speculative,
+            spec_max_draft: a.spec_max_draft,
+            spec_ngram_min: a.spec_ngram_min,
+            spec_ngram_max: a.spec_ngram_max,
             api_keys: a.api_key,
             api_keys_file: a.api_keys_file,
             cors_origins: a.cors_origin,

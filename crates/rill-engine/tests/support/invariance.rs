@@ -18,7 +18,7 @@ pub fn prefill(e: &mut Engine, seq: SeqId, tokens: &[u32], chunk: usize) -> Vec<
             .step(&[StepItem {
                 seq,
                 tokens: c,
-                want_logits: i + 1 == n,
+                logits: usize::from(i + 1 == n),
             }])
             .unwrap();
         if i + 1 == n {
@@ -50,12 +50,12 @@ pub fn assert_batch_invariant(e: &mut Engine, prompt: &[u32], label: &str) -> Ve
     let mut items = vec![StepItem {
         seq: SeqId(2),
         tokens: &tok,
-        want_logits: true,
+        logits: 1,
     }];
     items.extend(others.iter().map(|&s| StepItem {
         seq: s,
         tokens: &tok,
-        want_logits: true,
+        logits: 1,
     }));
     let batched = bits(e.step(&items).unwrap().row(0));
     assert_eq!(
