@@ -51,6 +51,33 @@ pub struct Sample {
     pub e2e_ms: f64,
     pub output_tokens: usize,
     pub error: Option<String>,
+    /// Speculative tokens the server drafted and accepted for this request, from the final
+    /// chunk's `timings` (rill: `draft_tokens`/`accepted_tokens`; llama-server:
+    /// `draft_n`/`draft_n_accepted`); `None` where the server reports none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drafts: Option<Drafts>,
+}
+
+/// Speculative-decoding counts one request reported.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Drafts {
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+impl Drafts {
+    /// Reads the counts from a `timings` object of rill or llama-server.
+    fn from_timings(t: &Value) -> Option<Drafts> {
+        let n = |k: &str| t.get(k).and_then(Value::as_u64).map(|x| x as usize);
+        let (d, a) = match (n("draft_tokens"), n("accepted_tokens")) {
+            (Some(d), Some(a)) => (d, a),
+            _ => (n("draft_n")?, n("draft_n_accepted").unwrap_or(0)),
+        };
+        Some(Drafts {
+            drafted: d,
+            accepted: a,
+        })
+    }
 }
 
 impl Sample {
@@ -175,6 +202,9 @@ pub async fn run_one(
                     let code = e["code"].as_str().or(e["type"].as_str()).unwrap_or("error");
                     s.error = Some(format!("stream error: {code}"));
                     continue;
+                }
+                if let Some(d) = v.get("timings").and_then(Drafts::from_timings) {
+                    s.drafts = Some(d);
                 }
                 if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                     usage_tokens = Some(n as usize);

@@ -43,6 +43,17 @@ pub struct Summary {
     pub ttft_ms: Percentiles,
     pub itl_ms: Percentiles,
     pub e2e_ms: Percentiles,
+    /// Speculative tokens drafted and accepted over the level's requests (where the server
+    /// reported them).
+    pub drafted_tokens: usize,
+    pub accepted_tokens: usize,
+}
+
+impl Summary {
+    /// Accepted over drafted tokens, if anything was drafted.
+    pub fn acceptance(&self) -> Option<f64> {
+        (self.drafted_tokens > 0).then(|| self.accepted_tokens as f64 / self.drafted_tokens as f64)
+    }
 }
 
 pub fn summarize(r: &LevelResult) -> Summary {
@@ -69,6 +80,8 @@ pub fn summarize(r: &LevelResult) -> Summary {
         ttft_ms: percentiles(&ok.iter().filter_map(|s| s.ttft_ms).collect::<Vec<_>>()),
         itl_ms: percentiles(&itl),
         e2e_ms: percentiles(&ok.iter().map(|s| s.e2e_ms).collect::<Vec<_>>()),
+        drafted_tokens: ok.iter().filter_map(|s| s.drafts).map(|d| d.drafted).sum(),
+        accepted_tokens: ok.iter().filter_map(|s| s.drafts).map(|d| d.accepted).sum(),
     }
 }
 
@@ -106,6 +119,14 @@ pub fn table(rows: &[Summary]) -> String {
             s.e2e_ms.p50,
             s.e2e_ms.p95
         ));
+        if let Some(a) = s.acceptance() {
+            out.push_str(&format!(
+                "      speculation: {} drafted, {} accepted ({:.0}%)\n",
+                s.drafted_tokens,
+                s.accepted_tokens,
+                100.0 * a
+            ));
+        }
         for (k, n) in &s.error_kinds {
             out.push_str(&format!("      {n} x {k}\n"));
         }

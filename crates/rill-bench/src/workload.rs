@@ -41,10 +41,61 @@ fn with_context(i: usize, repeats: usize, shared: bool) -> Prompt {
     }
 }
 
+/// Paragraphs the `grounded` set asks the model to copy: the input-grounded work (summaries,
+/// document QA, edits) where an answer repeats its input and prompt-lookup drafting pays.
+const PARAGRAPHS: [&str; 8] = [
+    "The river runs through the old town, past the mill and the church, and under the stone \
+     bridge that the Romans built. In spring the water rises and floods the meadows, and the \
+     children watch the ducks from the bank while their parents sell bread at the market.",
+    "To install the package, download the archive from the release page, unpack it into a \
+     folder of your choice, and add that folder to your PATH. Then open a new terminal and run \
+     the version command to check that the installation worked.",
+    "The committee met on Tuesday to discuss the budget for next year. After a long debate, the \
+     members agreed to increase spending on public libraries by ten percent and to delay the \
+     renovation of the town hall until the following spring.",
+    "Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide \
+     to make glucose and oxygen. It takes place in the chloroplasts, which contain a green \
+     pigment called chlorophyll that absorbs light energy.",
+    "Our store is open from nine in the morning until six in the evening on weekdays, and from \
+     ten until four on Saturdays. We are closed on Sundays and public holidays. Orders placed \
+     online are shipped within two working days.",
+    "The lighthouse stands on a rocky island at the mouth of the bay. Every night its lamp turns \
+     slowly, sending a beam of light across the dark water, and the ships that pass far out at \
+     sea use it to find their way safely into the harbour.",
+    "Preheat the oven to two hundred degrees. Mix the flour, sugar and butter in a large bowl \
+     until the mixture looks like breadcrumbs, then add the eggs and milk and stir until smooth. \
+     Pour the batter into a tin and bake for thirty minutes.",
+    "The train to the coast leaves the central station every hour, on the hour, from platform \
+     four. The journey takes about ninety minutes, and tickets can be bought at the machines in \
+     the main hall or from the conductor on board.",
+];
+
+/// Open-ended prompts: the answer grows from the prompt, not from copying it.
+const OPEN: [&str; 8] = [
+    "Here is a short story about a dragon who is afraid of the dark:\n\n",
+    "The best way to spend a rainy afternoon is",
+    "Dear diary, today something strange happened at school.",
+    "Ten ideas for a birthday party for a seven-year-old:\n1.",
+    "Once upon a time, in a village at the edge of a great forest,",
+    "My favourite season is autumn because",
+    "The robot opened its eyes for the first time and",
+    "A letter to my future self:\n\nDear me,",
+];
+
+/// A copy task whose answer has begun copying: `Original:` the paragraph, `Copy:` its first
+/// three words (for `/v1/completions`; a chat turn copies far less with small models).
+fn copy_prompt(i: usize) -> Prompt {
+    let p = PARAGRAPHS[i % PARAGRAPHS.len()];
+    let start: Vec<&str> = p.split_whitespace().take(3).collect();
+    Prompt::Text(format!("Original:\n{p}\n\nCopy:\n{}", start.join(" ")))
+}
+
 /// A built-in prompt set: `short` (~20 tokens), `long` (~1,000 tokens), `mixed` (7 short :
 /// 2 medium ~250 tokens : 1 long, in a fixed order), all distinct from their first token; or
 /// `shared` (the mixed lengths, but medium and long ones start with the same ~1,000-token
-/// context, which servers with prefix caching can reuse).
+/// context, which servers with prefix caching can reuse); `grounded` (8 copy tasks, for
+/// `--endpoint completions`: the answers repeat a given paragraph) or `open` (8 open-ended
+/// completions), the two sides of speculative decoding.
 pub fn builtin(name: &str) -> Result<Vec<Prompt>, BenchError> {
     let mixed = |shared: bool| -> Vec<Prompt> {
         (0..20)
@@ -60,9 +111,12 @@ pub fn builtin(name: &str) -> Result<Vec<Prompt>, BenchError> {
         "long" => (0..16).map(|i| with_context(i, 36, false)).collect(),
         "mixed" => mixed(false),
         "shared" => mixed(true),
+        "grounded" => (0..PARAGRAPHS.len()).map(copy_prompt).collect(),
+        "open" => OPEN.iter().map(|s| Prompt::Text(s.to_string())).collect(),
         other => {
             return Err(BenchError::Usage(format!(
-                "unknown prompt set `{other}` (short, long, mixed, shared, or a .jsonl file)"
+                "unknown prompt set `{other}` (short, long, mixed, shared, grounded, open, or a \
+                 .jsonl file)"
             )))
         }
     };

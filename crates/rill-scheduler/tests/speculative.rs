@@ -2,13 +2,15 @@
 //! never tokens. A copying prompt (where prompt lookup drafts well) gives the same tokens with
 //! speculation on and off, greedy and seeded at temperature 0.8, alone and in a batch of 8,
 //! drafts are actually made and accepted, and the KV pool ends with the same prefix-cache
-//! contents as plain decoding.
+//! contents as plain decoding. Every shared greedy fixture prompt decodes the same with and
+//! without speculation; cancelling and preempting sequences mid-speculation loses or repeats
+//! nothing.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod support;
 
 use rill_engine::SamplingParams;
-use rill_scheduler::{Request, SchedulerConfig, SpecConfig, SpecMode};
+use rill_scheduler::{FinishReason, Request, SchedulerConfig, SpecConfig, SpecMode};
 use support::*;
 
 const TEXT: &str = "The river runs through the old town, past the mill and the church, and under \
@@ -111,4 +113,164 @@ fn rejected_drafts_leave_the_pool_as_plain_decoding_would() {
         sched.shutdown(std::time::Duration::from_secs(1));
     }
     assert_eq!(ends[0], ends[1], "(used, cached, evictable) off vs on");
+}
+
+/// The prompt token ids of the greedy fixtures the engine tests keep (llama.cpp's tokenization
+/// of each prompt, template applied).
+fn fixture_prompts() -> Vec<(String, Vec<u32>)> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rill-engine/tests/data/greedy");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the greedy fixtures (crates/rill-engine/tests/data/greedy)")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    let out: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+            let ids = v["prompt_tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            (p.file_stem().unwrap().to_string_lossy().into_owned(), ids)
+        })
+        .collect();
+    assert!(!out.is_empty(), "no greedy fixtures in {}", dir.display());
+    out
+}
+
+#[test]
+fn every_greedy_fixture_decodes_the_same_with_speculation() {
+    let _g = serial();
+    let sched = scheduler(8192, config(SpecMode::Ngram));
+    let h = sched.handle();
+    let fixtures = fixture_prompts();
+    let req = |ids: &[u32], spec| Request {
+        speculative: spec,
+        ..Request::greedy(ids.to_vec(), 64)
+    };
+    let before = h.stats().draft_tokens;
+    let mut off = Vec::new();
+    for (name, ids) in &fixtures {
+        let plain = collect(h.submit(req(ids, false)).unwrap());
+        let spec = collect(h.submit(req(ids, true)).unwrap());
+        assert_eq!(spec.tokens, plain.tokens, "fixture {name}: alone");
+        assert_eq!(spec.text, plain.text, "fixture {name}: text");
+        assert_eq!(spec.finish, plain.finish, "fixture {name}: finish");
+        off.push(plain.tokens);
+    }
+    assert!(
+        h.stats().draft_tokens > before,
+        "the fixtures' outputs repeat themselves: some drafts"
+    );
+    // All fixtures at once, twice over (8+ streams), speculating.
+    let streams: Vec<_> = fixtures
+        .iter()
+        .chain(&fixtures)
+        .map(|(_, ids)| h.submit(req(ids, true)).unwrap())
+        .collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        let (name, _) = &fixtures[i % fixtures.len()];
+        assert_eq!(
+            collect(s).tokens,
+            off[i % fixtures.len()],
+            "fixture {name} in the batch"
+        );
+    }
+    sched.shutdown(std::time::Duration::from_secs(1));
+}
+
+#[test]
+fn cancelling_mid_speculation_returns_the_pool_to_idle() {
+    let _g = serial();
+    let sched = scheduler(8192, config(SpecMode::Ngram));
+    let h = sched.handle();
+    let prompt = prompt_ids(&h);
+    let idle = h.stats().kv.available_blocks();
+    let long = |spec| Request {
+        sampling: SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy()
+        },
+        speculative: spec,
+        ..Request::greedy(prompt.clone(), 200)
+    };
+    let full = collect(h.submit(long(false)).unwrap()).tokens;
+    let streams: Vec<_> = (0..6).map(|_| h.submit(long(true)).unwrap()).collect();
+    let mut cancelled = 0;
+    for (i, mut s) in streams.into_iter().enumerate() {
+        let got = collect_until(&mut s, |c| c.tokens.len() >= 4 + 3 * i);
+        s.cancel();
+        let all = collect_rest(s, got);
+        assert_eq!(
+            all.tokens[..],
+            full[..all.tokens.len()],
+            "stream {i}: no token lost, repeated or changed"
+        );
+        match all.finish {
+            Some(FinishReason::Cancelled) => cancelled += 1,
+            Some(FinishReason::Length) => assert_eq!(all.tokens, full),
+            other => panic!("stream {i}: {other:?}"),
+        }
+    }
+    assert!(
+        cancelled > 0,
+        "some streams must have been cancelled mid-generation"
+    );
+    assert!(h.stats().draft_tokens > 0);
+    wait_for(&h, "the pool back at its idle count", |s| {
+        s.running == 0 && s.kv.sequences == 0 && s.kv.available_blocks() == idle
+    });
+    sched.shutdown(std::time::Duration::from_secs(1));
+}
+
+#[test]
+fn preempting_mid_speculation_changes_no_stream() {
+    let _g = serial();
+    let prompt;
+    let solo_tokens;
+    {
+        let sched = scheduler(8192, config(SpecMode::Off));
+        let h = sched.handle();
+        prompt = prompt_ids(&h);
+        solo_tokens = collect(h.submit(request(prompt.clone(), None, false)).unwrap()).tokens;
+        sched.shutdown(std::time::Duration::from_secs(1));
+    }
+    // 8 sequences of ~70 + 48 tokens (4 shared prompt blocks, ~4 private each) in 24 blocks:
+    // some must be preempted while others speculate.
+    let sched = scheduler(
+        24 * 16,
+        SchedulerConfig {
+            adaptive: false,
+            max_running: 8,
+            ..config(SpecMode::Ngram)
+        },
+    );
+    let h = sched.handle();
+    let streams: Vec<_> = (0..8)
+        .map(|_| h.submit(request(prompt.clone(), None, true)).unwrap())
+        .collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        let c = collect(s);
+        assert_eq!(
+            c.tokens, solo_tokens,
+            "stream {i}: preemption mid-speculation changed it"
+        );
+    }
+    let st = h.stats();
+    assert!(
+        st.preemptions > 0,
+        "the pool was meant to be too small: {st:?}"
+    );
+    assert!(
+        st.accepted_tokens > 0,
+        "drafts were meant to be accepted: {st:?}"
+    );
+    wait_for(&h, "an idle pool", |s| s.kv.sequences == 0);
+    sched.shutdown(std::time::Duration::from_secs(1));
 }

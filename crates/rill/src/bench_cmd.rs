@@ -58,7 +58,8 @@ struct RunArgs {
     #[arg(long)]
     rate: Option<f64>,
     /// Prompt set: short, long, mixed (all distinct), shared (mixed lengths with a common
-    /// prefix of up to ~1,000 tokens), or a .jsonl file ({"prompt": ...} or {"messages": [...]}).
+    /// prefix of up to ~1,000 tokens), grounded (copy tasks, with --endpoint completions), open
+    /// (open-ended completions), or a .jsonl file ({"prompt": ...} or {"messages": [...]}).
     #[arg(long, default_value = "mixed")]
     prompts: String,
     #[arg(long, default_value_t = 128)]
