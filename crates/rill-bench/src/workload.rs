@@ -82,18 +82,24 @@ const OPEN: [&str; 8] = [
     "A letter to my future self:\n\nDear me,",
 ];
 
-/// A copy task whose answer has begun copying: `Original:` the paragraph, `Copy:` its first
-/// three words (for `/v1/completions`; a chat turn copies far less with small models).
+/// A copy task whose answer has begun copying: a ChatML chat turn (the template of SmolLM2,
+/// Qwen and others) asking for the paragraph verbatim, with the assistant turn prefilled with
+/// its first three words, sent raw to `/v1/completions`. Small models copy far more reliably
+/// this way than when asked in a plain chat turn (SmolLM2-135M: ~5% of 4-grams) or after a bare
+/// `Original:`/`Copy:` pair (~40%).
 fn copy_prompt(i: usize) -> Prompt {
     let p = PARAGRAPHS[i % PARAGRAPHS.len()];
     let start: Vec<&str> = p.split_whitespace().take(3).collect();
-    Prompt::Text(format!("Original:\n{p}\n\nCopy:\n{}", start.join(" ")))
+    Prompt::Text(format!(
+        "<|im_start|>user\nRepeat this text exactly:\n{p}<|im_end|>\n<|im_start|>assistant\n{}",
+        start.join(" ")
+    ))
 }
 
 /// A built-in prompt set: `short` (~20 tokens), `long` (~1,000 tokens), `mixed` (7 short :
 /// 2 medium ~250 tokens : 1 long, in a fixed order), all distinct from their first token; or
 /// `shared` (the mixed lengths, but medium and long ones start with the same ~1,000-token
-/// context, which servers with prefix caching can reuse); `grounded` (8 copy tasks, for
+/// context, which servers with prefix caching can reuse); `grounded` (8 copy tasks in ChatML, for
 /// `--endpoint completions`: the answers repeat a given paragraph) or `open` (8 open-ended
 /// completions), the two sides of speculative decoding.
 pub fn builtin(name: &str) -> Result<Vec<Prompt>, BenchError> {

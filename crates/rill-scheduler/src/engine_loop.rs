@@ -74,6 +74,8 @@ pub(crate) struct EngineLoop {
     completions: VecDeque<Instant>,
     /// Start of the last step that carried decode rows (streams wait from one to the next).
     last_decode_step: Option<Instant>,
+    /// Draft acceptance over all sequences: where a new sequence's estimate starts.
+    spec_prior: Acceptance,
 }
 
 impl EngineLoop {
@@ -105,6 +107,7 @@ impl EngineLoop {
             shutdown_at: None,
             completions: VecDeque::new(),
             last_decode_step: None,
+            spec_prior: Acceptance::server_wide(),
         }
     }
 
@@ -202,9 +205,10 @@ impl EngineLoop {
         let spec =
             (self.cfg.spec.mode == SpecMode::Ngram && request.speculative).then(|| SpecState {
                 index: NgramIndex::new(self.cfg.spec.ngram_min, self.cfg.spec.ngram_max),
-                acceptance: Acceptance::default(),
+                acceptance: Acceptance::starting_from(&self.spec_prior),
                 drafted: 0,
                 accepted: 0,
+                last_accepted: 0,
             });
         let seq = Sequence {
             seq: self.new_seq_id(),
@@ -663,6 +667,9 @@ impl EngineLoop {
             }
             let (verdict, pushed) =
                 sample_rows(s, p, &logits, row, now, &self.tokenizer, &mut self.stats);
+            if let Some(spec) = s.spec.as_ref().filter(|_| !p.draft.is_empty()) {
+                self.spec_prior.observe(p.draft.len(), spec.last_accepted);
+            }
             row += rows;
             if pushed < rows {
                 rollback.push((p.id, s.seq, s.computed, verdict));
@@ -872,6 +879,7 @@ fn sample_rows(
     if !p.draft.is_empty() {
         if let Some(spec) = s.spec.as_mut() {
             spec.acceptance.observe(p.draft.len(), accepted);
+            spec.last_accepted = accepted;
             spec.drafted += p.draft.len() as u64;
             spec.accepted += accepted as u64;
         }

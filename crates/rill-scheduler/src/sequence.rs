@@ -18,6 +18,8 @@ pub(crate) struct SpecState {
     /// Draft tokens verified, and accepted, over the request's life.
     pub drafted: u64,
     pub accepted: u64,
+    /// Draft tokens accepted in the latest step that verified a draft.
+    pub last_accepted: usize,
 }
 
 pub(crate) struct Sequence {

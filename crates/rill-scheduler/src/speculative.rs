@@ -171,28 +171,59 @@ impl NgramIndex {
     }
 }
 
-/// A sequence's recent draft acceptance: accepted draft tokens over draft tokens whose fate
-/// was decided (each accepted one, and the first rejected one; those behind it were never
-/// compared), with a prior of one in two and exponential forgetting. Steps without a draft
-/// decay it back towards the prior, so a sequence whose drafts stopped paying tries again later.
+/// Recent draft acceptance: accepted draft tokens over draft tokens whose fate was decided
+/// (each accepted one, and the first rejected one; those behind it were never compared), with
+/// a prior of one in two and exponential forgetting. Kept per sequence (forgets fast; steps
+/// without a draft decay it back towards its start, so a sequence whose drafts stopped paying
+/// tries again later) and server-wide (forgets slowly), which is where a new sequence starts:
+/// traffic that copies its input starts with long drafts, open-ended traffic with short ones.
 #[derive(Debug, Clone, Copy)]
 pub struct Acceptance {
     hits: f64,
     trials: f64,
+    forget: f64,
 }
 
 impl Default for Acceptance {
     fn default() -> Self {
-        Self {
-            hits: 0.0,
-            trials: 0.0,
-        }
+        Self::per_sequence()
     }
 }
 
 impl Acceptance {
-    const FORGET: f64 = 0.8;
+    const SEQUENCE_FORGET: f64 = 0.8;
+    const SERVER_FORGET: f64 = 0.98;
     const IDLE_FORGET: f64 = 0.97;
+    /// The weight (in decided draft tokens) a new sequence gives the server-wide estimate.
+    const INHERITED_TRIALS: f64 = 4.0;
+
+    /// A fresh per-sequence estimate at the prior.
+    pub fn per_sequence() -> Self {
+        Self {
+            hits: 0.0,
+            trials: 0.0,
+            forget: Self::SEQUENCE_FORGET,
+        }
+    }
+
+    /// A fresh server-wide estimate at the prior.
+    pub fn server_wide() -> Self {
+        Self {
+            forget: Self::SERVER_FORGET,
+            ..Self::per_sequence()
+        }
+    }
+
+    /// A per-sequence estimate that starts at `server`'s rate, weighted as a few trials so the
+    /// sequence's own drafts soon dominate.
+    pub fn starting_from(server: &Acceptance) -> Self {
+        let scale = (Self::INHERITED_TRIALS / server.trials.max(1e-9)).min(1.0);
+        Self {
+            hits: server.hits * scale,
+            trials: server.trials * scale,
+            forget: Self::SEQUENCE_FORGET,
+        }
+    }
 
     /// The estimated chance that the next draft token is accepted.
     pub fn rate(&self) -> f64 {
@@ -202,8 +233,8 @@ impl Acceptance {
     /// Records one verified draft of `drafted` tokens of which the first `accepted` matched.
     pub fn observe(&mut self, drafted: usize, accepted: usize) {
         let decided = accepted + usize::from(accepted < drafted);
-        self.hits = Self::FORGET * self.hits + accepted as f64;
-        self.trials = Self::FORGET * self.trials + decided as f64;
+        self.hits = self.forget * self.hits + accepted as f64;
+        self.trials = self.forget * self.trials + decided as f64;
     }
 
     /// Records a step in which the sequence carried no draft.
@@ -323,6 +354,24 @@ mod tests {
             a.idle();
         }
         assert!((a.rate() - 0.5).abs() < 0.05);
+    }
+
+    #[test]
+    fn new_sequences_start_from_the_server_rate_and_soon_follow_their_own() {
+        let mut server = Acceptance::server_wide();
+        for _ in 0..100 {
+            server.observe(8, 8);
+        }
+        let mut seq = Acceptance::starting_from(&server);
+        assert!(seq.rate() > 0.8, "{}", seq.rate());
+        for _ in 0..6 {
+            seq.observe(4, 0);
+        }
+        assert!(seq.rate() < 0.4, "{}", seq.rate());
+        assert_eq!(
+            Acceptance::starting_from(&Acceptance::server_wide()).rate(),
+            0.5
+        );
     }
 
     #[test]
