@@ -78,6 +78,10 @@ struct RunArgs {
     /// Run the same workload against two servers alternately and print B/A ratios.
     #[arg(long, num_args = 2, value_names = ["URL_A", "URL_B"])]
     compare: Option<Vec<String>>,
+    /// Unmeasured requests sent to each server first, one at a time (page faults of a fresh
+    /// server's weights, first-use allocations, connection setup).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
     /// History database (default: $RILL_HOME/bench.sqlite).
     #[arg(long, env = "RILL_BENCH_DB")]
     db: Option<PathBuf>,
@@ -155,6 +159,15 @@ async fn load(r: RunArgs) -> Result<()> {
         }
         targets.push(t);
     }
+    for t in &targets {
+        for i in 0..r.warmup {
+            let p = &prompts[i % prompts.len()];
+            let s = rill_bench::client::run_one(&client, t, p, r.max_tokens, r.ignore_eos).await;
+            if let Some(e) = s.error {
+                bail!("warm-up request to {} failed: {e}", t.base_url);
+            }
+        }
+    }
     let mut all: Vec<Vec<runner::LevelResult>> = vec![Vec::new(); targets.len()];
     for &c in &r.concurrency {
         let w = Workload {
@@ -197,7 +210,7 @@ async fn load(r: RunArgs) -> Result<()> {
     let settings = serde_json::json!({
         "concurrency": r.concurrency, "requests": r.requests, "duration_s": r.duration,
         "rate": r.rate, "prompts": r.prompts, "max_tokens": r.max_tokens,
-        "ignore_eos": r.ignore_eos, "endpoint": r.endpoint,
+        "ignore_eos": r.ignore_eos, "endpoint": r.endpoint, "warmup": r.warmup,
     });
     let mut run_ids = Vec::new();
     if !r.no_store {
