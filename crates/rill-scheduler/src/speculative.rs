@@ -25,6 +25,7 @@ pub enum SpecMode {
 }
 
 impl SpecMode {
+    /// The name used by `--speculative` and the config key.
     pub fn as_str(&self) -> &'static str {
         match self {
             SpecMode::Off => "off",
@@ -121,6 +122,7 @@ fn gram_hash(tokens: &[u32]) -> u64 {
 }
 
 impl NgramIndex {
+    /// An empty index of the n-grams of `n_min..=n_max` tokens.
     pub fn new(n_min: usize, n_max: usize) -> Self {
         Self {
             n_min,
@@ -262,7 +264,9 @@ pub struct DraftCandidate {
 /// 1000` milliseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct StepCost {
+    /// Milliseconds one row adds.
     pub per_row_ms: f64,
+    /// Milliseconds per thousand attended positions.
     pub per_kpos_ms: f64,
 }
 

@@ -95,8 +95,13 @@ fn rejected_drafts_leave_the_pool_as_plain_decoding_would() {
         let sched = scheduler(8192, config(mode));
         let h = sched.handle();
         let prompt = prompt_ids(&h);
-        for seed in [None, Some(7)] {
-            collect(h.submit(request(prompt.clone(), seed, true)).unwrap());
+        // Greedy copies (drafts accepted), then hot sampling of the same copy task: the drafts
+        // the copy offers are mostly rejected at temperature 1.5.
+        collect(h.submit(request(prompt.clone(), None, true)).unwrap());
+        for seed in [7, 8, 9] {
+            let mut r = request(prompt.clone(), Some(seed), true);
+            r.sampling.temperature = 1.5;
+            collect(h.submit(r).unwrap());
         }
         wait_for(&h, "every sequence freed", |s| {
             s.running == 0 && s.kv.sequences == 0
