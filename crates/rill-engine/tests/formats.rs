@@ -141,6 +141,44 @@ fn every_tier_and_batch_shape_gives_the_reference_bits() {
     }
 }
 
+/// How the decoder splits a prefill product across threads: blocks of weight rows times
+/// blocks of activation rows (`QMatrix::matmul_block`), each written once.
+#[test]
+fn blocks_of_rows_and_tokens_give_the_whole_products_bits() {
+    let mut rng = StdRng::seed_from_u64(12);
+    for &(dtype, scales) in FORMATS {
+        let cols = cols_for(dtype);
+        let rows = 40;
+        let w = random_weights(&mut rng, dtype, scales, rows, cols);
+        let row_bytes = dtype.bytes_for(cols, "w").unwrap();
+        let m = QMatrix::new("w", dtype, rows, cols, &as_bytes(&w)[..rows * row_bytes]).unwrap();
+        let n = 70;
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0..2.0)).collect();
+        for k in Kernels::all_supported() {
+            let whole = product(&k, &m, &x, n);
+            let mut acts = QuantActs::new(m.act_format());
+            acts.quantize(&k, &x, n, m.cols);
+            let mut got = vec![vec![f32::NAN; rows]; n];
+            let mut seen = vec![vec![0u8; rows]; n];
+            for r in [0..16, 16..24, 24..40] {
+                for t in [0..3, 3..20, 20..64, 64..70] {
+                    m.matmul_block(&k, &acts, r.clone(), t.clone(), &mut |t, r, v| {
+                        got[t][r..r + v.len()].copy_from_slice(v);
+                        seen[t][r..r + v.len()].iter_mut().for_each(|s| *s += 1);
+                    });
+                }
+            }
+            assert!(
+                seen.iter().flatten().all(|&s| s == 1),
+                "{} {}",
+                dtype.name(),
+                k.tier
+            );
+            assert_eq!(bits(&got), bits(&whole), "{} {}", dtype.name(), k.tier);
+        }
+    }
+}
+
 #[test]
 fn reference_matches_dequantized_f32_within_activation_rounding() {
     let mut rng = StdRng::seed_from_u64(11);

@@ -101,6 +101,40 @@ fn quantizers_match_scalar_exactly() {
 }
 
 #[test]
+fn q8k_quantizer_matches_scalar_exactly() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for k in Kernels::all_supported() {
+        for scale in [1e-3f32, 1.0, 300.0] {
+            let mut x = rand_f32(&mut rng, 6 * QK_K, scale);
+            // Block 1: the largest magnitude twice with opposite signs (the first one's sign
+            // sets the scale's); block 2: ties at half steps; block 3: all zero; block 4: -0.0
+            // and one tiny value; block 5: a NaN beside ordinary values.
+            x[QK_K + 7] = -2.0 * scale;
+            x[QK_K + 200] = 2.0 * scale;
+            for (i, v) in x[2 * QK_K..3 * QK_K].iter_mut().enumerate() {
+                *v = (i as f32 - 128.0) * 0.5;
+            }
+            x[3 * QK_K..4 * QK_K].fill(0.0);
+            x[4 * QK_K..5 * QK_K].fill(-0.0);
+            x[4 * QK_K + 31] = 1e-30;
+            x[5 * QK_K + 3] = f32::NAN;
+            let mut a = vec![BlockQ8K::default(); 6];
+            let mut b = vec![BlockQ8K::default(); 6];
+            scalar::quantize_q8k(&x, &mut a);
+            (k.quantize_q8k)(&x, &mut b);
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(
+                    (p.d.to_bits(), p.qs, p.bsums),
+                    (q.d.to_bits(), q.qs, q.bsums),
+                    "{} q8k block {i} at scale {scale}",
+                    k.tier
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn simd_dots_match_scalar() {
     let mut rng = StdRng::seed_from_u64(2);
     let sets = Kernels::all_supported();

@@ -9,7 +9,8 @@
 //! A step is a handful of parallel regions per layer: fused Q/K/V projection (+ bias, QK-norm,
 //! RoPE, KV-cache write), attention, output projection (+ post-norm, residual), fused gate/up (+
 //! activation), down projection (+ post-norm, residual). Each projection reads every weight row
-//! once for the whole batch.
+//! once per block of up to 64 tokens (once for a whole decode batch), and a prefill region is
+//! split over weight rows and token blocks so both threads stay busy to its end.
 
 use std::sync::Arc;
 
@@ -54,20 +55,24 @@ struct Proj {
 }
 
 impl Proj {
-    /// Runs rows `rows` (relative to this projection) for every activation row and hands each
-    /// run of outputs to `out(t, row, values)` with `row` relative too.
-    fn matmul_rows(
+    /// Runs rows `rows` (relative to this projection) for the activation rows `toks` and hands
+    /// each run of outputs to `out(t, row, values)` with `row` relative too.
+    fn matmul_block(
         &self,
         k: &crate::quant::Kernels,
         acts: &QuantActs,
         rows: std::ops::Range<usize>,
+        toks: std::ops::Range<usize>,
         out: &mut dyn FnMut(usize, usize, &[f32]),
     ) {
         let r0 = self.row0;
-        self.m
-            .matmul_rows(k, acts, r0 + rows.start..r0 + rows.end, &mut |t, r, v| {
-                out(t, r - r0, v)
-            });
+        self.m.matmul_block(
+            k,
+            acts,
+            r0 + rows.start..r0 + rows.end,
+            toks,
+            &mut |t, r, v| out(t, r - r0, v),
+        );
     }
 }
 
@@ -112,6 +117,53 @@ pub struct Decoder {
 /// 128; prefill and batch-16 decode unchanged.
 const ROW_CHUNK: usize = 128;
 const OUTPUT_ROW_CHUNK: usize = 512;
+/// Activation rows per chunk of a projection region over a large batch (prefill). Row chunks
+/// alone leave a 640-row matrix 5 chunks, so one of 2 threads idles for a fifth of the region;
+/// splitting activation rows as well gives a pp512 layer 30-40 chunks. Decode batches (up to
+/// this many rows) keep one activation block per chunk.
+const TOK_CHUNK: usize = 64;
+
+/// The chunks of a projection region: `n_row` chunks of weight rows times `n_tok` blocks of
+/// activation rows, row chunks varying fastest (both threads then share one activation block).
+#[derive(Clone, Copy)]
+struct Split2d {
+    rows: usize,
+    row_chunk: usize,
+    n_row: usize,
+    t_n: usize,
+    tok_chunk: usize,
+    n_tok: usize,
+}
+
+impl Split2d {
+    /// Splits `rows` weight rows by `row_chunk` and `t_n` activation rows into near-equal
+    /// blocks of at most [`TOK_CHUNK`] (rounded up to 16, the widest tile kernel).
+    fn new(rows: usize, row_chunk: usize, t_n: usize) -> Self {
+        let t_n = t_n.max(1);
+        let blocks = t_n.div_ceil(TOK_CHUNK);
+        let tok_chunk = t_n.div_ceil(blocks).next_multiple_of(16).min(t_n);
+        Self {
+            rows,
+            row_chunk,
+            n_row: rows.div_ceil(row_chunk),
+            t_n,
+            tok_chunk,
+            n_tok: t_n.div_ceil(tok_chunk),
+        }
+    }
+
+    fn n_chunks(&self) -> usize {
+        self.n_row * self.n_tok
+    }
+
+    /// Weight rows and activation rows of chunk `c`.
+    fn chunk(&self, c: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (rc, tc) = (c % self.n_row, c / self.n_row);
+        let rows = rc * self.row_chunk..((rc + 1) * self.row_chunk).min(self.rows);
+        let toks = tc * self.tok_chunk..((tc + 1) * self.tok_chunk).min(self.t_n);
+        (rows, toks)
+    }
+}
 
 impl Decoder {
     /// Loads the weights of `cfg`'s architecture with `features` from `g`.
@@ -372,11 +424,13 @@ impl Decoder {
                 SharedMut::new(&mut ws.v),
             );
             let heads_q = c.n_heads;
-            let n_chunks = c.n_heads + 2 * c.n_kv_heads;
+            // One head (Q heads, then K heads, then V heads) and one block of tokens per chunk.
+            let split = Split2d::new(c.n_heads + 2 * c.n_kv_heads, 1, t_n);
             let ropes = &ropes[layer.rope_set];
             let acts_ref = &acts;
-            ctx.pool.run(n_chunks, &|chunk| {
-                // One head per chunk: Q heads, then K heads, then V heads.
+            ctx.pool.run(split.n_chunks(), &|chunk| {
+                let (heads, toks) = split.chunk(chunk);
+                let chunk = heads.start;
                 let (part, h, buf, width) = if chunk < heads_q {
                     (0, chunk, qb, q_dim)
                 } else if chunk < heads_q + c.n_kv_heads {
@@ -386,16 +440,17 @@ impl Decoder {
                 };
                 let m = [&layer.wq, &layer.wk, &layer.wv][part];
                 let rows = h * hd..(h + 1) * hd;
-                // SAFETY: this chunk alone writes columns `rows` of its buffer.
-                m.matmul_rows(
+                // SAFETY: this chunk alone writes columns `rows` of rows `toks` of its buffer.
+                m.matmul_block(
                     k,
                     acts_ref.for_matrix(&m.m),
                     rows.clone(),
+                    toks.clone(),
                     &mut |t, r, v| unsafe { buf.slice(t * width + r, v.len()).copy_from_slice(v) },
                 );
                 let norm = [&layer.q_norm, &layer.k_norm, &None][part];
-                for (t, rope) in ropes.iter().enumerate().take(t_n) {
-                    // SAFETY: same disjoint column range, per token row.
+                for (t, rope) in toks.clone().map(|t| (t, &ropes[t])) {
+                    // SAFETY: same disjoint column range and token rows.
                     let head = unsafe { buf.slice(t * width + h * hd, hd) };
                     if let Some(b) = &layer.qkv_bias {
                         for (v, &b) in head.iter_mut().zip(&b[part][rows.clone()]) {
@@ -472,22 +527,25 @@ impl Decoder {
             resize(&mut ws.up, t_n * ffn);
             let (hb, up) = (SharedMut::new(&mut ws.hb), SharedMut::new(&mut ws.up));
             let acts_ref = &acts;
-            ctx.pool.run(ffn.div_ceil(ROW_CHUNK), &|chunk| {
-                let rows = chunk * ROW_CHUNK..((chunk + 1) * ROW_CHUNK).min(ffn);
-                // SAFETY: this chunk alone writes columns `rows` of hb and up.
-                layer.w_gate.matmul_rows(
+            let split = Split2d::new(ffn, ROW_CHUNK, t_n);
+            ctx.pool.run(split.n_chunks(), &|chunk| {
+                let (rows, toks) = split.chunk(chunk);
+                // SAFETY: this chunk alone writes columns `rows` of rows `toks` of hb and up.
+                layer.w_gate.matmul_block(
                     k,
                     acts_ref.for_matrix(&layer.w_gate.m),
                     rows.clone(),
+                    toks.clone(),
                     &mut |t, r, v| unsafe { hb.slice(t * ffn + r, v.len()).copy_from_slice(v) },
                 );
-                layer.w_up.matmul_rows(
+                layer.w_up.matmul_block(
                     k,
                     acts_ref.for_matrix(&layer.w_up.m),
                     rows.clone(),
+                    toks.clone(),
                     &mut |t, r, v| unsafe { up.slice(t * ffn + r, v.len()).copy_from_slice(v) },
                 );
-                for t in 0..t_n {
+                for t in toks {
                     // SAFETY: as above.
                     let (g, u) = unsafe {
                         (
@@ -593,14 +651,15 @@ impl Decoder {
     }
 }
 
-/// x[t][r] += (W a_t)[r] for all rows, in parallel over row chunks.
+/// x[t][r] += (W a_t)[r] for all rows, in parallel over blocks of rows and tokens.
 fn project_add(ctx: &ForwardCtx<'_>, w: &QMatrix<'_>, acts: &QuantActs, x: &mut [f32], dim: usize) {
     let xs = SharedMut::new(x);
     let k = ctx.kernels;
-    ctx.pool.run(w.rows.div_ceil(ROW_CHUNK), &|chunk| {
-        let rows = chunk * ROW_CHUNK..((chunk + 1) * ROW_CHUNK).min(w.rows);
-        // SAFETY: disjoint rows (columns of x) per chunk.
-        w.matmul_rows(k, acts, rows, &mut |t, r, v| {
+    let split = Split2d::new(w.rows, ROW_CHUNK, acts.rows);
+    ctx.pool.run(split.n_chunks(), &|chunk| {
+        let (rows, toks) = split.chunk(chunk);
+        // SAFETY: disjoint blocks (weight rows x activation rows) of x per chunk.
+        w.matmul_block(k, acts, rows, toks, &mut |t, r, v| {
             let dst = unsafe { xs.slice(t * dim + r, v.len()) };
             for (d, &v) in dst.iter_mut().zip(v) {
                 *d += v;

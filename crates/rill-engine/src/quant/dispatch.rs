@@ -32,6 +32,18 @@ pub type Dot4<W, A> = fn(&[W], [&[A]; 4]) -> [f32; 4];
 pub type TileMul<T, A, const N: usize> =
     fn(&[T], [&[A]; N], [ActMeta<'_>; N]) -> [[f32; TILE_ROWS]; N];
 
+/// Two consecutive tile rows (16 weight rows) against N activation rows: `out[n][j]` is row j
+/// of the pair (0..8 the first tile row's) against activation n, bit-identical to [`TileMul`].
+pub type TilePairMul<T, A, const N: usize> =
+    fn(&[T], &[T], [&[A]; N], [ActMeta<'_>; N]) -> [[f32; 2 * TILE_ROWS]; N];
+
+/// A format's two-tile-row kernels (AVX-512: 16 rows per zmm), for 4 and 16 activation rows.
+#[derive(Clone, Copy)]
+pub struct TilePair<T, A> {
+    pub x4: TilePairMul<T, A, 4>,
+    pub x16: TilePairMul<T, A, 16>,
+}
+
 /// Attention for a group of query heads over one sequence's K/V rows: queries, query heads,
 /// head dim, score scale, rows, output (see `scalar::attend`).
 pub type AttendFn<T = u16> =
@@ -71,6 +83,8 @@ pub struct Kernels {
     pub tile1_q6k: TileMul<TileQ6K, BlockQ8K, 1>,
     pub tile4_q6k: TileMul<TileQ6K, BlockQ8K, 4>,
     pub tile4_iq4nl: TileMul<TileIq4Nl, BlockQ8_0, 4>,
+    /// Q5_0 over two tile rows per call (AVX-512 with VNNI only; `None` elsewhere).
+    pub tiles2_q5_0: Option<TilePair<TileQ5_0, BlockQ8_0>>,
     pub dot_f32: Dot<f32, f32>,
     pub dot_bf16: Dot<u16, u16>,
     pub dot_f16_f16: Dot<u16, u16>,
@@ -122,6 +136,7 @@ impl Kernels {
             tile1_q6k: |t, y, _| kquants::tiles_q6k(t, y),
             tile4_q6k: |t, y, _| kquants::tiles_q6k(t, y),
             tile4_iq4nl: |t, y, _| scalar::tiles(t, y),
+            tiles2_q5_0: None,
             dot_f32: scalar::dot_f32,
             dot_bf16: scalar::dot_bf16,
             dot_f16_f16: scalar::dot_f16_f16,
@@ -161,6 +176,8 @@ impl Kernels {
                 v.push(x86_sets::avx2());
                 if std::is_x86_feature_detected!("avx512vnni")
                     && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
                 {
                     v.push(x86_sets::vnni());
                 }
@@ -224,6 +241,7 @@ mod x86_sets {
                 tile1_q6k: |t, y, m| unsafe { x86_tiles::$m::tiles_q6k::<1>(t, y, m) },
                 tile4_q6k: |t, y, m| unsafe { x86_tiles::$m::tiles_q6k::<4>(t, y, m) },
                 tile4_iq4nl: |t, y, m| unsafe { x86_tiles::$m::tiles_iq4nl::<4>(t, y, m) },
+                tiles2_q5_0: None,
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
                 dot_bf16: |x, y| unsafe { x86::$m::dot_bf16(x, y) },
                 dot_f16_f16: |x, y| unsafe { x86::$m::dot_f16_f16(x, y) },
@@ -265,7 +283,20 @@ mod x86_sets {
         set!(avx2, KernelTier::Avx2)
     }
 
+    /// The VNNI tier: the 256-bit kernels with `vpdpbusd`, plus the zmm two-tile-row kernels
+    /// (`all_supported` also checked AVX-512 F and BW for them).
     pub fn vnni() -> Kernels {
-        set!(vnni, KernelTier::Avx512Vnni)
+        Kernels {
+            // SAFETY: as in `set!`; x86_tiles512 asserts its slice lengths.
+            tiles2_q5_0: Some(TilePair {
+                x4: |a, b, y, m| unsafe {
+                    crate::quant::x86_tiles512::tiles2_q5_0::<4>(a, b, y, m)
+                },
+                x16: |a, b, y, m| unsafe {
+                    crate::quant::x86_tiles512::tiles2_q5_0::<16>(a, b, y, m)
+                },
+            }),
+            ..set!(vnni, KernelTier::Avx512Vnni)
+        }
     }
 }

@@ -18,6 +18,8 @@ pub mod x86;
 pub mod x86_kquants;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_tiles;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_tiles512;
 
 use std::sync::Arc;
 
@@ -92,6 +94,9 @@ pub struct QuantActs {
     /// Per row, per block: the sum of the 32 quants (Q8_0 only), with which the tile kernels
     /// take Q4_0's and Q5_0's offsets off exactly.
     sums: Vec<i32>,
+    /// Per row, per block, per group of 4 quants: -16 times the group's sum (Q8_0 only, when
+    /// the AVX-512 Q5_0 kernel can use it; see [`ActMeta::offsets16`]).
+    offsets16: Vec<i32>,
 }
 
 /// One activation row's per-block values that the tile kernels read besides the quants.
@@ -103,6 +108,10 @@ pub struct ActMeta<'a> {
     pub s: &'a [f32],
     /// Q8_0's exact `sum(qs)` (empty otherwise).
     pub sum: &'a [i32],
+    /// Q8_0's `-16 * sum` of each group of 4 quants, 8 per block: the accumulator start with
+    /// which `x86_tiles512` multiplies Q5_0 in its unsigned form `w + 16` exactly (empty for
+    /// other formats and tiers without that kernel).
+    pub offsets16: &'a [i32],
 }
 
 impl QuantActs {
@@ -116,6 +125,7 @@ impl QuantActs {
             scales_d: Vec::new(),
             scales_s: Vec::new(),
             sums: Vec::new(),
+            offsets16: Vec::new(),
         }
     }
 
@@ -134,19 +144,23 @@ impl QuantActs {
         for r in 0..rows {
             self.quantize_row(k, r, &x[r * cols..(r + 1) * cols]);
         }
-        self.widen_scales();
+        self.widen_scales(k.tiles2_q5_0.is_some());
     }
 
-    fn widen_scales(&mut self) {
+    /// Fills the per-block values of [`ActMeta`] from the quantized rows (`offsets16` only
+    /// when `offsets` is set: a tier with the AVX-512 Q5_0 kernel).
+    fn widen_scales(&mut self, offsets: bool) {
         let nb = self.cols / QK;
-        let (mut sd, mut ss, mut sums) = (
+        let (mut sd, mut ss, mut sums, mut offs) = (
             std::mem::take(&mut self.scales_d),
             std::mem::take(&mut self.scales_s),
             std::mem::take(&mut self.sums),
+            std::mem::take(&mut self.offsets16),
         );
         sd.clear();
         ss.clear();
         sums.clear();
+        offs.clear();
         for r in 0..self.rows {
             match self.format {
                 ActFormat::Q8_0 => {
@@ -157,6 +171,12 @@ impl QuantActs {
                             .iter()
                             .map(|b| b.qs.iter().map(|&q| q as i32).sum::<i32>()),
                     );
+                    if offsets {
+                        offs.extend(blocks.iter().flat_map(|b| {
+                            b.qs.chunks_exact(4)
+                                .map(|g| -16 * g.iter().map(|&q| q as i32).sum::<i32>())
+                        }));
+                    }
                 }
                 ActFormat::Q8_1 => {
                     let blocks: &[BlockQ8_1] = cast_ref(self.row(r));
@@ -170,6 +190,7 @@ impl QuantActs {
         self.scales_d = sd;
         self.scales_s = ss;
         self.sums = sums;
+        self.offsets16 = offs;
     }
 
     /// Row `r`'s per-block scales and sums (Q8_0/Q8_1 only; empty slices otherwise).
@@ -179,7 +200,11 @@ impl QuantActs {
         ActMeta {
             d: self.scales_d.get(range.clone()).unwrap_or(&[]),
             s: self.scales_s.get(range.clone()).unwrap_or(&[]),
-            sum: self.sums.get(range).unwrap_or(&[]),
+            sum: self.sums.get(range.clone()).unwrap_or(&[]),
+            offsets16: self
+                .offsets16
+                .get(8 * range.start..8 * range.end)
+                .unwrap_or(&[]),
         }
     }
 
@@ -363,6 +388,21 @@ impl<'a> QMatrix<'a> {
         rows: std::ops::Range<usize>,
         out: &mut dyn FnMut(usize, usize, &[f32]),
     ) {
+        self.matmul_block(k, acts, rows, 0..acts.rows, out);
+    }
+
+    /// [`Self::matmul_rows`] for the activation rows `toks` only: one block of a 2-D split of a
+    /// large product across threads. Every kernel's bits are independent of how the activation
+    /// rows are grouped, so any split gives the same outputs.
+    pub fn matmul_block(
+        &self,
+        k: &Kernels,
+        acts: &QuantActs,
+        rows: std::ops::Range<usize>,
+        toks: std::ops::Range<usize>,
+        out: &mut dyn FnMut(usize, usize, &[f32]),
+    ) {
+        assert!(toks.end <= acts.rows, "activation rows out of range");
         // Reading activations of another format would be garbage, not an error: refuse loudly.
         assert_eq!(
             acts.format,
@@ -373,7 +413,7 @@ impl<'a> QMatrix<'a> {
             ($wt:ty, $at:ty, $f:expr) => {{
                 for r in rows.clone() {
                     let w: &[$wt] = cast_weights(self.row_bytes(r));
-                    for t in 0..acts.rows {
+                    for t in toks.clone() {
                         let a: &[$at] = cast_ref(acts.row(t));
                         out(t, r, &[$f(w, a)]);
                     }
@@ -387,15 +427,16 @@ impl<'a> QMatrix<'a> {
         macro_rules! quad {
             ($wt:ty, $at:ty, $f1:expr, $f4:expr) => {{
                 let arow = |t: usize| -> &[$at] { cast_ref(acts.row(t)) };
-                let quads = acts.rows / 4 * 4;
-                let left = acts.rows - quads;
-                let last = acts.rows.saturating_sub(1);
+                let n = toks.len();
+                let quads = toks.start + n / 4 * 4;
+                let left = toks.end - quads;
+                let last = toks.end.saturating_sub(1);
                 for r in rows.clone() {
                     if acts.rows == 1 {
                         self.prefetch_row(r + PREFETCH_ROWS_AHEAD);
                     }
                     let w: &[$wt] = cast_weights(self.row_bytes(r));
-                    for t in (0..quads).step_by(4) {
+                    for t in (toks.start..quads).step_by(4) {
                         let v = $f4(w, [arow(t), arow(t + 1), arow(t + 2), arow(t + 3)]);
                         for (j, &x) in v.iter().enumerate() {
                             out(t + j, r, &[x]);
@@ -419,31 +460,89 @@ impl<'a> QMatrix<'a> {
             }};
         }
         match self.dtype {
-            GgmlType::Q4_0 => self.tiled(k.tile1_q4_0, k.tile4_q4_0, None, acts, rows, out),
-            GgmlType::Q4_1 => self.tiled(k.tile1_q4_1, k.tile4_q4_1, None, acts, rows, out),
+            GgmlType::Q4_0 => self.tiled(
+                k.tile1_q4_0,
+                k.tile4_q4_0,
+                None,
+                None,
+                acts,
+                rows,
+                toks.clone(),
+                out,
+            ),
+            GgmlType::Q4_1 => self.tiled(
+                k.tile1_q4_1,
+                k.tile4_q4_1,
+                None,
+                None,
+                acts,
+                rows,
+                toks.clone(),
+                out,
+            ),
             GgmlType::Q5_0 => self.tiled(
                 k.tile1_q5_0,
                 k.tile4_q5_0,
                 Some(k.tile16_q5_0),
+                k.tiles2_q5_0,
                 acts,
                 rows,
+                toks.clone(),
                 out,
             ),
             GgmlType::Q5_1 => self.tiled(
                 k.tile1_q5_1,
                 k.tile4_q5_1,
                 Some(k.tile16_q5_1),
+                None,
                 acts,
                 rows,
+                toks.clone(),
                 out,
             ),
-            GgmlType::Q8_0 => self.tiled(k.tile1_q8_0, k.tile4_q8_0, None, acts, rows, out),
-            GgmlType::Iq4Nl => self.tiled(k.tile1_iq4nl, k.tile4_iq4nl, None, acts, rows, out),
+            GgmlType::Q8_0 => self.tiled(
+                k.tile1_q8_0,
+                k.tile4_q8_0,
+                None,
+                None,
+                acts,
+                rows,
+                toks.clone(),
+                out,
+            ),
+            GgmlType::Iq4Nl => self.tiled(
+                k.tile1_iq4nl,
+                k.tile4_iq4nl,
+                None,
+                None,
+                acts,
+                rows,
+                toks.clone(),
+                out,
+            ),
             GgmlType::Q2K => quad!(BlockQ2K, BlockQ8K, k.dot_q2k_q8k, k.dot4_q2k_q8k),
             GgmlType::Q3K => quad!(BlockQ3K, BlockQ8K, k.dot_q3k_q8k, k.dot4_q3k_q8k),
-            GgmlType::Q4K => self.tiled(k.tile1_q4k, k.tile4_q4k, None, acts, rows, out),
+            GgmlType::Q4K => self.tiled(
+                k.tile1_q4k,
+                k.tile4_q4k,
+                None,
+                None,
+                acts,
+                rows,
+                toks.clone(),
+                out,
+            ),
             GgmlType::Q5K => quad!(BlockQ5K, BlockQ8K, k.dot_q5k_q8k, k.dot4_q5k_q8k),
-            GgmlType::Q6K => self.tiled(k.tile1_q6k, k.tile4_q6k, None, acts, rows, out),
+            GgmlType::Q6K => self.tiled(
+                k.tile1_q6k,
+                k.tile4_q6k,
+                None,
+                None,
+                acts,
+                rows,
+                toks.clone(),
+                out,
+            ),
             GgmlType::Iq4Xs => quad!(BlockIq4Xs, BlockQ8K, k.dot_iq4xs_q8k, k.dot4_iq4xs_q8k),
             GgmlType::F16 => run!(u16, u16, k.dot_f16_f16),
             GgmlType::Bf16 => run!(u16, u16, k.dot_bf16),
@@ -452,18 +551,21 @@ impl<'a> QMatrix<'a> {
         }
     }
 
-    /// The tiled product: for each block of [`ACT_BLOCK`] activation rows, each tile row
-    /// (8 weight rows) against 4 activation rows per call, leftovers one by one (the same bits
-    /// either way). The tile rows of `rows` are computed whole; outputs outside `rows` (of a
-    /// range that does not start or end on a multiple of 8) are dropped.
-    #[allow(clippy::too_many_arguments)] // one driver: the three batch shapes plus the data
+    /// The tiled product: for each block of [`ACT_BLOCK`] activation rows of `toks`, each tile
+    /// row (8 weight rows) against 16 or 4 activation rows per call, leftovers one by one; with
+    /// `pair` kernels (AVX-512), two tile rows per call. The same bits any way. The tile rows of
+    /// `rows` are computed whole; outputs outside `rows` (of a range that does not start or end
+    /// on a multiple of 8) are dropped.
+    #[allow(clippy::too_many_arguments)] // one driver: the batch shapes plus the block
     fn tiled<T: repack::Tiled, A: ActBlock>(
         &self,
         f1: dispatch::TileMul<T, A, 1>,
         f4: dispatch::TileMul<T, A, 4>,
         f16: Option<dispatch::TileMul<T, A, 16>>,
+        pair: Option<dispatch::TilePair<T, A>>,
         acts: &QuantActs,
         rows: std::ops::Range<usize>,
+        toks: std::ops::Range<usize>,
         out: &mut dyn FnMut(usize, usize, &[f32]),
     ) {
         let Some(tiles) = self.tiles.as_deref() else {
@@ -471,28 +573,71 @@ impl<'a> QMatrix<'a> {
         };
         let arow = |t: usize| -> &[A] { cast_ref(acts.row(t)) };
         let tile_rows = rows.start / TILE_ROWS..rows.end.div_ceil(TILE_ROWS);
-        let mut emit = |t: usize, rt: usize, v: &[f32; TILE_ROWS]| {
+        // Tile row `rt`'s 8 outputs for activation row t.
+        let mut emit = |t: usize, rt: usize, v: &[f32]| {
             let r0 = (rt * TILE_ROWS).max(rows.start);
             let r1 = (rt * TILE_ROWS + TILE_ROWS).min(rows.end);
             out(t, r0, &v[r0 - rt * TILE_ROWS..r1 - rt * TILE_ROWS]);
         };
-        for a0 in (0..acts.rows).step_by(ACT_BLOCK) {
-            let a1 = (a0 + ACT_BLOCK).min(acts.rows);
+        let prefetch_tile = |rt: usize| {
+            if rt < tiles.tile_rows {
+                prefetch(tiles.tile_row::<T>(rt));
+            }
+        };
+        for a0 in toks.clone().step_by(ACT_BLOCK) {
+            let a1 = (a0 + ACT_BLOCK).min(toks.end);
             // The block's rows and per-block values, looked up once for all tile rows.
             let ys: Vec<&[A]> = (a0..a1).map(arow).collect();
             let ms: Vec<ActMeta<'_>> = (a0..a1).map(|t| acts.row_meta(t)).collect();
             let n = a1 - a0;
-            for rt in tile_rows.clone() {
+            let y16 = |j: usize| -> ([&[A]; 16], [ActMeta<'_>; 16]) {
+                (
+                    std::array::from_fn(|i| ys[j + i]),
+                    std::array::from_fn(|i| ms[j + i]),
+                )
+            };
+            let y4 = |j: usize| -> ([&[A]; 4], [ActMeta<'_>; 4]) {
+                (
+                    std::array::from_fn(|i| ys[j + i]),
+                    std::array::from_fn(|i| ms[j + i]),
+                )
+            };
+            let mut rt = tile_rows.start;
+            while rt < tile_rows.end {
                 let w = tiles.tile_row::<T>(rt);
-                if rt + 1 < tiles.tile_rows {
-                    // The next tile row streams in while this one is multiplied.
-                    prefetch(tiles.tile_row::<T>(rt + 1));
-                }
                 let mut j = 0;
+                if let Some(p) = pair.filter(|_| rt + 1 < tile_rows.end && n >= 4) {
+                    let w1 = tiles.tile_row::<T>(rt + 1);
+                    prefetch_tile(rt + 2);
+                    prefetch_tile(rt + 3);
+                    while j + 16 <= n {
+                        let (y, m) = y16(j);
+                        for (i, v) in (p.x16)(w, w1, y, m).iter().enumerate() {
+                            emit(a0 + j + i, rt, &v[..TILE_ROWS]);
+                            emit(a0 + j + i, rt + 1, &v[TILE_ROWS..]);
+                        }
+                        j += 16;
+                    }
+                    while j + 4 <= n {
+                        let (y, m) = y4(j);
+                        for (i, v) in (p.x4)(w, w1, y, m).iter().enumerate() {
+                            emit(a0 + j + i, rt, &v[..TILE_ROWS]);
+                            emit(a0 + j + i, rt + 1, &v[TILE_ROWS..]);
+                        }
+                        j += 4;
+                    }
+                    for j in j..n {
+                        emit(a0 + j, rt, &f1(w, [ys[j]], [ms[j]])[0]);
+                        emit(a0 + j, rt + 1, &f1(w1, [ys[j]], [ms[j]])[0]);
+                    }
+                    rt += 2;
+                    continue;
+                }
+                // The next tile row streams in while this one is multiplied.
+                prefetch_tile(rt + 1);
                 if let Some(f16) = f16 {
                     while j + 16 <= n {
-                        let y: [&[A]; 16] = std::array::from_fn(|i| ys[j + i]);
-                        let m: [ActMeta<'_>; 16] = std::array::from_fn(|i| ms[j + i]);
+                        let (y, m) = y16(j);
                         for (i, v) in f16(w, y, m).iter().enumerate() {
                             emit(a0 + j + i, rt, v);
                         }
@@ -500,20 +645,16 @@ impl<'a> QMatrix<'a> {
                     }
                 }
                 while j + 4 <= n {
-                    let v = f4(
-                        w,
-                        [ys[j], ys[j + 1], ys[j + 2], ys[j + 3]],
-                        [ms[j], ms[j + 1], ms[j + 2], ms[j + 3]],
-                    );
-                    for (i, v) in v.iter().enumerate() {
+                    let (y, m) = y4(j);
+                    for (i, v) in f4(w, y, m).iter().enumerate() {
                         emit(a0 + j + i, rt, v);
                     }
                     j += 4;
                 }
                 for j in j..n {
-                    let v = f1(w, [ys[j]], [ms[j]]);
-                    emit(a0 + j, rt, &v[0]);
+                    emit(a0 + j, rt, &f1(w, [ys[j]], [ms[j]])[0]);
                 }
+                rt += 1;
             }
         }
     }

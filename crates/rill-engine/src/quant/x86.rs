@@ -540,7 +540,72 @@ macro_rules! kernels {
             /// instruction instead of a libm call; identical arithmetic).
             #[target_feature(enable = $features)]
             pub unsafe fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
-                super::super::scalar::quantize_q8k(x, out)
+                assert_eq!(x.len(), out.len() * QK_K);
+                let sign = _mm256_set1_ps(-0.0);
+                for (xb, yb) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+                    let p = xb.as_ptr();
+                    // The largest magnitude (max_ps returns its second operand for a NaN
+                    // first one, so NaNs are skipped as the reference's `>` skips them).
+                    let mut m = _mm256_setzero_ps();
+                    for i in 0..QK_K / 8 {
+                        m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * i))), m);
+                    }
+                    let m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+                    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+                    let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+                    if amax == 0.0 {
+                        *yb = BlockQ8K::default();
+                        continue;
+                    }
+                    // The reference keeps the first element of that magnitude, with its sign.
+                    let am = _mm256_set1_ps(amax);
+                    let mut max = amax;
+                    for i in 0..QK_K / 8 {
+                        let v = _mm256_loadu_ps(p.add(8 * i));
+                        let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
+                            _mm256_andnot_ps(sign, v),
+                            am,
+                        ));
+                        if hit != 0 {
+                            max = xb[8 * i + hit.trailing_zeros() as usize];
+                            break;
+                        }
+                    }
+                    let iscale = -127.0 / max;
+                    let id = _mm256_set1_ps(iscale);
+                    let top = _mm256_set1_epi32(127);
+                    // cvtps rounds ties to even (the default MXCSR mode), like round_ties_even;
+                    // a NaN becomes 0 as in the reference's saturating cast.
+                    let q32 = |j: usize| {
+                        let v = _mm256_mul_ps(id, _mm256_loadu_ps(p.add(8 * j)));
+                        let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                        _mm256_andnot_si256(nan, _mm256_min_epi32(_mm256_cvtps_epi32(v), top))
+                    };
+                    for g in 0..QK_K / 32 {
+                        let (i0, i1, i2, i3) =
+                            (q32(4 * g), q32(4 * g + 1), q32(4 * g + 2), q32(4 * g + 3));
+                        let q = _mm256_packs_epi16(
+                            _mm256_packs_epi32(i0, i1),
+                            _mm256_packs_epi32(i2, i3),
+                        );
+                        // packs works per 128-bit lane: restore element order.
+                        let q = _mm256_permutevar8x32_epi32(
+                            q,
+                            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+                        );
+                        _mm256_storeu_si256(yb.qs.as_mut_ptr().add(32 * g).cast(), q);
+                        // The sums of elements 0..16 and 16..32 of this group.
+                        let t =
+                            _mm256_hadd_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+                        let t = _mm256_hadd_epi32(t, t);
+                        let (lo, hi) =
+                            (_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
+                        let s = _mm_add_epi32(lo, hi);
+                        yb.bsums[2 * g] = _mm_cvtsi128_si32(s) as i16;
+                        yb.bsums[2 * g + 1] = _mm_extract_epi32::<1>(s) as i16;
+                    }
+                    yb.d = 1.0 / iscale;
+                }
             }
 
             /// Same arithmetic as `scalar::quantize_q8_0` (ties-to-even rounding).

@@ -1,0 +1,123 @@
+//! AVX-512 (zmm) kernels of the VNNI tier over **two tile rows at once**: 16 weight rows, one
+//! per f32 lane of a zmm, against N activation rows. They serve prefill and batched decode of
+//! the ggml-order 32-element formats, whose 8 lane accumulators per (row, activation) pair
+//! make the 256-bit kernels (`x86_tiles::lanes_kernel`) bound by one conversion and one FMA
+//! per 8 rows and 4 products; here the same two instructions cover 16 rows.
+//!
+//! Q5_0 runs in its unsigned form `u = w + 16` (0..=31, the nibble with the fifth bit, no sign
+//! trick): each group's `vpdpbusd` starts from `-16 * sum(a_group)` (`ActMeta::offsets16`), so
+//! the i32 lane is exactly `sum(w * a)` of the group's 4 products, the integer the 256-bit
+//! kernel and `scalar::dot32` compute. The float chain per lane (`fma(d_w * d_a, lane, acc)`
+//! per block, lanes reduced in `hsum8`'s order) is the same, so are the bits; lanes 0..8 are
+//! the first tile row's rows, 8..16 the second's.
+//!
+//! SAFETY contract for every `unsafe fn` here: the caller has verified the features in the
+//! function's `target_feature` attribute (only `dispatch::Kernels` builds calls to them, after
+//! `all_supported` detected them). Slice lengths are checked by asserts.
+
+#![allow(clippy::missing_safety_doc)] // the contract is the module doc's SAFETY paragraph
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use super::blocks::*;
+use super::x86::bytes_from_bits_32;
+use super::ActMeta;
+
+/// Column blocks whose decoded weights a call keeps (in L1) for all its activation rows.
+const CHUNK: usize = 32;
+
+/// Groups `gp` (low nibbles) and `gp + 4` (high nibbles) of a Q5_0 tile in the unsigned form
+/// `w + 16`: the nibble with 0x10 where the group mask's bit is set.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn q5_0_unsigned(t: &TileQ5_0, gp: usize) -> (__m256i, __m256i) {
+    let v = _mm256_loadu_si256(t.qs[32 * gp..32 * gp + 32].as_ptr().cast());
+    let m = _mm256_set1_epi8(0x0f);
+    let fifth = |mask: u32| {
+        _mm256_and_si256(
+            bytes_from_bits_32(mask.to_le_bytes()),
+            _mm256_set1_epi8(0x10),
+        )
+    };
+    (
+        _mm256_or_si256(_mm256_and_si256(v, m), fifth(t.qh[gp])),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(v, 4), m),
+            fifth(t.qh[gp + 4]),
+        ),
+    )
+}
+
+/// Two tile rows of Q5_0 (`t0`, `t1`: the same blocks of consecutive tile rows) against N
+/// activation rows: `out[n][j]` is weight row j (0..8 of `t0`, 8..16 of `t1`) against
+/// activation n, bit-identical to `x86_tiles::*::tiles_q5_0` and `scalar::dot32`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tiles2_q5_0<const N: usize>(
+    t0: &[TileQ5_0],
+    t1: &[TileQ5_0],
+    y: [&[BlockQ8_0]; N],
+    meta: [ActMeta<'_>; N],
+) -> [[f32; 2 * TILE_ROWS]; N] {
+    let nb = t0.len();
+    assert_eq!(t1.len(), nb, "tile rows of one matrix");
+    assert!(y.iter().all(|a| a.len() >= nb));
+    assert!(meta
+        .iter()
+        .all(|m| m.d.len() >= nb && m.offsets16.len() >= 8 * nb));
+    let mut acc = [[_mm512_setzero_ps(); 8]; N];
+    // Scratch left uninitialised (zeroing it per call costs more than short calls' work):
+    // every entry read below was written first for the same chunk.
+    let mut w = [[MaybeUninit::<__m512i>::uninit(); 8]; CHUNK];
+    let mut dw = [MaybeUninit::<__m512>::uninit(); CHUNK];
+    for c0 in (0..nb).step_by(CHUNK) {
+        let c1 = (c0 + CHUNK).min(nb);
+        for i in c0..c1 {
+            // SAFETY (the unchecked indexing in this function): i < nb, and every slice
+            // indexed with i (or 8i + g, g < 8) is long enough (asserted above).
+            let (a, b) = unsafe { (t0.get_unchecked(i), t1.get_unchecked(i)) };
+            let d = _mm256_set_m128i(
+                _mm_loadu_si128(b.d.as_ptr().cast()),
+                _mm_loadu_si128(a.d.as_ptr().cast()),
+            );
+            dw[i - c0] = MaybeUninit::new(_mm512_cvtph_ps(d));
+            for gp in 0..4 {
+                let (al, ah) = q5_0_unsigned(a, gp);
+                let (bl, bh) = q5_0_unsigned(b, gp);
+                w[i - c0][gp] =
+                    MaybeUninit::new(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(al), bl));
+                w[i - c0][gp + 4] =
+                    MaybeUninit::new(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(ah), bh));
+            }
+        }
+        for n in 0..N {
+            let mut s = acc[n];
+            for i in c0..c1 {
+                let qs = unsafe { y[n].get_unchecked(i) }.qs.as_ptr();
+                let da = unsafe { *meta[n].d.get_unchecked(i) };
+                let off = unsafe { meta[n].offsets16.get_unchecked(8 * i..8 * i + 8) };
+                // SAFETY: entries i - c0 of the scratch were written for this chunk above.
+                let d = _mm512_mul_ps(unsafe { dw[i - c0].assume_init() }, _mm512_set1_ps(da));
+                for g in 0..8 {
+                    // SAFETY: g < 8: the 4 bytes lie inside the block's 32 quants.
+                    let a = unsafe { qs.add(4 * g).cast::<i32>().read_unaligned() };
+                    let wg = unsafe { w[i - c0][g].assume_init() };
+                    let lane =
+                        _mm512_dpbusd_epi32(_mm512_set1_epi32(off[g]), wg, _mm512_set1_epi32(a));
+                    s[g] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lane), s[g]);
+                }
+            }
+            acc[n] = s;
+        }
+    }
+    let mut out = [[0f32; 2 * TILE_ROWS]; N];
+    for n in 0..N {
+        let a = &acc[n];
+        let h = _mm512_add_ps(
+            _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+            _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
+        );
+        _mm512_storeu_ps(out[n].as_mut_ptr(), h);
+    }
+    out
+}
