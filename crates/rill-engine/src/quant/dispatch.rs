@@ -83,8 +83,10 @@ pub struct Kernels {
     pub tile1_q6k: TileMul<TileQ6K, BlockQ8K, 1>,
     pub tile4_q6k: TileMul<TileQ6K, BlockQ8K, 4>,
     pub tile4_iq4nl: TileMul<TileIq4Nl, BlockQ8_0, 4>,
-    /// Q5_0 over two tile rows per call (AVX-512 with VNNI only; `None` elsewhere).
+    /// Two tile rows per call (AVX-512 with VNNI only; `None` elsewhere).
     pub tiles2_q5_0: Option<TilePair<TileQ5_0, BlockQ8_0>>,
+    pub tiles2_q4_1: Option<TilePair<TileQ4_1, BlockQ8_1>>,
+    pub tiles2_q5_1: Option<TilePair<TileQ5_1, BlockQ8_1>>,
     pub dot_f32: Dot<f32, f32>,
     pub dot_bf16: Dot<u16, u16>,
     pub dot_f16_f16: Dot<u16, u16>,
@@ -137,6 +139,8 @@ impl Kernels {
             tile4_q6k: |t, y, _| kquants::tiles_q6k(t, y),
             tile4_iq4nl: |t, y, _| scalar::tiles(t, y),
             tiles2_q5_0: None,
+            tiles2_q4_1: None,
+            tiles2_q5_1: None,
             dot_f32: scalar::dot_f32,
             dot_bf16: scalar::dot_bf16,
             dot_f16_f16: scalar::dot_f16_f16,
@@ -242,6 +246,8 @@ mod x86_sets {
                 tile4_q6k: |t, y, m| unsafe { x86_tiles::$m::tiles_q6k::<4>(t, y, m) },
                 tile4_iq4nl: |t, y, m| unsafe { x86_tiles::$m::tiles_iq4nl::<4>(t, y, m) },
                 tiles2_q5_0: None,
+                tiles2_q4_1: None,
+                tiles2_q5_1: None,
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
                 dot_bf16: |x, y| unsafe { x86::$m::dot_bf16(x, y) },
                 dot_f16_f16: |x, y| unsafe { x86::$m::dot_f16_f16(x, y) },
@@ -286,15 +292,20 @@ mod x86_sets {
     /// The VNNI tier: the 256-bit kernels with `vpdpbusd`, plus the zmm two-tile-row kernels
     /// (`all_supported` also checked AVX-512 F and BW for them).
     pub fn vnni() -> Kernels {
+        use crate::quant::x86_tiles512 as z;
         Kernels {
-            // SAFETY: as in `set!`; x86_tiles512 asserts its slice lengths.
+            // SAFETY (all three): as in `set!`; x86_tiles512 asserts its slice lengths.
             tiles2_q5_0: Some(TilePair {
-                x4: |a, b, y, m| unsafe {
-                    crate::quant::x86_tiles512::tiles2_q5_0::<4>(a, b, y, m)
-                },
-                x16: |a, b, y, m| unsafe {
-                    crate::quant::x86_tiles512::tiles2_q5_0::<16>(a, b, y, m)
-                },
+                x4: |a, b, y, m| unsafe { z::tiles2_q5_0::<4>(a, b, y, m) },
+                x16: |a, b, y, m| unsafe { z::tiles2_q5_0::<16>(a, b, y, m) },
+            }),
+            tiles2_q4_1: Some(TilePair {
+                x4: |a, b, y, m| unsafe { z::tiles2_q4_1::<4>(a, b, y, m) },
+                x16: |a, b, y, m| unsafe { z::tiles2_q4_1::<16>(a, b, y, m) },
+            }),
+            tiles2_q5_1: Some(TilePair {
+                x4: |a, b, y, m| unsafe { z::tiles2_q5_1::<4>(a, b, y, m) },
+                x16: |a, b, y, m| unsafe { z::tiles2_q5_1::<16>(a, b, y, m) },
             }),
             ..set!(vnni, KernelTier::Avx512Vnni)
         }

@@ -4,6 +4,8 @@
 //! make the 256-bit kernels (`x86_tiles::lanes_kernel`) bound by one conversion and one FMA
 //! per 8 rows and 4 products; here the same two instructions cover 16 rows.
 //!
+//! Formats: Q5_0, Q4_1, Q5_1 (every weight byte is unsigned: no sign trick, which zmm has no
+//! `vpsignb` for). Q4_1/Q5_1 add their `m * s` chain per block as the 256-bit kernels do.
 //! Q5_0 runs in its unsigned form `u = w + 16` (0..=31, the nibble with the fifth bit, no sign
 //! trick): each group's `vpdpbusd` starts from `-16 * sum(a_group)` (`ActMeta::offsets16`), so
 //! the i32 lane is exactly `sum(w * a)` of the group's 4 products, the integer the 256-bit
@@ -27,13 +29,24 @@ use super::ActMeta;
 /// Column blocks whose decoded weights a call keeps (in L1) for all its activation rows.
 const CHUNK: usize = 32;
 
-/// Groups `gp` (low nibbles) and `gp + 4` (high nibbles) of a Q5_0 tile in the unsigned form
-/// `w + 16`: the nibble with 0x10 where the group mask's bit is set.
+/// Groups `gp` (low nibbles) and `gp + 4` (high nibbles) of a nibble tile, as u8.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn q5_0_unsigned(t: &TileQ5_0, gp: usize) -> (__m256i, __m256i) {
-    let v = _mm256_loadu_si256(t.qs[32 * gp..32 * gp + 32].as_ptr().cast());
+unsafe fn nibbles(qs: &[u8; 128], gp: usize) -> (__m256i, __m256i) {
+    let v = _mm256_loadu_si256(qs[32 * gp..32 * gp + 32].as_ptr().cast());
     let m = _mm256_set1_epi8(0x0f);
+    (
+        _mm256_and_si256(v, m),
+        _mm256_and_si256(_mm256_srli_epi16(v, 4), m),
+    )
+}
+
+/// Groups `gp` and `gp + 4` of a 5-bit tile in their unsigned form (0..=31): the nibbles with
+/// 0x10 where the group masks `qh[gp]`, `qh[gp + 4]` have their bit set.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn five_bits(qs: &[u8; 128], qh: &[u32; 8], gp: usize) -> (__m256i, __m256i) {
+    let (lo, hi) = nibbles(qs, gp);
     let fifth = |mask: u32| {
         _mm256_and_si256(
             bytes_from_bits_32(mask.to_le_bytes()),
@@ -41,83 +54,135 @@ unsafe fn q5_0_unsigned(t: &TileQ5_0, gp: usize) -> (__m256i, __m256i) {
         )
     };
     (
-        _mm256_or_si256(_mm256_and_si256(v, m), fifth(t.qh[gp])),
-        _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16(v, 4), m),
-            fifth(t.qh[gp + 4]),
-        ),
+        _mm256_or_si256(lo, fifth(qh[gp])),
+        _mm256_or_si256(hi, fifth(qh[gp + 4])),
     )
 }
 
-/// Two tile rows of Q5_0 (`t0`, `t1`: the same blocks of consecutive tile rows) against N
-/// activation rows: `out[n][j]` is weight row j (0..8 of `t0`, 8..16 of `t1`) against
-/// activation n, bit-identical to `x86_tiles::*::tiles_q5_0` and `scalar::dot32`.
+/// Two tiles' 8 f16 values each as one zmm of f32 (the first tile's in lanes 0..8).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tiles2_q5_0<const N: usize>(
-    t0: &[TileQ5_0],
-    t1: &[TileQ5_0],
-    y: [&[BlockQ8_0]; N],
-    meta: [ActMeta<'_>; N],
-) -> [[f32; 2 * TILE_ROWS]; N] {
-    let nb = t0.len();
-    assert_eq!(t1.len(), nb, "tile rows of one matrix");
-    assert!(y.iter().all(|a| a.len() >= nb));
-    assert!(meta
-        .iter()
-        .all(|m| m.d.len() >= nb && m.offsets16.len() >= 8 * nb));
-    let mut acc = [[_mm512_setzero_ps(); 8]; N];
-    // Scratch left uninitialised (zeroing it per call costs more than short calls' work):
-    // every entry read below was written first for the same chunk.
-    let mut w = [[MaybeUninit::<__m512i>::uninit(); 8]; CHUNK];
-    let mut dw = [MaybeUninit::<__m512>::uninit(); CHUNK];
-    for c0 in (0..nb).step_by(CHUNK) {
-        let c1 = (c0 + CHUNK).min(nb);
-        for i in c0..c1 {
-            // SAFETY (the unchecked indexing in this function): i < nb, and every slice
-            // indexed with i (or 8i + g, g < 8) is long enough (asserted above).
-            let (a, b) = unsafe { (t0.get_unchecked(i), t1.get_unchecked(i)) };
-            let d = _mm256_set_m128i(
-                _mm_loadu_si128(b.d.as_ptr().cast()),
-                _mm_loadu_si128(a.d.as_ptr().cast()),
-            );
-            dw[i - c0] = MaybeUninit::new(_mm512_cvtph_ps(d));
-            for gp in 0..4 {
-                let (al, ah) = q5_0_unsigned(a, gp);
-                let (bl, bh) = q5_0_unsigned(b, gp);
-                w[i - c0][gp] =
-                    MaybeUninit::new(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(al), bl));
-                w[i - c0][gp + 4] =
-                    MaybeUninit::new(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(ah), bh));
-            }
-        }
-        for n in 0..N {
-            let mut s = acc[n];
-            for i in c0..c1 {
-                let qs = unsafe { y[n].get_unchecked(i) }.qs.as_ptr();
-                let da = unsafe { *meta[n].d.get_unchecked(i) };
-                let off = unsafe { meta[n].offsets16.get_unchecked(8 * i..8 * i + 8) };
-                // SAFETY: entries i - c0 of the scratch were written for this chunk above.
-                let d = _mm512_mul_ps(unsafe { dw[i - c0].assume_init() }, _mm512_set1_ps(da));
-                for g in 0..8 {
-                    // SAFETY: g < 8: the 4 bytes lie inside the block's 32 quants.
-                    let a = unsafe { qs.add(4 * g).cast::<i32>().read_unaligned() };
-                    let wg = unsafe { w[i - c0][g].assume_init() };
-                    let lane =
-                        _mm512_dpbusd_epi32(_mm512_set1_epi32(off[g]), wg, _mm512_set1_epi32(a));
-                    s[g] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lane), s[g]);
+#[inline]
+unsafe fn lanes16_f16(a: &[u16; TILE_ROWS], b: &[u16; TILE_ROWS]) -> __m512 {
+    _mm512_cvtph_ps(_mm256_set_m128i(
+        _mm_loadu_si128(b.as_ptr().cast()),
+        _mm_loadu_si128(a.as_ptr().cast()),
+    ))
+}
+
+/// One format's two-tile-row kernel `$name::<N>`: `out[n][j]` is weight row j (0..8 of `t0`,
+/// 8..16 of `t1`) against activation n, bit-identical to `x86_tiles::*::$name` on each tile
+/// row and to `scalar::dot32`. `$pair` gives a tile's unsigned weight bytes of groups `gp` and
+/// `gp + 4`; `offsets` formats (stored as `u = w + 16`) start each group's `vpdpbusd` at
+/// `ActMeta::offsets16`, the others at 0; `min` formats add the `m * s` chain.
+macro_rules! pair_kernel {
+    ($name:ident, $tile:ty, $act:ty, offsets = $offsets:tt, min = $min:tt,
+     |$t:ident, $gp:ident| $pair:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub unsafe fn $name<const N: usize>(
+            t0: &[$tile],
+            t1: &[$tile],
+            y: [&[$act]; N],
+            meta: [ActMeta<'_>; N],
+        ) -> [[f32; 2 * TILE_ROWS]; N] {
+            let nb = t0.len();
+            assert_eq!(t1.len(), nb, "tile rows of one matrix");
+            assert!(y.iter().all(|a| a.len() >= nb));
+            assert!(meta.iter().all(|m| m.d.len() >= nb
+                && (!$min || m.s.len() >= nb)
+                && (!$offsets || m.offsets16.len() >= 8 * nb)));
+            let mut acc = [[_mm512_setzero_ps(); 8]; N];
+            #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
+            let mut summs = [_mm512_setzero_ps(); N];
+            // Scratch left uninitialised (zeroing it per call costs more than short calls'
+            // work): every entry read below was written first for the same chunk.
+            let mut w = [[MaybeUninit::<__m512i>::uninit(); 8]; CHUNK];
+            let mut dw = [MaybeUninit::<__m512>::uninit(); CHUNK];
+            #[allow(unused_mut, unused_variables)]
+            let mut mw = [MaybeUninit::<__m512>::uninit(); CHUNK];
+            for c0 in (0..nb).step_by(CHUNK) {
+                let c1 = (c0 + CHUNK).min(nb);
+                for i in c0..c1 {
+                    // SAFETY (the unchecked indexing in this function): i < nb, and every
+                    // slice indexed with i (or 8i + g, g < 8) is long enough (asserted above).
+                    let (a, b) = unsafe { (t0.get_unchecked(i), t1.get_unchecked(i)) };
+                    dw[i - c0] = MaybeUninit::new(lanes16_f16(&a.d, &b.d));
+                    pair_kernel!(@min_lanes $min, mw[i - c0], a, b);
+                    for $gp in 0..4 {
+                        let (al, ah) = { let $t = a; $pair };
+                        let (bl, bh) = { let $t = b; $pair };
+                        w[i - c0][$gp] = MaybeUninit::new(_mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(al),
+                            bl,
+                        ));
+                        w[i - c0][$gp + 4] = MaybeUninit::new(_mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(ah),
+                            bh,
+                        ));
+                    }
+                }
+                for n in 0..N {
+                    let mut s = acc[n];
+                    for i in c0..c1 {
+                        let yb = unsafe { y[n].get_unchecked(i) };
+                        let qs = yb.qs.as_ptr();
+                        let da = unsafe { *meta[n].d.get_unchecked(i) };
+                        // SAFETY: entries i - c0 of the scratch were written for this chunk.
+                        let d = _mm512_mul_ps(unsafe { dw[i - c0].assume_init() }, _mm512_set1_ps(da));
+                        pair_kernel!(@min_chain $min, summs[n], mw[i - c0], meta[n], i);
+                        for g in 0..8 {
+                            // SAFETY: g < 8: the 4 bytes lie inside the block's 32 quants.
+                            let a = unsafe { qs.add(4 * g).cast::<i32>().read_unaligned() };
+                            let wg = unsafe { w[i - c0][g].assume_init() };
+                            let start = pair_kernel!(@start $offsets, meta[n], i, g);
+                            let lane = _mm512_dpbusd_epi32(start, wg, _mm512_set1_epi32(a));
+                            s[g] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lane), s[g]);
+                        }
+                    }
+                    acc[n] = s;
                 }
             }
-            acc[n] = s;
+            let mut out = [[0f32; 2 * TILE_ROWS]; N];
+            for n in 0..N {
+                let a = &acc[n];
+                let h = _mm512_add_ps(
+                    _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+                    _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
+                );
+                let r = pair_kernel!(@finish $min, h, summs[n]);
+                _mm512_storeu_ps(out[n].as_mut_ptr(), r);
+            }
+            out
         }
-    }
-    let mut out = [[0f32; 2 * TILE_ROWS]; N];
-    for n in 0..N {
-        let a = &acc[n];
-        let h = _mm512_add_ps(
-            _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
-            _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
+    };
+    (@min_lanes false, $mw:expr, $a:ident, $b:ident) => {};
+    (@min_lanes true, $mw:expr, $a:ident, $b:ident) => {
+        $mw = MaybeUninit::new(lanes16_f16(&$a.m, &$b.m));
+    };
+    (@min_chain false, $summs:expr, $mw:expr, $meta:expr, $i:ident) => {};
+    // SAFETY: the scratch entry was written for this chunk; i < nb <= s.len() (asserted).
+    (@min_chain true, $summs:expr, $mw:expr, $meta:expr, $i:ident) => {
+        $summs = _mm512_fmadd_ps(
+            unsafe { $mw.assume_init() },
+            _mm512_set1_ps(unsafe { *$meta.s.get_unchecked($i) }),
+            $summs,
         );
-        _mm512_storeu_ps(out[n].as_mut_ptr(), h);
-    }
-    out
+    };
+    (@start false, $meta:expr, $i:ident, $g:ident) => { _mm512_setzero_si512() };
+    // SAFETY: 8i + g < 8nb <= offsets16.len() (asserted).
+    (@start true, $meta:expr, $i:ident, $g:ident) => {
+        _mm512_set1_epi32(unsafe { *$meta.offsets16.get_unchecked(8 * $i + $g) })
+    };
+    (@finish false, $acc:expr, $summs:expr) => { $acc };
+    (@finish true, $acc:expr, $summs:expr) => { _mm512_add_ps($acc, $summs) };
 }
+
+// Q5_0 as `u = w + 16` (the nibble with the fifth bit), offsets taken off per group.
+pair_kernel!(tiles2_q5_0, TileQ5_0, BlockQ8_0, offsets = true, min = false, |t, gp| {
+    five_bits(&t.qs, &t.qh, gp)
+});
+pair_kernel!(tiles2_q4_1, TileQ4_1, BlockQ8_1, offsets = false, min = true, |t, gp| {
+    nibbles(&t.qs, gp)
+});
+pair_kernel!(tiles2_q5_1, TileQ5_1, BlockQ8_1, offsets = false, min = true, |t, gp| {
+    five_bits(&t.qs, &t.qh, gp)
+});
