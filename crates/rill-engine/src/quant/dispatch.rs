@@ -85,6 +85,7 @@ pub struct Kernels {
     pub tile4_iq4nl: TileMul<TileIq4Nl, BlockQ8_0, 4>,
     /// Two tile rows per call (AVX-512 with VNNI only; `None` elsewhere).
     pub tiles2_q5_0: Option<TilePair<TileQ5_0, BlockQ8_0>>,
+    pub tiles2_q8_0: Option<TilePair<TileQ8_0, BlockQ8_0>>,
     pub tiles2_q4_1: Option<TilePair<TileQ4_1, BlockQ8_1>>,
     pub tiles2_q5_1: Option<TilePair<TileQ5_1, BlockQ8_1>>,
     pub dot_f32: Dot<f32, f32>,
@@ -139,6 +140,7 @@ impl Kernels {
             tile4_q6k: |t, y, _| kquants::tiles_q6k(t, y),
             tile4_iq4nl: |t, y, _| scalar::tiles(t, y),
             tiles2_q5_0: None,
+            tiles2_q8_0: None,
             tiles2_q4_1: None,
             tiles2_q5_1: None,
             dot_f32: scalar::dot_f32,
@@ -246,6 +248,7 @@ mod x86_sets {
                 tile4_q6k: |t, y, m| unsafe { x86_tiles::$m::tiles_q6k::<4>(t, y, m) },
                 tile4_iq4nl: |t, y, m| unsafe { x86_tiles::$m::tiles_iq4nl::<4>(t, y, m) },
                 tiles2_q5_0: None,
+                tiles2_q8_0: None,
                 tiles2_q4_1: None,
                 tiles2_q5_1: None,
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
@@ -294,10 +297,14 @@ mod x86_sets {
     pub fn vnni() -> Kernels {
         use crate::quant::x86_tiles512 as z;
         Kernels {
-            // SAFETY (all three): as in `set!`; x86_tiles512 asserts its slice lengths.
+            // SAFETY (all four): as in `set!`; x86_tiles512 asserts its slice lengths.
             tiles2_q5_0: Some(TilePair {
                 x4: |a, b, y, m| unsafe { z::tiles2_q5_0::<4>(a, b, y, m) },
                 x16: |a, b, y, m| unsafe { z::tiles2_q5_0::<16>(a, b, y, m) },
+            }),
+            tiles2_q8_0: Some(TilePair {
+                x4: |a, b, y, m| unsafe { z::tiles2_q8_0::<4>(a, b, y, m) },
+                x16: |a, b, y, m| unsafe { z::tiles2_q8_0::<16>(a, b, y, m) },
             }),
             tiles2_q4_1: Some(TilePair {
                 x4: |a, b, y, m| unsafe { z::tiles2_q4_1::<4>(a, b, y, m) },

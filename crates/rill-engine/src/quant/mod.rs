@@ -144,7 +144,7 @@ impl QuantActs {
         for r in 0..rows {
             self.quantize_row(k, r, &x[r * cols..(r + 1) * cols]);
         }
-        self.widen_scales(k.tiles2_q5_0.is_some());
+        self.widen_scales(k.tiles2_q5_0.is_some() || k.tiles2_q8_0.is_some());
     }
 
     /// Fills the per-block values of [`ActMeta`] from the quantized rows (`offsets16` only
@@ -504,7 +504,7 @@ impl<'a> QMatrix<'a> {
                 k.tile1_q8_0,
                 k.tile4_q8_0,
                 None,
-                None,
+                k.tiles2_q8_0,
                 acts,
                 rows,
                 toks.clone(),

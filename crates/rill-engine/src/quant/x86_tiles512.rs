@@ -4,8 +4,8 @@
 //! make the 256-bit kernels (`x86_tiles::lanes_kernel`) bound by one conversion and one FMA
 //! per 8 rows and 4 products; here the same two instructions cover 16 rows.
 //!
-//! Formats: Q5_0, Q4_1, Q5_1 (every weight byte is unsigned: no sign trick, which zmm has no
-//! `vpsignb` for). Q4_1/Q5_1 add their `m * s` chain per block as the 256-bit kernels do.
+//! Formats: Q5_0, Q8_0, Q4_1, Q5_1, every weight byte multiplied unsigned (no sign trick,
+//! which zmm has no `vpsignb` for; Q8_0 as `w + 128`, its offset taken off like Q5_0's). Q4_1/Q5_1 add their `m * s` chain per block as the 256-bit kernels do.
 //! Q5_0 runs in its unsigned form `u = w + 16` (0..=31, the nibble with the fifth bit, no sign
 //! trick): each group's `vpdpbusd` starts from `-16 * sum(a_group)` (`ActMeta::offsets16`), so
 //! the i32 lane is exactly `sum(w * a)` of the group's 4 products, the integer the 256-bit
@@ -72,8 +72,9 @@ unsafe fn lanes16_f16(a: &[u16; TILE_ROWS], b: &[u16; TILE_ROWS]) -> __m512 {
 /// One format's two-tile-row kernel `$name::<N>`: `out[n][j]` is weight row j (0..8 of `t0`,
 /// 8..16 of `t1`) against activation n, bit-identical to `x86_tiles::*::$name` on each tile
 /// row and to `scalar::dot32`. `$pair` gives a tile's unsigned weight bytes of groups `gp` and
-/// `gp + 4`; `offsets` formats (stored as `u = w + 16`) start each group's `vpdpbusd` at
-/// `ActMeta::offsets16`, the others at 0; `min` formats add the `m * s` chain.
+/// `gp + 4`; formats with `offsets = K` (multiplied as `u = w + K`) start each group's
+/// `vpdpbusd` at `-K * sum(a_group)` (`ActMeta::offsets16` scaled), the others at 0; `min`
+/// formats add the `m * s` chain.
 macro_rules! pair_kernel {
     ($name:ident, $tile:ty, $act:ty, offsets = $offsets:tt, min = $min:tt,
      |$t:ident, $gp:ident| $pair:expr) => {
@@ -89,7 +90,7 @@ macro_rules! pair_kernel {
             assert!(y.iter().all(|a| a.len() >= nb));
             assert!(meta.iter().all(|m| m.d.len() >= nb
                 && (!$min || m.s.len() >= nb)
-                && (!$offsets || m.offsets16.len() >= 8 * nb)));
+                && ($offsets == 0 || m.offsets16.len() >= 8 * nb)));
             let mut acc = [[_mm512_setzero_ps(); 8]; N];
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm512_setzero_ps(); N];
@@ -167,22 +168,60 @@ macro_rules! pair_kernel {
             $summs,
         );
     };
-    (@start false, $meta:expr, $i:ident, $g:ident) => { _mm512_setzero_si512() };
-    // SAFETY: 8i + g < 8nb <= offsets16.len() (asserted).
-    (@start true, $meta:expr, $i:ident, $g:ident) => {
+    (@start 0, $meta:expr, $i:ident, $g:ident) => { _mm512_setzero_si512() };
+    // SAFETY (both arms): 8i + g < 8nb <= offsets16.len() (asserted).
+    (@start 16, $meta:expr, $i:ident, $g:ident) => {
         _mm512_set1_epi32(unsafe { *$meta.offsets16.get_unchecked(8 * $i + $g) })
+    };
+    (@start 128, $meta:expr, $i:ident, $g:ident) => {
+        _mm512_slli_epi32::<3>(_mm512_set1_epi32(unsafe {
+            *$meta.offsets16.get_unchecked(8 * $i + $g)
+        }))
     };
     (@finish false, $acc:expr, $summs:expr) => { $acc };
     (@finish true, $acc:expr, $summs:expr) => { _mm512_add_ps($acc, $summs) };
 }
 
 // Q5_0 as `u = w + 16` (the nibble with the fifth bit), offsets taken off per group.
-pair_kernel!(tiles2_q5_0, TileQ5_0, BlockQ8_0, offsets = true, min = false, |t, gp| {
-    five_bits(&t.qs, &t.qh, gp)
-});
-pair_kernel!(tiles2_q4_1, TileQ4_1, BlockQ8_1, offsets = false, min = true, |t, gp| {
-    nibbles(&t.qs, gp)
-});
-pair_kernel!(tiles2_q5_1, TileQ5_1, BlockQ8_1, offsets = false, min = true, |t, gp| {
-    five_bits(&t.qs, &t.qh, gp)
-});
+pair_kernel!(
+    tiles2_q5_0,
+    TileQ5_0,
+    BlockQ8_0,
+    offsets = 16,
+    min = false,
+    |t, gp| { five_bits(&t.qs, &t.qh, gp) }
+);
+// Q8_0 as `u = w + 128` (the sign bit flipped), offsets 8x Q5_0's.
+pair_kernel!(
+    tiles2_q8_0,
+    TileQ8_0,
+    BlockQ8_0,
+    offsets = 128,
+    min = false,
+    |t, gp| {
+        let flip = _mm256_set1_epi8(0x80u8 as i8);
+        (
+            _mm256_xor_si256(_mm256_loadu_si256(t.qs[32 * gp..].as_ptr().cast()), flip),
+            _mm256_xor_si256(
+                _mm256_loadu_si256(t.qs[32 * gp + 128..].as_ptr().cast()),
+                flip,
+            ),
+        )
+    }
+);
+pair_kernel!(
+    tiles2_q4_1,
+    TileQ4_1,
+    BlockQ8_1,
+    offsets = 0,
+    min = true,
+    |t, gp| { nibbles(&t.qs, gp) }
+);
+pair_kernel!(
+    tiles2_q5_1,
+    TileQ5_1,
+    BlockQ8_1,
+    offsets = 0,
+    min = true,
+    |t, gp| { five_bits(&t.qs, &t.qh, gp) }
+);
