@@ -94,9 +94,10 @@ pub struct QuantActs {
     /// Per row, per block: the sum of the 32 quants (Q8_0 only), with which the tile kernels
     /// take Q4_0's and Q5_0's offsets off exactly.
     sums: Vec<i32>,
-    /// Per row, per block, per group of 4 quants: -16 times the group's sum (Q8_0 only, when
-    /// the AVX-512 Q5_0 kernel can use it; see [`ActMeta::offsets16`]).
+    /// Per row, per block, per group of 4 quants: -16 and -128 times the group's sum (Q8_0
+    /// only, on tiers with the AVX-512 pair kernels; see [`ActMeta::offsets16`]).
     offsets16: Vec<i32>,
+    offsets128: Vec<i32>,
 }
 
 /// One activation row's per-block values that the tile kernels read besides the quants.
@@ -112,6 +113,8 @@ pub struct ActMeta<'a> {
     /// which `x86_tiles512` multiplies Q5_0 in its unsigned form `w + 16` exactly (empty for
     /// other formats and tiers without that kernel).
     pub offsets16: &'a [i32],
+    /// The same with -128 (Q8_0 weights multiplied as `w + 128`).
+    pub offsets128: &'a [i32],
 }
 
 impl QuantActs {
@@ -126,6 +129,7 @@ impl QuantActs {
             scales_s: Vec::new(),
             sums: Vec::new(),
             offsets16: Vec::new(),
+            offsets128: Vec::new(),
         }
     }
 
@@ -151,16 +155,20 @@ impl QuantActs {
     /// when `offsets` is set: a tier with the AVX-512 Q5_0 kernel).
     fn widen_scales(&mut self, offsets: bool) {
         let nb = self.cols / QK;
-        let (mut sd, mut ss, mut sums, mut offs) = (
+        let (mut sd, mut ss, mut sums) = (
             std::mem::take(&mut self.scales_d),
             std::mem::take(&mut self.scales_s),
             std::mem::take(&mut self.sums),
+        );
+        let (mut offs, mut offs128) = (
             std::mem::take(&mut self.offsets16),
+            std::mem::take(&mut self.offsets128),
         );
         sd.clear();
         ss.clear();
         sums.clear();
         offs.clear();
+        offs128.clear();
         for r in 0..self.rows {
             match self.format {
                 ActFormat::Q8_0 => {
@@ -172,10 +180,14 @@ impl QuantActs {
                             .map(|b| b.qs.iter().map(|&q| q as i32).sum::<i32>()),
                     );
                     if offsets {
-                        offs.extend(blocks.iter().flat_map(|b| {
+                        let groups = blocks.iter().flat_map(|b| {
                             b.qs.chunks_exact(4)
-                                .map(|g| -16 * g.iter().map(|&q| q as i32).sum::<i32>())
-                        }));
+                                .map(|g| g.iter().map(|&q| q as i32).sum::<i32>())
+                        });
+                        for g in groups {
+                            offs.push(-16 * g);
+                            offs128.push(-128 * g);
+                        }
                     }
                 }
                 ActFormat::Q8_1 => {
@@ -191,6 +203,7 @@ impl QuantActs {
         self.scales_s = ss;
         self.sums = sums;
         self.offsets16 = offs;
+        self.offsets128 = offs128;
     }
 
     /// Row `r`'s per-block scales and sums (Q8_0/Q8_1 only; empty slices otherwise).
@@ -203,6 +216,10 @@ impl QuantActs {
             sum: self.sums.get(range.clone()).unwrap_or(&[]),
             offsets16: self
                 .offsets16
+                .get(8 * range.start..8 * range.end)
+                .unwrap_or(&[]),
+            offsets128: self
+                .offsets128
                 .get(8 * range.start..8 * range.end)
                 .unwrap_or(&[]),
         }

@@ -73,11 +73,11 @@ unsafe fn lanes16_f16(a: &[u16; TILE_ROWS], b: &[u16; TILE_ROWS]) -> __m512 {
 /// 8..16 of `t1`) against activation n, bit-identical to `x86_tiles::*::$name` on each tile
 /// row and to `scalar::dot32`. `$pair` gives a tile's unsigned weight bytes of groups `gp` and
 /// `gp + 4`; formats with `offsets = K` (multiplied as `u = w + K`) start each group's
-/// `vpdpbusd` at `-K * sum(a_group)` (`ActMeta::offsets16` scaled), the others at 0; `min`
+/// `vpdpbusd` at `-K * sum(a_group)` (`ActMeta::offsets16`, `offsets128`), the others at 0; `min`
 /// formats add the `m * s` chain.
 macro_rules! pair_kernel {
     ($name:ident, $tile:ty, $act:ty, offsets = $offsets:tt, min = $min:tt,
-     |$t:ident, $gp:ident| $pair:expr) => {
+     |$t:ident, $gp:ident| $pair:block) => {
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         pub unsafe fn $name<const N: usize>(
             t0: &[$tile],
@@ -90,7 +90,8 @@ macro_rules! pair_kernel {
             assert!(y.iter().all(|a| a.len() >= nb));
             assert!(meta.iter().all(|m| m.d.len() >= nb
                 && (!$min || m.s.len() >= nb)
-                && ($offsets == 0 || m.offsets16.len() >= 8 * nb)));
+                && ($offsets == 0 || (m.offsets16.len() >= 8 * nb
+                    && m.offsets128.len() >= 8 * nb))));
             let mut acc = [[_mm512_setzero_ps(); 8]; N];
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm512_setzero_ps(); N];
@@ -174,9 +175,7 @@ macro_rules! pair_kernel {
         _mm512_set1_epi32(unsafe { *$meta.offsets16.get_unchecked(8 * $i + $g) })
     };
     (@start 128, $meta:expr, $i:ident, $g:ident) => {
-        _mm512_slli_epi32::<3>(_mm512_set1_epi32(unsafe {
-            *$meta.offsets16.get_unchecked(8 * $i + $g)
-        }))
+        _mm512_set1_epi32(unsafe { *$meta.offsets128.get_unchecked(8 * $i + $g) })
     };
     (@finish false, $acc:expr, $summs:expr) => { $acc };
     (@finish true, $acc:expr, $summs:expr) => { _mm512_add_ps($acc, $summs) };
@@ -191,7 +190,7 @@ pair_kernel!(
     min = false,
     |t, gp| { five_bits(&t.qs, &t.qh, gp) }
 );
-// Q8_0 as `u = w + 128` (the sign bit flipped), offsets 8x Q5_0's.
+// Q8_0 as `u = w + 128` (the sign bit flipped).
 pair_kernel!(
     tiles2_q8_0,
     TileQ8_0,
