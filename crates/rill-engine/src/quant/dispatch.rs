@@ -86,6 +86,8 @@ pub struct Kernels {
     /// Two tile rows per call (AVX-512 with VNNI only; `None` elsewhere).
     pub tiles2_q5_0: Option<TilePair<TileQ5_0, BlockQ8_0>>,
     pub tiles2_q8_0: Option<TilePair<TileQ8_0, BlockQ8_0>>,
+    pub tiles2_q4_0: Option<TilePair<TileQ4_0, BlockQ8_0>>,
+    pub tiles2_iq4nl: Option<TilePair<TileIq4Nl, BlockQ8_0>>,
     pub tiles2_q4_1: Option<TilePair<TileQ4_1, BlockQ8_1>>,
     pub tiles2_q5_1: Option<TilePair<TileQ5_1, BlockQ8_1>>,
     pub dot_f32: Dot<f32, f32>,
@@ -141,6 +143,8 @@ impl Kernels {
             tile4_iq4nl: |t, y, _| scalar::tiles(t, y),
             tiles2_q5_0: None,
             tiles2_q8_0: None,
+            tiles2_q4_0: None,
+            tiles2_iq4nl: None,
             tiles2_q4_1: None,
             tiles2_q5_1: None,
             dot_f32: scalar::dot_f32,
@@ -249,6 +253,8 @@ mod x86_sets {
                 tile4_iq4nl: |t, y, m| unsafe { x86_tiles::$m::tiles_iq4nl::<4>(t, y, m) },
                 tiles2_q5_0: None,
                 tiles2_q8_0: None,
+                tiles2_q4_0: None,
+                tiles2_iq4nl: None,
                 tiles2_q4_1: None,
                 tiles2_q5_1: None,
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
@@ -297,7 +303,7 @@ mod x86_sets {
     pub fn vnni() -> Kernels {
         use crate::quant::x86_tiles512 as z;
         Kernels {
-            // SAFETY (all four): as in `set!`; x86_tiles512 asserts its slice lengths.
+            // SAFETY (all): as in `set!`; x86_tiles512 asserts its slice lengths.
             tiles2_q5_0: Some(TilePair {
                 x4: |a, b, y, m| unsafe { z::tiles2_q5_0::<4>(a, b, y, m) },
                 x16: |a, b, y, m| unsafe { z::tiles2_q5_0::<16>(a, b, y, m) },
@@ -305,6 +311,14 @@ mod x86_sets {
             tiles2_q8_0: Some(TilePair {
                 x4: |a, b, y, m| unsafe { z::tiles2_q8_0::<4>(a, b, y, m) },
                 x16: |a, b, y, m| unsafe { z::tiles2_q8_0::<16>(a, b, y, m) },
+            }),
+            tiles2_q4_0: Some(TilePair {
+                x4: |a, b, y, m| unsafe { z::tiles2_q4_0::<4>(a, b, y, m) },
+                x16: |a, b, y, m| unsafe { z::tiles2_q4_0::<16>(a, b, y, m) },
+            }),
+            tiles2_iq4nl: Some(TilePair {
+                x4: |a, b, y, m| unsafe { z::tiles2_iq4nl::<4>(a, b, y, m) },
+                x16: |a, b, y, m| unsafe { z::tiles2_iq4nl::<16>(a, b, y, m) },
             }),
             tiles2_q4_1: Some(TilePair {
                 x4: |a, b, y, m| unsafe { z::tiles2_q4_1::<4>(a, b, y, m) },

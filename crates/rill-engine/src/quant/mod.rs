@@ -481,7 +481,7 @@ impl<'a> QMatrix<'a> {
                 k.tile1_q4_0,
                 k.tile4_q4_0,
                 None,
-                None,
+                k.tiles2_q4_0,
                 acts,
                 rows,
                 toks.clone(),
@@ -531,7 +531,7 @@ impl<'a> QMatrix<'a> {
                 k.tile1_iq4nl,
                 k.tile4_iq4nl,
                 None,
-                None,
+                k.tiles2_iq4nl,
                 acts,
                 rows,
                 toks.clone(),
@@ -625,8 +625,6 @@ impl<'a> QMatrix<'a> {
                 let mut j = 0;
                 if let Some(p) = pair.filter(|_| rt + 1 < tile_rows.end && n >= 4) {
                     let w1 = tiles.tile_row::<T>(rt + 1);
-                    prefetch_tile(rt + 2);
-                    prefetch_tile(rt + 3);
                     while j + 16 <= n {
                         let (y, m) = y16(j);
                         for (i, v) in (p.x16)(w, w1, y, m).iter().enumerate() {

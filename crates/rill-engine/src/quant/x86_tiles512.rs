@@ -4,7 +4,8 @@
 //! make the 256-bit kernels (`x86_tiles::lanes_kernel`) bound by one conversion and one FMA
 //! per 8 rows and 4 products; here the same two instructions cover 16 rows.
 //!
-//! Formats: Q5_0, Q8_0, Q4_1, Q5_1, every weight byte multiplied unsigned (no sign trick,
+//! Formats in ggml's lane order: Q5_0, Q8_0, Q4_1, Q5_1; with exact block sums (as
+//! `x86_tiles::tile_kernel`): Q4_0, IQ4_NL. Every weight byte is multiplied unsigned (no sign trick,
 //! which zmm has no `vpsignb` for; Q8_0 as `w + 128`, its offset taken off like Q5_0's). Q4_1/Q5_1 add their `m * s` chain per block as the 256-bit kernels do.
 //! Q5_0 runs in its unsigned form `u = w + 16` (0..=31, the nibble with the fifth bit, no sign
 //! trick): each group's `vpdpbusd` starts from `-16 * sum(a_group)` (`ActMeta::offsets16`), so
@@ -23,7 +24,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use super::blocks::*;
-use super::x86::bytes_from_bits_32;
+use super::x86::{bytes_from_bits_32, iq4nl_table};
 use super::ActMeta;
 
 /// Column blocks whose decoded weights a call keeps (in L1) for all its activation rows.
@@ -224,3 +225,96 @@ pair_kernel!(
     min = true,
     |t, gp| { five_bits(&t.qs, &t.qh, gp) }
 );
+
+/// One exact-sum format's two-tile-row kernel `$name::<N>` (`x86_tiles::tile_kernel`'s
+/// arithmetic on 16 rows): per (row, activation) pair and block one exact i32 sum of all 32
+/// products, the weights multiplied as unsigned `u = w + $corr` and `$corr * sum(a)`
+/// (`ActMeta::sum`) taken off, then one conversion and one FMA by `d_w * d_a`.
+macro_rules! exact_pair_kernel {
+    ($name:ident, $tile:ty, corr = $corr:literal, |$t:ident, $gp:ident| $pair:block) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub unsafe fn $name<const N: usize>(
+            t0: &[$tile],
+            t1: &[$tile],
+            y: [&[BlockQ8_0]; N],
+            meta: [ActMeta<'_>; N],
+        ) -> [[f32; 2 * TILE_ROWS]; N] {
+            let nb = t0.len();
+            assert_eq!(t1.len(), nb, "tile rows of one matrix");
+            assert!(y.iter().all(|a| a.len() >= nb));
+            assert!(meta.iter().all(|m| m.d.len() >= nb && m.sum.len() >= nb));
+            let mut acc = [_mm512_setzero_ps(); N];
+            // Scratch left uninitialised: every entry read below was written first for the
+            // same chunk.
+            let mut w = [[MaybeUninit::<__m512i>::uninit(); 8]; CHUNK];
+            let mut dw = [MaybeUninit::<__m512>::uninit(); CHUNK];
+            for c0 in (0..nb).step_by(CHUNK) {
+                let c1 = (c0 + CHUNK).min(nb);
+                for i in c0..c1 {
+                    // SAFETY (the unchecked indexing in this function): i < nb, and every
+                    // slice indexed with i is at least nb long (asserted above).
+                    let (a, b) = unsafe { (t0.get_unchecked(i), t1.get_unchecked(i)) };
+                    dw[i - c0] = MaybeUninit::new(lanes16_f16(&a.d, &b.d));
+                    for $gp in 0..4 {
+                        let (al, ah) = {
+                            let $t = a;
+                            $pair
+                        };
+                        let (bl, bh) = {
+                            let $t = b;
+                            $pair
+                        };
+                        w[i - c0][$gp] = MaybeUninit::new(_mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(al),
+                            bl,
+                        ));
+                        w[i - c0][$gp + 4] = MaybeUninit::new(_mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(ah),
+                            bh,
+                        ));
+                    }
+                }
+                for n in 0..N {
+                    let mut s = acc[n];
+                    for i in c0..c1 {
+                        let qs = unsafe { y[n].get_unchecked(i) }.qs.as_ptr();
+                        let sum = unsafe { *meta[n].sum.get_unchecked(i) };
+                        let mut isum = _mm512_set1_epi32(-$corr * sum);
+                        for g in 0..8 {
+                            // SAFETY: g < 8: the 4 bytes lie inside the block's 32 quants;
+                            // the scratch entry was written for this chunk.
+                            let a = unsafe { qs.add(4 * g).cast::<i32>().read_unaligned() };
+                            let wg = unsafe { w[i - c0][g].assume_init() };
+                            isum = _mm512_dpbusd_epi32(isum, wg, _mm512_set1_epi32(a));
+                        }
+                        let da = unsafe { *meta[n].d.get_unchecked(i) };
+                        let d =
+                            _mm512_mul_ps(unsafe { dw[i - c0].assume_init() }, _mm512_set1_ps(da));
+                        s = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum), s);
+                    }
+                    acc[n] = s;
+                }
+            }
+            let mut out = [[0f32; 2 * TILE_ROWS]; N];
+            for n in 0..N {
+                _mm512_storeu_ps(out[n].as_mut_ptr(), acc[n]);
+            }
+            out
+        }
+    };
+}
+
+// Q4_0 as the raw nibble `w + 8`.
+exact_pair_kernel!(tiles2_q4_0, TileQ4_0, corr = 8, |t, gp| {
+    nibbles(&t.qs, gp)
+});
+// IQ4_NL as `v + 128`: the table value with its sign bit flipped.
+exact_pair_kernel!(tiles2_iq4nl, TileIq4Nl, corr = 128, |t, gp| {
+    let (lo, hi) = nibbles(&t.qs, gp);
+    let table = iq4nl_table();
+    let flip = _mm256_set1_epi8(0x80u8 as i8);
+    (
+        _mm256_xor_si256(_mm256_shuffle_epi8(table, lo), flip),
+        _mm256_xor_si256(_mm256_shuffle_epi8(table, hi), flip),
+    )
+});
