@@ -591,7 +591,7 @@ impl<'a> QMatrix<'a> {
         let arow = |t: usize| -> &[A] { cast_ref(acts.row(t)) };
         let tile_rows = rows.start / TILE_ROWS..rows.end.div_ceil(TILE_ROWS);
         // Tile row `rt`'s 8 outputs for activation row t.
-        let mut emit = |t: usize, rt: usize, v: &[f32]| {
+        let mut emit = |t: usize, rt: usize, v: &[f32; TILE_ROWS]| {
             let r0 = (rt * TILE_ROWS).max(rows.start);
             let r1 = (rt * TILE_ROWS + TILE_ROWS).min(rows.end);
             out(t, r0, &v[r0 - rt * TILE_ROWS..r1 - rt * TILE_ROWS]);
@@ -628,16 +628,18 @@ impl<'a> QMatrix<'a> {
                     while j + 16 <= n {
                         let (y, m) = y16(j);
                         for (i, v) in (p.x16)(w, w1, y, m).iter().enumerate() {
-                            emit(a0 + j + i, rt, &v[..TILE_ROWS]);
-                            emit(a0 + j + i, rt + 1, &v[TILE_ROWS..]);
+                            let (halves, _) = v.as_chunks::<TILE_ROWS>();
+                            emit(a0 + j + i, rt, &halves[0]);
+                            emit(a0 + j + i, rt + 1, &halves[1]);
                         }
                         j += 16;
                     }
                     while j + 4 <= n {
                         let (y, m) = y4(j);
                         for (i, v) in (p.x4)(w, w1, y, m).iter().enumerate() {
-                            emit(a0 + j + i, rt, &v[..TILE_ROWS]);
-                            emit(a0 + j + i, rt + 1, &v[TILE_ROWS..]);
+                            let (halves, _) = v.as_chunks::<TILE_ROWS>();
+                            emit(a0 + j + i, rt, &halves[0]);
+                            emit(a0 + j + i, rt + 1, &halves[1]);
                         }
                         j += 4;
                     }
