@@ -165,6 +165,43 @@ fn simd_dots_match_scalar() {
     }
 }
 
+/// The 4-row float dots give each row's single-row bits (lengths with and without tails).
+#[test]
+fn four_row_float_dots_match_the_single_row_reference() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let s = Kernels::scalar();
+    for k in Kernels::all_supported() {
+        for n in [64usize, 96, 100, 1120, 1157] {
+            let x = rand_f32(&mut rng, n, 1.0);
+            let ys: Vec<Vec<f32>> = (0..4).map(|_| rand_f32(&mut rng, n, 1.0)).collect();
+            let y: [&[f32]; 4] = std::array::from_fn(|i| ys[i].as_slice());
+            let want: Vec<u32> = y.iter().map(|a| (s.dot_f32)(&x, a).to_bits()).collect();
+            let got: Vec<u32> = (k.dot4_f32)(&x, y).iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "{} f32 n={n}", k.tier);
+            for (name, conv, dot, dot4) in [
+                (
+                    "f16",
+                    f32_to_f16 as fn(f32) -> u16,
+                    s.dot_f16_f16,
+                    k.dot4_f16_f16,
+                ),
+                ("bf16", f32_to_bf16, s.dot_bf16, k.dot4_bf16),
+            ] {
+                let xh: Vec<u16> = x.iter().map(|&v| conv(v)).collect();
+                let yh: Vec<Vec<u16>> = ys
+                    .iter()
+                    .map(|r| r.iter().map(|&v| conv(v)).collect())
+                    .collect();
+                let y: [&[u16]; 4] = std::array::from_fn(|i| yh[i].as_slice());
+                let want: Vec<u32> = y.iter().map(|a| dot(&xh, a).to_bits()).collect();
+                let got: Vec<u32> = dot4(&xh, y).iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{} {name} n={n}", k.tier);
+            }
+        }
+        eprintln!("{}: 4-row float dots bit-identical", k.tier);
+    }
+}
+
 /// The scalar reference against plain f32 arithmetic on dequantized weights: the only
 /// difference is the 8-bit activation rounding, bounded by a small fraction of |w|.|x|.
 #[test]

@@ -93,6 +93,10 @@ pub struct Kernels {
     pub dot_f32: Dot<f32, f32>,
     pub dot_bf16: Dot<u16, u16>,
     pub dot_f16_f16: Dot<u16, u16>,
+    /// The float formats against 4 activation rows (the batched path of F32/BF16/F16 weights).
+    pub dot4_f32: Dot4<f32, f32>,
+    pub dot4_bf16: Dot4<u16, u16>,
+    pub dot4_f16_f16: Dot4<u16, u16>,
     pub quantize_q8_0: fn(&[f32], &mut [BlockQ8_0]),
     pub quantize_q8_1: fn(&[f32], &mut [BlockQ8_1]),
     pub quantize_q8k: fn(&[f32], &mut [BlockQ8K]),
@@ -148,6 +152,9 @@ impl Kernels {
             tiles2_q4_1: None,
             tiles2_q5_1: None,
             dot_f32: scalar::dot_f32,
+            dot4_f32: |x, y| y.map(|a| scalar::dot_f32(x, a)),
+            dot4_bf16: |x, y| y.map(|a| scalar::dot_bf16(x, a)),
+            dot4_f16_f16: |x, y| y.map(|a| scalar::dot_f16_f16(x, a)),
             dot_bf16: scalar::dot_bf16,
             dot_f16_f16: scalar::dot_f16_f16,
             quantize_q8_0: scalar::quantize_q8_0,
@@ -258,6 +265,9 @@ mod x86_sets {
                 tiles2_q4_1: None,
                 tiles2_q5_1: None,
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
+                dot4_f32: |x, y| y.map(|a| unsafe { x86::$m::dot_f32(x, a) }),
+                dot4_bf16: |x, y| y.map(|a| unsafe { x86::$m::dot_bf16(x, a) }),
+                dot4_f16_f16: |x, y| y.map(|a| unsafe { x86::$m::dot_f16_f16(x, a) }),
                 dot_bf16: |x, y| unsafe { x86::$m::dot_bf16(x, y) },
                 dot_f16_f16: |x, y| unsafe { x86::$m::dot_f16_f16(x, y) },
                 quantize_q8_0: |x, y| unsafe { x86::$m::quantize_q8_0(x, y) },
@@ -299,7 +309,7 @@ mod x86_sets {
     }
 
     /// The VNNI tier: the 256-bit kernels with `vpdpbusd`, plus the zmm two-tile-row kernels
-    /// (`all_supported` also checked AVX-512 F and BW for them).
+    /// and 4-row float dots (`all_supported` also checked AVX-512 F and BW for them).
     pub fn vnni() -> Kernels {
         use crate::quant::x86_tiles512 as z;
         Kernels {
@@ -312,6 +322,9 @@ mod x86_sets {
                 x4: |a, b, y, m| unsafe { z::tiles2_q8_0::<4>(a, b, y, m) },
                 x16: |a, b, y, m| unsafe { z::tiles2_q8_0::<16>(a, b, y, m) },
             }),
+            dot4_f32: |x, y| unsafe { crate::quant::x86_dot512::dot4_f32(x, y) },
+            dot4_bf16: |x, y| unsafe { crate::quant::x86_dot512::dot4_bf16(x, y) },
+            dot4_f16_f16: |x, y| unsafe { crate::quant::x86_dot512::dot4_f16(x, y) },
             tiles2_q4_0: Some(TilePair {
                 x4: |a, b, y, m| unsafe { z::tiles2_q4_0::<4>(a, b, y, m) },
                 x16: |a, b, y, m| unsafe { z::tiles2_q4_0::<16>(a, b, y, m) },

@@ -15,6 +15,8 @@ pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
+pub mod x86_dot512;
+#[cfg(target_arch = "x86_64")]
 pub mod x86_kquants;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_tiles;
@@ -426,18 +428,7 @@ impl<'a> QMatrix<'a> {
             self.act_format(),
             "activation format of the matrix"
         );
-        macro_rules! run {
-            ($wt:ty, $at:ty, $f:expr) => {{
-                for r in rows.clone() {
-                    let w: &[$wt] = cast_weights(self.row_bytes(r));
-                    for t in toks.clone() {
-                        let a: &[$at] = cast_ref(acts.row(t));
-                        out(t, r, &[$f(w, a)]);
-                    }
-                }
-            }};
-        }
-        // The super-block formats: one weight row against 4 activation rows per call, so each
+        // The super-block and float formats: one weight row against 4 activation rows per call, so each
         // block is decoded once for 4 rows; 2-3 leftover rows go through one more 4-row call
         // with the last row repeated, a single one (and single-stream decode, which streams
         // the weights with prefetch) through the one-row kernel. Same bits either way.
@@ -561,9 +552,9 @@ impl<'a> QMatrix<'a> {
                 out,
             ),
             GgmlType::Iq4Xs => quad!(BlockIq4Xs, BlockQ8K, k.dot_iq4xs_q8k, k.dot4_iq4xs_q8k),
-            GgmlType::F16 => run!(u16, u16, k.dot_f16_f16),
-            GgmlType::Bf16 => run!(u16, u16, k.dot_bf16),
-            GgmlType::F32 => run!(f32, f32, k.dot_f32),
+            GgmlType::F16 => quad!(u16, u16, k.dot_f16_f16, k.dot4_f16_f16),
+            GgmlType::Bf16 => quad!(u16, u16, k.dot_bf16, k.dot4_bf16),
+            GgmlType::F32 => quad!(f32, f32, k.dot_f32, k.dot4_f32),
             GgmlType::Other(_) => {}
         }
     }
