@@ -40,7 +40,9 @@ pub type TilePairMul<T, A, const N: usize> =
 /// A format's two-tile-row kernels (AVX-512: 16 rows per zmm), for 4 and 16 activation rows.
 #[derive(Clone, Copy)]
 pub struct TilePair<T, A> {
+    /// Against 4 activation rows.
     pub x4: TilePairMul<T, A, 4>,
+    /// Against 16 activation rows.
     pub x16: TilePairMul<T, A, 16>,
 }
 
