@@ -314,35 +314,26 @@ mod x86_sets {
     /// and 4-row float dots (`all_supported` also checked AVX-512 F and BW for them).
     pub fn vnni() -> Kernels {
         use crate::quant::x86_tiles512 as z;
+        // SAFETY (every kernel below): as in `set!`; x86_tiles512 and x86_dot512 assert their
+        // slice lengths.
+        macro_rules! pair {
+            ($f:ident) => {
+                Some(TilePair {
+                    x4: |a, b, y, m| unsafe { z::$f::<4>(a, b, y, m) },
+                    x16: |a, b, y, m| unsafe { z::$f::<16>(a, b, y, m) },
+                })
+            };
+        }
         Kernels {
-            // SAFETY (all): as in `set!`; x86_tiles512 asserts its slice lengths.
-            tiles2_q5_0: Some(TilePair {
-                x4: |a, b, y, m| unsafe { z::tiles2_q5_0::<4>(a, b, y, m) },
-                x16: |a, b, y, m| unsafe { z::tiles2_q5_0::<16>(a, b, y, m) },
-            }),
-            tiles2_q8_0: Some(TilePair {
-                x4: |a, b, y, m| unsafe { z::tiles2_q8_0::<4>(a, b, y, m) },
-                x16: |a, b, y, m| unsafe { z::tiles2_q8_0::<16>(a, b, y, m) },
-            }),
+            tiles2_q5_0: pair!(tiles2_q5_0),
+            tiles2_q8_0: pair!(tiles2_q8_0),
+            tiles2_q4_0: pair!(tiles2_q4_0),
+            tiles2_iq4nl: pair!(tiles2_iq4nl),
+            tiles2_q4_1: pair!(tiles2_q4_1),
+            tiles2_q5_1: pair!(tiles2_q5_1),
             dot4_f32: |x, y| unsafe { crate::quant::x86_dot512::dot4_f32(x, y) },
             dot4_bf16: |x, y| unsafe { crate::quant::x86_dot512::dot4_bf16(x, y) },
             dot4_f16_f16: |x, y| unsafe { crate::quant::x86_dot512::dot4_f16(x, y) },
-            tiles2_q4_0: Some(TilePair {
-                x4: |a, b, y, m| unsafe { z::tiles2_q4_0::<4>(a, b, y, m) },
-                x16: |a, b, y, m| unsafe { z::tiles2_q4_0::<16>(a, b, y, m) },
-            }),
-            tiles2_iq4nl: Some(TilePair {
-                x4: |a, b, y, m| unsafe { z::tiles2_iq4nl::<4>(a, b, y, m) },
-                x16: |a, b, y, m| unsafe { z::tiles2_iq4nl::<16>(a, b, y, m) },
-            }),
-            tiles2_q4_1: Some(TilePair {
-                x4: |a, b, y, m| unsafe { z::tiles2_q4_1::<4>(a, b, y, m) },
-                x16: |a, b, y, m| unsafe { z::tiles2_q4_1::<16>(a, b, y, m) },
-            }),
-            tiles2_q5_1: Some(TilePair {
-                x4: |a, b, y, m| unsafe { z::tiles2_q5_1::<4>(a, b, y, m) },
-                x16: |a, b, y, m| unsafe { z::tiles2_q5_1::<16>(a, b, y, m) },
-            }),
             ..set!(vnni, KernelTier::Avx512Vnni)
         }
     }

@@ -598,18 +598,6 @@ impl<'a> QMatrix<'a> {
             let ys: Vec<&[A]> = (a0..a1).map(arow).collect();
             let ms: Vec<ActMeta<'_>> = (a0..a1).map(|t| acts.row_meta(t)).collect();
             let n = a1 - a0;
-            let y16 = |j: usize| -> ([&[A]; 16], [ActMeta<'_>; 16]) {
-                (
-                    std::array::from_fn(|i| ys[j + i]),
-                    std::array::from_fn(|i| ms[j + i]),
-                )
-            };
-            let y4 = |j: usize| -> ([&[A]; 4], [ActMeta<'_>; 4]) {
-                (
-                    std::array::from_fn(|i| ys[j + i]),
-                    std::array::from_fn(|i| ms[j + i]),
-                )
-            };
             let mut rt = tile_rows.start;
             while rt < tile_rows.end {
                 let w = tiles.tile_row::<T>(rt);
@@ -617,7 +605,7 @@ impl<'a> QMatrix<'a> {
                 if let Some(p) = pair.filter(|_| rt + 1 < tile_rows.end && n >= 4) {
                     let w1 = tiles.tile_row::<T>(rt + 1);
                     while j + 16 <= n {
-                        let (y, m) = y16(j);
+                        let (y, m) = rows_at::<A, 16>(&ys, &ms, j);
                         for (i, v) in (p.x16)(w, w1, y, m).iter().enumerate() {
                             let (halves, _) = v.as_chunks::<TILE_ROWS>();
                             emit(a0 + j + i, rt, &halves[0]);
@@ -626,7 +614,7 @@ impl<'a> QMatrix<'a> {
                         j += 16;
                     }
                     while j + 4 <= n {
-                        let (y, m) = y4(j);
+                        let (y, m) = rows_at::<A, 4>(&ys, &ms, j);
                         for (i, v) in (p.x4)(w, w1, y, m).iter().enumerate() {
                             let (halves, _) = v.as_chunks::<TILE_ROWS>();
                             emit(a0 + j + i, rt, &halves[0]);
@@ -645,7 +633,7 @@ impl<'a> QMatrix<'a> {
                 prefetch_tile(rt + 1);
                 if let Some(f16) = f16 {
                     while j + 16 <= n {
-                        let (y, m) = y16(j);
+                        let (y, m) = rows_at::<A, 16>(&ys, &ms, j);
                         for (i, v) in f16(w, y, m).iter().enumerate() {
                             emit(a0 + j + i, rt, v);
                         }
@@ -653,7 +641,7 @@ impl<'a> QMatrix<'a> {
                     }
                 }
                 while j + 4 <= n {
-                    let (y, m) = y4(j);
+                    let (y, m) = rows_at::<A, 4>(&ys, &ms, j);
                     for (i, v) in f4(w, y, m).iter().enumerate() {
                         emit(a0 + j + i, rt, v);
                     }
@@ -724,6 +712,19 @@ fn prefetch<T>(data: &[T]) {
             };
         }
     }
+}
+
+/// Activation rows `j..j + N` of a block, with their per-block values, as the tile kernels take
+/// them.
+fn rows_at<'a, A, const N: usize>(
+    ys: &[&'a [A]],
+    ms: &[ActMeta<'a>],
+    j: usize,
+) -> ([&'a [A]; N], [ActMeta<'a>; N]) {
+    (
+        std::array::from_fn(|i| ys[j + i]),
+        std::array::from_fn(|i| ms[j + i]),
+    )
 }
 
 fn cast_weights<T: PodBlock>(b: &[u8]) -> &[T] {

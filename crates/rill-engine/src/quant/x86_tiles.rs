@@ -50,7 +50,7 @@ unsafe fn lanes_f16(d: &[u16; TILE_ROWS]) -> __m256 {
 /// Groups `gp` (low nibbles) and `gp + 4` (high nibbles) of a nibble tile, as u8.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn nibbles(qs: &[u8; 128], gp: usize) -> (__m256i, __m256i) {
+pub(super) unsafe fn nibbles(qs: &[u8; 128], gp: usize) -> (__m256i, __m256i) {
     let v = _mm256_loadu_si256(qs[32 * gp..32 * gp + 32].as_ptr().cast());
     let m = _mm256_set1_epi8(0x0f);
     (
@@ -62,7 +62,7 @@ unsafe fn nibbles(qs: &[u8; 128], gp: usize) -> (__m256i, __m256i) {
 /// 0x10 in each byte whose bit is set in a Q5 tile's group mask.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn fifth_bits(mask: u32) -> __m256i {
+pub(super) unsafe fn fifth_bits(mask: u32) -> __m256i {
     _mm256_and_si256(
         bytes_from_bits_32(mask.to_le_bytes()),
         _mm256_set1_epi8(0x10),

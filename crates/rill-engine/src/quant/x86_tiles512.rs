@@ -24,23 +24,12 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use super::blocks::*;
-use super::x86::{bytes_from_bits_32, iq4nl_table};
+use super::x86::iq4nl_table;
+use super::x86_tiles::{fifth_bits, nibbles};
 use super::ActMeta;
 
 /// Column blocks whose decoded weights a call keeps (in L1) for all its activation rows.
 const CHUNK: usize = 32;
-
-/// Groups `gp` (low nibbles) and `gp + 4` (high nibbles) of a nibble tile, as u8.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn nibbles(qs: &[u8; 128], gp: usize) -> (__m256i, __m256i) {
-    let v = _mm256_loadu_si256(qs[32 * gp..32 * gp + 32].as_ptr().cast());
-    let m = _mm256_set1_epi8(0x0f);
-    (
-        _mm256_and_si256(v, m),
-        _mm256_and_si256(_mm256_srli_epi16(v, 4), m),
-    )
-}
 
 /// Groups `gp` and `gp + 4` of a 5-bit tile in their unsigned form (0..=31): the nibbles with
 /// 0x10 where the group masks `qh[gp]`, `qh[gp + 4]` have their bit set.
@@ -48,16 +37,36 @@ unsafe fn nibbles(qs: &[u8; 128], gp: usize) -> (__m256i, __m256i) {
 #[inline]
 unsafe fn five_bits(qs: &[u8; 128], qh: &[u32; 8], gp: usize) -> (__m256i, __m256i) {
     let (lo, hi) = nibbles(qs, gp);
-    let fifth = |mask: u32| {
-        _mm256_and_si256(
-            bytes_from_bits_32(mask.to_le_bytes()),
-            _mm256_set1_epi8(0x10),
-        )
-    };
     (
-        _mm256_or_si256(lo, fifth(qh[gp])),
-        _mm256_or_si256(hi, fifth(qh[gp + 4])),
+        _mm256_or_si256(lo, fifth_bits(qh[gp])),
+        _mm256_or_si256(hi, fifth_bits(qh[gp + 4])),
     )
+}
+
+/// Two tiles' 256-bit vectors side by side (the first tile's rows in the low half).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn join(a: __m256i, b: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
+}
+
+/// Fills a scratch entry (8 zmm, one per group of 4 columns) from the same block of tiles `$a`
+/// and `$b`, with `$pair` giving one tile's unsigned bytes of groups `gp` and `gp + 4`.
+macro_rules! store_groups {
+    ($w:expr, $a:ident, $b:ident, |$t:ident, $gp:ident| $pair:block) => {
+        for $gp in 0..4 {
+            let (al, ah) = {
+                let $t = $a;
+                $pair
+            };
+            let (bl, bh) = {
+                let $t = $b;
+                $pair
+            };
+            $w[$gp] = MaybeUninit::new(join(al, bl));
+            $w[$gp + 4] = MaybeUninit::new(join(ah, bh));
+        }
+    };
 }
 
 /// Two tiles' 8 f16 values each as one zmm of f32 (the first tile's in lanes 0..8).
@@ -110,18 +119,7 @@ macro_rules! pair_kernel {
                     let (a, b) = unsafe { (t0.get_unchecked(i), t1.get_unchecked(i)) };
                     dw[i - c0] = MaybeUninit::new(lanes16_f16(&a.d, &b.d));
                     pair_kernel!(@min_lanes $min, mw[i - c0], a, b);
-                    for $gp in 0..4 {
-                        let (al, ah) = { let $t = a; $pair };
-                        let (bl, bh) = { let $t = b; $pair };
-                        w[i - c0][$gp] = MaybeUninit::new(_mm512_inserti64x4::<1>(
-                            _mm512_castsi256_si512(al),
-                            bl,
-                        ));
-                        w[i - c0][$gp + 4] = MaybeUninit::new(_mm512_inserti64x4::<1>(
-                            _mm512_castsi256_si512(ah),
-                            bh,
-                        ));
-                    }
+                    store_groups!(w[i - c0], a, b, |$t, $gp| $pair);
                 }
                 for n in 0..N {
                     let mut s = acc[n];
@@ -255,24 +253,7 @@ macro_rules! exact_pair_kernel {
                     // slice indexed with i is at least nb long (asserted above).
                     let (a, b) = unsafe { (t0.get_unchecked(i), t1.get_unchecked(i)) };
                     dw[i - c0] = MaybeUninit::new(lanes16_f16(&a.d, &b.d));
-                    for $gp in 0..4 {
-                        let (al, ah) = {
-                            let $t = a;
-                            $pair
-                        };
-                        let (bl, bh) = {
-                            let $t = b;
-                            $pair
-                        };
-                        w[i - c0][$gp] = MaybeUninit::new(_mm512_inserti64x4::<1>(
-                            _mm512_castsi256_si512(al),
-                            bl,
-                        ));
-                        w[i - c0][$gp + 4] = MaybeUninit::new(_mm512_inserti64x4::<1>(
-                            _mm512_castsi256_si512(ah),
-                            bh,
-                        ));
-                    }
+                    store_groups!(w[i - c0], a, b, |$t, $gp| $pair);
                 }
                 for n in 0..N {
                     let mut s = acc[n];
