@@ -134,6 +134,48 @@ fn q8k_quantizer_matches_scalar_exactly() {
     }
 }
 
+/// rill's `expf` is glibc's FMA build bit for bit: against this machine's libm (what `f32::exp`
+/// calls, and llama.cpp's attention) over every 31st float of the softmax's range (-inf..=0,
+/// including the subnormal results below -87.3), every 97th positive one, and the special
+/// values. Only where libm is glibc's FMA variant (a GNU target on a CPU with FMA).
+#[test]
+fn expf_is_glibcs() {
+    let glibc_fma =
+        cfg!(all(target_env = "gnu", target_arch = "x86_64")) && Kernels::all_supported().len() > 1;
+    if !glibc_fma {
+        eprintln!("skipped: libm here is not glibc's FMA build");
+        return;
+    }
+    let check = |x: f32| {
+        let (want, got) = (x.exp(), scalar::expf(x));
+        assert!(
+            want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()),
+            "expf({x:e}) = {got:e}, libm {want:e}"
+        );
+    };
+    // Negative floats: 0x8000_0000 (-0.0) up to 0xff80_0000 (-inf).
+    for b in (0x8000_0000u32..=0xff80_0000).step_by(31) {
+        check(f32::from_bits(b));
+    }
+    for b in (0u32..0x7f80_0000).step_by(97) {
+        check(f32::from_bits(b));
+    }
+    for x in [
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        88.72,
+        -103.5,
+        -103.0,
+        -88.0,
+        -87.5,
+    ] {
+        check(x);
+    }
+}
+
 #[test]
 fn simd_dots_match_scalar() {
     let mut rng = StdRng::seed_from_u64(2);
@@ -165,40 +207,68 @@ fn simd_dots_match_scalar() {
     }
 }
 
-/// The 4-row float dots give each row's single-row bits (lengths with and without tails).
+/// The float GEMMs of every tier give each pair the single-row dot's bits (the scalar one on
+/// the rounded activations), for awkward row counts, batches and lengths with and without tails.
 #[test]
-fn four_row_float_dots_match_the_single_row_reference() {
+fn float_gemms_match_the_single_row_reference() {
     let mut rng = StdRng::seed_from_u64(4);
     let s = Kernels::scalar();
     for k in Kernels::all_supported() {
-        for n in [64usize, 96, 100, 1120, 1157] {
-            let x = rand_f32(&mut rng, n, 1.0);
-            let ys: Vec<Vec<f32>> = (0..4).map(|_| rand_f32(&mut rng, n, 1.0)).collect();
-            let y: [&[f32]; 4] = std::array::from_fn(|i| ys[i].as_slice());
-            let want: Vec<u32> = y.iter().map(|a| (s.dot_f32)(&x, a).to_bits()).collect();
-            let got: Vec<u32> = (k.dot4_f32)(&x, y).iter().map(|v| v.to_bits()).collect();
-            assert_eq!(got, want, "{} f32 n={n}", k.tier);
-            for (name, conv, dot, dot4) in [
+        for (cols, rows, batch) in [
+            (64usize, 1usize, 1usize),
+            (96, 3, 2),
+            (100, 17, 7),
+            (1120, 31, 33),
+            (1157, 5, 13),
+            (576, 8, 6),
+            (640, 4, 12),
+        ] {
+            let w = rand_f32(&mut rng, rows * cols, 1.0);
+            let a = rand_f32(&mut rng, batch * cols, 1.0);
+            let mut got = vec![0f32; rows * batch];
+            (k.gemm_f32)(&w, &a, cols, &mut got);
+            for (j, ar) in a.chunks(cols).enumerate() {
+                for (i, wr) in w.chunks(cols).enumerate() {
+                    let want = (s.dot_f32)(wr, ar);
+                    assert_eq!(
+                        got[j * rows + i].to_bits(),
+                        want.to_bits(),
+                        "{} f32 {cols}x{rows}x{batch}",
+                        k.tier
+                    );
+                }
+            }
+            for (name, conv, widen, dot, gemm) in [
                 (
                     "f16",
                     f32_to_f16 as fn(f32) -> u16,
+                    f16_to_f32 as fn(u16) -> f32,
                     s.dot_f16_f16,
-                    k.dot4_f16_f16,
+                    k.gemm_f16,
                 ),
-                ("bf16", f32_to_bf16, s.dot_bf16, k.dot4_bf16),
+                ("bf16", f32_to_bf16, bf16_to_f32, s.dot_bf16, k.gemm_bf16),
             ] {
-                let xh: Vec<u16> = x.iter().map(|&v| conv(v)).collect();
-                let yh: Vec<Vec<u16>> = ys
-                    .iter()
-                    .map(|r| r.iter().map(|&v| conv(v)).collect())
-                    .collect();
-                let y: [&[u16]; 4] = std::array::from_fn(|i| yh[i].as_slice());
-                let want: Vec<u32> = y.iter().map(|a| dot(&xh, a).to_bits()).collect();
-                let got: Vec<u32> = dot4(&xh, y).iter().map(|v| v.to_bits()).collect();
-                assert_eq!(got, want, "{} {name} n={n}", k.tier);
+                let wh: Vec<u16> = w.iter().map(|&v| conv(v)).collect();
+                let ah: Vec<u16> = a.iter().map(|&v| conv(v)).collect();
+                let aw: Vec<f32> = ah.iter().map(|&v| widen(v)).collect();
+                gemm(&wh, &aw, cols, &mut got);
+                for (j, ar) in ah.chunks(cols).enumerate() {
+                    for (i, wr) in wh.chunks(cols).enumerate() {
+                        let want = dot(wr, ar);
+                        assert_eq!(
+                            got[j * rows + i].to_bits(),
+                            want.to_bits(),
+                            "{} {name} {cols}x{rows}x{batch} pair ({i}, {j})",
+                            k.tier
+                        );
+                    }
+                }
             }
         }
-        eprintln!("{}: 4-row float dots bit-identical", k.tier);
+        eprintln!(
+            "{}: float GEMMs bit-identical to the single-row dots",
+            k.tier
+        );
     }
 }
 
@@ -346,6 +416,39 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         tile4_q6k,
         kquants::dot_q6k_q8k,
         |b: &mut BlockQ6K, r: &mut StdRng| b.d = f16r(r, -0.05, 0.05)
+    );
+    check_tiles!(
+        rng,
+        TileQ2K,
+        BlockQ8K,
+        ActFormat::Q8K,
+        tile1_q2k,
+        tile4_q2k,
+        kquants::dot_q2k_q8k,
+        |b: &mut BlockQ2K, r: &mut StdRng| {
+            b.d = f16r(r, 0.0, 0.05);
+            b.dmin = f16r(r, 0.0, 0.05);
+        }
+    );
+    check_tiles!(
+        rng,
+        TileQ3K,
+        BlockQ8K,
+        ActFormat::Q8K,
+        tile1_q3k,
+        tile4_q3k,
+        kquants::dot_q3k_q8k,
+        |b: &mut BlockQ3K, r: &mut StdRng| b.d = f16r(r, -0.05, 0.05)
+    );
+    check_tiles!(
+        rng,
+        TileIq4Xs,
+        BlockQ8K,
+        ActFormat::Q8K,
+        tile1_iq4xs,
+        tile4_iq4xs,
+        kquants::dot_iq4xs_q8k,
+        |b: &mut BlockIq4Xs, r: &mut StdRng| b.d = f16r(r, -0.05, 0.05)
     );
     check_tiles!(
         rng,

@@ -144,7 +144,7 @@ pub const IQ4NL_VALUES: [i8; 16] = [
 ];
 
 /// Q2_K: 16 groups of 16 2-bit values, each group with a 4-bit scale and 4-bit min.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ2K {
     pub scales: [u8; QK_K / 16],
@@ -155,7 +155,7 @@ pub struct BlockQ2K {
 const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
 
 /// Q3_K: 2 low bits in `qs`, the third in `hmask`, 16 groups with 6-bit signed scales.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ3K {
     pub hmask: [u8; QK_K / 8],
@@ -164,6 +164,30 @@ pub struct BlockQ3K {
     pub d: u16,
 }
 const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
+
+impl Default for BlockQ3K {
+    /// A zero block (d 0): the padding rows of a tile.
+    fn default() -> Self {
+        Self {
+            hmask: [0; QK_K / 8],
+            qs: [0; QK_K / 4],
+            scales: [0; 12],
+            d: 0,
+        }
+    }
+}
+
+impl Default for BlockQ2K {
+    /// A zero block (d and dmin 0): the padding rows of a tile.
+    fn default() -> Self {
+        Self {
+            scales: [0; QK_K / 16],
+            qs: [0; QK_K / 4],
+            d: 0,
+            dmin: 0,
+        }
+    }
+}
 
 /// Q5_K: Q4_K's layout plus one high bit per value in `qh`.
 #[derive(Clone, Copy, Debug)]
@@ -178,7 +202,7 @@ pub struct BlockQ5K {
 const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 
 /// IQ4_XS: IQ4_NL codes in 8 sub-blocks of 32 with 6-bit scales (offset by 32).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockIq4Xs {
     pub d: u16,
@@ -187,6 +211,18 @@ pub struct BlockIq4Xs {
     pub qs: [u8; QK_K / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockIq4Xs>() == 136);
+
+impl Default for BlockIq4Xs {
+    /// A zero block (d 0): the padding rows of a tile.
+    fn default() -> Self {
+        Self {
+            d: 0,
+            scales_h: 0,
+            scales_l: [0; QK_K / 64],
+            qs: [0; QK_K / 2],
+        }
+    }
+}
 
 /// The activation block for K-quants: f32 scale and per-16 sums.
 #[derive(Clone, Copy, Debug)]
@@ -352,7 +388,51 @@ pub struct TileQ6K {
 }
 const _: () = assert!(std::mem::size_of::<TileQ6K>() == TILE_ROWS * 210);
 
+/// 8 rows' IQ4_XS super-blocks (`repack`): the code bytes interleaved as in [`TileQ4K`]
+/// (group `4 * ib + q` holds values `32 * ib + 4q ..` of each row in its low nibbles and `32 *
+/// ib + 16 + 4q ..` in its high ones), the 6-bit scales unpacked and signed (16 bytes more than
+/// the 8 blocks' 1088).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileIq4Xs {
+    pub d: [u16; TILE_ROWS],
+    /// `sc[ib][r]` = row r's scale of sub-block ib (-32..=31).
+    pub sc: [[i8; 8]; 8],
+    pub qs: [u8; 1024],
+}
+const _: () = assert!(std::mem::size_of::<TileIq4Xs>() == 1104);
+
+/// 8 rows' Q2_K super-blocks (`repack`): the quant bytes interleaved 4 bytes per row per
+/// 32-byte group (group `8n + q` holds, at bit pair `j`, values `128n + 32j + 4q ..` of each
+/// row), the 16 scale/min bytes side by side for the 8 rows (`sm[g][r]` = row r's byte of
+/// group g): the same 672 bytes as the 8 blocks.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileQ2K {
+    pub d: [u16; TILE_ROWS],
+    pub dmin: [u16; TILE_ROWS],
+    pub sm: [[u8; 8]; 16],
+    pub qs: [u8; 512],
+}
+const _: () = assert!(std::mem::size_of::<TileQ2K>() == TILE_ROWS * 84);
+
+/// 8 rows' Q3_K super-blocks (`repack`): `qs` as in [`TileQ2K`], the high-bit masks
+/// interleaved the same way (group `q` holds mask bytes `4q ..` of each row), the 16 scales
+/// unpacked and signed (`sc[g][r]`, -32..=31): 32 bytes more than the 8 blocks' 880.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileQ3K {
+    pub d: [u16; TILE_ROWS],
+    pub sc: [[i8; 8]; 16],
+    pub hm: [u8; 256],
+    pub qs: [u8; 512],
+}
+const _: () = assert!(std::mem::size_of::<TileQ3K>() == 912);
+
+unsafe impl PodBlock for TileQ2K {}
+unsafe impl PodBlock for TileQ3K {}
 unsafe impl PodBlock for TileQ4K {}
+unsafe impl PodBlock for TileIq4Xs {}
 unsafe impl PodBlock for TileQ6K {}
 unsafe impl PodBlock for TileQ4_0 {}
 unsafe impl PodBlock for TileIq4Nl {}

@@ -32,6 +32,12 @@ pub type Dot4<W, A> = fn(&[W], [&[A]; 4]) -> [f32; 4];
 pub type TileMul<T, A, const N: usize> =
     fn(&[T], [&[A]; N], [ActMeta<'_>; N]) -> [[f32; TILE_ROWS]; N];
 
+/// The float formats' GEMM (prefill and batched decode of F16/BF16/F32 weights): `m` weight
+/// rows (row-major, `k` wide) against `n` activation rows widened to f32, `out[j * m + i]` the
+/// dot of weight row i and activation row j, each bit-identical to the format's single-row dot
+/// (`scalar::gemm_f16` and its siblings).
+pub type FloatGemm<W> = fn(w: &[W], a: &[f32], k: usize, out: &mut [f32]);
+
 /// Two consecutive tile rows (16 weight rows) against N activation rows: `out[n][j]` is row j
 /// of the pair (0..8 the first tile row's) against activation n, bit-identical to [`TileMul`].
 pub type TilePairMul<T, A, const N: usize> =
@@ -56,14 +62,8 @@ pub type AttendFn<T = u16> =
 #[derive(Clone, Copy)]
 pub struct Kernels {
     pub tier: KernelTier,
-    pub dot_q2k_q8k: Dot<BlockQ2K, BlockQ8K>,
-    pub dot_q3k_q8k: Dot<BlockQ3K, BlockQ8K>,
     pub dot_q5k_q8k: Dot<BlockQ5K, BlockQ8K>,
-    pub dot_iq4xs_q8k: Dot<BlockIq4Xs, BlockQ8K>,
-    pub dot4_q2k_q8k: Dot4<BlockQ2K, BlockQ8K>,
-    pub dot4_q3k_q8k: Dot4<BlockQ3K, BlockQ8K>,
     pub dot4_q5k_q8k: Dot4<BlockQ5K, BlockQ8K>,
-    pub dot4_iq4xs_q8k: Dot4<BlockIq4Xs, BlockQ8K>,
     pub tile1_q4_0: TileMul<TileQ4_0, BlockQ8_0, 1>,
     pub tile4_q4_0: TileMul<TileQ4_0, BlockQ8_0, 4>,
     pub tile1_q4_1: TileMul<TileQ4_1, BlockQ8_1, 1>,
@@ -84,6 +84,12 @@ pub struct Kernels {
     pub tile4_q4k: TileMul<TileQ4K, BlockQ8K, 4>,
     pub tile1_q6k: TileMul<TileQ6K, BlockQ8K, 1>,
     pub tile4_q6k: TileMul<TileQ6K, BlockQ8K, 4>,
+    pub tile1_iq4xs: TileMul<TileIq4Xs, BlockQ8K, 1>,
+    pub tile1_q2k: TileMul<TileQ2K, BlockQ8K, 1>,
+    pub tile4_q2k: TileMul<TileQ2K, BlockQ8K, 4>,
+    pub tile1_q3k: TileMul<TileQ3K, BlockQ8K, 1>,
+    pub tile4_q3k: TileMul<TileQ3K, BlockQ8K, 4>,
+    pub tile4_iq4xs: TileMul<TileIq4Xs, BlockQ8K, 4>,
     pub tile4_iq4nl: TileMul<TileIq4Nl, BlockQ8_0, 4>,
     /// Two tile rows per call (AVX-512 with VNNI only; `None` elsewhere).
     pub tiles2_q5_0: Option<TilePair<TileQ5_0, BlockQ8_0>>,
@@ -95,10 +101,10 @@ pub struct Kernels {
     pub dot_f32: Dot<f32, f32>,
     pub dot_bf16: Dot<u16, u16>,
     pub dot_f16_f16: Dot<u16, u16>,
-    /// The float formats against 4 activation rows (the batched path of F32/BF16/F16 weights).
-    pub dot4_f32: Dot4<f32, f32>,
-    pub dot4_bf16: Dot4<u16, u16>,
-    pub dot4_f16_f16: Dot4<u16, u16>,
+    /// The float formats' batched path.
+    pub gemm_f32: FloatGemm<f32>,
+    pub gemm_bf16: FloatGemm<u16>,
+    pub gemm_f16: FloatGemm<u16>,
     pub quantize_q8_0: fn(&[f32], &mut [BlockQ8_0]),
     pub quantize_q8_1: fn(&[f32], &mut [BlockQ8_1]),
     pub quantize_q8k: fn(&[f32], &mut [BlockQ8K]),
@@ -121,14 +127,8 @@ impl Kernels {
     pub fn scalar() -> Self {
         Self {
             tier: KernelTier::Scalar,
-            dot_q2k_q8k: kquants::dot_q2k_q8k,
-            dot_q3k_q8k: kquants::dot_q3k_q8k,
             dot_q5k_q8k: kquants::dot_q5k_q8k,
-            dot_iq4xs_q8k: kquants::dot_iq4xs_q8k,
-            dot4_q2k_q8k: |x, y| y.map(|a| kquants::dot_q2k_q8k(x, a)),
-            dot4_q3k_q8k: |x, y| y.map(|a| kquants::dot_q3k_q8k(x, a)),
             dot4_q5k_q8k: |x, y| y.map(|a| kquants::dot_q5k_q8k(x, a)),
-            dot4_iq4xs_q8k: |x, y| y.map(|a| kquants::dot_iq4xs_q8k(x, a)),
             tile1_q4_0: |t, y, _| scalar::tiles(t, y),
             tile4_q4_0: |t, y, _| scalar::tiles(t, y),
             tile1_q4_1: |t, y, _| scalar::tiles(t, y),
@@ -146,6 +146,12 @@ impl Kernels {
             tile4_q4k: |t, y, _| kquants::tiles_q4k(t, y),
             tile1_q6k: |t, y, _| kquants::tiles_q6k(t, y),
             tile4_q6k: |t, y, _| kquants::tiles_q6k(t, y),
+            tile1_iq4xs: |t, y, _| kquants::tiles_iq4xs(t, y),
+            tile1_q2k: |t, y, _| kquants::tiles_q2k(t, y),
+            tile4_q2k: |t, y, _| kquants::tiles_q2k(t, y),
+            tile1_q3k: |t, y, _| kquants::tiles_q3k(t, y),
+            tile4_q3k: |t, y, _| kquants::tiles_q3k(t, y),
+            tile4_iq4xs: |t, y, _| kquants::tiles_iq4xs(t, y),
             tile4_iq4nl: |t, y, _| scalar::tiles(t, y),
             tiles2_q5_0: None,
             tiles2_q8_0: None,
@@ -154,9 +160,9 @@ impl Kernels {
             tiles2_q4_1: None,
             tiles2_q5_1: None,
             dot_f32: scalar::dot_f32,
-            dot4_f32: |x, y| y.map(|a| scalar::dot_f32(x, a)),
-            dot4_bf16: |x, y| y.map(|a| scalar::dot_bf16(x, a)),
-            dot4_f16_f16: |x, y| y.map(|a| scalar::dot_f16_f16(x, a)),
+            gemm_f32: scalar::gemm_f32,
+            gemm_bf16: scalar::gemm_bf16,
+            gemm_f16: scalar::gemm_f16,
             dot_bf16: scalar::dot_bf16,
             dot_f16_f16: scalar::dot_f16_f16,
             quantize_q8_0: scalar::quantize_q8_0,
@@ -222,6 +228,7 @@ mod x86_sets {
     use super::*;
 
     use crate::quant::x86;
+    use crate::quant::x86_gemm;
     use crate::quant::x86_kquants::avx2 as xk;
     use crate::quant::x86_tiles;
 
@@ -234,14 +241,8 @@ mod x86_sets {
                 // SAFETY (all below): `all_supported` verified this tier's CPU features before
                 // building this set. The block kernels check slice lengths themselves (asserts
                 // and bounds-checked indexing).
-                dot_q2k_q8k: |x, y| unsafe { xk::dot_q2k_q8k::<1>(x, [y])[0] },
-                dot_q3k_q8k: |x, y| unsafe { xk::dot_q3k_q8k::<1>(x, [y])[0] },
                 dot_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<1>(x, [y])[0] },
-                dot_iq4xs_q8k: |x, y| unsafe { xk::dot_iq4xs_q8k::<1>(x, [y])[0] },
-                dot4_q2k_q8k: |x, y| unsafe { xk::dot_q2k_q8k::<4>(x, y) },
-                dot4_q3k_q8k: |x, y| unsafe { xk::dot_q3k_q8k::<4>(x, y) },
                 dot4_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<4>(x, y) },
-                dot4_iq4xs_q8k: |x, y| unsafe { xk::dot_iq4xs_q8k::<4>(x, y) },
                 tile1_q4_0: |t, y, m| unsafe { x86_tiles::$m::tiles_q4_0::<1>(t, y, m) },
                 tile4_q4_0: |t, y, m| unsafe { x86_tiles::$m::tiles_q4_0::<4>(t, y, m) },
                 tile1_q4_1: |t, y, m| unsafe { x86_tiles::$m::tiles_q4_1::<1>(t, y, m) },
@@ -259,6 +260,12 @@ mod x86_sets {
                 tile4_q4k: |t, y, m| unsafe { x86_tiles::$m::tiles_q4k::<4>(t, y, m) },
                 tile1_q6k: |t, y, m| unsafe { x86_tiles::$m::tiles_q6k::<1>(t, y, m) },
                 tile4_q6k: |t, y, m| unsafe { x86_tiles::$m::tiles_q6k::<4>(t, y, m) },
+                tile1_iq4xs: |t, y, m| unsafe { x86_tiles::$m::tiles_iq4xs::<1>(t, y, m) },
+                tile1_q2k: |t, y, m| unsafe { x86_tiles::$m::tiles_q2k::<1>(t, y, m) },
+                tile4_q2k: |t, y, m| unsafe { x86_tiles::$m::tiles_q2k::<4>(t, y, m) },
+                tile1_q3k: |t, y, m| unsafe { x86_tiles::$m::tiles_q3k::<1>(t, y, m) },
+                tile4_q3k: |t, y, m| unsafe { x86_tiles::$m::tiles_q3k::<4>(t, y, m) },
+                tile4_iq4xs: |t, y, m| unsafe { x86_tiles::$m::tiles_iq4xs::<4>(t, y, m) },
                 tile4_iq4nl: |t, y, m| unsafe { x86_tiles::$m::tiles_iq4nl::<4>(t, y, m) },
                 tiles2_q5_0: None,
                 tiles2_q8_0: None,
@@ -267,9 +274,9 @@ mod x86_sets {
                 tiles2_q4_1: None,
                 tiles2_q5_1: None,
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
-                dot4_f32: |x, y| y.map(|a| unsafe { x86::$m::dot_f32(x, a) }),
-                dot4_bf16: |x, y| y.map(|a| unsafe { x86::$m::dot_bf16(x, a) }),
-                dot4_f16_f16: |x, y| y.map(|a| unsafe { x86::$m::dot_f16_f16(x, a) }),
+                gemm_f32: |w, a, k, o| unsafe { x86_gemm::avx2::gemm_f32(w, a, k, o) },
+                gemm_bf16: |w, a, k, o| unsafe { x86_gemm::avx2::gemm_bf16(w, a, k, o) },
+                gemm_f16: |w, a, k, o| unsafe { x86_gemm::avx2::gemm_f16(w, a, k, o) },
                 dot_bf16: |x, y| unsafe { x86::$m::dot_bf16(x, y) },
                 dot_f16_f16: |x, y| unsafe { x86::$m::dot_f16_f16(x, y) },
                 quantize_q8_0: |x, y| unsafe { x86::$m::quantize_q8_0(x, y) },
@@ -311,11 +318,11 @@ mod x86_sets {
     }
 
     /// The VNNI tier: the 256-bit kernels with `vpdpbusd`, plus the zmm two-tile-row kernels
-    /// and 4-row float dots (`all_supported` also checked AVX-512 F and BW for them).
+    /// and float GEMMs (`all_supported` also checked AVX-512 F and BW for them).
     pub fn vnni() -> Kernels {
         use crate::quant::x86_tiles512 as z;
-        // SAFETY (every kernel below): as in `set!`; x86_tiles512 and x86_dot512 assert their
-        // slice lengths.
+        // SAFETY (every kernel below): as in `set!`; x86_tiles512 asserts its slice lengths and
+        // x86_gemm checks its operands (`scalar::check_gemm`).
         macro_rules! pair {
             ($f:ident) => {
                 Some(TilePair {
@@ -331,9 +338,11 @@ mod x86_sets {
             tiles2_iq4nl: pair!(tiles2_iq4nl),
             tiles2_q4_1: pair!(tiles2_q4_1),
             tiles2_q5_1: pair!(tiles2_q5_1),
-            dot4_f32: |x, y| unsafe { crate::quant::x86_dot512::dot4_f32(x, y) },
-            dot4_bf16: |x, y| unsafe { crate::quant::x86_dot512::dot4_bf16(x, y) },
-            dot4_f16_f16: |x, y| unsafe { crate::quant::x86_dot512::dot4_f16(x, y) },
+            gemm_f32: |w, a, k, o| unsafe { crate::quant::x86_gemm::avx512::gemm_f32(w, a, k, o) },
+            gemm_bf16: |w, a, k, o| unsafe {
+                crate::quant::x86_gemm::avx512::gemm_bf16(w, a, k, o)
+            },
+            gemm_f16: |w, a, k, o| unsafe { crate::quant::x86_gemm::avx512::gemm_f16(w, a, k, o) },
             ..set!(vnni, KernelTier::Avx512Vnni)
         }
     }

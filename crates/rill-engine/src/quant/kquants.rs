@@ -102,6 +102,20 @@ pub fn q3k_scales(packed: &[u8; 12]) -> [i8; 16] {
     out
 }
 
+/// The 12 scale bytes of a Q3_K block from its 16 scales (-32..=31): the exact inverse of
+/// [`q3k_scales`].
+pub fn q3k_pack_scales(sc: &[i8; 16]) -> [u8; 12] {
+    let u: [u8; 16] = std::array::from_fn(|g| (sc[g] as i32 + 32) as u8);
+    let mut q = [0u8; 12];
+    for k in 0..4 {
+        q[k] = (u[k] & 0x0f) | (u[8 + k] & 0x0f) << 4;
+        q[4 + k] = (u[4 + k] & 0x0f) | (u[12 + k] & 0x0f) << 4;
+        q[8 + k] =
+            (u[k] >> 4) | (u[4 + k] >> 4) << 2 | (u[8 + k] >> 4) << 4 | (u[12 + k] >> 4) << 6;
+    }
+    q
+}
+
 /// The 3-bit values of a Q3_K block (-4..3) in element order.
 pub fn q3k_values(b: &BlockQ3K) -> [i8; QK_K] {
     std::array::from_fn(|e| {
@@ -325,4 +339,28 @@ pub fn tiles_q6k<const N: usize>(t: &[TileQ6K], y: [&[BlockQ8K]; N]) -> [[f32; T
     let rows: [Vec<BlockQ6K>; TILE_ROWS] =
         std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
     y.map(|a| std::array::from_fn(|j| dot_q6k_q8k(&rows[j], a)))
+}
+
+/// The scalar tier's IQ4_XS tile product: each row unpacked, through [`dot_iq4xs_q8k`].
+pub fn tiles_iq4xs<const N: usize>(t: &[TileIq4Xs], y: [&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
+    use super::repack::Tiled;
+    let rows: [Vec<BlockIq4Xs>; TILE_ROWS] =
+        std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
+    y.map(|a| std::array::from_fn(|j| dot_iq4xs_q8k(&rows[j], a)))
+}
+
+/// The scalar tier's Q2_K tile product: each row unpacked, through [`dot_q2k_q8k`].
+pub fn tiles_q2k<const N: usize>(t: &[TileQ2K], y: [&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
+    use super::repack::Tiled;
+    let rows: [Vec<BlockQ2K>; TILE_ROWS] =
+        std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
+    y.map(|a| std::array::from_fn(|j| dot_q2k_q8k(&rows[j], a)))
+}
+
+/// The scalar tier's Q3_K tile product: each row unpacked, through [`dot_q3k_q8k`].
+pub fn tiles_q3k<const N: usize>(t: &[TileQ3K], y: [&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
+    use super::repack::Tiled;
+    let rows: [Vec<BlockQ3K>; TILE_ROWS] =
+        std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
+    y.map(|a| std::array::from_fn(|j| dot_q3k_q8k(&rows[j], a)))
 }

@@ -1,8 +1,9 @@
 //! Quantized tensors and the products the model runs on them.
 //!
-//! A weight matrix ([`QMatrix`]) of a 32-element block format is repacked at load into
-//! interleaved tiles of 8 rows ([`repack`]); the super-block and float formats stay in the mmap
-//! in their GGUF encoding. Activations are quantized once per step into the 8-bit block type
+//! A weight matrix ([`QMatrix`]) of a 32-element block format, Q2_K, Q3_K, Q4_K, Q6_K or IQ4_XS
+//! is repacked at load into interleaved tiles of 8 rows ([`repack`]); Q5_K and the float
+//! formats stay in the mmap in their GGUF encoding (the float ones multiply through a
+//! register-tiled GEMM, `x86_gemm`). Activations are quantized once per step into the 8-bit block type
 //! ggml pairs with that weight type ([`ActFormat`]); then each tile row (or weight row) is
 //! multiplied with the activation rows of the batch, a few at a time, while it is hot in L1:
 //! each weight byte is read from memory once per step, whatever the batch.
@@ -15,7 +16,7 @@ pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
-pub mod x86_dot512;
+pub mod x86_gemm;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_kquants;
 #[cfg(target_arch = "x86_64")]
@@ -100,6 +101,9 @@ pub struct QuantActs {
     /// only, on tiers with the AVX-512 pair kernels; see [`ActMeta::offsets16`]).
     offsets16: Vec<i32>,
     offsets128: Vec<i32>,
+    /// The float formats' rows as f32 (each value rounded to the format first), contiguous:
+    /// what their GEMMs read, so no activation is widened once per weight row.
+    wide: Vec<f32>,
 }
 
 /// One activation row's per-block values that the tile kernels read besides the quants.
@@ -132,6 +136,7 @@ impl QuantActs {
             sums: Vec::new(),
             offsets16: Vec::new(),
             offsets128: Vec::new(),
+            wide: Vec::new(),
         }
     }
 
@@ -146,6 +151,12 @@ impl QuantActs {
         let words = rows * self.row_bytes / 8;
         if self.buf.len() < words {
             self.buf.resize(words, 0);
+        }
+        if matches!(
+            self.format,
+            ActFormat::F16 | ActFormat::Bf16 | ActFormat::F32
+        ) {
+            self.wide.resize(rows * cols, 0.0);
         }
         for r in 0..rows {
             self.quantize_row(k, r, &x[r * cols..(r + 1) * cols]);
@@ -231,6 +242,7 @@ impl QuantActs {
     /// produced those columns quantize them without a barrier.
     pub fn quantize_row(&mut self, k: &Kernels, r: usize, x: &[f32]) {
         let f = self.format;
+        let cols = self.cols;
         let bytes = self.row_mut(r);
         match f {
             ActFormat::Q8_0 => (k.quantize_q8_0)(x, cast_mut(bytes)),
@@ -248,6 +260,36 @@ impl QuantActs {
             }
             ActFormat::F32 => cast_mut::<f32>(bytes)[..x.len()].copy_from_slice(x),
         }
+        let widen: fn(u16) -> f32 = match f {
+            ActFormat::F16 => f16_to_f32,
+            ActFormat::Bf16 => bf16_to_f32,
+            ActFormat::F32 => {
+                self.wide[r * cols..r * cols + x.len()].copy_from_slice(x);
+                return;
+            }
+            _ => return,
+        };
+        let mut wide = std::mem::take(&mut self.wide);
+        for (o, &h) in wide[r * cols..(r + 1) * cols]
+            .iter_mut()
+            .zip(cast_ref::<u16>(self.row(r)))
+        {
+            *o = widen(h);
+        }
+        self.wide = wide;
+    }
+
+    /// Activation rows `toks` of a float format as f32, contiguous (each value exactly the
+    /// rounded one the single-row dots widen).
+    pub fn wide_rows(&self, toks: std::ops::Range<usize>) -> &[f32] {
+        assert!(
+            matches!(
+                self.format,
+                ActFormat::F16 | ActFormat::Bf16 | ActFormat::F32
+            ),
+            "f32 rows exist for the float formats only"
+        );
+        &self.wide[toks.start * self.cols..toks.end * self.cols]
     }
 
     fn row_mut(&mut self, r: usize) -> &mut [u8] {
@@ -374,6 +416,9 @@ impl<'a> QMatrix<'a> {
             GgmlType::Iq4Nl => pack::<TileIq4Nl>(self),
             GgmlType::Q4K => pack::<TileQ4K>(self),
             GgmlType::Q6K => pack::<TileQ6K>(self),
+            GgmlType::Iq4Xs => pack::<TileIq4Xs>(self),
+            GgmlType::Q2K => pack::<TileQ2K>(self),
+            GgmlType::Q3K => pack::<TileQ3K>(self),
             _ => return None,
         })
     }
@@ -399,7 +444,7 @@ impl<'a> QMatrix<'a> {
 
     /// The products of the weight rows in `rows` with every activation row: `out(t, r, v)`
     /// receives `v[i] = dot(weight row r + i, activation row t)` for a run of consecutive rows
-    /// (up to 8; every (t, r) of the ranges exactly once).
+    /// (every (t, r) of the ranges exactly once).
     pub fn matmul_rows(
         &self,
         k: &Kernels,
@@ -428,7 +473,7 @@ impl<'a> QMatrix<'a> {
             self.act_format(),
             "activation format of the matrix"
         );
-        // The super-block and float formats: one weight row against 4 activation rows per call, so each
+        // The super-block formats without tiles: one weight row against 4 activation rows per call, so each
         // block is decoded once for 4 rows; 2-3 leftover rows go through one more 4-row call
         // with the last row repeated, a single one (and single-stream decode, which streams
         // the weights with prefetch) through the one-row kernel. Same bits either way.
@@ -528,8 +573,26 @@ impl<'a> QMatrix<'a> {
                 toks.clone(),
                 out,
             ),
-            GgmlType::Q2K => quad!(BlockQ2K, BlockQ8K, k.dot_q2k_q8k, k.dot4_q2k_q8k),
-            GgmlType::Q3K => quad!(BlockQ3K, BlockQ8K, k.dot_q3k_q8k, k.dot4_q3k_q8k),
+            GgmlType::Q2K => self.tiled(
+                k.tile1_q2k,
+                k.tile4_q2k,
+                None,
+                None,
+                acts,
+                rows,
+                toks.clone(),
+                out,
+            ),
+            GgmlType::Q3K => self.tiled(
+                k.tile1_q3k,
+                k.tile4_q3k,
+                None,
+                None,
+                acts,
+                rows,
+                toks.clone(),
+                out,
+            ),
             GgmlType::Q4K => self.tiled(
                 k.tile1_q4k,
                 k.tile4_q4k,
@@ -551,11 +614,51 @@ impl<'a> QMatrix<'a> {
                 toks.clone(),
                 out,
             ),
-            GgmlType::Iq4Xs => quad!(BlockIq4Xs, BlockQ8K, k.dot_iq4xs_q8k, k.dot4_iq4xs_q8k),
-            GgmlType::F16 => quad!(u16, u16, k.dot_f16_f16, k.dot4_f16_f16),
-            GgmlType::Bf16 => quad!(u16, u16, k.dot_bf16, k.dot4_bf16),
-            GgmlType::F32 => quad!(f32, f32, k.dot_f32, k.dot4_f32),
+            GgmlType::Iq4Xs => self.tiled(
+                k.tile1_iq4xs,
+                k.tile4_iq4xs,
+                None,
+                None,
+                acts,
+                rows,
+                toks.clone(),
+                out,
+            ),
+            GgmlType::F16 => self.float(k.dot_f16_f16, k.gemm_f16, acts, rows, toks, out),
+            GgmlType::Bf16 => self.float(k.dot_bf16, k.gemm_bf16, acts, rows, toks, out),
+            GgmlType::F32 => self.float(k.dot_f32, k.gemm_f32, acts, rows, toks, out),
             GgmlType::Other(_) => {}
+        }
+    }
+
+    /// The float formats' product: one activation row (single-stream decode) through the
+    /// one-row dot, streaming the weights with prefetch; more through the format's GEMM on the
+    /// f32 activation rows, whose outputs come per activation row for all of `rows`.
+    fn float<W: PodBlock, A: ActBlock>(
+        &self,
+        dot: dispatch::Dot<W, A>,
+        gemm: dispatch::FloatGemm<W>,
+        acts: &QuantActs,
+        rows: std::ops::Range<usize>,
+        toks: std::ops::Range<usize>,
+        out: &mut dyn FnMut(usize, usize, &[f32]),
+    ) {
+        if toks.len() == 1 {
+            let a: &[A] = cast_ref(acts.row(toks.start));
+            for r in rows {
+                if acts.rows == 1 {
+                    self.prefetch_row(r + PREFETCH_ROWS_AHEAD);
+                }
+                out(toks.start, r, &[dot(cast_weights(self.row_bytes(r)), a)]);
+            }
+            return;
+        }
+        let w: &[W] =
+            cast_weights(&self.data[rows.start * self.row_bytes..rows.end * self.row_bytes]);
+        let mut v = vec![0f32; rows.len() * toks.len()];
+        gemm(w, acts.wide_rows(toks.clone()), self.cols, &mut v);
+        for (t, row) in toks.zip(v.chunks_exact(rows.len().max(1))) {
+            out(t, rows.start, row);
         }
     }
 

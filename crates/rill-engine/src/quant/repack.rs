@@ -1,4 +1,5 @@
-//! The load-time transform of the 32-element block formats, Q4_K and Q6_K from GGUF's row-major blocks into
+//! The load-time transform of the 32-element block formats and the K-quants (Q2_K, Q3_K,
+//! Q4_K, Q6_K) and IQ4_XS from GGUF's row-major blocks into
 //! interleaved tiles (`blocks::Tile*`): the blocks of 8 consecutive rows for one column block
 //! side by side, arranged so that one 32-byte load yields 4 values of each of the 8 rows. The
 //! SIMD kernels then keep one output row per f32 lane, sum each block's products exactly in
@@ -9,7 +10,7 @@
 //! count is not a multiple of 8 gets zero rows (scale 0) in its last tile.
 
 use super::blocks::*;
-use super::kquants::{q4k_pack_scales, q4k_scale_min};
+use super::kquants::{iq4xs_scale, q3k_pack_scales, q3k_scales, q4k_pack_scales, q4k_scale_min};
 
 /// A tile type and the row block it interleaves.
 pub trait Tiled: PodBlock {
@@ -136,6 +137,75 @@ impl Tiled for TileQ4K {
             d: self.d[r],
             dmin: self.dmin[r],
             scales: q4k_pack_scales(&sc, &m),
+            qs: deinterleave::<32, 128, u8>(&self.qs, r),
+        }
+    }
+}
+
+impl Tiled for TileQ2K {
+    type Row = BlockQ2K;
+    const ELEMS: usize = QK_K;
+    fn pack(rows: &[BlockQ2K; TILE_ROWS]) -> Self {
+        Self {
+            d: rows.each_ref().map(|r| r.d),
+            dmin: rows.each_ref().map(|r| r.dmin),
+            sm: std::array::from_fn(|g| std::array::from_fn(|r| rows[r].scales[g])),
+            qs: interleave::<16, 512, u8>(rows.each_ref().map(|r| &r.qs[..])),
+        }
+    }
+    fn unpack(&self, r: usize) -> BlockQ2K {
+        BlockQ2K {
+            scales: std::array::from_fn(|g| self.sm[g][r]),
+            qs: deinterleave::<16, 64, u8>(&self.qs, r),
+            d: self.d[r],
+            dmin: self.dmin[r],
+        }
+    }
+}
+
+impl Tiled for TileQ3K {
+    type Row = BlockQ3K;
+    const ELEMS: usize = QK_K;
+    fn pack(rows: &[BlockQ3K; TILE_ROWS]) -> Self {
+        let sc = rows.each_ref().map(|r| q3k_scales(&r.scales));
+        Self {
+            d: rows.each_ref().map(|r| r.d),
+            sc: std::array::from_fn(|g| std::array::from_fn(|r| sc[r][g])),
+            hm: interleave::<8, 256, u8>(rows.each_ref().map(|r| &r.hmask[..])),
+            qs: interleave::<16, 512, u8>(rows.each_ref().map(|r| &r.qs[..])),
+        }
+    }
+    fn unpack(&self, r: usize) -> BlockQ3K {
+        BlockQ3K {
+            hmask: deinterleave::<8, 32, u8>(&self.hm, r),
+            qs: deinterleave::<16, 64, u8>(&self.qs, r),
+            scales: q3k_pack_scales(&std::array::from_fn(|g| self.sc[g][r])),
+            d: self.d[r],
+        }
+    }
+}
+
+impl Tiled for TileIq4Xs {
+    type Row = BlockIq4Xs;
+    const ELEMS: usize = QK_K;
+    fn pack(rows: &[BlockIq4Xs; TILE_ROWS]) -> Self {
+        Self {
+            d: rows.each_ref().map(|r| r.d),
+            sc: std::array::from_fn(|ib| std::array::from_fn(|r| iq4xs_scale(&rows[r], ib) as i8)),
+            qs: interleave::<32, 1024, u8>(rows.each_ref().map(|r| &r.qs[..])),
+        }
+    }
+    fn unpack(&self, r: usize) -> BlockIq4Xs {
+        let (mut scales_h, mut scales_l) = (0u16, [0u8; QK_K / 64]);
+        for ib in 0..8 {
+            let ls = (self.sc[ib][r] as i32 + 32) as u16;
+            scales_l[ib / 2] |= ((ls & 0x0f) as u8) << (4 * (ib % 2));
+            scales_h |= (ls >> 4 & 3) << (2 * ib);
+        }
+        BlockIq4Xs {
+            d: self.d[r],
+            scales_h,
+            scales_l,
             qs: deinterleave::<32, 128, u8>(&self.qs, r),
         }
     }

@@ -241,28 +241,69 @@ where
     y.map(|a| std::array::from_fn(|j| dot32(t.iter().map(|tile| tile.unpack(j)), a)))
 }
 
+/// The float dots' lane partial sums: lane `l` of `S` accumulates `x(k) * y(k)` (FMA) over the
+/// positions `k = l, l + S, l + 2S, ...` below `np` (a multiple of `S`), in increasing `k`.
+/// Every float dot below is these lanes, a fixed fold of them, and a tail: any code that
+/// accumulates the same positions in the same order (the SIMD tiers, the GEMMs) gets the bits.
+#[inline(always)]
+fn float_lanes<const S: usize>(
+    np: usize,
+    x: impl Fn(usize) -> f32,
+    y: impl Fn(usize) -> f32,
+) -> [f32; S] {
+    let mut lanes = [0f32; S];
+    for i in (0..np).step_by(S) {
+        for (l, v) in lanes.iter_mut().enumerate() {
+            *v = x(i + l).mul_add(y(i + l), *v);
+        }
+    }
+    lanes
+}
+
+/// Lanes of the F32/BF16 dot: 32 (four 8-lane accumulators over 32-element steps).
+pub const FLOAT_LANES: usize = 32;
+
+/// Lanes of the f16 dot: 64 (ggml's four 16-lane accumulators over 64-element steps).
+pub const F16_LANES: usize = 64;
+
+/// The F32/BF16 fold: the four 8-lane accumulators `(a0 + a1) + (a2 + a3)`, reduced as
+/// [`hsum8`].
+#[inline(always)]
+pub fn fold_float_lanes(l: &[f32; FLOAT_LANES]) -> f32 {
+    hsum8(&std::array::from_fn(|i| {
+        (l[i] + l[8 + i]) + (l[16 + i] + l[24 + i])
+    }))
+}
+
+/// The F32/BF16 tail after the fold: sequential FMAs.
+#[inline(always)]
+pub fn finish_float(folded: f32, tail: impl Iterator<Item = (f32, f32)>) -> f32 {
+    tail.fold(folded, |s, (x, y)| x.mul_add(y, s))
+}
+
+/// ggml's f16 fold: the four 16-lane accumulators `(a0 + a2) + (a1 + a3)`, reduced as
+/// [`reduce16`].
+#[inline(always)]
+pub fn fold_f16_lanes(l: &[f32; F16_LANES]) -> f32 {
+    reduce16(&std::array::from_fn(|i| {
+        (l[i] + l[32 + i]) + (l[16 + i] + l[48 + i])
+    }))
+}
+
+/// The f16 tail after the fold: products added in f64.
+#[inline(always)]
+pub fn finish_f16(folded: f32, tail: impl Iterator<Item = (f32, f32)>) -> f32 {
+    tail.fold(folded as f64, |s, (x, y)| s + (x * y) as f64) as f32
+}
+
 /// rill's dot order for float weights (F32, BF16): four 8-lane FMA accumulators over
 /// 32-element steps, folded (a0 + a1) + (a2 + a3), reduced as [`hsum8`], then the tail added
 /// with sequential FMAs. The SIMD tiers use the same order, so every tier gives the same bits.
 #[inline(always)]
 pub fn dot_float_with(n: usize, x: impl Fn(usize) -> f32, y: impl Fn(usize) -> f32) -> f32 {
-    let np = n / 32 * 32;
-    let mut acc = [[0f32; 8]; 4];
-    for i in (0..np).step_by(32) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            for (l, v) in a.iter_mut().enumerate() {
-                let k = i + 8 * j + l;
-                *v = x(k).mul_add(y(k), *v);
-            }
-        }
-    }
-    let lanes: [f32; 8] =
-        std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
-    let mut s = hsum8(&lanes);
-    for k in np..n {
-        s = x(k).mul_add(y(k), s);
-    }
-    s
+    let np = n / FLOAT_LANES * FLOAT_LANES;
+    let lanes = float_lanes::<FLOAT_LANES>(np, &x, &y);
+    finish_float(fold_float_lanes(&lanes), (np..n).map(|k| (x(k), y(k))))
 }
 
 pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
@@ -283,25 +324,65 @@ pub fn dot_bf16(x: &[u16], y: &[u16]) -> f32 {
 /// (FMA), folded 4 -> 1, then the 16 lanes reduced as `_mm512_reduce_add_ps` does; a tail
 /// shorter than 64 is added in f64.
 pub fn dot_f16_f16(x: &[u16], y: &[u16]) -> f32 {
-    let np = x.len() / 64 * 64;
-    let mut acc = [[0f32; 16]; 4];
-    for i in (0..np).step_by(64) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            for (l, v) in a.iter_mut().enumerate() {
-                let k = i + j * 16 + l;
-                *v = f16_to_f32(x[k]).mul_add(f16_to_f32(y[k]), *v);
-            }
+    dot_f16_with(x.len(), |k| f16_to_f32(x[k]), |k| f16_to_f32(y[k]))
+}
+
+/// [`dot_f16_f16`]'s tree over any two widened sequences of length `n`.
+#[inline(always)]
+fn dot_f16_with(n: usize, x: impl Fn(usize) -> f32, y: impl Fn(usize) -> f32) -> f32 {
+    let np = n / F16_LANES * F16_LANES;
+    let lanes = float_lanes::<F16_LANES>(np, &x, &y);
+    finish_f16(fold_f16_lanes(&lanes), (np..n).map(|k| (x(k), y(k))))
+}
+
+/// The float formats' GEMM, the reference for the SIMD tiers' (`dispatch::FloatGemm`): `m`
+/// weight rows (`w`, row-major, `k` wide) against `n` activation rows already widened to f32
+/// (`a`; rounded to the weight type's activation precision, so each product is the single-row
+/// dot's), `out[j * m + i] = dot(w row i, a row j)`.
+fn gemm_with<W: Copy>(
+    w: &[W],
+    a: &[f32],
+    k: usize,
+    out: &mut [f32],
+    dot: impl Fn(&[W], &[f32]) -> f32,
+) {
+    let (m, n) = check_gemm(w.len(), a.len(), k, out.len());
+    for j in 0..n {
+        for i in 0..m {
+            out[j * m + i] = dot(&w[i * k..(i + 1) * k], &a[j * k..(j + 1) * k]);
         }
     }
-    let mut lanes = [0f32; 16];
-    for l in 0..16 {
-        lanes[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
-    }
-    let mut sum = reduce16(&lanes) as f64;
-    for k in np..x.len() {
-        sum += (f16_to_f32(x[k]) * f16_to_f32(y[k])) as f64;
-    }
-    sum as f32
+}
+
+/// What every GEMM assumes: whole rows of `k` on both sides and one output per pair. Returns
+/// (weight rows, activation rows).
+pub fn check_gemm(w: usize, a: usize, k: usize, out: usize) -> (usize, usize) {
+    assert!(
+        k > 0 && w.is_multiple_of(k) && a.is_multiple_of(k),
+        "GEMM operands are not whole rows of {k}"
+    );
+    let (m, n) = (w / k, a / k);
+    assert_eq!(out, m * n, "GEMM output size");
+    (m, n)
+}
+
+/// F16 weights against f16-rounded activations widened to f32: [`dot_f16_f16`]'s bits.
+pub fn gemm_f16(w: &[u16], a: &[f32], k: usize, out: &mut [f32]) {
+    gemm_with(w, a, k, out, |x, y| {
+        dot_f16_with(k, |i| f16_to_f32(x[i]), |i| y[i])
+    });
+}
+
+/// BF16 weights against bf16-rounded activations widened to f32: [`dot_bf16`]'s bits.
+pub fn gemm_bf16(w: &[u16], a: &[f32], k: usize, out: &mut [f32]) {
+    gemm_with(w, a, k, out, |x, y| {
+        dot_float_with(k, |i| bf16_to_f32(x[i]), |i| y[i])
+    });
+}
+
+/// F32 weights: [`dot_f32`]'s bits.
+pub fn gemm_f32(w: &[f32], a: &[f32], k: usize, out: &mut [f32]) {
+    gemm_with(w, a, k, out, |x, y| dot_float_with(k, |i| x[i], |i| y[i]));
 }
 
 /// `_mm512_reduce_add_ps`'s order: halves of 8, then of 4, then pairs (0+2, 1+3), then the two.
@@ -334,6 +415,107 @@ pub fn ggml_expf(x: f32) -> f32 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
     scale_pow2(j, n as i32)
+}
+
+/// glibc's `expf` (since 2.27; ARM optimized-routines: `2^(k/32)` from a 32-entry table times a
+/// cubic in double precision), as its FMA build computes it (the variant glibc picks on every
+/// CPU with FMA, which llama.cpp's attention calls through libm): reproduced so that the
+/// softmax weights are libm's bits on every tier, and so that they can be computed 4 at a
+/// time (`x86::expf_x4`). The tests compare it with the machine's libm.
+#[inline(always)]
+pub fn expf(x: f32) -> f32 {
+    let bits = x.to_bits();
+    if (bits >> 20) & 0x7ff >= EXPF_SPECIAL_TOP12 {
+        return expf_special(x);
+    }
+    expf_core(x as f64) as f32
+}
+
+/// `top12(88.0)`: at or above it (|x| >= 88, inf, NaN) [`expf`] takes [`expf_special`].
+pub const EXPF_SPECIAL_TOP12: u32 = 0x42b;
+
+/// `2^(i/32)` minus `i << 47`, glibc's `__exp2f_data.tab`.
+pub const EXPF_TABLE: [u64; 32] = [
+    0x3ff0000000000000,
+    0x3fefd9b0d3158574,
+    0x3fefb5586cf9890f,
+    0x3fef9301d0125b51,
+    0x3fef72b83c7d517b,
+    0x3fef54873168b9aa,
+    0x3fef387a6e756238,
+    0x3fef1e9df51fdee1,
+    0x3fef06fe0a31b715,
+    0x3feef1a7373aa9cb,
+    0x3feedea64c123422,
+    0x3feece086061892d,
+    0x3feebfdad5362a27,
+    0x3feeb42b569d4f82,
+    0x3feeab07dd485429,
+    0x3feea47eb03a5585,
+    0x3feea09e667f3bcd,
+    0x3fee9f75e8ec5f74,
+    0x3feea11473eb0187,
+    0x3feea589994cce13,
+    0x3feeace5422aa0db,
+    0x3feeb737b0cdc5e5,
+    0x3feec49182a3f090,
+    0x3feed503b23e255d,
+    0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47,
+    0x3fef199bdd85529c,
+    0x3fef3720dcef9069,
+    0x3fef5818dcfba487,
+    0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da,
+    0x3fefd0765b6e4540,
+];
+/// `32 / ln 2`.
+pub const EXPF_INV_LN2_N: f64 = f64::from_bits(0x4047_1547_652b_82fe);
+/// `0x1.8p52`: adding it rounds to an integer held in the low mantissa bits.
+pub const EXPF_SHIFT: f64 = f64::from_bits(0x4338_0000_0000_0000);
+/// The cubic's coefficients (glibc's `poly_scaled`).
+pub const EXPF_C: [f64; 3] = [
+    f64::from_bits(0x3ebc_6af8_4b91_2394),
+    f64::from_bits(0x3f2e_bfce_50fa_c4f3),
+    f64::from_bits(0x3f96_2e42_ff0c_52d6),
+];
+
+/// [`expf`] for |x| < 88, in the FMA build's operation order.
+#[inline(always)]
+fn expf_core(xd: f64) -> f64 {
+    let kds = EXPF_INV_LN2_N.mul_add(xd, EXPF_SHIFT);
+    let ki = kds.to_bits();
+    let kd = kds - EXPF_SHIFT;
+    let r = EXPF_INV_LN2_N.mul_add(xd, -kd);
+    let t = EXPF_TABLE[(ki & 31) as usize].wrapping_add(ki << 47);
+    let s = f64::from_bits(t);
+    let z = EXPF_C[0].mul_add(r, EXPF_C[1]);
+    let r2 = r * r;
+    let y = r.mul_add(EXPF_C[2], 1.0);
+    z.mul_add(r2, y) * s
+}
+
+/// [`expf`] for |x| >= 88, infinities and NaN: glibc's special cases (0 for -inf and below
+/// `log(2^-150)`, inf above `log(2^128)`, NaN propagated, the subnormal range computed).
+#[cold]
+pub fn expf_special(x: f32) -> f32 {
+    if x == f32::NEG_INFINITY {
+        return 0.0;
+    }
+    if x.is_nan() || x == f32::INFINITY {
+        return x + x;
+    }
+    if x > f32::from_bits(0x42b1_7217) {
+        return f32::INFINITY;
+    }
+    if x < f32::from_bits(0xc2cf_f1b4) {
+        return 0.0;
+    }
+    if x < f32::from_bits(0xc2ce_8ecf) {
+        // glibc's __math_may_uflowf: 0x1.4p-75 squared, rounded to float.
+        return f32::from_bits(0x1a20_0000) * f32::from_bits(0x1a20_0000);
+    }
+    expf_core(x as f64) as f32
 }
 
 /// j * 2^n, exact while the result is normal (what `_mm512_scalef_ps` computes).
@@ -499,13 +681,13 @@ pub fn attend_with(
             let s = dot(q16, &kv.keys[off..off + head_dim]) * scale;
             let (ms, vs);
             if s > m {
-                ms = (m - s).exp();
+                ms = expf(m - s);
                 vs = 1.0;
                 m = s;
                 scale_acc(acc, ms);
             } else {
                 ms = 1.0;
-                vs = (s - m).exp();
+                vs = expf(s - m);
             }
             mad(acc, &kv.values[off..off + head_dim], vs);
             sum = sum.mul_add(ms, vs);
@@ -634,13 +816,13 @@ pub fn attend_quant_with<T: Copy>(
             let a = &mut acc[i * hd..(i + 1) * hd];
             let (ms, vs);
             if s > m[i] {
-                ms = (m[i] - s).exp();
+                ms = expf(m[i] - s);
                 vs = 1.0;
                 m[i] = s;
                 a.iter_mut().for_each(|x| *x *= ms);
             } else {
                 ms = 1.0;
-                vs = (s - m[i]).exp();
+                vs = expf(s - m[i]);
             }
             for (x, &v) in a.iter_mut().zip(&v32) {
                 *x = v.mul_add(vs, *x);

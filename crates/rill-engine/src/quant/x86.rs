@@ -114,6 +114,63 @@ macro_rules! loop_float {
     }};
 }
 
+/// `scalar::expf` of 4 values at once (the double-precision steps in ymm, the table look-up
+/// a gather): the same operations in the same order, so the same bits. Lanes that need
+/// glibc's special cases (|x| >= 88, inf, NaN) are redone by `scalar::expf_special`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn expf_x4(x: __m128) -> __m128 {
+    use super::scalar::{EXPF_C, EXPF_INV_LN2_N, EXPF_SHIFT, EXPF_SPECIAL_TOP12, EXPF_TABLE};
+    let xd = _mm256_cvtps_pd(x);
+    let inv = _mm256_set1_pd(EXPF_INV_LN2_N);
+    let shift = _mm256_set1_pd(EXPF_SHIFT);
+    let kds = _mm256_fmadd_pd(inv, xd, shift);
+    let ki = _mm256_castpd_si256(kds);
+    let kd = _mm256_sub_pd(kds, shift);
+    let r = _mm256_fmsub_pd(inv, xd, kd);
+    let idx = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
+    // SAFETY: every index is in 0..32, inside the table.
+    let tab = _mm256_i64gather_epi64::<8>(EXPF_TABLE.as_ptr().cast(), idx);
+    let s = _mm256_castsi256_pd(_mm256_add_epi64(tab, _mm256_slli_epi64::<47>(ki)));
+    let z = _mm256_fmadd_pd(_mm256_set1_pd(EXPF_C[0]), r, _mm256_set1_pd(EXPF_C[1]));
+    let r2 = _mm256_mul_pd(r, r);
+    let y = _mm256_fmadd_pd(r, _mm256_set1_pd(EXPF_C[2]), _mm256_set1_pd(1.0));
+    let y = _mm256_mul_pd(_mm256_fmadd_pd(z, r2, y), s);
+    let out = _mm256_cvtpd_ps(y);
+    // Lanes whose bits 20..31 (sans sign) reach top12(88.0).
+    let top = _mm_and_si128(
+        _mm_srli_epi32::<20>(_mm_castps_si128(x)),
+        _mm_set1_epi32(0x7ff),
+    );
+    let special = _mm_cmpgt_epi32(top, _mm_set1_epi32(EXPF_SPECIAL_TOP12 as i32 - 1));
+    if _mm_movemask_epi8(special) == 0 {
+        return out;
+    }
+    let (mut xs, mut o) = ([0f32; 4], [0f32; 4]);
+    _mm_storeu_ps(xs.as_mut_ptr(), x);
+    _mm_storeu_ps(o.as_mut_ptr(), out);
+    for (o, &x) in o.iter_mut().zip(&xs) {
+        if (x.to_bits() >> 20) & 0x7ff >= EXPF_SPECIAL_TOP12 {
+            *o = super::scalar::expf_special(x);
+        }
+    }
+    _mm_loadu_ps(o.as_ptr())
+}
+
+/// `v[i] = scalar::expf(v[i])` for a slice, 4 at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn expf_in_place(v: &mut [f32]) {
+    let mut chunks = v.chunks_exact_mut(4);
+    for c in &mut chunks {
+        // SAFETY: c holds 4 floats.
+        _mm_storeu_ps(c.as_mut_ptr(), expf_x4(_mm_loadu_ps(c.as_ptr())));
+    }
+    for x in chunks.into_remainder() {
+        *x = super::scalar::expf(*x);
+    }
+}
+
 /// Keys per block of scores in `attend`.
 const ATT_KEYS: usize = 128;
 
@@ -236,7 +293,7 @@ macro_rules! kernels {
             }
 
             /// `scalar::attend_with`'s arithmetic (query rounded to f16, ggml's f16 dot tree,
-            /// online softmax with libm `expf`, value accumulator rounded to f16 after every
+            /// online softmax with glibc's `expf` (`scalar::expf`, 4 at a time), value accumulator rounded to f16 after every
             /// update), reorganised for head dims that are multiples of 64: up to `ATT_HEADS` query heads
             /// of the KV group at once, per block of keys first all scores and softmax weights,
             /// then the value updates with the accumulators in registers (the f16 rounding done
@@ -289,18 +346,26 @@ macro_rules! kernels {
                     for kb in kv.offsets.chunks(ATT_KEYS) {
                         for i in 0..hs.len() {
                             let qi = &q32[i * hd..(i + 1) * hd];
-                            for (j, &off) in kb.iter().enumerate() {
+                            let (msi, vsi) =
+                                (&mut ms[i * kn..][..kb.len()], &mut vs[i * kn..][..kb.len()]);
+                            // The running maximum first: each key's exponent argument (`m - s`
+                            // where the key raises the maximum, else `s - m`) and which case
+                            // it was (in `vs`), then all exponentials at once, then the weights
+                            // and the sum in the reference's order.
+                            for ((a, up), &off) in msi.iter_mut().zip(vsi.iter_mut()).zip(kb) {
                                 let s = dot_f32_f16(qi, &kv.keys[off..off + hd]) * scale;
-                                let (msj, vsj) = if s > m[i] {
-                                    let r = ((m[i] - s).exp(), 1.0);
+                                if s > m[i] {
+                                    (*a, *up) = (m[i] - s, 1.0);
                                     m[i] = s;
-                                    r
                                 } else {
-                                    (1.0, (s - m[i]).exp())
-                                };
-                                ms[i * kn + j] = msj;
-                                vs[i * kn + j] = vsj;
-                                sum[i] = sum[i].mul_add(msj, vsj);
+                                    (*a, *up) = (s - m[i], 0.0);
+                                }
+                            }
+                            expf_in_place(msi);
+                            for (msj, vsj) in msi.iter_mut().zip(vsi.iter_mut()) {
+                                let e = *msj;
+                                (*msj, *vsj) = if *vsj == 1.0 { (e, 1.0) } else { (1.0, e) };
+                                sum[i] = sum[i].mul_add(*msj, *vsj);
                             }
                         }
                         let w = Weights {

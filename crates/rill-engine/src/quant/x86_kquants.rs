@@ -1,14 +1,11 @@
-//! x86-64 SIMD kernels of the super-block formats that are not tiled (Q2_K, Q3_K, Q5_K, IQ4_XS;
-//! Q4_K and Q6_K run on `x86_tiles`) against Q8_K
+//! x86-64 SIMD kernels of the super-block format that is not tiled, Q5_K (the others run on
+//! `x86_tiles`), against Q8_K
 //! activations, for N activation rows at once: each weight super-block is decoded once (values
 //! as 8 vectors of 32 bytes, an i16 scale vector per 32 values) and used for all N rows.
 //!
 //! The arithmetic is `kquants`' exactly: integer sums per super-block (any lane order gives the
 //! same integer), then the same float folds, so every tier and every N give the reference's bits.
-//! Formats whose values are signed but small (Q3_K) are multiplied as `value + offset`
-//! (unsigned) and the offset's share is taken off exactly with the activation block sums;
-//! IQ4_XS values use the sign trick. No `maddubs` here can saturate: |u8 * i8 pair| <= 2 * 31 *
-//! 127 (Q5_K) or 2 * 127 * 127 (IQ4_XS) < 32768.
+//! No `maddubs` here can saturate: |u8 * i8 pair| <= 2 * 31 * 127 (Q5_K) < 32768.
 //!
 //! SAFETY contract as in `x86`: the caller checked the tier's CPU features and that every
 //! activation row has at least as many blocks as the weight row.
@@ -18,21 +15,14 @@
 use std::arch::x86_64::*;
 
 use super::blocks::*;
-use super::kquants::{fold, fold_min, iq4xs_scale, q3k_scales, q4k_scale_min};
-use super::x86::{fp16, hsum_i32_8, iq4nl_table, nibbles_32};
+use super::kquants::{fold_min, q4k_scale_min};
+use super::x86::{fp16, hsum_i32_8};
 
 /// One i16 scale for all 32 values of a chunk.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn scale32(s: i16) -> __m256i {
     _mm256_set1_epi16(s)
-}
-
-/// Two i16 scales, for the first and the second 16 values of a chunk.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn scale16x2(first: i16, second: i16) -> __m256i {
-    _mm256_set_m128i(_mm_set1_epi16(second), _mm_set1_epi16(first))
 }
 
 /// `(q >> shift) & mask` per byte, for a run-time shift.
@@ -63,13 +53,6 @@ unsafe fn bsum_dot(yb: &BlockQ8K, w: __m256i) -> i32 {
     ))
 }
 
-/// Sixteen i16 lanes from sixteen i8.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn widen16(v: &[i8; 16]) -> __m256i {
-    _mm256_cvtepi8_epi16(_mm_loadu_si128(v.as_ptr().cast()))
-}
-
 /// `[f(0), .., f(7)]` for a vector-valued `f`, as a plain loop: closures do not inherit
 /// `target_feature`, so intrinsics inside `std::array::from_fn` would become calls.
 macro_rules! per_chunk {
@@ -80,15 +63,6 @@ macro_rules! per_chunk {
         }
         v
     }};
-}
-
-/// The scale vectors of the formats with 16 signed group scales (Q3_K, Q6_K): per 32-value
-/// chunk, its two groups' scales; and all 16 as i16 lanes, for the offset correction.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn group16_scales(sc: &[i8; 16]) -> ([__m256i; 8], __m256i) {
-    let scs = per_chunk!(|c| scale16x2(sc[2 * c] as i16, sc[2 * c + 1] as i16));
-    (scs, widen16(sc))
 }
 
 /// The super-block loop every format here shares. `$setup` (run once per weight block `$xb`)
@@ -164,54 +138,6 @@ macro_rules! kquant_kernels {
             use super::*;
 
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q2k_q8k<const N: usize>(
-                x: &[BlockQ2K],
-                y: [&[BlockQ8K]; N],
-            ) -> [f32; N] {
-                let m3 = _mm256_set1_epi8(3);
-                superblocks!(x, y, N, |xb| {
-                    let q = [
-                        _mm256_loadu_si256(xb.qs.as_ptr().cast()),
-                        _mm256_loadu_si256(xb.qs.as_ptr().add(32).cast()),
-                    ];
-                    let vals: [__m256i; 8] = per_chunk!(|c| bits_at(q[c / 4], 2 * (c % 4) as i32, m3));
-                    let sc = |g: usize| (xb.scales[g] & 0x0f) as i16;
-                    let scs: [__m256i; 8] = per_chunk!(|c| scale16x2(sc(2 * c), sc(2 * c + 1)));
-                    let mut mins = [0i16; 16];
-                    for (m, &s) in mins.iter_mut().zip(&xb.scales) {
-                        *m = (s >> 4) as i16;
-                    }
-                    let mins = _mm256_loadu_si256(mins.as_ptr().cast());
-                    let (d, dmin) = (fp16(xb.d), fp16(xb.dmin));
-                } => (vals, scs), unsigned, |yb, sumi, t| {
-                    fold_min(t, d * yb.d, sumi, dmin * yb.d, bsum_dot(yb, mins))
-                })
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot_q3k_q8k<const N: usize>(
-                x: &[BlockQ3K],
-                y: [&[BlockQ8K]; N],
-            ) -> [f32; N] {
-                let m3 = _mm256_set1_epi8(3);
-                superblocks!(x, y, N, |xb| {
-                    let q = [
-                        _mm256_loadu_si256(xb.qs.as_ptr().cast()),
-                        _mm256_loadu_si256(xb.qs.as_ptr().add(32).cast()),
-                    ];
-                    let hm = _mm256_loadu_si256(xb.hmask.as_ptr().cast());
-                    // value + 4: the two low bits, plus 4 where the high bit is set.
-                    let vals: [__m256i; 8] = per_chunk!(|c| {
-                        _mm256_or_si256(bits_at(q[c / 4], 2 * (c % 4) as i32, m3), high_bit(hm, c, 4))
-                    });
-                    let (scs, sc16) = group16_scales(&q3k_scales(&xb.scales));
-                    let d = fp16(xb.d);
-                } => (vals, scs), unsigned, |yb, sumi, t| {
-                    fold(t, d * yb.d, sumi - 4 * bsum_dot(yb, sc16))
-                })
-            }
-
-            #[target_feature(enable = $features)]
             pub unsafe fn dot_q5k_q8k<const N: usize>(
                 x: &[BlockQ5K],
                 y: [&[BlockQ8K]; N],
@@ -219,21 +145,6 @@ macro_rules! kquant_kernels {
                 q45k!(x, y, N, |xb, c| {
                     let qh = _mm256_loadu_si256(xb.qh.as_ptr().cast());
                 } high high_bit(qh, c, 16))
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn dot_iq4xs_q8k<const N: usize>(
-                x: &[BlockIq4Xs],
-                y: [&[BlockQ8K]; N],
-            ) -> [f32; N] {
-                let table = iq4nl_table();
-                superblocks!(x, y, N, |xb| {
-                    let vals: [__m256i; 8] = per_chunk!(|c| {
-                        _mm256_shuffle_epi8(table, nibbles_32(xb.qs.as_ptr().add(16 * c)))
-                    });
-                    let scs: [__m256i; 8] = per_chunk!(|c| scale32(iq4xs_scale(xb, c) as i16));
-                    let d = fp16(xb.d);
-                } => (vals, scs), signed, |yb, sumi, t| fold(t, d * yb.d, sumi))
             }
         }
     };

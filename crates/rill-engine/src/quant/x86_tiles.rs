@@ -378,6 +378,61 @@ unsafe fn q6k_sums_madd<const N: usize>(t: &TileQ6K, yb: [&BlockQ8K; N]) -> [__m
     sumi
 }
 
+/// Activation block sums of groups `2p` and `2p + 1` as the two i16 halves of every i32 lane
+/// (the partner of a `madd` by per-row pairs).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn bsum_pair(bs: &[i16; 16], p: usize) -> __m256i {
+    let (lo, hi) = (bs[2 * p] as u16 as u32, bs[2 * p + 1] as u16 as u32);
+    _mm256_set1_epi32((lo | hi << 16) as i32)
+}
+
+/// The 2-bit-plane formats' (Q2_K, Q3_K) `sum(scale * sum(u * y))` per row (lane) of a tile
+/// against N activation blocks: `u` the 2-bit values of the interleaved `qs` (group `8h + q`,
+/// bit pair `j`: values `128h + 32j + 4q ..`), plus 4 where the bit `4h + j` of the interleaved
+/// high masks `hm` is set (Q3_K). Per scale group of 16 values, 4 `maddubs` summed in i16
+/// (at most 4 * 2 * 7 * 127 = 7112), then one `madd` by `scales[g]` (the row's scale in both
+/// halves of its lane).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn k2_sums<const N: usize>(
+    qs: &[u8; 512],
+    hm: Option<&[u8; 256]>,
+    yb: [&BlockQ8K; N],
+    scales: &[__m256i; 16],
+) -> [__m256i; N] {
+    let m3 = _mm256_set1_epi8(3);
+    let mut sumi = [_mm256_setzero_si256(); N];
+    for p in 0..8 {
+        let (half, j) = (p / 4, p % 4);
+        let shift = _mm_cvtsi32_si128(2 * j as i32);
+        for h in 0..2 {
+            let mut s16 = [_mm256_setzero_si256(); N];
+            for q in 0..4 {
+                let g = 8 * half + 4 * h + q;
+                let v = _mm256_loadu_si256(qs[32 * g..].as_ptr().cast());
+                let mut u = _mm256_and_si256(_mm256_srl_epi16(v, shift), m3);
+                if let Some(hm) = hm {
+                    let bit = _mm256_set1_epi8((1u8 << (4 * half + j)) as i8);
+                    let hv = _mm256_loadu_si256(hm[32 * (4 * h + q)..].as_ptr().cast());
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(hv, bit), bit);
+                    u = _mm256_or_si256(u, _mm256_and_si256(set, _mm256_set1_epi8(4)));
+                }
+                for n in 0..N {
+                    // SAFETY: 128 * half + 32 * j + 32 <= 256, inside the block's quants.
+                    let a = unsafe { yb[n].qs.as_ptr().add(128 * half + 32 * j) };
+                    s16[n] = _mm256_add_epi16(s16[n], pairs_u(u, group(a, 4 * h + q)));
+                }
+            }
+            let sc = scales[2 * p + h];
+            for n in 0..N {
+                sumi[n] = _mm256_add_epi32(sumi[n], _mm256_madd_epi16(s16[n], sc));
+            }
+        }
+    }
+    sumi
+}
+
 /// A super-block format's tile kernel `$name::<N>` against Q8_K rows: `$body` folds tile `$t`
 /// and the N rows' blocks `$yb` into the 8-lane totals `$total`, super-block after super-block.
 macro_rules! ktile_kernel {
@@ -453,6 +508,118 @@ macro_rules! tile_kernels {
                         _mm256_fmadd_ps(_mm256_mul_ps(dw, yd), _mm256_cvtepi32_ps(sumi[n]), total[n]);
                     total[n] =
                         _mm256_fnmadd_ps(_mm256_mul_ps(dm, yd), _mm256_cvtepi32_ps(summ), t1);
+                }
+            }
+        );
+
+        ktile_kernel!(
+            $f,
+            /// Q2_K tiles against N Q8_K rows: `kquants::dot_q2k_q8k`'s arithmetic for 8 rows
+            /// at once. Per scale group (16 values of a row) the 2-bit values' products summed
+            /// in i16 (`maddubs`; at most 4 * 2 * 3 * 127) and multiplied by the group's scale
+            /// (`madd`); the minimums' `sum(min * bsum)` two groups per `madd`; per super-block
+            /// two FMAs per lane.
+            tiles_q2k,
+            TileQ2K,
+            |t, yb, total| {
+                // Plain loops, not closures (which do not inherit the target features).
+                let mut scales = [_mm256_setzero_si256(); 16];
+                for (g, v) in scales.iter_mut().enumerate() {
+                    *v = _mm256_and_si256(row_pairs_i16(&t.sm[g], false), _mm256_set1_epi16(0x0f));
+                }
+                let sumi = k2_sums(&t.qs, None, yb, &scales);
+                let (dw, dm) = (lanes_f16(&t.d), lanes_f16(&t.dmin));
+                for n in 0..N {
+                    let bs = &yb[n].bsums;
+                    let mut summ = _mm256_setzero_si256();
+                    for p in 0..8 {
+                        // Lane r: [min of group 2p, min of group 2p + 1].
+                        let mins = _mm256_srli_epi16::<4>(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
+                            _mm_loadl_epi64(t.sm[2 * p].as_ptr().cast()),
+                            _mm_loadl_epi64(t.sm[2 * p + 1].as_ptr().cast()),
+                        )));
+                        summ = _mm256_add_epi32(summ, _mm256_madd_epi16(mins, bsum_pair(bs, p)));
+                    }
+                    let yd = _mm256_set1_ps(yb[n].d);
+                    let t1 =
+                        _mm256_fmadd_ps(_mm256_mul_ps(dw, yd), _mm256_cvtepi32_ps(sumi[n]), total[n]);
+                    total[n] =
+                        _mm256_fnmadd_ps(_mm256_mul_ps(dm, yd), _mm256_cvtepi32_ps(summ), t1);
+                }
+            }
+        );
+
+        ktile_kernel!(
+            $f,
+            /// Q3_K tiles against N Q8_K rows: `kquants::dot_q3k_q8k`'s arithmetic for 8 rows
+            /// at once, on the unsigned values `v + 4` (the two low bits, plus 4 where the high
+            /// bit is set; i16 group sums at most 4 * 2 * 7 * 127) with `4 * sum(scale * bsum)`
+            /// taken off exactly; per super-block one FMA per lane.
+            tiles_q3k,
+            TileQ3K,
+            |t, yb, total| {
+                let mut scales = [_mm256_setzero_si256(); 16];
+                for (g, v) in scales.iter_mut().enumerate() {
+                    *v = row_pairs_i16(&t.sc[g].map(|x| x as u8), true);
+                }
+                let mut sumi = k2_sums(&t.qs, Some(&t.hm), yb, &scales);
+                for n in 0..N {
+                    let mut corr = _mm256_setzero_si256();
+                    for p in 0..8 {
+                        // Lane r: [scale of group 2p, scale of group 2p + 1].
+                        let pair =
+                            _mm256_blend_epi16::<0b1010_1010>(scales[2 * p], scales[2 * p + 1]);
+                        corr = _mm256_add_epi32(corr, _mm256_madd_epi16(pair, bsum_pair(&yb[n].bsums, p)));
+                    }
+                    sumi[n] = _mm256_sub_epi32(sumi[n], _mm256_slli_epi32::<2>(corr));
+                }
+                let dw = lanes_f16(&t.d);
+                for n in 0..N {
+                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(yb[n].d));
+                    total[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[n]), total[n]);
+                }
+            }
+        );
+
+        ktile_kernel!(
+            $f,
+            /// IQ4_XS tiles against N Q8_K rows: `kquants::dot_iq4xs_q8k`'s arithmetic for 8
+            /// rows at once. Codes looked up (`vpshufb`) into signed bytes, multiplied with the
+            /// sign trick (`rows_s`); per sub-block the exact sum times the row's scale, per
+            /// super-block one FMA per lane.
+            tiles_iq4xs,
+            TileIq4Xs,
+            |t, yb, total| {
+                let table = iq4nl_table();
+                let mut sumi = [_mm256_setzero_si256(); N];
+                for ib in 0..8 {
+                    let mut s = [_mm256_setzero_si256(); N];
+                    for q in 0..4 {
+                        let v = _mm256_loadu_si256(t.qs[32 * (4 * ib + q)..].as_ptr().cast());
+                        let m4 = _mm256_set1_epi8(0x0f);
+                        let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+                        let wh = _mm256_shuffle_epi8(
+                            table,
+                            _mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                        );
+                        for n in 0..N {
+                            // SAFETY: 32 * ib + 32 <= 256, inside the activation block's quants.
+                            let a = unsafe { yb[n].qs.as_ptr().add(32 * ib) };
+                            s[n] = _mm256_add_epi32(
+                                s[n],
+                                _mm256_add_epi32(rows_s(wl, group(a, q)), rows_s(wh, group(a, q + 4))),
+                            );
+                        }
+                    }
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(t.sc[ib].as_ptr().cast()));
+                    for n in 0..N {
+                        sumi[n] = _mm256_add_epi32(sumi[n], _mm256_mullo_epi32(s[n], sc));
+                    }
+                }
+                let dw = lanes_f16(&t.d);
+                for n in 0..N {
+                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(yb[n].d));
+                    total[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[n]), total[n]);
                 }
             }
         );
