@@ -9,8 +9,11 @@
 //! to `RN` activation rows, one accumulator per pair: per step, `RM` weight vectors are loaded
 //! and widened once and `RN` activation vectors (already f32, so nothing to convert) serve `RM`
 //! FMAs each. Each lane sees the reference's operations in the reference's order, so the bits
-//! are the single-row dot's on every tier. Tiles: AVX2 2 x 6 (12 accumulators of 16 ymm),
-//! AVX-512 4 x 6 (24 of 32 zmm).
+//! are the single-row dot's on every tier. AVX2: tiles of 2 x 6 (12 accumulators of 16 ymm),
+//! one pass over `k` per lane group, the lanes folded from memory. AVX-512: all of a pair's
+//! lane groups in registers (f16 2 x 3 pairs of 4 zmm, BF16/F32 3 x 4 of 2), folded in
+//! registers (measured: the per-pair store and fold of the pass style cost as much as the FMAs
+//! at SmolLM2's 576-wide rows).
 //!
 //! SAFETY contract for every `unsafe fn` here: the caller has verified the CPU features in the
 //! function's `target_feature` attribute (only `dispatch::Kernels` builds calls to them, after
@@ -145,6 +148,91 @@ macro_rules! gemm_fn {
     };
 }
 
+/// One format's AVX-512 GEMM with each pair's `$g` lane groups in registers for the whole
+/// pass (tiles of `$rm` weight x up to `$rn` activation rows), folded by `$fold`.
+macro_rules! gemm_regs {
+    (
+        $name:ident, $block:ident, $wt:ty, $lanes:expr, $g:expr, $rm:expr, $rn:expr,
+        $ldw:ident, $fold:ident, $finish:ident, $wide:expr
+    ) => {
+        /// Activation rows `j0..j0 + N` against every block of weight rows.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+        #[allow(clippy::needless_range_loop)] // register tiles indexed by constants
+        unsafe fn $block<const N: usize>(
+            w: &[$wt],
+            a: &[f32],
+            k: usize,
+            j0: usize,
+            out: &mut [f32],
+        ) {
+            const G: usize = $g;
+            const RM: usize = $rm;
+            let m = w.len() / k;
+            let np = k / $lanes * $lanes;
+            let ap: [*const f32; N] = std::array::from_fn(|r| a[(j0 + r) * k..].as_ptr());
+            for i0 in (0..m).step_by(RM) {
+                // A short last block repeats its last row (those outputs are dropped).
+                let wp: [*const $wt; RM] =
+                    std::array::from_fn(|r| w[(i0 + r).min(m - 1) * k..].as_ptr());
+                let mut acc = [[[_mm512_setzero_ps(); G]; N]; RM];
+                let mut i = 0;
+                while i < np {
+                    for g in 0..G {
+                        // SAFETY: i + g * W + W <= np <= k, the length of every row here.
+                        let mut wv = [_mm512_setzero_ps(); RM];
+                        for r in 0..RM {
+                            wv[r] = $ldw(wp[r].add(i + g * W));
+                        }
+                        for c in 0..N {
+                            let av = _mm512_loadu_ps(ap[c].add(i + g * W));
+                            for r in 0..RM {
+                                acc[r][c][g] = _mm512_fmadd_ps(wv[r], av, acc[r][c][g]);
+                            }
+                        }
+                    }
+                    i += $lanes;
+                }
+                for r in 0..RM.min(m - i0) {
+                    for c in 0..N {
+                        let folded = $fold(&acc[r][c]);
+                        // An empty tail leaves the fold as it is (f16: f32 -> f64 -> f32).
+                        out[(j0 + c) * m + i0 + r] = if np == k {
+                            folded
+                        } else {
+                            let wrow = &w[(i0 + r) * k..(i0 + r + 1) * k];
+                            let arow = &a[(j0 + c) * k..(j0 + c + 1) * k];
+                            $finish(folded, (np..k).map(|e| (($wide)(wrow[e]), arow[e])))
+                        };
+                    }
+                }
+            }
+        }
+
+        /// `out[j * m + i] = dot(w row i, a row j)` (`scalar::check_gemm`'s shapes),
+        /// bit-identical to the scalar GEMM.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+        pub unsafe fn $name(w: &[$wt], a: &[f32], k: usize, out: &mut [f32]) {
+            let (m, n) = check_gemm(w.len(), a.len(), k, out.len());
+            if m == 0 {
+                return;
+            }
+            let mut j0 = 0;
+            while j0 < n {
+                let step = (n - j0).min($rn);
+                match step {
+                    1 => $block::<1>(w, a, k, j0, out),
+                    2 => $block::<2>(w, a, k, j0, out),
+                    3 => $block::<3>(w, a, k, j0, out),
+                    4 => $block::<4>(w, a, k, j0, out),
+                    5 => $block::<5>(w, a, k, j0, out),
+                    _ => $block::<$rn>(w, a, k, j0, out),
+                }
+                j0 += step;
+            }
+        }
+    };
+}
+
 /// One tier: its vector type, width, tile and weight loaders, and the three GEMMs.
 macro_rules! gemm_tier {
     (
@@ -238,19 +326,62 @@ gemm_tier!(
     )))
 );
 
-gemm_tier!(
-    avx512,
-    "avx2,fma,f16c,avx512f,avx512bw,avx512vl",
-    __m512,
-    width = 16,
-    rm = 4,
-    rn = 6,
-    zero = _mm512_setzero_ps,
-    load = _mm512_loadu_ps,
-    fma = _mm512_fmadd_ps,
-    store = _mm512_storeu_ps,
-    f16 = |p| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
-    bf16 = |p| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
-        _mm256_loadu_si256(p.cast()),
-    )))
-);
+/// The AVX-512 tier: every lane group of a pair in its own zmm accumulator through the whole
+/// pass over `k` (f16: 4 per pair, tiles of 2 weight x 3 activation rows; BF16/F32: 2 per pair,
+/// 3 x 4), folded in registers at the end: 24 accumulators of 32 zmm either way. The AVX2 tier
+/// cannot hold a pair's 8 f16 lane groups with a useful tile in 16 ymm, so it passes over `k`
+/// once per group instead (`gemm_fn!`).
+pub mod avx512 {
+    use super::*;
+
+    /// f32 lanes per vector.
+    const W: usize = 16;
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn ld_f16(p: *const u16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn ld_bf16(p: *const u16) -> __m512 {
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+            p.cast(),
+        ))))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn ld_f32(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+
+    /// The upper 8 lanes of a zmm (AVX-512 F only: through the f64 view).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn hi256(v: __m512) -> __m256 {
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+    }
+
+    /// `scalar::fold_f16_lanes` of a pair's 4 lane groups (group g = lanes 16g..16g+16).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn fold_f16_regs(a: &[__m512; 4]) -> f32 {
+        let t = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        hsum_f32_8(_mm256_add_ps(_mm512_castps512_ps256(t), hi256(t)))
+    }
+
+    /// `scalar::fold_float_lanes` of a pair's 2 lane groups.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn fold_float_regs(a: &[__m512; 2]) -> f32 {
+        let f0 = _mm256_add_ps(_mm512_castps512_ps256(a[0]), hi256(a[0]));
+        let f1 = _mm256_add_ps(_mm512_castps512_ps256(a[1]), hi256(a[1]));
+        hsum_f32_8(_mm256_add_ps(f0, f1))
+    }
+
+    gemm_regs!(gemm_f16, block_f16, u16, F16_LANES, 4, 1, 6, ld_f16, fold_f16_regs, finish_f16, f16_to_f32);
+    gemm_regs!(gemm_bf16, block_bf16, u16, FLOAT_LANES, 2, 2, 6, ld_bf16, fold_float_regs, finish_float, bf16_to_f32);
+    gemm_regs!(gemm_f32, block_f32, f32, FLOAT_LANES, 2, 2, 6, ld_f32, fold_float_regs, finish_float, |v: f32| v);
+}
