@@ -346,9 +346,9 @@ pub mod avx512 {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
     #[inline]
     unsafe fn ld_bf16(p: *const u16) -> __m512 {
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
-            p.cast(),
-        ))))
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+            _mm256_loadu_si256(p.cast()),
+        )))
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
@@ -381,7 +381,43 @@ pub mod avx512 {
         hsum_f32_8(_mm256_add_ps(f0, f1))
     }
 
-    gemm_regs!(gemm_f16, block_f16, u16, F16_LANES, 4, 1, 6, ld_f16, fold_f16_regs, finish_f16, f16_to_f32);
-    gemm_regs!(gemm_bf16, block_bf16, u16, FLOAT_LANES, 2, 2, 6, ld_bf16, fold_float_regs, finish_float, bf16_to_f32);
-    gemm_regs!(gemm_f32, block_f32, f32, FLOAT_LANES, 2, 2, 6, ld_f32, fold_float_regs, finish_float, |v: f32| v);
+    gemm_regs!(
+        gemm_f16,
+        block_f16,
+        u16,
+        F16_LANES,
+        4,
+        1,
+        6,
+        ld_f16,
+        fold_f16_regs,
+        finish_f16,
+        f16_to_f32
+    );
+    gemm_regs!(
+        gemm_bf16,
+        block_bf16,
+        u16,
+        FLOAT_LANES,
+        2,
+        2,
+        6,
+        ld_bf16,
+        fold_float_regs,
+        finish_float,
+        bf16_to_f32
+    );
+    gemm_regs!(
+        gemm_f32,
+        block_f32,
+        f32,
+        FLOAT_LANES,
+        2,
+        2,
+        6,
+        ld_f32,
+        fold_float_regs,
+        finish_float,
+        |v: f32| v
+    );
 }
