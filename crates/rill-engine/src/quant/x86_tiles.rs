@@ -584,38 +584,12 @@ macro_rules! tile_kernels {
         ktile_kernel!(
             $f,
             /// IQ4_XS tiles against N Q8_K rows: `kquants::dot_iq4xs_q8k`'s arithmetic for 8
-            /// rows at once. Codes looked up (`vpshufb`) into signed bytes, multiplied with the
-            /// sign trick (`rows_s`); per sub-block the exact sum times the row's scale, per
-            /// super-block one FMA per lane.
+            /// rows at once: per sub-block the exact sum times the row's scale (`iq4xs_sums`),
+            /// per super-block one FMA per lane.
             tiles_iq4xs,
             TileIq4Xs,
             |t, yb, total| {
-                let table = iq4nl_table();
-                let mut sumi = [_mm256_setzero_si256(); N];
-                for ib in 0..8 {
-                    let mut s = [_mm256_setzero_si256(); N];
-                    for q in 0..4 {
-                        let v = _mm256_loadu_si256(t.qs[32 * (4 * ib + q)..].as_ptr().cast());
-                        let m4 = _mm256_set1_epi8(0x0f);
-                        let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
-                        let wh = _mm256_shuffle_epi8(
-                            table,
-                            _mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
-                        );
-                        for n in 0..N {
-                            // SAFETY: 32 * ib + 32 <= 256, inside the activation block's quants.
-                            let a = unsafe { yb[n].qs.as_ptr().add(32 * ib) };
-                            s[n] = _mm256_add_epi32(
-                                s[n],
-                                _mm256_add_epi32(rows_s(wl, group(a, q)), rows_s(wh, group(a, q + 4))),
-                            );
-                        }
-                    }
-                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(t.sc[ib].as_ptr().cast()));
-                    for n in 0..N {
-                        sumi[n] = _mm256_add_epi32(sumi[n], _mm256_mullo_epi32(s[n], sc));
-                    }
-                }
+                let sumi = iq4xs_sums(t, yb);
                 let dw = lanes_f16(&t.d);
                 for n in 0..N {
                     let d = _mm256_mul_ps(dw, _mm256_set1_ps(yb[n].d));
@@ -802,6 +776,36 @@ pub mod avx2 {
         q6k_sums_madd(t, yb)
     }
 
+    /// An IQ4_XS tile's `sum(scale * sum(v * y))` per row against N activation blocks: codes
+    /// looked up (`vpshufb`) into signed bytes and multiplied with the sign trick (`rows_s`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn iq4xs_sums<const N: usize>(t: &TileIq4Xs, yb: [&BlockQ8K; N]) -> [__m256i; N] {
+        let (table, m4) = (iq4nl_table(), _mm256_set1_epi8(0x0f));
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for ib in 0..8 {
+            let mut s = [_mm256_setzero_si256(); N];
+            for q in 0..4 {
+                let v = _mm256_loadu_si256(t.qs[32 * (4 * ib + q)..].as_ptr().cast());
+                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                for n in 0..N {
+                    // SAFETY: 32 * ib + 32 <= 256, inside the activation block's quants.
+                    let a = unsafe { yb[n].qs.as_ptr().add(32 * ib) };
+                    s[n] = _mm256_add_epi32(
+                        s[n],
+                        _mm256_add_epi32(rows_s(wl, group(a, q)), rows_s(wh, group(a, q + 4))),
+                    );
+                }
+            }
+            let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(t.sc[ib].as_ptr().cast()));
+            for n in 0..N {
+                sumi[n] = _mm256_add_epi32(sumi[n], _mm256_mullo_epi32(s[n], sc));
+            }
+        }
+        sumi
+    }
+
     tile_kernels!("avx2,fma,f16c");
 }
 
@@ -903,6 +907,41 @@ pub mod vnni {
             }
             for n in 0..N {
                 sumi[n] = _mm256_sub_epi32(sumi[n], q6k_offset(&scv, &yb[n].bsums, h));
+            }
+        }
+        sumi
+    }
+
+    /// An IQ4_XS tile's `sum(scale * sum(v * y))` per row against N activation blocks: codes
+    /// looked up as `v + 128` (unsigned, 1..=241) and accumulated by `vpdpbusd`, each
+    /// sub-block's `128 * sum(y)` (two activation block sums) taken off exactly before its
+    /// scale multiplies it.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    #[inline]
+    unsafe fn iq4xs_sums<const N: usize>(t: &TileIq4Xs, yb: [&BlockQ8K; N]) -> [__m256i; N] {
+        let table = _mm256_add_epi8(iq4nl_table(), _mm256_set1_epi8(-128));
+        let m4 = _mm256_set1_epi8(0x0f);
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for ib in 0..8 {
+            let mut s = [_mm256_setzero_si256(); N];
+            for n in 0..N {
+                let bs = &yb[n].bsums;
+                s[n] = _mm256_set1_epi32(-128 * (bs[2 * ib] as i32 + bs[2 * ib + 1] as i32));
+            }
+            for q in 0..4 {
+                let v = _mm256_loadu_si256(t.qs[32 * (4 * ib + q)..].as_ptr().cast());
+                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                for n in 0..N {
+                    // SAFETY: 32 * ib + 32 <= 256, inside the activation block's quants.
+                    let a = unsafe { yb[n].qs.as_ptr().add(32 * ib) };
+                    s[n] = _mm256_dpbusd_epi32(s[n], wl, group(a, q));
+                    s[n] = _mm256_dpbusd_epi32(s[n], wh, group(a, q + 4));
+                }
+            }
+            let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(t.sc[ib].as_ptr().cast()));
+            for n in 0..N {
+                sumi[n] = _mm256_add_epi32(sumi[n], _mm256_mullo_epi32(s[n], sc));
             }
         }
         sumi
