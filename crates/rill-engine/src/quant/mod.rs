@@ -512,6 +512,12 @@ impl<'a> QMatrix<'a> {
                 }
             }};
         }
+        // The super-block tiles: 1 and 4 activation rows per call.
+        macro_rules! ktiled {
+            ($f1:ident, $f4:ident) => {
+                self.tiled(k.$f1, k.$f4, None, None, acts, rows, toks.clone(), out)
+            };
+        }
         match self.dtype {
             GgmlType::Q4_0 => self.tiled(
                 k.tile1_q4_0,
@@ -573,57 +579,12 @@ impl<'a> QMatrix<'a> {
                 toks.clone(),
                 out,
             ),
-            GgmlType::Q2K => self.tiled(
-                k.tile1_q2k,
-                k.tile4_q2k,
-                None,
-                None,
-                acts,
-                rows,
-                toks.clone(),
-                out,
-            ),
-            GgmlType::Q3K => self.tiled(
-                k.tile1_q3k,
-                k.tile4_q3k,
-                None,
-                None,
-                acts,
-                rows,
-                toks.clone(),
-                out,
-            ),
-            GgmlType::Q4K => self.tiled(
-                k.tile1_q4k,
-                k.tile4_q4k,
-                None,
-                None,
-                acts,
-                rows,
-                toks.clone(),
-                out,
-            ),
+            GgmlType::Q2K => ktiled!(tile1_q2k, tile4_q2k),
+            GgmlType::Q3K => ktiled!(tile1_q3k, tile4_q3k),
+            GgmlType::Q4K => ktiled!(tile1_q4k, tile4_q4k),
             GgmlType::Q5K => quad!(BlockQ5K, BlockQ8K, k.dot_q5k_q8k, k.dot4_q5k_q8k),
-            GgmlType::Q6K => self.tiled(
-                k.tile1_q6k,
-                k.tile4_q6k,
-                None,
-                None,
-                acts,
-                rows,
-                toks.clone(),
-                out,
-            ),
-            GgmlType::Iq4Xs => self.tiled(
-                k.tile1_iq4xs,
-                k.tile4_iq4xs,
-                None,
-                None,
-                acts,
-                rows,
-                toks.clone(),
-                out,
-            ),
+            GgmlType::Q6K => ktiled!(tile1_q6k, tile4_q6k),
+            GgmlType::Iq4Xs => ktiled!(tile1_iq4xs, tile4_iq4xs),
             GgmlType::F16 => self.float(k.dot_f16_f16, k.gemm_f16, acts, rows, toks, out),
             GgmlType::Bf16 => self.float(k.dot_bf16, k.gemm_bf16, acts, rows, toks, out),
             GgmlType::F32 => self.float(k.dot_f32, k.gemm_f32, acts, rows, toks, out),

@@ -433,6 +433,23 @@ unsafe fn k2_sums<const N: usize>(
     sumi
 }
 
+/// `total[n] += (d_row * d_act) * sumi[n]` in every lane: the super-block formats' one-FMA fold
+/// (`kquants::fold`) of each row's exact integer sum.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn fold_scaled<const N: usize>(
+    total: &mut [__m256; N],
+    d: &[u16; TILE_ROWS],
+    yb: [&BlockQ8K; N],
+    sumi: &[__m256i; N],
+) {
+    let dw = lanes_f16(d);
+    for n in 0..N {
+        let dn = _mm256_mul_ps(dw, _mm256_set1_ps(yb[n].d));
+        total[n] = _mm256_fmadd_ps(dn, _mm256_cvtepi32_ps(sumi[n]), total[n]);
+    }
+}
+
 /// A super-block format's tile kernel `$name::<N>` against Q8_K rows: `$body` folds tile `$t`
 /// and the N rows' blocks `$yb` into the 8-lane totals `$total`, super-block after super-block.
 macro_rules! ktile_kernel {
@@ -573,11 +590,7 @@ macro_rules! tile_kernels {
                     }
                     sumi[n] = _mm256_sub_epi32(sumi[n], _mm256_slli_epi32::<2>(corr));
                 }
-                let dw = lanes_f16(&t.d);
-                for n in 0..N {
-                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(yb[n].d));
-                    total[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[n]), total[n]);
-                }
+                fold_scaled(&mut total, &t.d, yb, &sumi);
             }
         );
 
@@ -590,11 +603,7 @@ macro_rules! tile_kernels {
             TileIq4Xs,
             |t, yb, total| {
                 let sumi = iq4xs_sums(t, yb);
-                let dw = lanes_f16(&t.d);
-                for n in 0..N {
-                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(yb[n].d));
-                    total[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[n]), total[n]);
-                }
+                fold_scaled(&mut total, &t.d, yb, &sumi);
             }
         );
 
@@ -607,11 +616,7 @@ macro_rules! tile_kernels {
             TileQ6K,
             |t, yb, total| {
                 let sumi = q6k_sums(t, yb);
-                let dw = lanes_f16(&t.d);
-                for n in 0..N {
-                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(yb[n].d));
-                    total[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[n]), total[n]);
-                }
+                fold_scaled(&mut total, &t.d, yb, &sumi);
             }
         );
 
