@@ -57,6 +57,22 @@ unsafe fn fold_float(l: &[f32; FLOAT_LANES]) -> f32 {
     hsum_f32_8(v)
 }
 
+/// A pair's dot from its folded lanes: the fold itself when there is no tail (f16: f32 -> f64
+/// -> f32 leaves it as it is), else the tail finished by `$finish` over weight row `$i` (its
+/// elements widened by `$wide`) and activation row `$j` from `$np` to `$k`.
+macro_rules! finalize {
+    ($folded:expr, $finish:ident, $wide:expr, $w:ident, $a:ident, $k:ident, $np:ident, $i:expr, $j:expr) => {{
+        let folded = $folded;
+        if $np == $k {
+            folded
+        } else {
+            let wrow = &$w[$i * $k..($i + 1) * $k];
+            let arow = &$a[$j * $k..($j + 1) * $k];
+            $finish(folded, ($np..$k).map(|e| (($wide)(wrow[e]), arow[e])))
+        }
+    }};
+}
+
 /// One format's GEMM in one tier: `$lanes` lanes per pair, weights widened by `$ldw`, folded
 /// by `$fold`, the tail finished by `$finish` with `$wide` widening a weight element.
 macro_rules! gemm_fn {
@@ -113,11 +129,18 @@ macro_rules! gemm_fn {
                 // SAFETY: the passes g = 0..lanes/W stored every lane of every pair.
                 let lanes = lanes.assume_init_ref();
                 for r in 0..RM.min(m - i0) {
-                    let wrow = &w[(i0 + r) * k..(i0 + r + 1) * k];
                     for c in 0..N {
-                        let arow = &a[(j0 + c) * k..(j0 + c + 1) * k];
-                        let tail = (np..k).map(|e| (($wide)(wrow[e]), arow[e]));
-                        out[(j0 + c) * m + i0 + r] = $finish($fold(&lanes[r][c]), tail);
+                        out[(j0 + c) * m + i0 + r] = finalize!(
+                            $fold(&lanes[r][c]),
+                            $finish,
+                            $wide,
+                            w,
+                            a,
+                            k,
+                            np,
+                            i0 + r,
+                            j0 + c
+                        );
                     }
                 }
             }
@@ -194,15 +217,17 @@ macro_rules! gemm_regs {
                 }
                 for r in 0..RM.min(m - i0) {
                     for c in 0..N {
-                        let folded = $fold(&acc[r][c]);
-                        // An empty tail leaves the fold as it is (f16: f32 -> f64 -> f32).
-                        out[(j0 + c) * m + i0 + r] = if np == k {
-                            folded
-                        } else {
-                            let wrow = &w[(i0 + r) * k..(i0 + r + 1) * k];
-                            let arow = &a[(j0 + c) * k..(j0 + c + 1) * k];
-                            $finish(folded, (np..k).map(|e| (($wide)(wrow[e]), arow[e])))
-                        };
+                        out[(j0 + c) * m + i0 + r] = finalize!(
+                            $fold(&acc[r][c]),
+                            $finish,
+                            $wide,
+                            w,
+                            a,
+                            k,
+                            np,
+                            i0 + r,
+                            j0 + c
+                        );
                     }
                 }
             }
