@@ -98,6 +98,7 @@ pub struct Kernels {
     pub tiles2_iq4nl: Option<TilePair<TileIq4Nl, BlockQ8_0>>,
     pub tiles2_q4_1: Option<TilePair<TileQ4_1, BlockQ8_1>>,
     pub tiles2_q5_1: Option<TilePair<TileQ5_1, BlockQ8_1>>,
+    pub tiles2_iq4xs: Option<TilePair<TileIq4Xs, BlockQ8K>>,
     pub dot_f32: Dot<f32, f32>,
     pub dot_bf16: Dot<u16, u16>,
     pub dot_f16_f16: Dot<u16, u16>,
@@ -159,6 +160,7 @@ impl Kernels {
             tiles2_iq4nl: None,
             tiles2_q4_1: None,
             tiles2_q5_1: None,
+            tiles2_iq4xs: None,
             dot_f32: scalar::dot_f32,
             gemm_f32: scalar::gemm_f32,
             gemm_bf16: scalar::gemm_bf16,
@@ -273,6 +275,7 @@ mod x86_sets {
                 tiles2_iq4nl: None,
                 tiles2_q4_1: None,
                 tiles2_q5_1: None,
+                tiles2_iq4xs: None,
                 dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
                 gemm_f32: |w, a, k, o| unsafe { x86_gemm::avx2::gemm_f32(w, a, k, o) },
                 gemm_bf16: |w, a, k, o| unsafe { x86_gemm::avx2::gemm_bf16(w, a, k, o) },
@@ -338,6 +341,7 @@ mod x86_sets {
             tiles2_iq4nl: pair!(tiles2_iq4nl),
             tiles2_q4_1: pair!(tiles2_q4_1),
             tiles2_q5_1: pair!(tiles2_q5_1),
+            tiles2_iq4xs: pair!(tiles2_iq4xs),
             gemm_f32: |w, a, k, o| unsafe { crate::quant::x86_gemm::avx512::gemm_f32(w, a, k, o) },
             gemm_bf16: |w, a, k, o| unsafe {
                 crate::quant::x86_gemm::avx512::gemm_bf16(w, a, k, o)

@@ -5,7 +5,8 @@
 //! per 8 rows and 4 products; here the same two instructions cover 16 rows.
 //!
 //! Formats in ggml's lane order: Q5_0, Q8_0, Q4_1, Q5_1; with exact block sums (as
-//! `x86_tiles::tile_kernel`): Q4_0, IQ4_NL. Every weight byte is multiplied unsigned (no sign trick,
+//! `x86_tiles::tile_kernel`): Q4_0, IQ4_NL; and the super-block format IQ4_XS
+//! ([`tiles2_iq4xs`]). Every weight byte is multiplied unsigned (no sign trick,
 //! which zmm has no `vpsignb` for; Q8_0 as `w + 128`, its offset taken off like Q5_0's). Q4_1/Q5_1 add their `m * s` chain per block as the 256-bit kernels do.
 //! Q5_0 runs in its unsigned form `u = w + 16` (0..=31, the nibble with the fifth bit, no sign
 //! trick): each group's `vpdpbusd` starts from `-16 * sum(a_group)` (`ActMeta::offsets16`), so
@@ -299,3 +300,80 @@ exact_pair_kernel!(tiles2_iq4nl, TileIq4Nl, corr = 128, |t, gp| {
         _mm256_xor_si256(_mm256_shuffle_epi8(table, hi), flip),
     )
 });
+
+/// IQ4_XS over two tile rows (16 weight rows) against N activation rows (N a multiple of 4),
+/// bit-identical to `x86_tiles::*::tiles_iq4xs` on each tile row: per sub-block the codes
+/// looked up as `v + 128` (`vpshufb` per 128-bit lane), `vpdpbusd` from `-128 * sum(y)` (two
+/// activation block sums), so each lane holds the exact `sum(v * y)`; times the row's scale,
+/// summed over the super-block, then one FMA per lane. Activation rows go 4 at a time so the
+/// accumulators stay in registers; each group's codes are decoded once per 4 rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tiles2_iq4xs<const N: usize>(
+    t0: &[TileIq4Xs],
+    t1: &[TileIq4Xs],
+    y: [&[BlockQ8K]; N],
+    _meta: [ActMeta<'_>; N],
+) -> [[f32; 2 * TILE_ROWS]; N] {
+    let nb = t0.len();
+    assert_eq!(t1.len(), nb, "tile rows of one matrix");
+    assert!(N.is_multiple_of(4) && y.iter().all(|a| a.len() >= nb));
+    let table = _mm512_broadcast_i32x4(_mm256_castsi256_si128(_mm256_add_epi8(
+        iq4nl_table(),
+        _mm256_set1_epi8(-128),
+    )));
+    let m4 = _mm512_set1_epi8(0x0f);
+    let mut out = [[0f32; 2 * TILE_ROWS]; N];
+    for n0 in (0..N).step_by(4) {
+        let mut total = [_mm512_setzero_ps(); 4];
+        for i in 0..nb {
+            // SAFETY (the unchecked indexing): i < nb, and every activation row has at least
+            // nb blocks (asserted above).
+            let (a, b) = unsafe { (t0.get_unchecked(i), t1.get_unchecked(i)) };
+            let mut yb = [y[n0].get_unchecked(i); 4];
+            for (j, v) in yb.iter_mut().enumerate() {
+                *v = y[n0 + j].get_unchecked(i);
+            }
+            let mut sumi = [_mm512_setzero_si512(); 4];
+            for ib in 0..8 {
+                let mut s = [_mm512_setzero_si512(); 4];
+                for (j, v) in s.iter_mut().enumerate() {
+                    let bs = &yb[j].bsums;
+                    *v = _mm512_set1_epi32(-128 * (bs[2 * ib] as i32 + bs[2 * ib + 1] as i32));
+                }
+                for q in 0..4 {
+                    let off = 32 * (4 * ib + q);
+                    let v = join(
+                        _mm256_loadu_si256(a.qs[off..].as_ptr().cast()),
+                        _mm256_loadu_si256(b.qs[off..].as_ptr().cast()),
+                    );
+                    let wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, m4));
+                    let wh =
+                        _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4));
+                    for (j, acc) in s.iter_mut().enumerate() {
+                        // SAFETY: 32 * ib + 16 + 4q + 4 <= 256, inside the block's quants.
+                        let ap = yb[j].qs.as_ptr().add(32 * ib + 4 * q);
+                        let lo = _mm512_set1_epi32(ap.cast::<i32>().read_unaligned());
+                        let hi = _mm512_set1_epi32(ap.add(16).cast::<i32>().read_unaligned());
+                        *acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(*acc, wl, lo), wh, hi);
+                    }
+                }
+                let sc = _mm512_cvtepi8_epi32(_mm_set_epi64x(
+                    i64::from_le_bytes(b.sc[ib].map(|x| x as u8)),
+                    i64::from_le_bytes(a.sc[ib].map(|x| x as u8)),
+                ));
+                for (acc, v) in sumi.iter_mut().zip(&s) {
+                    *acc = _mm512_add_epi32(*acc, _mm512_mullo_epi32(*v, sc));
+                }
+            }
+            let dw = lanes16_f16(&a.d, &b.d);
+            for j in 0..4 {
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(yb[j].d));
+                total[j] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi[j]), total[j]);
+            }
+        }
+        for j in 0..4 {
+            _mm512_storeu_ps(out[n0 + j].as_mut_ptr(), total[j]);
+        }
+    }
+    out
+}
