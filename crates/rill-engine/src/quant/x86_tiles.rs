@@ -450,6 +450,23 @@ unsafe fn fold_scaled<const N: usize>(
     }
 }
 
+/// One activation row's `kquants::fold_min` in every lane: `total + (d_row * d_act) * sumi`,
+/// then `- (dmin_row * d_act) * summ` as a second FMA (Q2_K, Q4_K).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn fold_min_scaled(
+    total: __m256,
+    dw: __m256,
+    dm: __m256,
+    d_act: f32,
+    sumi: __m256i,
+    summ: __m256i,
+) -> __m256 {
+    let yd = _mm256_set1_ps(d_act);
+    let t1 = _mm256_fmadd_ps(_mm256_mul_ps(dw, yd), _mm256_cvtepi32_ps(sumi), total);
+    _mm256_fnmadd_ps(_mm256_mul_ps(dm, yd), _mm256_cvtepi32_ps(summ), t1)
+}
+
 /// A super-block format's tile kernel `$name::<N>` against Q8_K rows: `$body` folds tile `$t`
 /// and the N rows' blocks `$yb` into the 8-lane totals `$total`, super-block after super-block.
 macro_rules! ktile_kernel {
@@ -520,11 +537,7 @@ macro_rules! tile_kernels {
                         let pair = _mm256_set1_epi32((lo | hi << 16) as i32);
                         summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m16, pair));
                     }
-                    let yd = _mm256_set1_ps(yb[n].d);
-                    let t1 =
-                        _mm256_fmadd_ps(_mm256_mul_ps(dw, yd), _mm256_cvtepi32_ps(sumi[n]), total[n]);
-                    total[n] =
-                        _mm256_fnmadd_ps(_mm256_mul_ps(dm, yd), _mm256_cvtepi32_ps(summ), t1);
+                    total[n] = fold_min_scaled(total[n], dw, dm, yb[n].d, sumi[n], summ);
                 }
             }
         );
@@ -557,11 +570,7 @@ macro_rules! tile_kernels {
                         )));
                         summ = _mm256_add_epi32(summ, _mm256_madd_epi16(mins, bsum_pair(bs, p)));
                     }
-                    let yd = _mm256_set1_ps(yb[n].d);
-                    let t1 =
-                        _mm256_fmadd_ps(_mm256_mul_ps(dw, yd), _mm256_cvtepi32_ps(sumi[n]), total[n]);
-                    total[n] =
-                        _mm256_fnmadd_ps(_mm256_mul_ps(dm, yd), _mm256_cvtepi32_ps(summ), t1);
+                    total[n] = fold_min_scaled(total[n], dw, dm, yb[n].d, sumi[n], summ);
                 }
             }
         );
