@@ -207,6 +207,46 @@ fn simd_dots_match_scalar() {
     }
 }
 
+/// F16 activations (rounded by `half`'s slice conversion) are `f32_to_f16` per element, and
+/// their f32 rows (`wide_rows`) are those values widened: ties, subnormals, overflow and signed
+/// zeros included.
+#[test]
+fn f16_activations_round_and_widen_per_element() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let cols = 1024;
+    let mut x = rand_f32(&mut rng, 3 * cols, 70_000.0);
+    let special = [
+        0.0,
+        -0.0,
+        65504.0,
+        65520.0,
+        -65520.0,
+        1e-8,
+        -6.0e-5,
+        5.96e-8,
+        2.98e-8,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ];
+    x[..special.len()].copy_from_slice(&special);
+    for v in x[cols..2 * cols].iter_mut() {
+        *v *= 1e-9;
+    }
+    let k = Kernels::detect();
+    let mut acts = QuantActs::new(ActFormat::F16);
+    acts.quantize(&k, &x, 3, cols);
+    let wide = acts.wide_rows(0..3);
+    for r in 0..3 {
+        let got: &[u16] = unsafe_cast(acts.row(r));
+        for (c, &v) in x[r * cols..(r + 1) * cols].iter().enumerate() {
+            assert_eq!(got[c], f32_to_f16(v), "row {r} col {c}: {v:e}");
+            assert_eq!(wide[r * cols + c].to_bits(), f16_to_f32(got[c]).to_bits());
+        }
+    }
+}
+
 /// The float GEMMs of every tier give each pair the single-row dot's bits (the scalar one on
 /// the rounded activations), for awkward row counts, batches and lengths with and without tails.
 #[test]
