@@ -559,16 +559,19 @@ macro_rules! tile_kernels {
                 }
                 let sumi = k2_sums(&t.qs, None, yb, &scales);
                 let (dw, dm) = (lanes_f16(&t.d), lanes_f16(&t.dmin));
+                // Lane r of mins[p]: [min of group 2p, min of group 2p + 1], once for all rows.
+                let mut mins = [_mm256_setzero_si256(); 8];
+                for (p, v) in mins.iter_mut().enumerate() {
+                    *v = _mm256_srli_epi16::<4>(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
+                        _mm_loadl_epi64(t.sm[2 * p].as_ptr().cast()),
+                        _mm_loadl_epi64(t.sm[2 * p + 1].as_ptr().cast()),
+                    )));
+                }
                 for n in 0..N {
                     let bs = &yb[n].bsums;
                     let mut summ = _mm256_setzero_si256();
-                    for p in 0..8 {
-                        // Lane r: [min of group 2p, min of group 2p + 1].
-                        let mins = _mm256_srli_epi16::<4>(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
-                            _mm_loadl_epi64(t.sm[2 * p].as_ptr().cast()),
-                            _mm_loadl_epi64(t.sm[2 * p + 1].as_ptr().cast()),
-                        )));
-                        summ = _mm256_add_epi32(summ, _mm256_madd_epi16(mins, bsum_pair(bs, p)));
+                    for (p, &m) in mins.iter().enumerate() {
+                        summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m, bsum_pair(bs, p)));
                     }
                     total[n] = fold_min_scaled(total[n], dw, dm, yb[n].d, sumi[n], summ);
                 }
