@@ -6,7 +6,10 @@
 //!   1 thread;
 //! - `speed FORMAT BATCH`: `kernel`'s workload repeated for half a second, printing the
 //!   single-thread multiply-accumulate rate (GMAC/s) with the matrix hot in cache: the
-//!   kernel's own speed, apart from memory (a timing, so noisy; not part of the gate).
+//!   kernel's own speed, apart from memory (a timing, so noisy; not part of the gate);
+//! - `attention HEAD_DIM GROUP RUN`: the causal attention of a 512-token prompt over an f16
+//!   cache, in calls of RUN consecutive tokens (1: the per-token kernel), repeated for half a
+//!   second, printing nanoseconds per (query head, key) pair (a timing, like `speed`).
 //!
 //! Instruction counts do not move with machine noise, so a 3% change is a real change.
 #![allow(clippy::unwrap_used)] // a probe: a panic is the report
@@ -169,12 +172,72 @@ fn measured_step(e: &mut Engine, items: &[StepItem<'_>]) {
     e.step(items).unwrap();
 }
 
+fn attention(hd: usize, group: usize, run: usize) {
+    use rill_engine::quant::scalar::{AttendBlock, KvRows};
+    let tier = std::env::var("PROBE_KERNELS").unwrap_or_else(|_| "avx2".into());
+    let k = Kernels::by_name(&tier).expect("a CPU with that tier");
+    const N: usize = 512;
+    let f16s = |n: usize, salt: usize| -> Vec<u16> {
+        (0..n)
+            .map(|i| f32_to_f16((((i * 37 + salt) % 101) as f32 - 50.0) * 0.02))
+            .collect()
+    };
+    let (keys, values) = (f16s(N * hd, 1), f16s(N * hd, 7));
+    let offsets: Vec<usize> = (0..N).map(|j| j * hd).collect();
+    let stride = group * hd;
+    let q: Vec<f32> = (0..N * stride)
+        .map(|i| ((i * 13 % 97) as f32 - 48.0) * 0.03)
+        .collect();
+    let mut out = vec![0f32; N * stride];
+    // The best of 10 windows of 50 ms: the host's speed drifts.
+    let mut best = f64::INFINITY;
+    for _ in 0..10 {
+        let t0 = std::time::Instant::now();
+        let mut reps = 0u64;
+        while t0.elapsed().as_secs_f64() < 0.05 {
+            for t0 in (0..N).step_by(run) {
+                let toks = t0..(t0 + run).min(N);
+                let ranges: Vec<std::ops::Range<usize>> = toks.clone().map(|t| 0..t + 1).collect();
+                let b = AttendBlock {
+                    q: &q[toks.start * stride..toks.end * stride],
+                    stride,
+                    heads: 0..group,
+                    head_dim: hd,
+                    scale: 0.125,
+                    kv: KvRows {
+                        keys: &keys,
+                        values: &values,
+                        offsets: &offsets[..toks.end],
+                    },
+                    keys: &ranges,
+                };
+                let o = &mut out[toks.start * stride..toks.end * stride];
+                if run == 1 {
+                    (k.attend)(b.q, 0..group, hd, 0.125, &b.kv, o);
+                } else {
+                    (k.attend_block)(&b, o);
+                }
+            }
+            reps += 1;
+        }
+        let pairs = (reps * (N * (N + 1) / 2 * group) as u64) as f64;
+        best = best.min(t0.elapsed().as_secs_f64() * 1e9 / pairs);
+    }
+    println!(
+        "attention hd={hd} group={group} run={run}: {best:.2} ns/pair (checksum {:.3e})",
+        out.iter().sum::<f32>()
+    );
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     match a.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["kernel", f, b] => kernel(f, b.parse().unwrap()),
         ["step", m, b] => step(m, b.parse().unwrap()),
         ["speed", f, b] => speed(f, b.parse().unwrap()),
-        _ => panic!("usage: instr_probe kernel|speed FORMAT BATCH | step MODEL BATCH"),
+        ["attention", d, g, r] => attention(d.parse().unwrap(), g.parse().unwrap(), r.parse().unwrap()),
+        _ => panic!(
+            "usage: instr_probe kernel|speed FORMAT BATCH | step MODEL BATCH | attention HEAD_DIM GROUP RUN"
+        ),
     }
 }

@@ -768,7 +768,7 @@ impl KvCache {
     }
 
     /// Attention over KV head `kv_head` of layer `layer` at `positions` of block table
-    /// `table` ([`KvStore::attend`]).
+    /// `table` ([`KvStore::attend`]; `query.keys` index into `positions`).
     #[allow(clippy::too_many_arguments)]
     pub fn attend(
         &self,

@@ -11,7 +11,7 @@
 use crate::error::{EngineError, Result};
 use crate::quant::blocks::{f32_to_f16, BlockQ4_0, BlockQ8_0, QK};
 use crate::quant::dispatch::AttendFn;
-use crate::quant::scalar::KvRows;
+use crate::quant::scalar::{AttendBlock, KvRows};
 use crate::quant::Kernels;
 
 /// The element format of the KV cache (`--kv-type`).
@@ -126,6 +126,11 @@ trait KvUnit: Copy + Send + Sync + 'static {
     /// Writes one row of `src.len()` elements (a whole number of units).
     fn store(k: &Kernels, src: &[f32], dst: &mut [Self]);
     fn attend(k: &Kernels) -> AttendFn<Self>;
+    /// Attention of a block of tokens: each token through the per-token kernel unless the
+    /// format has a block kernel.
+    fn attend_block(k: &Kernels, b: &AttendBlock<'_, Self>, out: &mut [f32]) {
+        b.per_token(out, Self::attend(k))
+    }
 }
 
 impl KvUnit for u16 {
@@ -138,6 +143,9 @@ impl KvUnit for u16 {
     }
     fn attend(k: &Kernels) -> AttendFn<Self> {
         k.attend
+    }
+    fn attend_block(k: &Kernels, b: &AttendBlock<'_, Self>, out: &mut [f32]) {
+        (k.attend_block)(b, out)
     }
 }
 
@@ -210,21 +218,34 @@ impl<T: KvUnit> Slots<T> {
     ) {
         let head = kv_head * head_dim / T::ELEMS;
         let offsets: Vec<usize> = slots.iter().map(|&s| s * self.row + head).collect();
-        let rows = KvRows {
-            keys: &self.k,
-            values: &self.v,
-            offsets: &offsets,
+        let block = AttendBlock {
+            q: q.q,
+            stride: q.stride,
+            heads: q.heads.clone(),
+            head_dim,
+            scale: q.scale,
+            kv: KvRows {
+                keys: &self.k,
+                values: &self.v,
+                offsets: &offsets,
+            },
+            keys: q.keys,
         };
-        (T::attend(k))(q.q, q.heads.clone(), head_dim, q.scale, &rows, out)
+        T::attend_block(k, &block, out)
     }
 }
 
-/// The query side of one attention call: a token's query row, the query heads that share the
-/// KV head, and the score scale.
+/// The query side of one attention call: consecutive tokens of one sequence, the query heads
+/// that share the KV head, the score scale, and which of the call's positions each token sees.
 pub struct AttendQuery<'a> {
+    /// Token `i`'s query row starts at `i * stride`.
     pub q: &'a [f32],
+    /// Floats between consecutive tokens' rows (in the output too).
+    pub stride: usize,
     pub heads: std::ops::Range<usize>,
     pub scale: f32,
+    /// Per token, the indices of the call's positions it attends.
+    pub keys: &'a [std::ops::Range<usize>],
 }
 
 enum Buffers {
@@ -272,8 +293,9 @@ impl KvStore {
         with_slots!(&mut self.bufs, b => b.write(kernels, slots, keys, values))
     }
 
-    /// Attention of `query`'s heads over KV head `kv_head` at the token `slots` (in position
-    /// order), into `out` (the token's whole attention row).
+    /// Attention of `query`'s tokens and heads over KV head `kv_head` at the token `slots` (in
+    /// position order; token `i` sees `slots[query.keys[i]]`), into `out` (the tokens' whole
+    /// attention rows, laid out like the queries).
     pub fn attend(
         &self,
         kernels: &Kernels,

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rill_engine::quant::blocks::*;
 use rill_engine::quant::repack::{Tiled, Tiles};
-use rill_engine::quant::scalar::KvRows;
+use rill_engine::quant::scalar::{AttendBlock, KvRows};
 use rill_engine::quant::{kquants, scalar, ActFormat, ActMeta, Kernels, QuantActs};
 
 fn rand_f32(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
@@ -607,6 +607,96 @@ fn attention_matches_scalar_on_every_tier() {
                         bits(&got),
                         bits(&want),
                         "{} hd={hd} group={group} keys={n_keys}",
+                        k.tier
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Every tier's block attention (runs of consecutive tokens sharing the widened K/V rows)
+/// against the per-token scalar reference, bit for bit: runs of 1-11 tokens, causal ranges
+/// ending inside and at the edges of the kernels' 64-key blocks, sliding windows (ranges that
+/// start past 0 and move), head dims with and without the block path, KV groups of 1-5.
+#[test]
+fn block_attention_matches_the_per_token_reference_on_every_tier() {
+    let mut rng = StdRng::seed_from_u64(55);
+    let s = Kernels::scalar();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for hd in [64usize, 128, 96, 256] {
+        for group in [1usize, 3, 5] {
+            for (tokens, before, window) in [
+                (1, 0, None),
+                (3, 61, None),
+                (8, 56, None),
+                (11, 120, None),
+                (8, 200, Some(70)),
+                (5, 0, Some(3)),
+            ] {
+                let n_keys = before + tokens;
+                let f16s = |rng: &mut StdRng, n: usize, sc: f32| -> Vec<u16> {
+                    rand_f32(rng, n, sc)
+                        .iter()
+                        .map(|&v| f32_to_f16(v))
+                        .collect()
+                };
+                let mut keys = f16s(&mut rng, n_keys * hd, 1.0);
+                // Keys grow along the sequence so later scores often raise the running max.
+                for (j, k) in keys.chunks_mut(hd).enumerate() {
+                    for v in k.iter_mut() {
+                        *v = f32_to_f16(f16_to_f32(*v) * (1.0 + j as f32 * 0.01));
+                    }
+                }
+                let values = f16s(&mut rng, n_keys * hd, 2.0);
+                let offsets: Vec<usize> = (0..n_keys).map(|j| ((j * 7) % n_keys) * hd).collect();
+                // Token i sits at position before + i and sees the window ending there.
+                let ranges: Vec<std::ops::Range<usize>> = (0..tokens)
+                    .map(|i| {
+                        let pos = before + i;
+                        window.map_or(0, |w: usize| (pos + 1).saturating_sub(w))..pos + 1
+                    })
+                    .collect();
+                // One head more than the group, as the group of KV head 1 sits in the row.
+                let stride = (group + 1) * hd;
+                let q = rand_f32(&mut rng, tokens * stride, 3.0);
+                let block = AttendBlock {
+                    q: &q,
+                    stride,
+                    heads: 1..group + 1,
+                    head_dim: hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                    kv: KvRows {
+                        keys: &keys,
+                        values: &values,
+                        offsets: &offsets,
+                    },
+                    keys: &ranges,
+                };
+                let mut want = vec![0f32; tokens * stride];
+                for (i, r) in ranges.iter().enumerate() {
+                    let kv = KvRows {
+                        keys: &keys,
+                        values: &values,
+                        offsets: &offsets[r.clone()],
+                    };
+                    let row = i * stride..(i + 1) * stride;
+                    (s.attend)(
+                        &q[row.clone()],
+                        1..group + 1,
+                        hd,
+                        block.scale,
+                        &kv,
+                        &mut want[row],
+                    );
+                }
+                for k in Kernels::all_supported() {
+                    let mut got = vec![0f32; tokens * stride];
+                    (k.attend_block)(&block, &mut got);
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{} hd={hd} group={group} tokens={tokens} before={before} window={window:?}",
                         k.tier
                     );
                 }

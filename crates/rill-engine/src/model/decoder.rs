@@ -20,7 +20,7 @@ use super::ops::{self, resize, Workspace};
 use super::{FfnActivation, ForwardBatch, ForwardCtx, ModelConfig, RopeMode};
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgmlType, GgufFile};
-use crate::kv_cache::{AttendQuery, KvCache};
+use crate::kv_cache::{AttendQuery, BlockId, KvCache};
 use crate::quant::{QMatrix, QuantActs};
 use crate::threadpool::SharedMut;
 
@@ -122,6 +122,34 @@ const OUTPUT_ROW_CHUNK: usize = 512;
 /// splitting activation rows as well gives a pp512 layer 30-40 chunks. Decode batches (up to
 /// this many rows) keep one activation block per chunk.
 const TOK_CHUNK: usize = 64;
+
+/// Query tokens per attention call: consecutive tokens of one sequence share one widening of
+/// each key and value row (`Kernels::attend_block`). Prefill of 512 tokens then has 64 runs per
+/// KV head, enough chunks for both threads across the triangle of causal work.
+const ATT_RUN_TOKENS: usize = 8;
+
+/// Splits a batch's tokens into runs of at most `max` consecutive tokens of one sequence
+/// (same block table, consecutive positions): the units of attention calls.
+fn attention_runs(
+    tables: &[&[BlockId]],
+    positions: &[usize],
+    max: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for t in 0..positions.len() {
+        match runs.last_mut() {
+            Some(r)
+                if r.len() < max
+                    && std::ptr::eq(tables[t], tables[t - 1])
+                    && positions[t] == positions[t - 1] + 1 =>
+            {
+                r.end = t + 1
+            }
+            _ => runs.push(t..t + 1),
+        }
+    }
+    runs
+}
 
 /// The chunks of a projection region: `n_row` chunks of weight rows times `n_tok` blocks of
 /// activation rows, row chunks varying fastest (both threads then share one activation block).
@@ -407,6 +435,7 @@ impl Decoder {
         // llama.cpp's rotation of heads around a quantized cache.
         let rotation = kv.layout.kv_type.rotation(hd);
 
+        let runs = attention_runs(batch.tables, batch.positions, ATT_RUN_TOKENS);
         for (l_idx, layer) in self.layers.iter().enumerate() {
             let la = &c.layers[l_idx];
             // ---- attention block ----
@@ -484,26 +513,39 @@ impl Decoder {
                 &ws.v[..t_n * kv_dim],
             );
 
-            // Attention: one chunk per (token, kv head).
+            // Attention: one chunk per (run of consecutive tokens of one sequence, kv head).
             let group = c.n_heads / c.n_kv_heads;
             let kv = &*kv;
             let att = SharedMut::new(&mut ws.att);
             let q = &ws.q;
-            ctx.pool.run(t_n * c.n_kv_heads, &|chunk| {
-                let (t, g) = (chunk / c.n_kv_heads, chunk % c.n_kv_heads);
-                let table = batch.tables[t];
-                let pos = batch.positions[t];
+            ctx.pool.run(runs.len() * c.n_kv_heads, &|chunk| {
+                let (run, g) = (runs[chunk / c.n_kv_heads].clone(), chunk % c.n_kv_heads);
+                let table = batch.tables[run.start];
                 // A sliding-window layer sees the last `window` positions, itself included
                 // (llama.cpp masks key p0 for query p1 when p1 - p0 >= window).
-                let first = la.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let seen = |t: usize| {
+                    let pos = batch.positions[t];
+                    la.window.map_or(0, |w| (pos + 1).saturating_sub(w))..pos + 1
+                };
+                let (first, last) = (seen(run.start).start, batch.positions[run.end - 1]);
+                let keys: Vec<std::ops::Range<usize>> = run
+                    .clone()
+                    .map(|t| {
+                        let r = seen(t);
+                        r.start - first..r.end - first
+                    })
+                    .collect();
                 let query = AttendQuery {
-                    q: &q[t * q_dim..(t + 1) * q_dim],
+                    q: &q[run.start * q_dim..run.end * q_dim],
+                    stride: q_dim,
                     heads: g * group..(g + 1) * group,
                     scale: score_scale,
+                    keys: &keys,
                 };
-                // SAFETY: this chunk alone writes heads g*group..(g+1)*group of token t.
-                let out = unsafe { att.slice(t * q_dim, q_dim) };
-                kv.attend(k, l_idx, g, table, first..=pos, &query, out);
+                // SAFETY: this chunk alone writes heads g*group..(g+1)*group of the run's
+                // tokens.
+                let out = unsafe { att.slice(run.start * q_dim, run.len() * q_dim) };
+                kv.attend(k, l_idx, g, table, first..=last, &query, out);
             });
 
             if let Some(n) = rotation.v {
@@ -666,4 +708,23 @@ fn project_add(ctx: &ForwardCtx<'_>, w: &QMatrix<'_>, acts: &QuantActs, x: &mut 
             }
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_runs_split_at_sequences_gaps_and_the_cap() {
+        let (a, b) = (vec![BlockId(0)], vec![BlockId(1)]);
+        // Sequence a: positions 5..=9 then a jump; b: two tokens; a again at its next position.
+        let tables: Vec<&[BlockId]> = vec![&a, &a, &a, &a, &a, &b, &b, &a, &a];
+        let positions = [5, 6, 7, 8, 20, 0, 1, 21, 22];
+        assert_eq!(
+            attention_runs(&tables, &positions, 3),
+            vec![0..3, 3..4, 4..5, 5..7, 7..9]
+        );
+        assert_eq!(attention_runs(&tables[..1], &positions[..1], 8), vec![0..1]);
+        assert!(attention_runs(&[], &[], 8).is_empty());
+    }
 }

@@ -57,6 +57,10 @@ pub struct TilePair<T, A> {
 pub type AttendFn<T = u16> =
     fn(&[f32], std::ops::Range<usize>, usize, f32, &scalar::KvRows<'_, T>, &mut [f32]);
 
+/// Attention for a block of consecutive query tokens of one sequence over one KV head (see
+/// `scalar::AttendBlock`), into the output rows laid out like the queries.
+pub type AttendBlockFn = fn(&scalar::AttendBlock<'_>, &mut [f32]);
+
 /// One function pointer per (weight, activation) pair and batch shape, plus activation
 /// quantizers and the attention primitives.
 #[derive(Clone, Copy)]
@@ -116,6 +120,9 @@ pub struct Kernels {
     pub rope_neox: fn(&mut [f32], &[(f32, f32)]),
     /// Attention over an f16 KV cache.
     pub attend: AttendFn,
+    /// Attention over an f16 KV cache for a block of consecutive tokens of one sequence
+    /// (each token's result bit-identical to `attend`'s).
+    pub attend_block: AttendBlockFn,
     /// Attention over a Q8_0 KV cache.
     pub attend_q8_0: AttendFn<BlockQ8_0>,
     /// Attention over a Q4_0 KV cache.
@@ -176,6 +183,7 @@ impl Kernels {
             rope_norm: scalar::rope_norm,
             rope_neox: scalar::rope_neox,
             attend: scalar::attend,
+            attend_block: scalar::attend_block,
             attend_q8_0: scalar::attend_q8_0,
             attend_q4_0: scalar::attend_q4_0,
             quantize_q4_0: scalar::quantize_q4_0,
@@ -230,6 +238,7 @@ mod x86_sets {
     use super::*;
 
     use crate::quant::x86;
+    use crate::quant::x86_attention;
     use crate::quant::x86_gemm;
     use crate::quant::x86_kquants::avx2 as xk;
     use crate::quant::x86_tiles;
@@ -290,10 +299,14 @@ mod x86_sets {
                 scale_f16: |a, s| unsafe { x86::$m::scale_f16(a, s) },
                 rope_norm: |h, cs| unsafe { x86::$m::rope_norm(h, cs) },
                 rope_neox: |h, cs| unsafe { x86::$m::rope_neox(h, cs) },
+                // One token through the block kernel (shapes checked by `AttendBlock::check`).
                 attend: |q, hs, hd, sc, kv, o| {
-                    assert!(hd <= 256 && q.len() >= hs.end * hd && o.len() >= hs.end * hd);
-                    unsafe { x86::$m::attend(q, hs, hd, sc, kv, o) }
+                    let keys = [0..kv.offsets.len()];
+                    let b = scalar::AttendBlock::one_token(q, hs, hd, sc, kv, &keys);
+                    unsafe { x86_attention::$m::attend_block(&b, o) }
                 },
+                // SAFETY: shapes checked by `AttendBlock::check` inside.
+                attend_block: |b, o| unsafe { x86_attention::$m::attend_block(b, o) },
                 attend_q8_0: |q, hs, hd, sc, kv, o| {
                     check_quant_attend(q, &hs, hd, o);
                     unsafe { x86::$m::attend_q8_0(q, hs, hd, sc, kv, o) }

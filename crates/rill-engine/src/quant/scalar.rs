@@ -702,6 +702,106 @@ pub fn attend_with(
     }
 }
 
+/// Attention of consecutive query tokens of one sequence over one KV head: the unit of the
+/// block kernels (`dispatch::AttendBlockFn`), which widen each key and value row once for all
+/// of the block's tokens and heads. Token `i` attends the positions `kv.offsets[keys[i]]` in
+/// order, exactly as a per-token call over those offsets would.
+pub struct AttendBlock<'a, T = u16> {
+    /// Token `i`'s query row starts at `i * stride` (query head `h` at `h * head_dim` in it).
+    pub q: &'a [f32],
+    /// Floats between consecutive tokens' rows, in `q` and in the output alike.
+    pub stride: usize,
+    /// The query heads sharing the KV head.
+    pub heads: std::ops::Range<usize>,
+    pub head_dim: usize,
+    /// Score scale (llama.cpp's `kq_scale`).
+    pub scale: f32,
+    /// The KV head's rows: every position any token of the block attends.
+    pub kv: KvRows<'a, T>,
+    /// Per token, the indices into `kv.offsets` it attends.
+    pub keys: &'a [std::ops::Range<usize>],
+}
+
+impl<'a, T> AttendBlock<'a, T> {
+    /// Checks what every block kernel assumes of the shapes, naming the broken invariant:
+    /// rows wide enough for the heads, a query and an output row per token, key ranges inside
+    /// the offsets.
+    pub fn check(&self, out: &[f32]) {
+        let n = self.keys.len();
+        assert!(
+            self.stride >= self.heads.end * self.head_dim,
+            "attention rows narrower than their heads"
+        );
+        let need = n.saturating_sub(1) * self.stride + self.heads.end * self.head_dim;
+        assert!(
+            n == 0 || (self.q.len() >= need && out.len() >= need),
+            "a query and an output row per token"
+        );
+        assert!(
+            self.keys
+                .iter()
+                .all(|r| r.start <= r.end && r.end <= self.kv.offsets.len()),
+            "key ranges inside the block's offsets"
+        );
+    }
+
+    /// The block of one token's call of a per-token kernel (`attend`'s arguments; `keys` is
+    /// `[0..kv.offsets.len()]`).
+    pub fn one_token(
+        q: &'a [f32],
+        heads: std::ops::Range<usize>,
+        head_dim: usize,
+        scale: f32,
+        kv: &KvRows<'a, T>,
+        keys: &'a [std::ops::Range<usize>],
+    ) -> Self {
+        Self {
+            q,
+            stride: heads.end * head_dim,
+            heads,
+            head_dim,
+            scale,
+            kv: KvRows {
+                keys: kv.keys,
+                values: kv.values,
+                offsets: kv.offsets,
+            },
+            keys,
+        }
+    }
+
+    /// Runs a per-token kernel (`attend`'s signature) for each token of the block: the
+    /// reference of every block kernel.
+    pub fn per_token(
+        &self,
+        out: &mut [f32],
+        mut attend: impl FnMut(&[f32], std::ops::Range<usize>, usize, f32, &KvRows<'_, T>, &mut [f32]),
+    ) {
+        self.check(out);
+        for (i, keys) in self.keys.iter().enumerate() {
+            let row = i * self.stride..i * self.stride + self.heads.end * self.head_dim;
+            let kv = KvRows {
+                keys: self.kv.keys,
+                values: self.kv.values,
+                offsets: &self.kv.offsets[keys.clone()],
+            };
+            attend(
+                &self.q[row.clone()],
+                self.heads.clone(),
+                self.head_dim,
+                self.scale,
+                &kv,
+                &mut out[row],
+            );
+        }
+    }
+}
+
+/// The block form of [`attend`]: each token through the per-token reference.
+pub fn attend_block(b: &AttendBlock<'_>, out: &mut [f32]) {
+    b.per_token(out, attend)
+}
+
 pub fn attend(
     q: &[f32],
     q_heads: std::ops::Range<usize>,

@@ -119,7 +119,7 @@ macro_rules! loop_float {
 /// glibc's special cases (|x| >= 88, inf, NaN) are redone by `scalar::expf_special`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn expf_x4(x: __m128) -> __m128 {
+pub(super) unsafe fn expf_x4(x: __m128) -> __m128 {
     use super::scalar::{EXPF_C, EXPF_INV_LN2_N, EXPF_SHIFT, EXPF_SPECIAL_TOP12, EXPF_TABLE};
     let xd = _mm256_cvtps_pd(x);
     let inv = _mm256_set1_pd(EXPF_INV_LN2_N);
@@ -157,31 +157,6 @@ unsafe fn expf_x4(x: __m128) -> __m128 {
     _mm_loadu_ps(o.as_ptr())
 }
 
-/// `v[i] = scalar::expf(v[i])` for a slice, 4 at a time.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn expf_in_place(v: &mut [f32]) {
-    let mut chunks = v.chunks_exact_mut(4);
-    for c in &mut chunks {
-        // SAFETY: c holds 4 floats.
-        _mm_storeu_ps(c.as_mut_ptr(), expf_x4(_mm_loadu_ps(c.as_ptr())));
-    }
-    for x in chunks.into_remainder() {
-        *x = super::scalar::expf(*x);
-    }
-}
-
-/// Keys per block of scores in `attend`.
-const ATT_KEYS: usize = 128;
-
-/// One key block's softmax weights for `attend`'s heads: head `i`'s rescale factors and value
-/// weights at `i * stride ..`.
-struct Weights<'a> {
-    ms: &'a [f32],
-    vs: &'a [f32],
-    stride: usize,
-}
-
 /// One tier's public attention kernel over a quantized cache format: `attend_quant` with the
 /// format's dot product and block values.
 macro_rules! attend_quant_entry {
@@ -201,16 +176,9 @@ macro_rules! attend_quant_entry {
 }
 
 macro_rules! kernels {
-    ($modname:ident, $features:literal, $att_heads:literal) => {
+    ($modname:ident, $features:literal) => {
         pub mod $modname {
             use super::*;
-
-            /// Query heads `attend` processes together: 3 with AVX2's 16 registers (12
-            /// accumulators and 4 value vectors; SmolLM2's KV group is 3), 4 where AVX-512 VL
-            /// gives 32 (Gemma 3's group is 4). Measured with `perf record` on `rill bench-engine
-            /// -m gemma3-270m -t 1`: attention 13.5% -> 11.0% of prefill with 4 on the VNNI tier,
-            /// 13.2% -> 17.1% with 4 on AVX2 (spills).
-            const ATT_HEADS: usize = $att_heads;
 
             #[target_feature(enable = $features)]
             pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
@@ -290,179 +258,6 @@ macro_rules! kernels {
             #[target_feature(enable = $features)]
             pub unsafe fn rope_neox(head: &mut [f32], cs: &[(f32, f32)]) {
                 super::super::scalar::rope_neox(head, cs)
-            }
-
-            /// `scalar::attend_with`'s arithmetic (query rounded to f16, ggml's f16 dot tree,
-            /// online softmax with glibc's `expf` (`scalar::expf`, 4 at a time), value accumulator rounded to f16 after every
-            /// update), reorganised for head dims that are multiples of 64: up to `ATT_HEADS` query heads
-            /// of the KV group at once, per block of keys first all scores and softmax weights,
-            /// then the value updates with the accumulators in registers (the f16 rounding done
-            /// in-register), so each head's chain of dependent updates overlaps the others'.
-            /// Every operation on each value is the reference's, in its order: same bits.
-            #[target_feature(enable = $features)]
-            pub unsafe fn attend(
-                q: &[f32],
-                q_heads: std::ops::Range<usize>,
-                head_dim: usize,
-                scale: f32,
-                kv: &super::super::scalar::KvRows<'_>,
-                out: &mut [f32],
-            ) {
-                let hd = head_dim;
-                if hd % 64 != 0 || hd > 256 {
-                    return super::super::scalar::attend_with(
-                        |a, b| dot_f16_f16(a, b),
-                        |a, v, s| mad_f16(a, v, s),
-                        |a, s| scale_f16(a, s),
-                        q,
-                        q_heads,
-                        head_dim,
-                        scale,
-                        kv,
-                        out,
-                    );
-                }
-                let heads: Vec<usize> = q_heads.collect();
-                let kn = kv.offsets.len().min(ATT_KEYS);
-                // Scratch sized to this call, flat: per head `hd` query/accumulator values and
-                // `kn` softmax weights (fixed 256-wide arrays cost more to zero than the
-                // attention itself at short contexts).
-                let mut q32 = vec![0f32; ATT_HEADS * hd];
-                let mut acc = vec![0f32; ATT_HEADS * hd];
-                let mut ms = vec![0f32; ATT_HEADS * kn];
-                let mut vs = vec![0f32; ATT_HEADS * kn];
-                for hs in heads.chunks(ATT_HEADS) {
-                    let mut m = [f32::NEG_INFINITY; ATT_HEADS];
-                    let mut sum = [0f32; ATT_HEADS];
-                    acc.fill(0.0);
-                    for (i, &h) in hs.iter().enumerate() {
-                        for (d, &v) in q32[i * hd..(i + 1) * hd]
-                            .iter_mut()
-                            .zip(&q[h * hd..(h + 1) * hd])
-                        {
-                            *d = f16_to_f32(f32_to_f16(v));
-                        }
-                    }
-                    for kb in kv.offsets.chunks(ATT_KEYS) {
-                        for i in 0..hs.len() {
-                            let qi = &q32[i * hd..(i + 1) * hd];
-                            let (msi, vsi) =
-                                (&mut ms[i * kn..][..kb.len()], &mut vs[i * kn..][..kb.len()]);
-                            // The running maximum first: each key's exponent argument (`m - s`
-                            // where the key raises the maximum, else `s - m`) and which case
-                            // it was (in `vs`), then all exponentials at once, then the weights
-                            // and the sum in the reference's order.
-                            for ((a, up), &off) in msi.iter_mut().zip(vsi.iter_mut()).zip(kb) {
-                                let s = dot_f32_f16(qi, &kv.keys[off..off + hd]) * scale;
-                                if s > m[i] {
-                                    (*a, *up) = (m[i] - s, 1.0);
-                                    m[i] = s;
-                                } else {
-                                    (*a, *up) = (s - m[i], 0.0);
-                                }
-                            }
-                            expf_in_place(msi);
-                            for (msj, vsj) in msi.iter_mut().zip(vsi.iter_mut()) {
-                                let e = *msj;
-                                (*msj, *vsj) = if *vsj == 1.0 { (e, 1.0) } else { (1.0, e) };
-                                sum[i] = sum[i].mul_add(*msj, *vsj);
-                            }
-                        }
-                        let w = Weights {
-                            ms: &ms,
-                            vs: &vs,
-                            stride: kn,
-                        };
-                        match hs.len() {
-                            1 => attend_values::<1>(&mut acc, kb, kv.values, &w, hd),
-                            2 => attend_values::<2>(&mut acc, kb, kv.values, &w, hd),
-                            3 => attend_values::<3>(&mut acc, kb, kv.values, &w, hd),
-                            _ => attend_values::<4>(&mut acc, kb, kv.values, &w, hd),
-                        }
-                    }
-                    for (i, &h) in hs.iter().enumerate() {
-                        let inv = 1.0 / sum[i];
-                        for (o, &a) in out[h * hd..(h + 1) * hd].iter_mut().zip(&acc[i * hd..]) {
-                            *o = a * inv;
-                        }
-                    }
-                }
-            }
-
-            /// ggml's f16 dot tree (`dot_f16_f16`) with the f16 query already widened to f32,
-            /// for lengths that are multiples of 64 (no tail).
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn dot_f32_f16(x: &[f32], y: &[u16]) -> f32 {
-                assert!(x.len() % 64 == 0 && y.len() == x.len());
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for i in (0..x.len()).step_by(64) {
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        let xa = _mm256_loadu_ps(x.as_ptr().add(i + r * 8));
-                        let ya = _mm256_cvtph_ps(_mm_loadu_si128(y.as_ptr().add(i + r * 8).cast()));
-                        *a = _mm256_fmadd_ps(xa, ya, *a);
-                    }
-                }
-                let lo =
-                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
-                let hi =
-                    _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-                hsum_f32_8(_mm256_add_ps(lo, hi))
-            }
-
-            /// Rounds 8 f32 to f16 precision (ties to even), kept as f32.
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn round16(x: __m256) -> __m256 {
-                _mm256_cvtph_ps(_mm256_cvtps_ph::<0>(x))
-            }
-
-            /// The value updates of one key block for `H` heads: per key, `acc = f16(acc * ms)`
-            /// where the softmax rescaled, then `acc = f16(fma(v, vs, acc))`, 32 dims at a time
-            /// with the accumulators held as f32 vectors of f16 values.
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn attend_values<const H: usize>(
-                acc: &mut [f32],
-                keys: &[usize],
-                values: &[u16],
-                w: &Weights<'_>,
-                hd: usize,
-            ) {
-                assert!(acc.len() >= H * hd && keys.len() <= w.stride);
-                assert!(w.ms.len() >= H * w.stride && w.vs.len() >= H * w.stride);
-                for d0 in (0..hd).step_by(32) {
-                    let mut a = [[_mm256_setzero_ps(); 4]; H];
-                    for i in 0..H {
-                        for r in 0..4 {
-                            a[i][r] = _mm256_loadu_ps(acc[i * hd + d0 + 8 * r..].as_ptr());
-                        }
-                    }
-                    for (j, &off) in keys.iter().enumerate() {
-                        let row = &values[off + d0..off + d0 + 32];
-                        let v: [__m256; 4] = std::array::from_fn(|r| {
-                            _mm256_cvtph_ps(_mm_loadu_si128(row[8 * r..].as_ptr().cast()))
-                        });
-                        for i in 0..H {
-                            let msj = w.ms[i * w.stride + j];
-                            if msj != 1.0 {
-                                let s = _mm256_set1_ps(msj);
-                                for x in a[i].iter_mut() {
-                                    *x = round16(_mm256_mul_ps(*x, s));
-                                }
-                            }
-                            let s = _mm256_set1_ps(w.vs[i * w.stride + j]);
-                            for (x, &vr) in a[i].iter_mut().zip(&v) {
-                                *x = round16(_mm256_fmadd_ps(vr, s, *x));
-                            }
-                        }
-                    }
-                    for i in 0..H {
-                        for r in 0..4 {
-                            _mm256_storeu_ps(acc[i * hd + d0 + 8 * r..].as_mut_ptr(), a[i][r]);
-                        }
-                    }
-                }
             }
 
             /// ggml's AVX2 `ggml_vec_dot_q8_0_q8_0` / `ggml_vec_dot_q4_0_q8_0` (the lane order
@@ -731,5 +526,5 @@ macro_rules! kernels {
     };
 }
 
-kernels!(avx2, "avx2,fma,f16c", 3);
-kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 4);
+kernels!(avx2, "avx2,fma,f16c");
+kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl");

@@ -1,0 +1,515 @@
+//! x86-64 attention over an f16 KV cache for a block of consecutive query tokens of one
+//! sequence (`scalar::AttendBlock`): the prefill and decode path of the default cache format,
+//! compiled for AVX2+FMA and for the AVX-512 VNNI tier.
+//!
+//! The arithmetic is `scalar::attend_with`'s per token and head, bit for bit: query rounded to
+//! f16, ggml's f16 dot tree for the scores, online softmax with glibc's `expf`, the value
+//! accumulator rounded to f16 after every update, `sum = fma(sum, ms, vs)`, one normalisation.
+//! What changes is the order of independent work:
+//! - each block of `KEYS` key and value rows is widened to f32 once for all the call's tokens
+//!   and heads (a per-token kernel widens every key once per token);
+//! - scores come 8 keys at a time: each key's 64 lanes are folded to 8 in registers as the
+//!   reference folds them, then the 8 keys' last three halving steps run as one transposed
+//!   reduction (3 shuffle-and-add stages for 8 keys instead of 3 per key);
+//! - the softmax weights of 8 keys at once: the running maximum before each key is a prefix
+//!   maximum, the exponentials 4 at a time (`weights8`); only the sum's FMA chain stays key by
+//!   key, the chains of a token's heads interleaved (`add_weights`);
+//! - the value updates of up to `ATT_ROWS` (token, head) rows that cover the whole key block run
+//!   interleaved with their accumulators in registers, so each row's chain of dependent
+//!   roundings overlaps the others' (in zmm on the AVX-512 tier: `values512`).
+//!
+//! Measured with `instr_probe attention 64 3 RUN` (a 512-token prompt, SmolLM2's head dim and
+//! group, best of 10 windows, AVX-512 tier, Emerald Rapids): the per-token kernel this replaced
+//! 14.0 ns per (head, key) pair; 8-token calls 10.3-11.4 ns.
+//!
+//! SAFETY contract for every `unsafe fn` here: the caller has verified the CPU features named in
+//! the function's `target_feature` attribute (only `dispatch::Kernels` builds calls to them);
+//! shapes are checked by `AttendBlock::check` and the asserts below.
+
+#![allow(clippy::missing_safety_doc)] // the contract is the module doc's SAFETY paragraph
+
+use std::arch::x86_64::*;
+
+use super::blocks::{f16_to_f32, f32_to_f16};
+use super::scalar::expf;
+use super::scalar::{attend_with, AttendBlock};
+use super::x86::expf_x4;
+
+/// Keys per block: the widened K and V rows of a block (2 x 64 x 64 f32 = 32 KiB at head dim
+/// 64) stay in L1 while every row of the call walks them.
+const KEYS: usize = 64;
+
+/// The scores of 8 keys come out of the transposed reduction in this lane order.
+const SCORE_ORDER: [i32; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
+
+/// `x` shifted up by `k` lanes (lane `j` gets lane `j - k`), `-inf` shifted in.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn shift_up<const K: i32>(x: __m256) -> __m256 {
+    let idx = _mm256_sub_epi32(
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_set1_epi32(K),
+    );
+    let shifted = _mm256_permutevar8x32_ps(x, idx);
+    let low = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+        _mm256_set1_epi32(K),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    ));
+    _mm256_blendv_ps(shifted, _mm256_set1_ps(f32::NEG_INFINITY), low)
+}
+
+/// The online-softmax weights of 8 keys (`s`: their scaled scores, lanes outside `lanes`
+/// ignored) continuing the running maximum `m`, as `attend_with` computes them key by key:
+/// where a key raises the maximum, `ms = expf(m - s)` and `vs = 1`, else `ms = 1` and
+/// `vs = expf(s - m)`, `m` the maximum before that key. The maxima before each key are a
+/// prefix maximum (3 shift-and-max steps); ties and signed zeros cannot change a weight (a zero
+/// difference has `expf` 1 either way). Returns `(ms, vs)`; `None` where a score is NaN (the
+/// caller then takes the keys one by one, as the reference treats NaN: never a new maximum).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn weights8(
+    s: __m256,
+    lanes: std::ops::Range<usize>,
+    m: &mut f32,
+) -> Option<(__m256, __m256)> {
+    let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let valid = _mm256_castsi256_ps(_mm256_and_si256(
+        _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lanes.start as i32 - 1)),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes.end as i32), idx),
+    ));
+    if _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(s, s), valid)) != 0 {
+        return None;
+    }
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let x = _mm256_blendv_ps(ninf, s, valid);
+    let p = _mm256_max_ps(x, shift_up::<1>(x));
+    let p = _mm256_max_ps(p, shift_up::<2>(p));
+    let p = _mm256_max_ps(p, shift_up::<4>(p));
+    let carry = _mm256_set1_ps(*m);
+    let inclusive = _mm256_max_ps(p, carry);
+    let before = _mm256_blendv_ps(
+        shift_up::<1>(inclusive),
+        carry,
+        _mm256_castsi256_ps(_mm256_cmpeq_epi32(idx, _mm256_setzero_si256())),
+    );
+    let up = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(x, before), valid);
+    // Lanes outside `lanes` take exponent 0 (no special-case path in `expf_x4`).
+    let arg = _mm256_blendv_ps(_mm256_sub_ps(x, before), _mm256_sub_ps(before, x), up);
+    let arg = _mm256_blendv_ps(_mm256_setzero_ps(), arg, valid);
+    let e = _mm256_set_m128(
+        expf_x4(_mm256_extractf128_ps::<1>(arg)),
+        expf_x4(_mm256_castps256_ps128(arg)),
+    );
+    let one = _mm256_set1_ps(1.0);
+    let mut top = [0f32; 8];
+    _mm256_storeu_ps(top.as_mut_ptr(), inclusive);
+    *m = top[7];
+    Some((_mm256_blendv_ps(one, e, up), _mm256_blendv_ps(e, one, up)))
+}
+
+/// `sum = fma(sum, ms, vs)` over keys `keys` for `H` consecutive rows (row `i`'s weights at
+/// `i * KEYS` of `ms` and `vs`): the reference's sequential chains, interleaved key by key so
+/// they overlap, the sums held in registers.
+#[inline(always)]
+fn add_weights<const H: usize>(
+    sums: &mut [f32],
+    ms: &[f32],
+    vs: &[f32],
+    keys: std::ops::Range<usize>,
+) {
+    assert!(sums.len() == H && keys.end <= KEYS && ms.len() >= (H - 1) * KEYS + keys.end);
+    assert!(vs.len() >= (H - 1) * KEYS + keys.end);
+    let mut sr: [f32; H] = std::array::from_fn(|i| sums[i]);
+    for j in keys {
+        for (i, x) in sr.iter_mut().enumerate() {
+            *x = x.mul_add(ms[i * KEYS + j], vs[i * KEYS + j]);
+        }
+    }
+    sums.copy_from_slice(&sr);
+}
+
+/// Rounds 8 f32 to f16 precision (ties to even), kept as f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn round16x8(x: __m256) -> __m256 {
+    _mm256_cvtph_ps(_mm256_cvtps_ph::<0>(x))
+}
+
+/// The value updates of rows `rows` over the widened value rows `keys` of `vf`:
+/// per key, `acc = f16(acc * ms)` where the softmax rescaled, then
+/// `acc = f16(fma(v, vs, acc))`, 32 dims at a time with the accumulators in
+/// registers as f32 vectors of f16 values. Row `r`'s accumulator is
+/// `acc[r * hd ..]`, its weights `ms[r * KEYS ..]`, `vs[r * KEYS ..]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments)] // the accumulators, the rows, the weights, the keys
+unsafe fn values256<const H: usize>(
+    acc: &mut [f32],
+    rows: [usize; H],
+    vf: &[f32],
+    ms: &[f32],
+    vs: &[f32],
+    keys: std::ops::Range<usize>,
+    hd: usize,
+) {
+    assert!(keys.end <= KEYS && vf.len() >= KEYS * hd);
+    for &r in &rows {
+        assert!(acc.len() >= (r + 1) * hd && ms.len() >= (r + 1) * KEYS);
+        assert!(vs.len() >= (r + 1) * KEYS);
+    }
+    for d0 in (0..hd).step_by(32) {
+        let mut a = [[_mm256_setzero_ps(); 4]; H];
+        for i in 0..H {
+            for (x, p) in a[i]
+                .iter_mut()
+                .zip((0..4).map(|q| rows[i] * hd + d0 + 8 * q))
+            {
+                *x = _mm256_loadu_ps(acc.as_ptr().add(p));
+            }
+        }
+        for j in keys.clone() {
+            let vp = vf.as_ptr().add(j * hd + d0);
+            let v: [__m256; 4] = std::array::from_fn(|q| _mm256_loadu_ps(vp.add(8 * q)));
+            for i in 0..H {
+                let msj = *ms.get_unchecked(rows[i] * KEYS + j);
+                if msj != 1.0 {
+                    let s = _mm256_set1_ps(msj);
+                    for x in a[i].iter_mut() {
+                        *x = round16x8(_mm256_mul_ps(*x, s));
+                    }
+                }
+                let s = _mm256_set1_ps(*vs.get_unchecked(rows[i] * KEYS + j));
+                for (x, &vq) in a[i].iter_mut().zip(&v) {
+                    *x = round16x8(_mm256_fmadd_ps(vq, s, *x));
+                }
+            }
+        }
+        for i in 0..H {
+            for (x, p) in a[i].iter().zip((0..4).map(|q| rows[i] * hd + d0 + 8 * q)) {
+                _mm256_storeu_ps(acc.as_mut_ptr().add(p), *x);
+            }
+        }
+    }
+}
+
+/// The AVX-512 form of `values256`: 64 dims of a row per 4 zmm (per 16 dims one FMA and
+/// the two 2-uop conversions of the f16 rounding, against 2 x 5 uops in ymm), same operations
+/// per element.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+#[inline]
+#[allow(clippy::too_many_arguments)] // `values`' operands
+unsafe fn values512<const H: usize>(
+    acc: &mut [f32],
+    rows: [usize; H],
+    vf: &[f32],
+    ms: &[f32],
+    vs: &[f32],
+    keys: std::ops::Range<usize>,
+    hd: usize,
+) {
+    assert!(keys.end <= KEYS && vf.len() >= KEYS * hd && hd.is_multiple_of(64));
+    for &r in &rows {
+        assert!(acc.len() >= (r + 1) * hd && ms.len() >= (r + 1) * KEYS);
+        assert!(vs.len() >= (r + 1) * KEYS);
+    }
+    let round16 = |x: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<0>(x));
+    for d0 in (0..hd).step_by(64) {
+        let mut a = [[_mm512_setzero_ps(); 4]; H];
+        for i in 0..H {
+            for (x, p) in a[i]
+                .iter_mut()
+                .zip((0..4).map(|q| rows[i] * hd + d0 + 16 * q))
+            {
+                *x = _mm512_loadu_ps(acc.as_ptr().add(p));
+            }
+        }
+        for j in keys.clone() {
+            let vp = vf.as_ptr().add(j * hd + d0);
+            let v: [__m512; 4] = std::array::from_fn(|q| _mm512_loadu_ps(vp.add(16 * q)));
+            for i in 0..H {
+                let msj = *ms.get_unchecked(rows[i] * KEYS + j);
+                if msj != 1.0 {
+                    let s = _mm512_set1_ps(msj);
+                    for x in a[i].iter_mut() {
+                        *x = round16(_mm512_mul_ps(*x, s));
+                    }
+                }
+                let s = _mm512_set1_ps(*vs.get_unchecked(rows[i] * KEYS + j));
+                for (x, &vq) in a[i].iter_mut().zip(&v) {
+                    *x = round16(_mm512_fmadd_ps(vq, s, *x));
+                }
+            }
+        }
+        for i in 0..H {
+            for (x, p) in a[i].iter().zip((0..4).map(|q| rows[i] * hd + d0 + 16 * q)) {
+                _mm512_storeu_ps(acc.as_mut_ptr().add(p), *x);
+            }
+        }
+    }
+}
+
+macro_rules! attention_tier {
+    ($modname:ident, $features:literal, $rows:literal, $values:ident) => {
+        pub mod $modname {
+            use super::*;
+
+            /// Rows (token, head) whose value updates run interleaved: 3 with AVX2's 16
+            /// registers (12 accumulators and 4 value vectors), 4 where AVX-512 VL gives 32.
+            const ATT_ROWS: usize = $rows;
+
+            /// Widens one f16 row of `hd` (a multiple of 64) elements into `out`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn widen_row(src: &[u16], out: &mut [f32]) {
+                assert!(src.len() == out.len() && src.len().is_multiple_of(8));
+                for (s, o) in src.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+                    let v = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast()));
+                    _mm256_storeu_ps(o.as_mut_ptr(), v);
+                }
+            }
+
+            /// A key's ggml f16 dot with the widened query `q` (`S` 64-element steps, already
+            /// in registers) folded to the 8 lanes before the final three halving steps: the 64
+            /// lanes (8 vectors) accumulate their positions by FMA, then `(a0 + a4) + (a2 + a6)`
+            /// and `(a1 + a5) + (a3 + a7)` (`scalar::fold_f16_lanes`) and their sum (the first
+            /// step of `scalar::reduce16`).
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn lanes8<const S: usize>(q: &[[__m256; 8]; S], k: *const f32) -> __m256 {
+                let mut a = [_mm256_setzero_ps(); 8];
+                for (s, qs) in q.iter().enumerate() {
+                    for (g, x) in a.iter_mut().enumerate() {
+                        *x = _mm256_fmadd_ps(qs[g], _mm256_loadu_ps(k.add(s * 64 + g * 8)), *x);
+                    }
+                }
+                let lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
+                let hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
+                _mm256_add_ps(lo, hi)
+            }
+
+            /// Dot products of `q` with 8 consecutive widened keys (`hd = 64 * S` apart from
+            /// `k`), unscaled, in key order: per key `lanes8`, then the remaining halving steps
+            /// of `hsum_f32_8` (lanes 4 apart, 2 apart, 1 apart) for all 8 keys at once, each
+            /// stage pairing vectors by shuffles so every add is one of the reference's.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn scores8<const S: usize>(q: &[[__m256; 8]; S], k: *const f32) -> __m256 {
+                let r: [__m256; 8] = std::array::from_fn(|j| lanes8::<S>(q, k.add(j * 64 * S)));
+                // Lanes 4 apart: [c_a (4), c_b (4)] from keys a, b.
+                let c = |a: __m256, b: __m256| {
+                    _mm256_add_ps(
+                        _mm256_permute2f128_ps::<0x20>(a, b),
+                        _mm256_permute2f128_ps::<0x31>(a, b),
+                    )
+                };
+                let (c01, c23, c45, c67) =
+                    (c(r[0], r[1]), c(r[2], r[3]), c(r[4], r[5]), c(r[6], r[7]));
+                // Lanes 2 apart: [d_a, d_c | d_b, d_d] (2 each) from [c_a, c_b] and [c_c, c_d].
+                let d = |x: __m256, y: __m256| {
+                    _mm256_add_ps(
+                        _mm256_shuffle_ps::<0x44>(x, y),
+                        _mm256_shuffle_ps::<0xee>(x, y),
+                    )
+                };
+                let (d0123, d4567) = (d(c01, c23), d(c45, c67));
+                // Lanes 1 apart: keys [0, 2, 4, 6 | 1, 3, 5, 7].
+                let s = _mm256_add_ps(
+                    _mm256_shuffle_ps::<0x88>(d0123, d4567),
+                    _mm256_shuffle_ps::<0xdd>(d0123, d4567),
+                );
+                let order = _mm256_loadu_si256(SCORE_ORDER.as_ptr().cast());
+                _mm256_permutevar8x32_ps(s, order)
+            }
+
+            /// Scores of keys `keys` (indices into the widened block `kf`) against `q`, into
+            /// `out[keys]`, unscaled; 8 keys per call of `scores8` (the block's storage is
+            /// padded to whole groups, so a group may run past `keys` into unused slots).
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn scores<const S: usize>(
+                q: &[f32],
+                kf: &[f32],
+                keys: std::ops::Range<usize>,
+                out: &mut [f32; KEYS],
+            ) {
+                let hd = 64 * S;
+                assert!(q.len() >= hd && kf.len() >= KEYS * hd && keys.end <= KEYS);
+                let qv: [[__m256; 8]; S] = std::array::from_fn(|s| {
+                    std::array::from_fn(|g| _mm256_loadu_ps(q.as_ptr().add(s * 64 + g * 8)))
+                });
+                let mut j = keys.start / 8 * 8;
+                while j < keys.end {
+                    let v = scores8::<S>(&qv, kf.as_ptr().add(j * hd));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(j), v);
+                    j += 8;
+                }
+            }
+
+            /// `values` for any number of rows, `ATT_ROWS` at a time.
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)] // `values`' operands plus the row list
+            unsafe fn values_rows(
+                acc: &mut [f32],
+                rows: &[usize],
+                vf: &[f32],
+                ms: &[f32],
+                vs: &[f32],
+                keys: std::ops::Range<usize>,
+                hd: usize,
+            ) {
+                for g in rows.chunks(ATT_ROWS) {
+                    let k = keys.clone();
+                    match *g {
+                        [a] => $values::<1>(acc, [a], vf, ms, vs, k, hd),
+                        [a, b] => $values::<2>(acc, [a, b], vf, ms, vs, k, hd),
+                        [a, b, c] => $values::<3>(acc, [a, b, c], vf, ms, vs, k, hd),
+                        [a, b, c, d, ..] => $values::<4>(acc, [a, b, c, d], vf, ms, vs, k, hd),
+                        [] => {}
+                    }
+                }
+            }
+
+            /// `scalar::attend_block`, bit for bit (see the module doc), for head dims that
+            /// are multiples of 64 up to 256; others go through the per-token reference
+            /// compiled for this tier.
+            #[target_feature(enable = $features)]
+            pub unsafe fn attend_block(b: &AttendBlock<'_>, out: &mut [f32]) {
+                b.check(out);
+                let hd = b.head_dim;
+                match hd {
+                    64 => attend_steps::<1>(b, out),
+                    128 => attend_steps::<2>(b, out),
+                    192 => attend_steps::<3>(b, out),
+                    256 => attend_steps::<4>(b, out),
+                    _ => b.per_token(out, |q, hs, hd, sc, kv, o| {
+                        attend_with(
+                            super::super::scalar::dot_f16_f16,
+                            super::super::scalar::mad_f16,
+                            super::super::scalar::scale_f16,
+                            q,
+                            hs,
+                            hd,
+                            sc,
+                            kv,
+                            o,
+                        )
+                    }),
+                }
+            }
+
+            /// `attend_block` at head dim `64 * S`.
+            #[target_feature(enable = $features)]
+            unsafe fn attend_steps<const S: usize>(b: &AttendBlock<'_>, out: &mut [f32]) {
+                let hd = 64 * S;
+                let (nt, gh) = (b.keys.len(), b.heads.len());
+                let nr = nt * gh;
+                let lo = b.keys.iter().map(|r| r.start).min().unwrap_or(0);
+                let hi = b.keys.iter().map(|r| r.end).max().unwrap_or(0);
+                // Row r = (token r / gh, head heads.start + r % gh).
+                let mut q32 = vec![0f32; nr * hd];
+                let mut acc = vec![0f32; nr * hd];
+                let (mut m, mut sum) = (vec![f32::NEG_INFINITY; nr], vec![0f32; nr]);
+                let (mut ms, mut vs) = (vec![0f32; nr * KEYS], vec![0f32; nr * KEYS]);
+                let (mut kf, mut vf) = (vec![0f32; KEYS * hd], vec![0f32; KEYS * hd]);
+                // Scores of the current token's heads.
+                let mut sc = vec![[0f32; KEYS]; gh];
+                let mut full = Vec::with_capacity(nr);
+                for r in 0..nr {
+                    let src = (r / gh) * b.stride + (b.heads.start + r % gh) * hd;
+                    for (d, &v) in q32[r * hd..(r + 1) * hd]
+                        .iter_mut()
+                        .zip(&b.q[src..src + hd])
+                    {
+                        *d = f16_to_f32(f32_to_f16(v));
+                    }
+                }
+                let mut k0 = lo;
+                while k0 < hi {
+                    let n = (hi - k0).min(KEYS);
+                    for j in 0..n {
+                        let off = b.kv.offsets[k0 + j];
+                        widen_row(&b.kv.keys[off..off + hd], &mut kf[j * hd..(j + 1) * hd]);
+                        widen_row(&b.kv.values[off..off + hd], &mut vf[j * hd..(j + 1) * hd]);
+                    }
+                    full.clear();
+                    for (t, keys) in b.keys.iter().enumerate() {
+                        let (a, e) = (keys.start.max(k0), keys.end.min(k0 + n));
+                        if a >= e {
+                            continue;
+                        }
+                        let own = a - k0..e - k0;
+                        for r in t * gh..(t + 1) * gh {
+                            scores::<S>(&q32[r * hd..], &kf, own.clone(), &mut sc[r - t * gh]);
+                        }
+                        // Per head the weights 8 keys at a time (`weights8`), then the sums'
+                        // FMA chains of the token's heads interleaved key by key.
+                        for r in t * gh..(t + 1) * gh {
+                            let (msr, vsr) = (
+                                &mut ms[r * KEYS..(r + 1) * KEYS],
+                                &mut vs[r * KEYS..(r + 1) * KEYS],
+                            );
+                            let scr = &sc[r - t * gh];
+                            let scale = _mm256_set1_ps(b.scale);
+                            let mut j0 = own.start / 8 * 8;
+                            while j0 < own.end {
+                                let lanes = own.start.max(j0) - j0..own.end.min(j0 + 8) - j0;
+                                let s8 =
+                                    _mm256_mul_ps(_mm256_loadu_ps(scr.as_ptr().add(j0)), scale);
+                                match weights8(s8, lanes.clone(), &mut m[r]) {
+                                    Some((w_ms, w_vs)) => {
+                                        _mm256_storeu_ps(msr.as_mut_ptr().add(j0), w_ms);
+                                        _mm256_storeu_ps(vsr.as_mut_ptr().add(j0), w_vs);
+                                    }
+                                    None => {
+                                        for j in lanes.start + j0..lanes.end + j0 {
+                                            let s = scr[j] * b.scale;
+                                            (msr[j], vsr[j]) = if s > m[r] {
+                                                let e = expf(m[r] - s);
+                                                m[r] = s;
+                                                (e, 1.0)
+                                            } else {
+                                                (1.0, expf(s - m[r]))
+                                            };
+                                        }
+                                    }
+                                }
+                                j0 += 8;
+                            }
+                        }
+                        for r0 in (t * gh..(t + 1) * gh).step_by(4) {
+                            let sums = &mut sum[r0..(r0 + 4).min((t + 1) * gh)];
+                            let (msr, vsr) = (&ms[r0 * KEYS..], &vs[r0 * KEYS..]);
+                            match sums.len() {
+                                1 => add_weights::<1>(sums, msr, vsr, own.clone()),
+                                2 => add_weights::<2>(sums, msr, vsr, own.clone()),
+                                3 => add_weights::<3>(sums, msr, vsr, own.clone()),
+                                _ => add_weights::<4>(sums, msr, vsr, own.clone()),
+                            }
+                        }
+                        if own == (0..n) {
+                            full.extend(t * gh..(t + 1) * gh);
+                        } else {
+                            let rows: Vec<usize> = (t * gh..(t + 1) * gh).collect();
+                            values_rows(&mut acc, &rows, &vf, &ms, &vs, own, hd);
+                        }
+                    }
+                    values_rows(&mut acc, &full, &vf, &ms, &vs, 0..n, hd);
+                    k0 += n;
+                }
+                for r in 0..nr {
+                    let inv = 1.0 / sum[r];
+                    let dst = (r / gh) * b.stride + (b.heads.start + r % gh) * hd;
+                    for (o, &a) in out[dst..dst + hd]
+                        .iter_mut()
+                        .zip(&acc[r * hd..(r + 1) * hd])
+                    {
+                        *o = a * inv;
+                    }
+                }
+            }
+        }
+    };
+}
+
+attention_tier!(avx2, "avx2,fma,f16c", 3, values256);
+attention_tier!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 4, values512);
