@@ -408,9 +408,9 @@ macro_rules! check_tiles {
                 let m: Vec<ActMeta<'_>> = (0..4).map(|t| acts.row_meta(t)).collect();
                 for rt in 0..tiles.tile_rows {
                     let w = tiles.tile_row::<$tile>(rt);
-                    let got4 = (k.$f4)(w, [a[0], a[1], a[2], a[3]], [m[0], m[1], m[2], m[3]]);
+                    let got4 = (k.$f4)(w, &[a[0], a[1], a[2], a[3]], &[m[0], m[1], m[2], m[3]]);
                     for t in 0..4 {
-                        let got1 = (k.$f1)(w, [a[t]], [m[t]]);
+                        let got1 = (k.$f1)(w, &[a[t]], &[m[t]]);
                         for j in 0..TILE_ROWS {
                             let r = rt * TILE_ROWS + j;
                             let want = if r < rows.len() {
@@ -864,7 +864,7 @@ fn sixteen_row_tiles_match_row_dots_on_every_tier() {
                 let a: [&[$act]; 16] = std::array::from_fn(|t| unsafe_cast(acts.row(t)));
                 let m: [ActMeta<'_>; 16] = std::array::from_fn(|t| acts.row_meta(t));
                 for rt in 0..tiles.tile_rows {
-                    let got = (k.$f16)(tiles.tile_row::<$tile>(rt), a, m);
+                    let got = (k.$f16)(tiles.tile_row::<$tile>(rt), &a, &m);
                     for (t, row) in got.iter().enumerate() {
                         for (j, v) in row.iter().enumerate() {
                             let r = rt * TILE_ROWS + j;

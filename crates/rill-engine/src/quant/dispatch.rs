@@ -30,7 +30,7 @@ pub type Dot4<W, A> = fn(&[W], [&[A]; 4]) -> [f32; 4];
 /// values (`QuantActs::row_meta`): `out[n][j]` is row j against activation n, bit-identical
 /// to `scalar::dot32` on the unpacked rows.
 pub type TileMul<T, A, const N: usize> =
-    fn(&[T], [&[A]; N], [ActMeta<'_>; N]) -> [[f32; TILE_ROWS]; N];
+    fn(&[T], &[&[A]; N], &[ActMeta<'_>; N]) -> [[f32; TILE_ROWS]; N];
 
 /// The float formats' GEMM (prefill and batched decode of F16/BF16/F32 weights): `m` weight
 /// rows (row-major, `k` wide) against `n` activation rows widened to f32, `out[j * m + i]` the
@@ -41,7 +41,7 @@ pub type FloatGemm<W> = fn(w: &[W], a: &[f32], k: usize, out: &mut [f32]);
 /// Two consecutive tile rows (16 weight rows) against N activation rows: `out[n][j]` is row j
 /// of the pair (0..8 the first tile row's) against activation n, bit-identical to [`TileMul`].
 pub type TilePairMul<T, A, const N: usize> =
-    fn(&[T], &[T], [&[A]; N], [ActMeta<'_>; N]) -> [[f32; 2 * TILE_ROWS]; N];
+    fn(&[T], &[T], &[&[A]; N], &[ActMeta<'_>; N]) -> [[f32; 2 * TILE_ROWS]; N];
 
 /// A format's two-tile-row kernels (AVX-512: 16 rows per zmm), for 4 and 16 activation rows.
 #[derive(Clone, Copy)]
@@ -252,8 +252,8 @@ mod x86_sets {
                 // SAFETY (all below): `all_supported` verified this tier's CPU features before
                 // building this set. The block kernels check slice lengths themselves (asserts
                 // and bounds-checked indexing).
-                dot_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<1>(x, [y])[0] },
-                dot4_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<4>(x, y) },
+                dot_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<1>(x, &[y])[0] },
+                dot4_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<4>(x, &y) },
                 tile1_q4_0: |t, y, m| unsafe { x86_tiles::$m::tiles_q4_0::<1>(t, y, m) },
                 tile4_q4_0: |t, y, m| unsafe { x86_tiles::$m::tiles_q4_0::<4>(t, y, m) },
                 tile1_q4_1: |t, y, m| unsafe { x86_tiles::$m::tiles_q4_1::<1>(t, y, m) },

@@ -326,7 +326,7 @@ pub fn dequantize_iq4xs(x: &[BlockIq4Xs], out: &mut [f32]) {
 
 /// The scalar tier's Q4_K tile product: each of the tile row's 8 rows, unpacked, through
 /// [`dot_q4k_q8k`] (the reference itself).
-pub fn tiles_q4k<const N: usize>(t: &[TileQ4K], y: [&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
+pub fn tiles_q4k<const N: usize>(t: &[TileQ4K], y: &[&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
     use super::repack::Tiled;
     let rows: [Vec<BlockQ4K>; TILE_ROWS] =
         std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
@@ -334,7 +334,7 @@ pub fn tiles_q4k<const N: usize>(t: &[TileQ4K], y: [&[BlockQ8K]; N]) -> [[f32; T
 }
 
 /// The scalar tier's Q6_K tile product: each row unpacked, through [`dot_q6k_q8k`].
-pub fn tiles_q6k<const N: usize>(t: &[TileQ6K], y: [&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
+pub fn tiles_q6k<const N: usize>(t: &[TileQ6K], y: &[&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
     use super::repack::Tiled;
     let rows: [Vec<BlockQ6K>; TILE_ROWS] =
         std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
@@ -342,7 +342,7 @@ pub fn tiles_q6k<const N: usize>(t: &[TileQ6K], y: [&[BlockQ8K]; N]) -> [[f32; T
 }
 
 /// The scalar tier's IQ4_XS tile product: each row unpacked, through [`dot_iq4xs_q8k`].
-pub fn tiles_iq4xs<const N: usize>(t: &[TileIq4Xs], y: [&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
+pub fn tiles_iq4xs<const N: usize>(t: &[TileIq4Xs], y: &[&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
     use super::repack::Tiled;
     let rows: [Vec<BlockIq4Xs>; TILE_ROWS] =
         std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
@@ -350,7 +350,7 @@ pub fn tiles_iq4xs<const N: usize>(t: &[TileIq4Xs], y: [&[BlockQ8K]; N]) -> [[f3
 }
 
 /// The scalar tier's Q2_K tile product: each row unpacked, through [`dot_q2k_q8k`].
-pub fn tiles_q2k<const N: usize>(t: &[TileQ2K], y: [&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
+pub fn tiles_q2k<const N: usize>(t: &[TileQ2K], y: &[&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
     use super::repack::Tiled;
     let rows: [Vec<BlockQ2K>; TILE_ROWS] =
         std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
@@ -358,7 +358,7 @@ pub fn tiles_q2k<const N: usize>(t: &[TileQ2K], y: [&[BlockQ8K]; N]) -> [[f32; T
 }
 
 /// The scalar tier's Q3_K tile product: each row unpacked, through [`dot_q3k_q8k`].
-pub fn tiles_q3k<const N: usize>(t: &[TileQ3K], y: [&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
+pub fn tiles_q3k<const N: usize>(t: &[TileQ3K], y: &[&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
     use super::repack::Tiled;
     let rows: [Vec<BlockQ3K>; TILE_ROWS] =
         std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());

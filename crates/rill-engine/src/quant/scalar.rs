@@ -232,7 +232,7 @@ pub fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
 
 /// The scalar tier's tile product: each of the tile row's 8 rows against each activation row
 /// through [`dot32`] (the reference itself, on the unpacked blocks).
-pub fn tiles<T, A, const N: usize>(t: &[T], y: [&[A]; N]) -> [[f32; TILE_ROWS]; N]
+pub fn tiles<T, A, const N: usize>(t: &[T], y: &[&[A]; N]) -> [[f32; TILE_ROWS]; N]
 where
     T: super::repack::Tiled,
     T::Row: Block32,

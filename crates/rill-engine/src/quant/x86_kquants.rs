@@ -140,7 +140,7 @@ macro_rules! kquant_kernels {
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q5k_q8k<const N: usize>(
                 x: &[BlockQ5K],
-                y: [&[BlockQ8K]; N],
+                y: &[&[BlockQ8K]; N],
             ) -> [f32; N] {
                 q45k!(x, y, N, |xb, c| {
                     let qh = _mm256_loadu_si256(xb.qh.as_ptr().cast());

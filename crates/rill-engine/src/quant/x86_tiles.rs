@@ -114,11 +114,11 @@ macro_rules! tile_kernel {
         #[target_feature(enable = $features)]
         pub unsafe fn $name<const N: usize>(
             tiles: &[$tile],
-            y: [&[$act]; N],
-            meta: [ActMeta<'_>; N],
+            y: &[&[$act]; N],
+            meta: &[ActMeta<'_>; N],
         ) -> [[f32; TILE_ROWS]; N] {
             let nb = tiles.len();
-            check_lengths(nb, &y, &meta, $min, $corr != 0);
+            check_lengths(nb, y, meta, $min, $corr != 0);
             let mut acc = [_mm256_setzero_ps(); N];
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm256_setzero_ps(); N];
@@ -184,11 +184,11 @@ macro_rules! lanes_kernel {
         #[target_feature(enable = $features)]
         pub unsafe fn $name<const N: usize>(
             tiles: &[$tile],
-            y: [&[$act]; N],
-            meta: [ActMeta<'_>; N],
+            y: &[&[$act]; N],
+            meta: &[ActMeta<'_>; N],
         ) -> [[f32; TILE_ROWS]; N] {
             let nb = tiles.len();
-            check_lengths(nb, &y, &meta, $min, false);
+            check_lengths(nb, y, meta, $min, false);
             let mut acc = [[_mm256_setzero_ps(); 8]; N];
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm256_setzero_ps(); N];
@@ -475,8 +475,8 @@ macro_rules! ktile_kernel {
         #[target_feature(enable = $f)]
         pub unsafe fn $name<const N: usize>(
             tiles: &[$tile],
-            y: [&[BlockQ8K]; N],
-            _meta: [ActMeta<'_>; N],
+            y: &[&[BlockQ8K]; N],
+            _meta: &[ActMeta<'_>; N],
         ) -> [[f32; TILE_ROWS]; N] {
             let nb = tiles.len();
             assert!(y.iter().all(|a| a.len() >= nb));

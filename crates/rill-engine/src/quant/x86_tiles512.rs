@@ -93,8 +93,8 @@ macro_rules! pair_kernel {
         pub unsafe fn $name<const N: usize>(
             t0: &[$tile],
             t1: &[$tile],
-            y: [&[$act]; N],
-            meta: [ActMeta<'_>; N],
+            y: &[&[$act]; N],
+            meta: &[ActMeta<'_>; N],
         ) -> [[f32; 2 * TILE_ROWS]; N] {
             let nb = t0.len();
             assert_eq!(t1.len(), nb, "tile rows of one matrix");
@@ -235,8 +235,8 @@ macro_rules! exact_pair_kernel {
         pub unsafe fn $name<const N: usize>(
             t0: &[$tile],
             t1: &[$tile],
-            y: [&[BlockQ8_0]; N],
-            meta: [ActMeta<'_>; N],
+            y: &[&[BlockQ8_0]; N],
+            meta: &[ActMeta<'_>; N],
         ) -> [[f32; 2 * TILE_ROWS]; N] {
             let nb = t0.len();
             assert_eq!(t1.len(), nb, "tile rows of one matrix");
@@ -311,8 +311,8 @@ exact_pair_kernel!(tiles2_iq4nl, TileIq4Nl, corr = 128, |t, gp| {
 pub unsafe fn tiles2_iq4xs<const N: usize>(
     t0: &[TileIq4Xs],
     t1: &[TileIq4Xs],
-    y: [&[BlockQ8K]; N],
-    _meta: [ActMeta<'_>; N],
+    y: &[&[BlockQ8K]; N],
+    _meta: &[ActMeta<'_>; N],
 ) -> [[f32; 2 * TILE_ROWS]; N] {
     let nb = t0.len();
     assert_eq!(t1.len(), nb, "tile rows of one matrix");
