@@ -207,6 +207,46 @@ fn simd_dots_match_scalar() {
     }
 }
 
+/// Every tier's SwiGLU equals the scalar reference bit for bit, past ggml's `expf` limits too:
+/// gates where `exp(-g)` overflows or underflows (|n| > 192), infinities, zeros of both signs,
+/// subnormals, and lengths with a scalar tail.
+#[test]
+fn swiglu_matches_scalar_bits_at_the_extremes() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let s = Kernels::scalar();
+    let mut g = rand_f32(&mut rng, 200, 150.0);
+    g.extend([
+        0.0,
+        -0.0,
+        1e-40,
+        -1e-40,
+        88.0,
+        -88.0,
+        133.0,
+        -133.5,
+        140.0,
+        -140.0,
+        1e4,
+        -1e4,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::MIN,
+        87.3,
+    ]);
+    let u = rand_f32(&mut rng, g.len(), 2.0);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for n in [g.len(), g.len() - 3, 7, 1] {
+        let mut want = g[..n].to_vec();
+        (s.swiglu)(&mut want, &u[..n]);
+        for k in Kernels::all_supported() {
+            let mut got = g[..n].to_vec();
+            (k.swiglu)(&mut got, &u[..n]);
+            assert_eq!(bits(&got), bits(&want), "{} swiglu n={n}", k.tier);
+        }
+    }
+}
+
 /// F16 activations (rounded by `half`'s slice conversion) are `f32_to_f16` per element, and
 /// their f32 rows (`wide_rows`) are those values widened: ties, subnormals, overflow and signed
 /// zeros included.

@@ -143,12 +143,16 @@ macro_rules! tile_kernel {
                 }
                 tile_kernel!(@min $min, $t, meta, summs, i, N);
             }
-            let mut out = [[0f32; TILE_ROWS]; N];
+            // Left uninitialised (zeroing N rows per call showed as memset in prefill): every row
+            // is stored below.
+            let mut out = MaybeUninit::<[[f32; TILE_ROWS]; N]>::uninit();
+            let op = out.as_mut_ptr().cast::<f32>();
             for n in 0..N {
                 let r = tile_kernel!(@finish $min, acc[n], summs[n]);
-                _mm256_storeu_ps(out[n].as_mut_ptr(), r);
+                _mm256_storeu_ps(op.add(n * TILE_ROWS), r);
             }
-            out
+            // SAFETY: rows 0..N were all stored above.
+            out.assume_init()
         }
     };
     (@min false, $t:ident, $meta:ident, $summs:ident, $i:ident, $n:ident) => {};
@@ -247,7 +251,10 @@ macro_rules! lanes_kernel {
                     acc[n] = a;
                 }
             }
-            let mut out = [[0f32; TILE_ROWS]; N];
+            // Left uninitialised (zeroing N rows per call showed as memset in prefill): every row
+            // is stored below.
+            let mut out = MaybeUninit::<[[f32; TILE_ROWS]; N]>::uninit();
+            let op = out.as_mut_ptr().cast::<f32>();
             for n in 0..N {
                 let a = &acc[n];
                 let h = _mm256_add_ps(
@@ -255,9 +262,10 @@ macro_rules! lanes_kernel {
                     _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])),
                 );
                 let r = tile_kernel!(@finish $min, h, summs[n]);
-                _mm256_storeu_ps(out[n].as_mut_ptr(), r);
+                _mm256_storeu_ps(op.add(n * TILE_ROWS), r);
             }
-            out
+            // SAFETY: rows 0..N were all stored above.
+            out.assume_init()
         }
     };
     (@abs false, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {};
@@ -488,11 +496,15 @@ macro_rules! ktile_kernel {
                 let $yb: [&BlockQ8K; N] = std::array::from_fn(|n| unsafe { y[n].get_unchecked(i) });
                 $body
             }
-            let mut out = [[0f32; TILE_ROWS]; N];
+            // Left uninitialised (zeroing N rows per call showed as memset in prefill): every row
+            // is stored below.
+            let mut out = MaybeUninit::<[[f32; TILE_ROWS]; N]>::uninit();
+            let op = out.as_mut_ptr().cast::<f32>();
             for n in 0..N {
-                _mm256_storeu_ps(out[n].as_mut_ptr(), $total[n]);
+                _mm256_storeu_ps(op.add(n * TILE_ROWS), $total[n]);
             }
-            out
+            // SAFETY: rows 0..N were all stored above.
+            out.assume_init()
         }
     };
 }

@@ -103,7 +103,11 @@ macro_rules! pair_kernel {
                 && (!$min || m.s.len() >= nb)
                 && ($offsets == 0 || (m.offsets16.len() >= 8 * nb
                     && m.offsets128.len() >= 8 * nb))));
-            let mut acc = [[_mm512_setzero_ps(); 8]; N];
+            assert!(nb > 0, "at least one block");
+            // Accumulators left uninitialised, each row's started at zero in the first chunk
+            // (at N = 16 they are 8 KiB of stack, and zeroing them per call showed as memset).
+            let mut acc = MaybeUninit::<[[__m512; 8]; N]>::uninit();
+            let ap = acc.as_mut_ptr().cast::<[__m512; 8]>();
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm512_setzero_ps(); N];
             // Scratch left uninitialised (zeroing it per call costs more than short calls'
@@ -123,7 +127,9 @@ macro_rules! pair_kernel {
                     store_groups!(w[i - c0], a, b, |$t, $gp| $pair);
                 }
                 for n in 0..N {
-                    let mut s = acc[n];
+                    // SAFETY: n < N; row n was written by the previous chunk unless this is
+                    // the first.
+                    let mut s = if c0 == 0 { [_mm512_setzero_ps(); 8] } else { ap.add(n).read() };
                     for i in c0..c1 {
                         let yb = unsafe { y[n].get_unchecked(i) };
                         let qs = yb.qs.as_ptr();
@@ -140,20 +146,26 @@ macro_rules! pair_kernel {
                             s[g] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lane), s[g]);
                         }
                     }
-                    acc[n] = s;
+                    ap.add(n).write(s);
                 }
             }
-            let mut out = [[0f32; 2 * TILE_ROWS]; N];
+            // Left uninitialised (zeroing N rows per call showed as memset in prefill): every row
+            // is stored below.
+            let mut out = MaybeUninit::<[[f32; 2 * TILE_ROWS]; N]>::uninit();
+            let op = out.as_mut_ptr().cast::<f32>();
             for n in 0..N {
-                let a = &acc[n];
+                // SAFETY: nb > 0, so the first chunk wrote every row (read in place: a copy
+                // of the array showed as memmove).
+                let a = &*ap.add(n);
                 let h = _mm512_add_ps(
                     _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
                     _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
                 );
                 let r = pair_kernel!(@finish $min, h, summs[n]);
-                _mm512_storeu_ps(out[n].as_mut_ptr(), r);
+                _mm512_storeu_ps(op.add(n * 2 * TILE_ROWS), r);
             }
-            out
+            // SAFETY: rows 0..N were all stored above.
+            out.assume_init()
         }
     };
     (@min_lanes false, $mw:expr, $a:ident, $b:ident) => {};
@@ -242,7 +254,10 @@ macro_rules! exact_pair_kernel {
             assert_eq!(t1.len(), nb, "tile rows of one matrix");
             assert!(y.iter().all(|a| a.len() >= nb));
             assert!(meta.iter().all(|m| m.d.len() >= nb && m.sum.len() >= nb));
-            let mut acc = [_mm512_setzero_ps(); N];
+            assert!(nb > 0, "at least one block");
+            // Accumulators left uninitialised, each started at zero in the first chunk.
+            let mut acc = MaybeUninit::<[__m512; N]>::uninit();
+            let ap = acc.as_mut_ptr().cast::<__m512>();
             // Scratch left uninitialised: every entry read below was written first for the
             // same chunk.
             let mut w = [[MaybeUninit::<__m512i>::uninit(); 8]; CHUNK];
@@ -257,7 +272,13 @@ macro_rules! exact_pair_kernel {
                     store_groups!(w[i - c0], a, b, |$t, $gp| $pair);
                 }
                 for n in 0..N {
-                    let mut s = acc[n];
+                    // SAFETY: n < N; row n was written by the previous chunk unless this is
+                    // the first.
+                    let mut s = if c0 == 0 {
+                        _mm512_setzero_ps()
+                    } else {
+                        ap.add(n).read()
+                    };
                     for i in c0..c1 {
                         let qs = unsafe { y[n].get_unchecked(i) }.qs.as_ptr();
                         let sum = unsafe { *meta[n].sum.get_unchecked(i) };
@@ -274,14 +295,19 @@ macro_rules! exact_pair_kernel {
                             _mm512_mul_ps(unsafe { dw[i - c0].assume_init() }, _mm512_set1_ps(da));
                         s = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum), s);
                     }
-                    acc[n] = s;
+                    ap.add(n).write(s);
                 }
             }
-            let mut out = [[0f32; 2 * TILE_ROWS]; N];
+            // Left uninitialised (zeroing N rows per call showed as memset in prefill): every row
+            // is stored below.
+            let mut out = MaybeUninit::<[[f32; 2 * TILE_ROWS]; N]>::uninit();
+            let op = out.as_mut_ptr().cast::<f32>();
             for n in 0..N {
-                _mm512_storeu_ps(out[n].as_mut_ptr(), acc[n]);
+                // SAFETY: nb > 0, so the first chunk wrote every row.
+                _mm512_storeu_ps(op.add(n * 2 * TILE_ROWS), ap.add(n).read());
             }
-            out
+            // SAFETY: rows 0..N were all stored above.
+            out.assume_init()
         }
     };
 }
@@ -322,7 +348,10 @@ pub unsafe fn tiles2_iq4xs<const N: usize>(
         _mm256_set1_epi8(-128),
     )));
     let m4 = _mm512_set1_epi8(0x0f);
-    let mut out = [[0f32; 2 * TILE_ROWS]; N];
+    // Left uninitialised (zeroing N rows per call showed as memset in prefill): every row
+    // is stored below.
+    let mut out = MaybeUninit::<[[f32; 2 * TILE_ROWS]; N]>::uninit();
+    let op = out.as_mut_ptr().cast::<f32>();
     for n0 in (0..N).step_by(4) {
         let mut total = [_mm512_setzero_ps(); 4];
         for i in 0..nb {
@@ -371,9 +400,10 @@ pub unsafe fn tiles2_iq4xs<const N: usize>(
                 total[j] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi[j]), total[j]);
             }
         }
-        for j in 0..4 {
-            _mm512_storeu_ps(out[n0 + j].as_mut_ptr(), total[j]);
+        for (j, t) in total.iter().enumerate() {
+            _mm512_storeu_ps(op.add((n0 + j) * 2 * TILE_ROWS), *t);
         }
     }
-    out
+    // SAFETY: N is a multiple of 4 (asserted): every row was stored.
+    out.assume_init()
 }
