@@ -946,3 +946,41 @@ fn sixteen_row_tiles_match_row_dots_on_every_tier() {
         }
     );
 }
+
+/// The safe wrappers of the one-row float kernels refuse operands of different lengths on
+/// every tier (the SIMD code reads both by the first one's length).
+#[test]
+fn float_primitives_refuse_mismatched_lengths() {
+    for k in Kernels::all_supported() {
+        let (a16, b16) = (vec![0u16; 64], vec![0u16; 63]);
+        let (a32, b32) = (vec![0f32; 64], vec![0f32; 63]);
+        let refused =
+            |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+        assert!(
+            refused(&|| {
+                (k.dot_f16_f16)(&a16, &b16);
+            }),
+            "{} dot_f16_f16",
+            k.tier
+        );
+        assert!(
+            refused(&|| {
+                (k.dot_bf16)(&a16, &b16);
+            }),
+            "{} dot_bf16",
+            k.tier
+        );
+        assert!(
+            refused(&|| {
+                (k.dot_f32)(&a32, &b32);
+            }),
+            "{} dot_f32",
+            k.tier
+        );
+        assert!(
+            refused(&|| (k.mad_f16)(&mut a16.clone(), &b16, 1.0)),
+            "{} mad_f16",
+            k.tier
+        );
+    }
+}

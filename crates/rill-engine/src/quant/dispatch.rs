@@ -285,17 +285,29 @@ mod x86_sets {
                 tiles2_q4_1: None,
                 tiles2_q5_1: None,
                 tiles2_iq4xs: None,
-                dot_f32: |x, y| unsafe { x86::$m::dot_f32(x, y) },
+                dot_f32: |x, y| {
+                    assert_eq!(x.len(), y.len(), "dot_f32 operand lengths");
+                    unsafe { x86::$m::dot_f32(x, y) }
+                },
                 gemm_f32: |w, a, k, o| unsafe { x86_gemm::avx2::gemm_f32(w, a, k, o) },
                 gemm_bf16: |w, a, k, o| unsafe { x86_gemm::avx2::gemm_bf16(w, a, k, o) },
                 gemm_f16: |w, a, k, o| unsafe { x86_gemm::avx2::gemm_f16(w, a, k, o) },
-                dot_bf16: |x, y| unsafe { x86::$m::dot_bf16(x, y) },
-                dot_f16_f16: |x, y| unsafe { x86::$m::dot_f16_f16(x, y) },
+                dot_bf16: |x, y| {
+                    assert_eq!(x.len(), y.len(), "dot_bf16 operand lengths");
+                    unsafe { x86::$m::dot_bf16(x, y) }
+                },
+                dot_f16_f16: |x, y| {
+                    assert_eq!(x.len(), y.len(), "dot_f16_f16 operand lengths");
+                    unsafe { x86::$m::dot_f16_f16(x, y) }
+                },
                 quantize_q8_0: |x, y| unsafe { x86::$m::quantize_q8_0(x, y) },
                 quantize_q8_1: |x, y| unsafe { x86::$m::quantize_q8_1(x, y) },
                 quantize_q8k: |x, y| unsafe { x86::$m::quantize_q8k(x, y) },
                 swiglu: |g, u| unsafe { x86::$m::swiglu(g, u) },
-                mad_f16: |a, v, s| unsafe { x86::$m::mad_f16(a, v, s) },
+                mad_f16: |a, v, s| {
+                    assert_eq!(a.len(), v.len(), "mad_f16 operand lengths");
+                    unsafe { x86::$m::mad_f16(a, v, s) }
+                },
                 scale_f16: |a, s| unsafe { x86::$m::scale_f16(a, s) },
                 rope_norm: |h, cs| unsafe { x86::$m::rope_norm(h, cs) },
                 rope_neox: |h, cs| unsafe { x86::$m::rope_neox(h, cs) },

@@ -307,16 +307,14 @@ pub fn dot_float_with(n: usize, x: impl Fn(usize) -> f32, y: impl Fn(usize) -> f
 }
 
 pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
-    dot_float_with(x.len().min(y.len()), |k| x[k], |k| y[k])
+    assert_eq!(x.len(), y.len(), "dot_f32 operand lengths");
+    dot_float_with(x.len(), |k| x[k], |k| y[k])
 }
 
 /// BF16 weights against BF16-rounded activations (ggml's pairing), in [`dot_float_with`]'s order.
 pub fn dot_bf16(x: &[u16], y: &[u16]) -> f32 {
-    dot_float_with(
-        x.len().min(y.len()),
-        |k| bf16_to_f32(x[k]),
-        |k| bf16_to_f32(y[k]),
-    )
+    assert_eq!(x.len(), y.len(), "dot_bf16 operand lengths");
+    dot_float_with(x.len(), |k| bf16_to_f32(x[k]), |k| bf16_to_f32(y[k]))
 }
 
 /// f16 dot product with ggml's AVX-512 summation tree, so attention scores are bit-identical to
@@ -324,6 +322,7 @@ pub fn dot_bf16(x: &[u16], y: &[u16]) -> f32 {
 /// (FMA), folded 4 -> 1, then the 16 lanes reduced as `_mm512_reduce_add_ps` does; a tail
 /// shorter than 64 is added in f64.
 pub fn dot_f16_f16(x: &[u16], y: &[u16]) -> f32 {
+    assert_eq!(x.len(), y.len(), "dot_f16_f16 operand lengths");
     dot_f16_with(x.len(), |k| f16_to_f32(x[k]), |k| f16_to_f32(y[k]))
 }
 
@@ -602,6 +601,7 @@ pub fn dequantize_iq4nl(x: &[BlockIq4Nl], out: &mut [f32]) {
 
 /// Flash-attention value accumulation in f16, as ggml's `ggml_vec_mad_f16`: acc = f16(v * s + acc).
 pub fn mad_f16(acc: &mut [u16], v: &[u16], s: f32) {
+    assert_eq!(acc.len(), v.len(), "mad_f16 operand lengths");
     for (a, &x) in acc.iter_mut().zip(v) {
         *a = f32_to_f16(f16_to_f32(x).mul_add(s, f16_to_f32(*a)));
     }
