@@ -598,6 +598,27 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
     );
 }
 
+/// An f16 cache of `n_keys` random key and value rows of `hd` elements: keys growing along
+/// the sequence so later scores often raise the running maximum, rows stored out of order (as
+/// the paged cache does). Returns keys, values and each position's row offset.
+fn f16_cache(rng: &mut StdRng, n_keys: usize, hd: usize) -> (Vec<u16>, Vec<u16>, Vec<usize>) {
+    let f16s = |rng: &mut StdRng, n: usize, sc: f32| -> Vec<u16> {
+        rand_f32(rng, n, sc)
+            .iter()
+            .map(|&v| f32_to_f16(v))
+            .collect()
+    };
+    let mut keys = f16s(rng, n_keys * hd, 1.0);
+    for (j, k) in keys.chunks_mut(hd).enumerate() {
+        for v in k.iter_mut() {
+            *v = f32_to_f16(f16_to_f32(*v) * (1.0 + j as f32 * 0.01));
+        }
+    }
+    let values = f16s(rng, n_keys * hd, 2.0);
+    let offsets = (0..n_keys).map(|j| ((j * 7) % n_keys) * hd).collect();
+    (keys, values, offsets)
+}
+
 /// Every tier's attention against the scalar reference, bit for bit: head dims with and without
 /// the reorganised path (multiples of 64), KV groups of 1-4 query heads, key counts around the
 /// key-block size, scores that keep rescaling the accumulator.
@@ -614,22 +635,7 @@ fn attention_matches_scalar_on_every_tier() {
         };
         for group in [1usize, 3, 4] {
             for n_keys in [1usize, 5, 127, 128, 129, 300] {
-                let f16s = |rng: &mut StdRng, n: usize, sc: f32| -> Vec<u16> {
-                    rand_f32(rng, n, sc)
-                        .iter()
-                        .map(|&v| f32_to_f16(v))
-                        .collect()
-                };
-                // Keys grow along the sequence so later scores often exceed the running max.
-                let mut keys = f16s(&mut rng, n_keys * hd, 1.0);
-                for (j, k) in keys.chunks_mut(hd).enumerate() {
-                    for v in k.iter_mut() {
-                        *v = f32_to_f16(f16_to_f32(*v) * (1.0 + j as f32 * 0.01));
-                    }
-                }
-                let values = f16s(&mut rng, n_keys * hd, 2.0);
-                // Rows stored out of order, as the paged cache does.
-                let offsets: Vec<usize> = (0..n_keys).map(|j| ((j * 7) % n_keys) * hd).collect();
+                let (keys, values, offsets) = f16_cache(&mut rng, n_keys, hd);
                 let kv = KvRows {
                     keys: &keys,
                     values: &values,
@@ -675,21 +681,7 @@ fn block_attention_matches_the_per_token_reference_on_every_tier() {
                 (5, 0, Some(3)),
             ] {
                 let n_keys = before + tokens;
-                let f16s = |rng: &mut StdRng, n: usize, sc: f32| -> Vec<u16> {
-                    rand_f32(rng, n, sc)
-                        .iter()
-                        .map(|&v| f32_to_f16(v))
-                        .collect()
-                };
-                let mut keys = f16s(&mut rng, n_keys * hd, 1.0);
-                // Keys grow along the sequence so later scores often raise the running max.
-                for (j, k) in keys.chunks_mut(hd).enumerate() {
-                    for v in k.iter_mut() {
-                        *v = f32_to_f16(f16_to_f32(*v) * (1.0 + j as f32 * 0.01));
-                    }
-                }
-                let values = f16s(&mut rng, n_keys * hd, 2.0);
-                let offsets: Vec<usize> = (0..n_keys).map(|j| ((j * 7) % n_keys) * hd).collect();
+                let (keys, values, offsets) = f16_cache(&mut rng, n_keys, hd);
                 // Token i sits at position before + i and sees the window ending there.
                 let ranges: Vec<std::ops::Range<usize>> = (0..tokens)
                     .map(|i| {

@@ -159,118 +159,107 @@ unsafe fn round16x8(x: __m256) -> __m256 {
     _mm256_cvtph_ps(_mm256_cvtps_ph::<0>(x))
 }
 
-/// The value updates of rows `rows` over the widened value rows `keys` of `vf`:
-/// per key, `acc = f16(acc * ms)` where the softmax rescaled, then
-/// `acc = f16(fma(v, vs, acc))`, 32 dims at a time with the accumulators in
-/// registers as f32 vectors of f16 values. Row `r`'s accumulator is
-/// `acc[r * hd ..]`, its weights `ms[r * KEYS ..]`, `vs[r * KEYS ..]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-#[allow(clippy::too_many_arguments)] // the accumulators, the rows, the weights, the keys
-unsafe fn values256<const H: usize>(
-    acc: &mut [f32],
-    rows: [usize; H],
-    vf: &[f32],
-    ms: &[f32],
-    vs: &[f32],
-    keys: std::ops::Range<usize>,
-    hd: usize,
-) {
-    assert!(keys.end <= KEYS && vf.len() >= KEYS * hd);
-    for &r in &rows {
-        assert!(acc.len() >= (r + 1) * hd && ms.len() >= (r + 1) * KEYS);
-        assert!(vs.len() >= (r + 1) * KEYS);
-    }
-    for d0 in (0..hd).step_by(32) {
-        let mut a = [[_mm256_setzero_ps(); 4]; H];
-        for i in 0..H {
-            for (x, p) in a[i]
-                .iter_mut()
-                .zip((0..4).map(|q| rows[i] * hd + d0 + 8 * q))
-            {
-                *x = _mm256_loadu_ps(acc.as_ptr().add(p));
-            }
-        }
-        for j in keys.clone() {
-            let vp = vf.as_ptr().add(j * hd + d0);
-            let v: [__m256; 4] = std::array::from_fn(|q| _mm256_loadu_ps(vp.add(8 * q)));
-            for i in 0..H {
-                let msj = *ms.get_unchecked(rows[i] * KEYS + j);
-                if msj != 1.0 {
-                    let s = _mm256_set1_ps(msj);
-                    for x in a[i].iter_mut() {
-                        *x = round16x8(_mm256_mul_ps(*x, s));
-                    }
-                }
-                let s = _mm256_set1_ps(*vs.get_unchecked(rows[i] * KEYS + j));
-                for (x, &vq) in a[i].iter_mut().zip(&v) {
-                    *x = round16x8(_mm256_fmadd_ps(vq, s, *x));
-                }
-            }
-        }
-        for i in 0..H {
-            for (x, p) in a[i].iter().zip((0..4).map(|q| rows[i] * hd + d0 + 8 * q)) {
-                _mm256_storeu_ps(acc.as_mut_ptr().add(p), *x);
-            }
-        }
-    }
-}
-
-/// The AVX-512 form of `values256`: 64 dims of a row per 4 zmm (per 16 dims one FMA and
-/// the two 2-uop conversions of the f16 rounding, against 2 x 5 uops in ymm), same operations
-/// per element.
+/// `round16x8` for 16 f32.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 #[inline]
-#[allow(clippy::too_many_arguments)] // `values`' operands
-unsafe fn values512<const H: usize>(
-    acc: &mut [f32],
-    rows: [usize; H],
-    vf: &[f32],
-    ms: &[f32],
-    vs: &[f32],
-    keys: std::ops::Range<usize>,
-    hd: usize,
-) {
-    assert!(keys.end <= KEYS && vf.len() >= KEYS * hd && hd.is_multiple_of(64));
-    for &r in &rows {
-        assert!(acc.len() >= (r + 1) * hd && ms.len() >= (r + 1) * KEYS);
-        assert!(vs.len() >= (r + 1) * KEYS);
-    }
-    let round16 = |x: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<0>(x));
-    for d0 in (0..hd).step_by(64) {
-        let mut a = [[_mm512_setzero_ps(); 4]; H];
-        for i in 0..H {
-            for (x, p) in a[i]
-                .iter_mut()
-                .zip((0..4).map(|q| rows[i] * hd + d0 + 16 * q))
-            {
-                *x = _mm512_loadu_ps(acc.as_ptr().add(p));
+unsafe fn round16x16(x: __m512) -> __m512 {
+    _mm512_cvtph_ps(_mm512_cvtps_ph::<0>(x))
+}
+
+/// One vector width's value-update kernel `$name::<H>`: the value updates of rows `rows` over
+/// the widened value rows `keys` of `vf`: per key, `acc = f16(acc * ms)` where the softmax
+/// rescaled, then `acc = f16(fma(v, vs, acc))`, 4 vectors of a row at a time with the
+/// accumulators in registers as f32 vectors of f16 values. Row `r`'s accumulator is
+/// `acc[r * hd ..]`, its weights `ms[r * KEYS ..]`, `vs[r * KEYS ..]`.
+macro_rules! values_fn {
+    (
+        $(#[$doc:meta])* $name:ident, $features:literal, $v:ty, width = $w:literal,
+        zero = $zero:ident, load = $load:ident, store = $store:ident, set1 = $set1:ident,
+        mul = $mul:ident, fma = $fma:ident, round = $round:ident
+    ) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        #[inline]
+        #[allow(clippy::too_many_arguments)] // the accumulators, the rows, the weights, the keys
+        unsafe fn $name<const H: usize>(
+            acc: &mut [f32],
+            rows: [usize; H],
+            vf: &[f32],
+            ms: &[f32],
+            vs: &[f32],
+            keys: std::ops::Range<usize>,
+            hd: usize,
+        ) {
+            const STEP: usize = 4 * $w;
+            assert!(keys.end <= KEYS && vf.len() >= KEYS * hd && hd.is_multiple_of(STEP));
+            for &r in &rows {
+                assert!(acc.len() >= (r + 1) * hd && ms.len() >= (r + 1) * KEYS);
+                assert!(vs.len() >= (r + 1) * KEYS);
             }
-        }
-        for j in keys.clone() {
-            let vp = vf.as_ptr().add(j * hd + d0);
-            let v: [__m512; 4] = std::array::from_fn(|q| _mm512_loadu_ps(vp.add(16 * q)));
-            for i in 0..H {
-                let msj = *ms.get_unchecked(rows[i] * KEYS + j);
-                if msj != 1.0 {
-                    let s = _mm512_set1_ps(msj);
-                    for x in a[i].iter_mut() {
-                        *x = round16(_mm512_mul_ps(*x, s));
+            for d0 in (0..hd).step_by(STEP) {
+                let mut a = [[$zero(); 4]; H];
+                for i in 0..H {
+                    for (x, p) in a[i].iter_mut().zip((0..4).map(|q| rows[i] * hd + d0 + $w * q)) {
+                        *x = $load(acc.as_ptr().add(p));
                     }
                 }
-                let s = _mm512_set1_ps(*vs.get_unchecked(rows[i] * KEYS + j));
-                for (x, &vq) in a[i].iter_mut().zip(&v) {
-                    *x = round16(_mm512_fmadd_ps(vq, s, *x));
+                for j in keys.clone() {
+                    let vp = vf.as_ptr().add(j * hd + d0);
+                    let v: [$v; 4] = std::array::from_fn(|q| $load(vp.add($w * q)));
+                    for i in 0..H {
+                        let msj = *ms.get_unchecked(rows[i] * KEYS + j);
+                        if msj != 1.0 {
+                            let s = $set1(msj);
+                            for x in a[i].iter_mut() {
+                                *x = $round($mul(*x, s));
+                            }
+                        }
+                        let s = $set1(*vs.get_unchecked(rows[i] * KEYS + j));
+                        for (x, &vq) in a[i].iter_mut().zip(&v) {
+                            *x = $round($fma(vq, s, *x));
+                        }
+                    }
+                }
+                for i in 0..H {
+                    for (x, p) in a[i].iter().zip((0..4).map(|q| rows[i] * hd + d0 + $w * q)) {
+                        $store(acc.as_mut_ptr().add(p), *x);
+                    }
                 }
             }
         }
-        for i in 0..H {
-            for (x, p) in a[i].iter().zip((0..4).map(|q| rows[i] * hd + d0 + 16 * q)) {
-                _mm512_storeu_ps(acc.as_mut_ptr().add(p), *x);
-            }
-        }
-    }
+    };
 }
+
+values_fn!(
+    /// In ymm: 32 dims of a row per 4 vectors.
+    values256,
+    "avx2,fma,f16c",
+    __m256,
+    width = 8,
+    zero = _mm256_setzero_ps,
+    load = _mm256_loadu_ps,
+    store = _mm256_storeu_ps,
+    set1 = _mm256_set1_ps,
+    mul = _mm256_mul_ps,
+    fma = _mm256_fmadd_ps,
+    round = round16x8
+);
+values_fn!(
+    /// In zmm: 64 dims of a row per 4 vectors (per 16 dims one FMA and the two 2-uop
+    /// conversions of the f16 rounding, against 2 x 5 uops in ymm), same operations per
+    /// element.
+    values512,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl",
+    __m512,
+    width = 16,
+    zero = _mm512_setzero_ps,
+    load = _mm512_loadu_ps,
+    store = _mm512_storeu_ps,
+    set1 = _mm512_set1_ps,
+    mul = _mm512_mul_ps,
+    fma = _mm512_fmadd_ps,
+    round = round16x16
+);
 
 macro_rules! attention_tier {
     ($modname:ident, $features:literal, $rows:literal, $values:ident) => {
@@ -442,6 +431,8 @@ macro_rules! attention_tier {
                 // Scores of the current token's heads.
                 let mut sc = vec![[0f32; KEYS]; gh];
                 let mut full = Vec::with_capacity(nr);
+                // The rows of a token that covers only part of the key block.
+                let mut part = Vec::with_capacity(gh);
                 for r in 0..nr {
                     let src = (r / gh) * b.stride + (b.heads.start + r % gh) * hd;
                     for (d, &v) in q32[r * hd..(r + 1) * hd]
@@ -517,11 +508,12 @@ macro_rules! attention_tier {
                         if own == (0..n) {
                             full.extend(t * gh..(t + 1) * gh);
                         } else {
-                            let rows: Vec<usize> = (t * gh..(t + 1) * gh).collect();
-                            values_rows(&mut acc, &rows, &vf, &ms, &vs, own, hd);
+                            part.clear();
+                            part.extend(t * gh..(t + 1) * gh);
+                            values_rows(&mut acc, &part, vf, ms, vs, own, hd);
                         }
                     }
-                    values_rows(&mut acc, &full, &vf, &ms, &vs, 0..n, hd);
+                    values_rows(&mut acc, &full, vf, ms, vs, 0..n, hd);
                     k0 += n;
                 }
                 SCRATCH.with_borrow_mut(|s| *s = scratch);
