@@ -5,17 +5,19 @@
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::workload::Prompt;
+pub use rill_history::{Drafts, Sample};
 
 /// Where and how to send.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// Base URL, e.g. `http://127.0.0.1:8080` (with or without `/v1`).
     pub base_url: String,
+    /// Sent as a bearer token when set.
     pub api_key: Option<String>,
+    /// The `model` field of every request.
     pub model: String,
     /// `chat` or `completions`.
     pub endpoint: String,
@@ -42,60 +44,18 @@ impl Target {
     }
 }
 
-/// What one request measured.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Sample {
-    pub ttft_ms: Option<f64>,
-    /// Gaps between consecutive content chunks.
-    pub itl_ms: Vec<f64>,
-    pub e2e_ms: f64,
-    pub output_tokens: usize,
-    pub error: Option<String>,
-    /// Speculative tokens the server drafted and accepted for this request, from the final
-    /// chunk's `timings` (rill: `draft_tokens`/`accepted_tokens`; llama-server:
-    /// `draft_n`/`draft_n_accepted`); `None` where the server reports none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drafts: Option<Drafts>,
-}
-
-/// Speculative-decoding counts one request reported.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
-pub struct Drafts {
-    pub drafted: usize,
-    pub accepted: usize,
-}
-
-impl Drafts {
-    /// Reads the counts from a `timings` object of rill or llama-server.
-    fn from_timings(t: &Value) -> Option<Drafts> {
-        let n = |k: &str| t.get(k).and_then(Value::as_u64).map(|x| x as usize);
-        let (d, a) = match (n("draft_tokens"), n("accepted_tokens")) {
-            (Some(d), Some(a)) => (d, a),
-            _ => (n("draft_n")?, n("draft_n_accepted").unwrap_or(0)),
-        };
-        Some(Drafts {
-            drafted: d,
-            accepted: a,
-        })
-    }
-}
-
-impl Sample {
-    pub fn ok(&self) -> bool {
-        self.error.is_none()
-    }
-
-    pub fn itl_mean_ms(&self) -> Option<f64> {
-        (!self.itl_ms.is_empty())
-            .then(|| self.itl_ms.iter().sum::<f64>() / self.itl_ms.len() as f64)
-    }
-
-    /// Output tokens per second after the first.
-    pub fn decode_tokens_per_s(&self) -> Option<f64> {
-        let ttft = self.ttft_ms?;
-        let span = (self.e2e_ms - ttft) / 1e3;
-        (self.output_tokens > 1 && span > 0.0).then(|| (self.output_tokens - 1) as f64 / span)
-    }
+/// Reads a request's speculative-decoding counts from a `timings` object of rill
+/// (`draft_tokens`/`accepted_tokens`) or llama-server (`draft_n`/`draft_n_accepted`).
+fn drafts_from_timings(t: &Value) -> Option<Drafts> {
+    let n = |k: &str| t.get(k).and_then(Value::as_u64).map(|x| x as usize);
+    let (d, a) = match (n("draft_tokens"), n("accepted_tokens")) {
+        (Some(d), Some(a)) => (d, a),
+        _ => (n("draft_n")?, n("draft_n_accepted").unwrap_or(0)),
+    };
+    Some(Drafts {
+        drafted: d,
+        accepted: a,
+    })
 }
 
 fn body(t: &Target, prompt: &Prompt, max_tokens: usize, ignore_eos: bool) -> Value {
@@ -203,7 +163,7 @@ pub async fn run_one(
                     s.error = Some(format!("stream error: {code}"));
                     continue;
                 }
-                if let Some(d) = v.get("timings").and_then(Drafts::from_timings) {
+                if let Some(d) = v.get("timings").and_then(drafts_from_timings) {
                     s.drafts = Some(d);
                 }
                 if let Some(n) = v["usage"]["completion_tokens"].as_u64() {

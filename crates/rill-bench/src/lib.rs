@@ -1,27 +1,32 @@
 //! `rill bench`: an async load generator for any OpenAI-compatible server (rill, llama-server,
 //! vLLM...). It sweeps concurrency levels with a prompt set and an arrival pattern, measures
 //! every request as a client sees it (TTFT, each inter-token gap, end to end, errors), reports
-//! percentiles and throughput, keeps every run in SQLite, and compares runs statistically.
+//! percentiles and throughput, keeps every run in SQLite, and compares runs statistically
+//! (the history and the comparison live in `rill-history`, shared with the server's
+//! dashboard, and are re-exported here as `history`, `compare` and `stats`).
 //! It has no dependency on rill's engine.
 
+#![warn(missing_docs)]
+
 pub mod client;
-pub mod compare;
-pub mod history;
 pub mod report;
 pub mod runner;
-pub mod stats;
 pub mod workload;
 
 pub use client::{Sample, Target};
-pub use history::{History, RunMeta};
+pub use rill_history::{compare, history, stats};
+pub use rill_history::{History, HistoryError, RunMeta};
 pub use runner::{LevelResult, Workload};
 
+/// Why a benchmark could not be set up or recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// A bad input: unknown prompt set, unreadable or malformed JSONL prompt file.
     #[error("{0}")]
     Usage(String),
-    #[error("history database: {0}")]
-    Db(String),
+    /// The run history (SQLite) failed.
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 /// The current git commit (short), or "unknown".

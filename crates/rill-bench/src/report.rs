@@ -5,15 +5,22 @@ use serde::Serialize;
 
 use crate::runner::LevelResult;
 
+/// Distribution summary of a set of values (nearest-rank percentiles; all 0 when empty).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct Percentiles {
+    /// Median.
     pub p50: f64,
+    /// 90th percentile.
     pub p90: f64,
+    /// 95th percentile.
     pub p95: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// Arithmetic mean.
     pub mean: f64,
 }
 
+/// Nearest-rank percentiles and the mean of `v` (order irrelevant; empty: all zeros).
 pub fn percentiles(v: &[f64]) -> Percentiles {
     if v.is_empty() {
         return Percentiles::default();
@@ -30,22 +37,36 @@ pub fn percentiles(v: &[f64]) -> Percentiles {
     }
 }
 
+/// One concurrency level's results, reduced to what the table and the JSON report show.
+/// Latencies and throughput count successful requests only.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// Concurrency level (clients, or most requests in flight).
     pub concurrency: usize,
+    /// Requests sent, failed ones included.
     pub requests: usize,
+    /// Requests that failed.
     pub errors: usize,
+    /// Failures by kind (the error text before its first `:`), with counts, in first-seen order.
     pub error_kinds: Vec<(String, usize)>,
+    /// Tokens generated over the successful requests.
     pub output_tokens: usize,
+    /// Wall time of the whole level, in seconds.
     pub wall_s: f64,
+    /// `output_tokens` per second of `wall_s`.
     pub output_tokens_per_s: f64,
+    /// Successful requests per second of `wall_s`.
     pub requests_per_s: f64,
+    /// Time to first content chunk, ms.
     pub ttft_ms: Percentiles,
+    /// Gaps between consecutive content chunks, pooled over requests, ms.
     pub itl_ms: Percentiles,
+    /// Request start to end of stream, ms.
     pub e2e_ms: Percentiles,
     /// Speculative tokens drafted and accepted over the level's requests (where the server
     /// reported them).
     pub drafted_tokens: usize,
+    /// Of `drafted_tokens`, those the server accepted.
     pub accepted_tokens: usize,
 }
 
@@ -56,6 +77,7 @@ impl Summary {
     }
 }
 
+/// Reduces one level's samples to a [`Summary`].
 pub fn summarize(r: &LevelResult) -> Summary {
     let ok: Vec<_> = r.samples.iter().filter(|s| s.ok()).collect();
     let mut kinds: Vec<(String, usize)> = Vec::new();
@@ -85,6 +107,8 @@ pub fn summarize(r: &LevelResult) -> Summary {
     }
 }
 
+/// A fixed-width text table, one row per level (throughput, TTFT/ITL/E2E percentiles), each
+/// followed by its speculation acceptance and error kinds when there are any.
 pub fn table(rows: &[Summary]) -> String {
     let mut out = format!(
         "{:>5} {:>5} {:>4} {:>9} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}\n",

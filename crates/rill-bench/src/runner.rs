@@ -14,21 +14,42 @@ use crate::workload::{Arrival, Prompt};
 /// The workload of one run.
 #[derive(Debug, Clone)]
 pub struct Workload {
+    /// Prompts sent in rotation (request `i` uses prompt `(i + offset) % len`; must not be empty).
     pub prompts: Vec<Prompt>,
+    /// `max_tokens` of every request.
     pub max_tokens: usize,
+    /// Sends `ignore_eos: true` so that every request generates `max_tokens` tokens.
     pub ignore_eos: bool,
+    /// When requests start: closed loop or Poisson arrivals.
     pub arrival: Arrival,
     /// Requests per level (ignored when `duration` is set).
     pub requests: usize,
+    /// Run each level for this long instead of a request count (`None`: use `requests`).
     pub duration: Option<Duration>,
 }
 
 /// Everything measured at one concurrency level.
 #[derive(Debug, Clone)]
 pub struct LevelResult {
+    /// The level's concurrency (at least 1).
     pub concurrency: usize,
+    /// One sample per finished request, failures included.
     pub samples: Vec<Sample>,
+    /// Wall time from the level's start until its last request ended, in seconds.
     pub wall_s: f64,
+}
+
+/// The history stores a level as its report summary and its samples.
+impl rill_history::LevelRecord for LevelResult {
+    fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+    fn summary(&self) -> serde_json::Value {
+        serde_json::to_value(crate::report::summarize(self)).unwrap_or_default()
+    }
+    fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
 }
 
 fn bar(label: &str, len: Option<usize>, quiet: bool) -> ProgressBar {

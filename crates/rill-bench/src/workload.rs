@@ -11,7 +11,9 @@ use crate::BenchError;
 /// whole chat `messages` array.
 #[derive(Debug, Clone)]
 pub enum Prompt {
+    /// Plain text.
     Text(String),
+    /// A JSON array of chat messages (`{"role", "content"}` objects), sent as-is.
     Messages(Value),
 }
 
@@ -177,5 +179,8 @@ pub enum Arrival {
     /// Each of N clients sends its next request when the previous one ends.
     Closed,
     /// Requests arrive at this mean rate per second (exponential gaps), at most N in flight.
-    Poisson { rate: f64 },
+    Poisson {
+        /// Mean arrivals per second (> 0).
+        rate: f64,
+    },
 }

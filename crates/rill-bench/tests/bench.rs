@@ -1,11 +1,9 @@
-//! The load generator against a real rill server (per-level numbers, a stored run), against a
-//! broken server (a stream without `[DONE]` is a failure), and the regression check on stored
-//! synthetic runs (flags a 25% slowdown, not a rerun of the same distribution).
+//! The load generator against a real rill server (per-level numbers, a stored run), and against
+//! a broken server (a stream without `[DONE]` is a failure). The regression check on stored
+//! synthetic runs is tested with the history, in `crates/rill-history/tests/history.rs`.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use rand::{Rng, SeedableRng};
-use rill_bench::compare::{compare, Verdict};
-use rill_bench::{report, runner, workload, History, RunMeta, Sample, Target, Workload};
+use rill_bench::{report, runner, workload, History, RunMeta, Target, Workload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn target(url: String) -> Target {
@@ -144,53 +142,4 @@ async fn a_stream_without_done_or_with_an_error_event_is_a_failure() {
         rill_bench::client::run_one(&client, &target("http://127.0.0.1:1".into()), &p, 8, false)
             .await;
     assert!(refused.error.unwrap().starts_with("connect"));
-}
-
-fn synthetic(seed: u64, n: usize, slowdown: f64) -> Vec<(usize, Sample)> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            // Skewed latencies like a real server's: a base plus an exponential tail.
-            let mut j = || 1.0 - (1.0 - rng.gen::<f64>()).ln() * 0.15;
-            let ttft = 80.0 * j() * slowdown;
-            let itl: Vec<f64> = (0..63).map(|_| 12.0 * j() * slowdown).collect();
-            let e2e = ttft + itl.iter().sum::<f64>();
-            (
-                4,
-                Sample {
-                    ttft_ms: Some(ttft),
-                    itl_ms: itl,
-                    e2e_ms: e2e,
-                    output_tokens: 64,
-                    error: None,
-                    drafts: None,
-                },
-            )
-        })
-        .collect()
-}
-
-#[test]
-fn compare_flags_a_slowdown_and_not_noise() {
-    let db = temp_db("synthetic");
-    let mut h = History::open(&db).unwrap();
-    let level = |samples: Vec<(usize, Sample)>| runner::LevelResult {
-        concurrency: 4,
-        samples: samples.into_iter().map(|(_, s)| s).collect(),
-        wall_s: 10.0,
-    };
-    let meta = RunMeta::default();
-    let a = h.store(&meta, &[level(synthetic(1, 40, 1.0))]).unwrap();
-    let a2 = h.store(&meta, &[level(synthetic(2, 40, 1.0))]).unwrap();
-    let slow = h.store(&meta, &[level(synthetic(3, 40, 1.25))]).unwrap();
-    let same = compare(&h.samples(a).unwrap(), &h.samples(a2).unwrap(), 0.01);
-    assert!(!same.is_empty());
-    assert!(same.iter().all(|d| d.verdict == Verdict::Same), "{same:#?}");
-    let worse = compare(&h.samples(a).unwrap(), &h.samples(slow).unwrap(), 0.01);
-    for m in ["ttft_ms", "itl_mean_ms", "e2e_ms", "decode_tokens_per_s"] {
-        let d = worse.iter().find(|d| d.metric == m).unwrap();
-        assert_eq!(d.verdict, Verdict::Regression, "{d:?}");
-    }
-    let better = compare(&h.samples(slow).unwrap(), &h.samples(a).unwrap(), 0.01);
-    assert!(better.iter().all(|d| d.verdict == Verdict::Better));
 }

@@ -173,7 +173,7 @@ fn measured_step(e: &mut Engine, items: &[StepItem<'_>]) {
 }
 
 fn attention(hd: usize, group: usize, run: usize) {
-    use rill_engine::quant::scalar::{AttendBlock, KvRows};
+    use rill_engine::nn::attention::{AttendBlock, KvRows};
     let tier = std::env::var("PROBE_KERNELS").unwrap_or_else(|_| "avx2".into());
     let k = Kernels::by_name(&tier).expect("a CPU with that tier");
     const N: usize = 512;
@@ -213,9 +213,9 @@ fn attention(hd: usize, group: usize, run: usize) {
                 };
                 let o = &mut out[toks.start * stride..toks.end * stride];
                 if run == 1 {
-                    (k.attend)(b.q, 0..group, hd, 0.125, &b.kv, o);
+                    k.attend(b.q, 0..group, hd, 0.125, &b.kv, o);
                 } else {
-                    (k.attend_block)(&b, o);
+                    k.attend_block(&b, o);
                 }
             }
             reps += 1;

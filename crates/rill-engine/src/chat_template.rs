@@ -8,13 +8,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 
+/// One message of a conversation, as the template sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChatMessage {
+    /// `system`, `user`, `assistant` (whatever the template knows).
     pub role: String,
+    /// The message text.
     pub content: String,
 }
 
 impl ChatMessage {
+    /// A message from `role`.
     pub fn new(role: &str, content: &str) -> Self {
         Self {
             role: role.into(),
@@ -62,6 +66,8 @@ impl ChatTemplate {
         Ok(env)
     }
 
+    /// Renders `messages`, ending with the assistant turn's opening when `add_generation_prompt`.
+    /// Fails with [`EngineError::NoChatTemplate`] without a template.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let env = self.env.as_ref().ok_or(EngineError::NoChatTemplate)?;
         let tmpl = env

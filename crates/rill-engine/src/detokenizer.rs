@@ -6,11 +6,13 @@
 /// What one pushed token released.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Released {
+    /// Text safe to show: whole characters, no possible stop-sequence prefix.
     pub text: String,
     /// A stop sequence matched: generation must end; `text` is everything before it.
     pub stopped: Option<String>,
 }
 
+/// The streaming decoder of one generation (see the module doc).
 #[derive(Debug, Default)]
 pub struct Detokenizer {
     stops: Vec<String>,
@@ -22,6 +24,7 @@ pub struct Detokenizer {
 }
 
 impl Detokenizer {
+    /// A decoder that ends at the first of `stops` (empty ones ignored).
     pub fn new(stops: Vec<String>) -> Self {
         Self {
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
@@ -29,6 +32,7 @@ impl Detokenizer {
         }
     }
 
+    /// Takes one token's bytes; returns the text they release (nothing once stopped).
     pub fn push(&mut self, bytes: &[u8]) -> Released {
         if self.finished {
             return Released::default();
@@ -61,7 +65,8 @@ impl Detokenizer {
                     let valid = e.valid_up_to();
                     // SAFETY-free: from_utf8 validated this prefix.
                     self.held.push_str(
-                        std::str::from_utf8(&self.pending[start..start + valid]).unwrap_or(""),
+                        std::str::from_utf8(&self.pending[start..start + valid])
+                            .expect("from_utf8 validated the prefix up to valid_up_to()"),
                     );
                     match e.error_len() {
                         Some(n) => {

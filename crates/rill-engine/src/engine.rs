@@ -35,17 +35,21 @@ pub struct EngineConfig {
 /// One sequence's share of a step: `tokens` are appended at the sequence's current length.
 #[derive(Debug, Clone)]
 pub struct StepItem<'a> {
+    /// The sequence (added with [`Engine::add_sequence`]).
     pub seq: SeqId,
+    /// Token ids to append and compute.
     pub tokens: &'a [u32],
     /// Return logits for the last `logits` tokens of this item (0: none; 1: the next-token
     /// distribution; more: one row per position, as speculative verification needs).
     pub logits: usize,
 }
 
+/// A loaded model ready to run steps (see the module doc).
 pub struct Engine {
     model: Model,
     /// Shared so request handlers can tokenize while the engine thread runs.
     pub tokenizer: Arc<Tokenizer>,
+    /// The model's chat template (or the configured one).
     pub chat_template: Arc<ChatTemplate>,
     kv: KvCache,
     pool: ThreadPool,
@@ -55,6 +59,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Loads a GGUF model and sizes the KV cache, thread pool and kernels by `cfg`.
     pub fn load(path: &Path, cfg: &EngineConfig) -> Result<Self> {
         let gguf = GgufFile::open(path)?;
         let model = Model::load(&gguf)?;
@@ -115,14 +120,17 @@ impl Engine {
         })
     }
 
+    /// The model's hyperparameters.
     pub fn config(&self) -> &ModelConfig {
         self.model.config()
     }
 
+    /// The kernel set the forward pass runs on.
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
     }
 
+    /// Compute threads, the engine thread included.
     pub fn threads(&self) -> usize {
         self.pool.n_threads()
     }
@@ -132,6 +140,7 @@ impl Engine {
         self.pool.solo_spells()
     }
 
+    /// Bytes of the weight tensors in the file.
     pub fn weight_bytes(&self) -> usize {
         self.model.weight_bytes()
     }
@@ -141,10 +150,12 @@ impl Engine {
         self.model.repacked_bytes()
     }
 
+    /// KV block pool usage.
     pub fn kv_stats(&self) -> KvStats {
         self.kv.stats()
     }
 
+    /// Starts an empty sequence (fails if `seq` exists).
     pub fn add_sequence(&mut self, seq: SeqId) -> Result<()> {
         self.kv.add_sequence(seq)
     }
@@ -154,6 +165,7 @@ impl Engine {
         self.kv.free_sequence(seq)
     }
 
+    /// Tokens in the KV cache of `seq`; None if it does not exist.
     pub fn seq_len(&self, seq: SeqId) -> Option<usize> {
         self.kv.seq_len(seq)
     }
@@ -232,7 +244,12 @@ impl Engine {
         let mut tables: Vec<Vec<BlockId>> = Vec::with_capacity(items.len());
         for (i, it) in items.iter().enumerate() {
             let start = self.kv.extend(it.seq, it.tokens)?;
-            tables.push(self.kv.block_table(it.seq).unwrap_or(&[]).to_vec());
+            tables.push(
+                self.kv
+                    .block_table(it.seq)
+                    .expect("a sequence that `extend` just grew has a block table")
+                    .to_vec(),
+            );
             for (j, &t) in it.tokens.iter().enumerate() {
                 tokens.push(t);
                 positions.push(start + j);
@@ -270,14 +287,27 @@ pub struct StepLogits<'a> {
 }
 
 impl<'a> StepLogits<'a> {
+    /// Rows of `vocab` logits laid out one after another (for backends other than [`Engine`]).
+    pub fn new(data: &'a [f32], vocab: usize) -> Self {
+        assert!(
+            vocab > 0 && data.len().is_multiple_of(vocab),
+            "logit rows: {} values are not whole rows of {vocab}",
+            data.len()
+        );
+        Self { data, vocab }
+    }
+
+    /// Rows.
     pub fn len(&self) -> usize {
         self.data.len() / self.vocab.max(1)
     }
 
+    /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
 
+    /// Row `i`: the logits of one position (in item and position order).
     pub fn row(&self, i: usize) -> &'a [f32] {
         &self.data[i * self.vocab..(i + 1) * self.vocab]
     }

@@ -10,10 +10,14 @@ use crate::error::Result;
 use crate::kv_cache::SeqId;
 use crate::sampler::{SampledToken, Sampler, SamplingParams};
 
+/// How [`generate`] runs.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
+    /// Tokens to generate at most.
     pub max_tokens: usize,
+    /// How tokens are picked.
     pub sampling: SamplingParams,
+    /// Text that ends generation (not included in the output).
     pub stop: Vec<String>,
     /// Prompt tokens per prefill step.
     pub prefill_chunk: usize,
@@ -30,6 +34,7 @@ impl Default for GenerateOptions {
     }
 }
 
+/// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
     /// End-of-sequence token or a stop sequence.
@@ -38,13 +43,20 @@ pub enum FinishReason {
     Length,
 }
 
+/// The result of [`generate`].
 #[derive(Debug, Clone)]
 pub struct Generation {
+    /// The generated tokens (a stop token included).
     pub tokens: Vec<SampledToken>,
+    /// The generated text, up to any stop sequence.
     pub text: String,
+    /// Why it ended.
     pub finish: FinishReason,
+    /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Time to the first generated token.
     pub ttft: Duration,
+    /// Time for the whole generation.
     pub total: Duration,
 }
 
@@ -115,7 +127,7 @@ fn run(
             finish = FinishReason::Stop;
             break;
         }
-        if tokens.len() >= opts.max_tokens || engine.seq_len(seq).unwrap_or(0) + 1 > n_ctx {
+        if tokens.len() >= opts.max_tokens || seq_len(engine, seq) + 1 > n_ctx {
             break;
         }
         let out = engine.step(&[StepItem {
@@ -139,4 +151,11 @@ fn run(
         ttft,
         total: start.elapsed(),
     })
+}
+
+/// The length of `seq`, which [`generate`] added and frees only after [`run`] returns.
+fn seq_len(engine: &Engine, seq: SeqId) -> usize {
+    engine
+        .seq_len(seq)
+        .expect("generate's sequence lives until run returns")
 }

@@ -35,9 +35,11 @@ pub const BLOCK_TOKENS: usize = 16;
 /// windowed layers keep this many keys beyond the window.
 pub const ROLLBACK_SLACK: usize = BLOCK_TOKENS;
 
+/// A sequence of the KV cache (a request's context), named by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeqId(pub u64);
 
+/// A logical block of [`BLOCK_TOKENS`] token slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BlockId(pub u32);
 
@@ -47,6 +49,7 @@ const NO_PAGE: u32 = u32::MAX;
 /// Pool usage, for schedulers and metrics. Block counts are block equivalents: pages / layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct KvStats {
+    /// Block equivalents in the pool.
     pub total_blocks: usize,
     /// Free pages, in block equivalents.
     pub free_blocks: usize,
@@ -54,11 +57,13 @@ pub struct KvStats {
     pub evictable_blocks: usize,
     /// Blocks registered in the prefix cache (shared or evictable).
     pub cached_blocks: usize,
+    /// Tokens per block ([`BLOCK_TOKENS`]).
     pub block_tokens: usize,
     /// Bytes of one block equivalent (a page per layer).
     pub bytes_per_block: usize,
     /// The element format of keys and values.
     pub kv_type: KvType,
+    /// Live sequences.
     pub sequences: usize,
     /// Cumulative blocks reused from the prefix cache instead of being recomputed.
     pub prefix_hit_blocks: u64,
@@ -66,6 +71,7 @@ pub struct KvStats {
     pub evictions: u64,
     /// Pages in the pool (one layer's block each) and how many are free.
     pub total_pages: usize,
+    /// Pages free now (not counting evictable ones).
     pub free_pages: usize,
     /// Cumulative windowed-layer pages returned because every window had moved past them.
     pub window_pages_released: u64,
@@ -86,10 +92,13 @@ impl KvStats {
 /// Geometry and format of the cache.
 #[derive(Debug, Clone, Copy)]
 pub struct KvLayout {
+    /// Transformer layers (one page each per block).
     pub n_layers: usize,
     /// n_kv_heads * head_dim
     pub kv_dim: usize,
+    /// Elements per KV head.
     pub head_dim: usize,
+    /// The element format of keys and values.
     pub kv_type: KvType,
 }
 
@@ -153,7 +162,9 @@ struct CachedBlock {
     tokens: [u32; BLOCK_TOKENS],
 }
 
+/// The block pool, the sequences' block tables and the prefix cache (see the module doc).
 pub struct KvCache {
+    /// Geometry and format.
     pub layout: KvLayout,
     /// Keys and values of every page, `BLOCK_TOKENS` token slots each.
     store: KvStore,
@@ -238,6 +249,7 @@ impl KvCache {
         })
     }
 
+    /// Pool usage now.
     pub fn stats(&self) -> KvStats {
         let l = self.layout.n_layers.max(1);
         let available = self.available_pages() / l;
@@ -302,6 +314,7 @@ impl KvCache {
             .all(|&l| self.pages[self.page_index(b, l)] != NO_PAGE)
     }
 
+    /// Starts an empty sequence ([`EngineError::DuplicateSequence`] if `id` exists).
     pub fn add_sequence(&mut self, id: SeqId) -> Result<()> {
         if self.seqs.contains_key(&id) {
             return Err(EngineError::DuplicateSequence(id.0));
@@ -378,7 +391,7 @@ impl KvCache {
         let s = self
             .seqs
             .get_mut(&id)
-            .ok_or(EngineError::UnknownSequence(id.0))?;
+            .expect("attach_prefix looked the sequence up above");
         for &(b, h) in &found {
             s.blocks.push(b);
             s.hashes.push(h);
@@ -395,7 +408,8 @@ impl KvCache {
     /// rollback leaves the cache as if those tokens had never been computed; a kept partial
     /// block that is still shared is copied first. A sequence with windowed layers can go back
     /// at most [`ROLLBACK_SLACK`] tokens past what its window released; further is refused
-    /// (nothing changed).
+    /// (nothing changed), as is a rollback whose shared partial block cannot get the pages of
+    /// its copy ([`EngineError::OutOfBlocks`]).
     pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
         let s = self
             .seqs
@@ -421,6 +435,27 @@ impl KvCache {
                 s.len()
             )));
         }
+        // A kept partial block that stays shared is copied below: refuse now, before anything
+        // changes, if the pool cannot give the copy its pages even with what the dropped
+        // blocks return (the sequence would otherwise be left truncated onto a shared block).
+        let layers = self.layout.n_layers;
+        if !len.is_multiple_of(BLOCK_TOKENS) && self.after_unregister(s.blocks[keep - 1]).0 > 1 {
+            let returned: usize = s.blocks[keep..]
+                .iter()
+                .filter(|&&b| match self.after_unregister(b) {
+                    (1, _) => true,        // freed
+                    (2, cached) => cached, // left to the prefix cache alone: evictable
+                    _ => false,
+                })
+                .map(|&b| self.present_pages(b))
+                .sum();
+            if self.available_pages() + returned < layers {
+                return Err(EngineError::OutOfBlocks {
+                    needed: 1,
+                    free: self.available_pages() / layers,
+                });
+            }
+        }
         let losing: Vec<BlockId> = s.blocks[len / BLOCK_TOKENS..].to_vec();
         let covered_again: Vec<BlockId> = s.blocks[back].to_vec();
         for b in losing {
@@ -432,7 +467,7 @@ impl KvCache {
         let s = self
             .seqs
             .get_mut(&id)
-            .ok_or(EngineError::UnknownSequence(id.0))?;
+            .expect("truncate looked the sequence up above");
         s.window_from = old_from.min(need);
         s.tokens.truncate(len);
         s.hashes.truncate(len / BLOCK_TOKENS);
@@ -452,10 +487,20 @@ impl KvCache {
         }
         if let Some(b) = partial {
             if self.refcount[b.0 as usize] > 1 {
-                self.copy_on_write(id, keep - 1)?;
+                self.copy_on_write(id, keep - 1);
             }
         }
         Ok(())
+    }
+
+    /// Block `b`'s references and whether it stays cached once [`Self::unregister_private`]
+    /// has run on it.
+    fn after_unregister(&self, b: BlockId) -> (u32, bool) {
+        let i = b.0 as usize;
+        match (self.refcount[i], self.block_hash[i].is_some()) {
+            (2, true) => (1, false),
+            (n, cached) => (n, cached),
+        }
     }
 
     /// Takes block `b` out of the prefix cache if it is registered and one sequence is its only
@@ -471,17 +516,15 @@ impl KvCache {
         }
     }
 
-    /// Replaces block `idx` of a sequence by a private copy.
-    fn copy_on_write(&mut self, id: SeqId, idx: usize) -> Result<()> {
+    /// Replaces block `idx` of a sequence by a private copy. The caller checked that the pool
+    /// has the copy's pages.
+    fn copy_on_write(&mut self, id: SeqId, idx: usize) {
         let layers = self.layout.n_layers;
-        if self.available_pages() < layers {
-            return Err(EngineError::OutOfBlocks { needed: 1, free: 0 });
-        }
         let new = self.take_block();
         let s = self
             .seqs
             .get_mut(&id)
-            .ok_or(EngineError::UnknownSequence(id.0))?;
+            .expect("copy_on_write's caller holds the sequence");
         let old = std::mem::replace(&mut s.blocks[idx], new);
         let covered = idx >= s.window_from;
         for l in 0..layers {
@@ -499,7 +542,6 @@ impl KvCache {
             self.window_holders[new.0 as usize] += 1;
         }
         self.release(old);
-        Ok(())
     }
 
     /// A free page, evicting the least recently used cached block if none is free. The caller
@@ -508,7 +550,9 @@ impl KvCache {
         while self.free_pages.is_empty() && self.evict_lru() {
             self.evictions += 1;
         }
-        self.free_pages.pop().unwrap_or(0)
+        self.free_pages
+            .pop()
+            .expect("callers check available_pages() before taking pages")
     }
 
     /// Frees the least recently used evictable block; false if there is none.
@@ -596,11 +640,12 @@ impl KvCache {
     }
 
     /// Moves the sequence's window forward: blocks it has left lose a holder, and a block with
-    /// no holder left returns its windowed layers' pages.
+    /// no holder left returns its windowed layers' pages. The caller checked that `id` exists.
     fn slide_window(&mut self, id: SeqId) {
-        let Some(s) = self.seqs.get(&id) else {
-            return;
-        };
+        let s = self
+            .seqs
+            .get(&id)
+            .expect("slide_window's caller checked the sequence");
         let range = self.out_of_window(s);
         if range.is_empty() {
             return;
@@ -620,15 +665,18 @@ impl KvCache {
                 }
             }
         }
-        if let Some(s) = self.seqs.get_mut(&id) {
-            s.window_from = range.end;
-        }
+        self.seqs
+            .get_mut(&id)
+            .expect("slide_window looked the sequence up above")
+            .window_from = range.end;
     }
 
+    /// Tokens of sequence `id`; None if it does not exist.
     pub fn seq_len(&self, id: SeqId) -> Option<usize> {
         self.seqs.get(&id).map(|s| s.len())
     }
 
+    /// Whether sequence `id` exists.
     pub fn contains(&self, id: SeqId) -> bool {
         self.seqs.contains_key(&id)
     }
@@ -680,9 +728,10 @@ impl KvCache {
                 free: self.available_pages() / layers,
             });
         }
-        let Some(s) = self.seqs.get(&id) else {
-            return Err(EngineError::UnknownSequence(id.0));
-        };
+        let s = self
+            .seqs
+            .get(&id)
+            .expect("extend checked the sequence above");
         let n_new = (s.len() + tokens.len())
             .div_ceil(BLOCK_TOKENS)
             .saturating_sub(s.blocks.len());
@@ -692,9 +741,10 @@ impl KvCache {
                 self.window_holders[b.0 as usize] += 1;
             }
         }
-        let Some(s) = self.seqs.get_mut(&id) else {
-            return Err(EngineError::UnknownSequence(id.0));
-        };
+        let s = self
+            .seqs
+            .get_mut(&id)
+            .expect("extend checked the sequence above");
         s.blocks.extend(new_blocks);
         let start = s.len();
         let mut filled = Vec::new();
@@ -893,6 +943,33 @@ mod tests {
         assert_drains(&mut kv, 1..=2);
     }
 
+    /// A rollback into a block another sequence shares needs a copy of it; with no page left
+    /// for the copy it is refused and changes nothing. (It used to drop the tokens first and
+    /// fail at the copy, leaving the sequence to append into the shared block.)
+    #[test]
+    fn rollback_without_room_for_the_copy_changes_nothing() {
+        let mut kv = cache(3);
+        let prompt = toks(33, 1);
+        kv.add_sequence(SeqId(1)).unwrap();
+        kv.extend(SeqId(1), &prompt[..32]).unwrap();
+        kv.add_sequence(SeqId(2)).unwrap();
+        assert_eq!(kv.attach_prefix(SeqId(2), &prompt).unwrap(), 32);
+        kv.extend(SeqId(2), &prompt[32..]).unwrap();
+        assert_eq!(kv.stats().available_blocks(), 0);
+        let table = kv.block_table(SeqId(1)).unwrap().to_vec();
+        assert!(matches!(
+            kv.truncate(SeqId(1), 20),
+            Err(EngineError::OutOfBlocks { .. })
+        ));
+        assert_eq!(kv.seq_len(SeqId(1)), Some(32));
+        assert_eq!(kv.block_table(SeqId(1)).unwrap(), &table[..]);
+        // Once the other holder is gone the block is private again: no copy needed.
+        kv.free_sequence(SeqId(2));
+        kv.truncate(SeqId(1), 20).unwrap();
+        assert_eq!(kv.block_table(SeqId(1)).unwrap(), &table[..2]);
+        assert_drains(&mut kv, 1..=2);
+    }
+
     /// Two layers, one with a 32-token window: pages of blocks every window has left return
     /// to the pool, the global layer keeps its pages, and the budget counts what is left.
     #[test]
@@ -949,5 +1026,374 @@ mod tests {
         kv.add_sequence(SeqId(4)).unwrap();
         assert_eq!(kv.attach_prefix(SeqId(4), &other).unwrap(), 48);
         assert_drains(&mut kv, 1..=4);
+    }
+
+    /// The key and value row written for token `t` at position `p` (exact in f16).
+    fn marker(t: u32, p: usize) -> Vec<f32> {
+        vec![t as f32, p as f32, -(t as f32), 0.5]
+    }
+
+    /// Everything the cache maintains incrementally, recomputed from scratch and compared:
+    /// the sequences against `model` (what the test appended and truncated), reference counts,
+    /// the free lists, page ownership, the prefix registry, the LRU of evictable blocks, window
+    /// holders, and the keys and values of every position still held.
+    fn check_invariants(kv: &KvCache, model: &HashMap<SeqId, Vec<u32>>, ctx: &str) {
+        let nb = kv.refcount.len();
+        let layers = kv.layout.n_layers;
+        assert!(
+            kv.pages.len() == nb * layers
+                && kv.window_holders.len() == nb
+                && kv.block_hash.len() == nb
+                && kv.last_use.len() == nb,
+            "{ctx}: per-block tables out of step"
+        );
+        assert_eq!(kv.seqs.len(), model.len(), "{ctx}: live sequences");
+        // Per block: sequences holding it, and sequences whose window covers it.
+        let mut held = vec![0u32; nb];
+        let mut covering = vec![0u32; nb];
+        for (id, s) in &kv.seqs {
+            let ctx = format!("{ctx}: sequence {}", id.0);
+            let want = model
+                .get(id)
+                .unwrap_or_else(|| panic!("{ctx} is unknown to the test"));
+            assert_eq!(&s.tokens, want, "{ctx}: tokens");
+            assert_eq!(
+                s.blocks.len(),
+                s.len().div_ceil(BLOCK_TOKENS),
+                "{ctx}: blocks"
+            );
+            // The chain hashes are those of the sequence's own tokens.
+            let mut h = ROOT_HASH;
+            let chunks = s.tokens.chunks_exact(BLOCK_TOKENS);
+            assert_eq!(s.hashes.len(), chunks.len(), "{ctx}: hashes");
+            for (i, chunk) in chunks.enumerate() {
+                h = chain_hash(h, chunk);
+                assert_eq!(s.hashes[i], h, "{ctx}: hash of block {i}");
+            }
+            for (i, &b) in s.blocks.iter().enumerate() {
+                let bi = b.0 as usize;
+                assert!(!s.blocks[..i].contains(&b), "{ctx}: holds block {bi} twice");
+                held[bi] += 1;
+                // A block in the prefix cache holds this sequence's prefix up to its end.
+                if let Some(hb) = kv.block_hash[bi] {
+                    assert!(
+                        i < s.hashes.len() && s.hashes[i] == hb,
+                        "{ctx}: block {i} is cached under another prefix"
+                    );
+                }
+                if kv.window.is_some() && i >= s.window_from {
+                    covering[bi] += 1;
+                    assert!(
+                        kv.has_window_pages(b),
+                        "{ctx}: its window covers block {i}, which lost its windowed pages"
+                    );
+                }
+            }
+            // The block the next token is written into is the sequence's alone.
+            if !s.len().is_multiple_of(BLOCK_TOKENS) {
+                let last = s.blocks[s.blocks.len() - 1];
+                assert_eq!(
+                    kv.refcount[last.0 as usize], 1,
+                    "{ctx}: its partial block {} is shared",
+                    last.0
+                );
+            }
+            assert!(
+                s.window_from <= kv.first_needed_block(s.len()),
+                "{ctx}: the window starts past what its next query sees"
+            );
+            // Every position's rows are the ones written for it: shared blocks were never
+            // written over, copies carried their content.
+            for (p, &t) in s.tokens.iter().enumerate() {
+                let b = s.blocks[p / BLOCK_TOKENS];
+                for l in 0..layers {
+                    let page = kv.pages[kv.page_index(b, l)];
+                    if page == NO_PAGE {
+                        assert!(
+                            kv.windowed.contains(&l) && p / BLOCK_TOKENS < s.window_from,
+                            "{ctx}: position {p} lost its layer {l} page"
+                        );
+                        continue;
+                    }
+                    let (k, v) = kv
+                        .store
+                        .rows_f16(page as usize * BLOCK_TOKENS + p % BLOCK_TOKENS);
+                    assert!(
+                        k == marker(t, p) && v == marker(t, p),
+                        "{ctx}: position {p} layer {l} holds {k:?} / {v:?}, wrote token {t}"
+                    );
+                }
+            }
+        }
+        // Reference counts: the sequences holding a block, plus one while it is cached.
+        for b in 0..nb {
+            let cached = u32::from(kv.block_hash[b].is_some());
+            assert_eq!(
+                kv.refcount[b],
+                held[b] + cached,
+                "{ctx}: block {b}: {} sequences, cached {cached}",
+                held[b]
+            );
+            assert_eq!(
+                kv.window_holders[b], covering[b],
+                "{ctx}: block {b} window holders"
+            );
+        }
+        // Free block ids: each listed once, exactly the unreferenced blocks, which hold no
+        // pages and are not cached; a live block keeps its global layers' pages.
+        let mut listed = vec![false; nb];
+        for &b in &kv.free_block_ids {
+            assert!(
+                !listed[b.0 as usize],
+                "{ctx}: block {} listed free twice",
+                b.0
+            );
+            listed[b.0 as usize] = true;
+        }
+        for (b, &free) in listed.iter().enumerate() {
+            let id = BlockId(b as u32);
+            assert_eq!(
+                free,
+                kv.refcount[b] == 0,
+                "{ctx}: block {b} free vs referenced"
+            );
+            if free {
+                assert_eq!(kv.present_pages(id), 0, "{ctx}: free block {b} holds pages");
+                assert!(
+                    kv.block_hash[b].is_none(),
+                    "{ctx}: free block {b} is cached"
+                );
+            } else {
+                for l in (0..layers).filter(|l| !kv.windowed.contains(l)) {
+                    let page = kv.pages[kv.page_index(id, l)];
+                    assert_ne!(page, NO_PAGE, "{ctx}: block {b} lost its layer {l} page");
+                }
+            }
+        }
+        // Pages: each is free or the page of exactly one (block, layer), so free + held ==
+        // total.
+        let mut owners = vec![0u32; kv.total_pages];
+        for &p in kv.free_pages.iter().chain(&kv.pages) {
+            if p != NO_PAGE {
+                owners[p as usize] += 1;
+            }
+        }
+        assert!(
+            owners.iter().all(|&n| n == 1),
+            "{ctx}: a page is lost or has two owners"
+        );
+        // The prefix registry: hash and block name each other, the block is live, the key is
+        // the chain hash of the entry's parent and tokens.
+        for (h, c) in &kv.prefix {
+            let b = c.block.0 as usize;
+            assert_eq!(
+                kv.block_hash[b],
+                Some(*h),
+                "{ctx}: entry {h:x} -> block {b}"
+            );
+            assert!(kv.refcount[b] >= 1, "{ctx}: entry {h:x} -> free block {b}");
+            assert_eq!(
+                chain_hash(c.parent, &c.tokens),
+                *h,
+                "{ctx}: entry {h:x} content"
+            );
+        }
+        for (b, h) in kv.block_hash.iter().enumerate() {
+            if let Some(h) = h {
+                let entry = kv.prefix.get(h).map(|c| c.block.0 as usize);
+                assert_eq!(entry, Some(b), "{ctx}: block {b} cached under {h:x}");
+            }
+        }
+        // The LRU holds exactly the cached blocks no sequence holds, by last use, and the
+        // evictable page count is theirs.
+        let lru: BTreeSet<(u64, u32)> = (0..nb)
+            .filter(|&b| kv.refcount[b] == 1 && kv.block_hash[b].is_some())
+            .map(|b| (kv.last_use[b], b as u32))
+            .collect();
+        assert_eq!(kv.lru, lru, "{ctx}: evictable blocks");
+        let evictable: usize = lru.iter().map(|&(_, b)| kv.present_pages(BlockId(b))).sum();
+        assert_eq!(kv.evictable_pages, evictable, "{ctx}: evictable pages");
+        let st = kv.stats();
+        assert_eq!(
+            (st.free_pages, st.sequences, st.cached_blocks),
+            (kv.free_pages.len(), kv.seqs.len(), kv.prefix.len()),
+            "{ctx}: stats"
+        );
+        assert_eq!(st.available_blocks(), kv.available_pages() / layers.max(1));
+    }
+
+    /// Appends `toks` to `id` as the engine does (reserve, then write every layer's rows), or
+    /// checks that a refusal changed nothing. Returns whether it was appended.
+    fn append(
+        kv: &mut KvCache,
+        model: &mut HashMap<SeqId, Vec<u32>>,
+        id: SeqId,
+        toks: &[u32],
+        ctx: &str,
+    ) -> bool {
+        let table = kv.block_table(id).map(<[BlockId]>::to_vec);
+        let fits = kv.blocks_needed(id, toks.len()) <= kv.stats().available_blocks();
+        match kv.extend(id, toks) {
+            Ok(start) => {
+                assert_eq!(start, model[&id].len(), "{ctx}: first position");
+                let table = kv
+                    .block_table(id)
+                    .map(<[BlockId]>::to_vec)
+                    .unwrap_or_default();
+                for (j, &t) in toks.iter().enumerate() {
+                    let m = marker(t, start + j);
+                    for l in 0..kv.layout.n_layers {
+                        kv.write(&Kernels::scalar(), l, &[&table], &[start + j], &m, &m);
+                    }
+                }
+                model.entry(id).or_default().extend_from_slice(toks);
+                true
+            }
+            Err(EngineError::OutOfBlocks { .. }) => {
+                assert!(!fits, "{ctx}: refused what blocks_needed said fits");
+                assert_eq!(kv.block_table(id).map(<[BlockId]>::to_vec), table, "{ctx}");
+                false
+            }
+            Err(e) => panic!("{ctx}: {e}"),
+        }
+    }
+
+    /// Seeded random traffic (new sequences that share prefixes with a stem or fork a live
+    /// sequence through the prefix cache, decode and prefill appends, rollbacks, frees, cache
+    /// clears) in a pool small enough that appends are refused and cached blocks evicted; the
+    /// invariants are checked after every operation, and at the end every page is free.
+    /// Returns counts of (prefix hits, evictions, refused appends, copies of shared blocks,
+    /// refused rollbacks).
+    fn random_traffic(seed: u64, windows: &[Option<usize>], blocks: usize) -> [u64; 5] {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut kv = KvCache::new(layout(windows.len()), windows, blocks).unwrap();
+        let stems: Vec<Vec<u32>> = (0..3)
+            .map(|_| (0..96).map(|_| rng.gen_range(0..40)).collect())
+            .collect();
+        let mut model: HashMap<SeqId, Vec<u32>> = HashMap::new();
+        let (mut next, mut refused, mut copies, mut kept) = (0u64, 0u64, 0u64, 0u64);
+        for step in 0..2500 {
+            let mut live: Vec<SeqId> = model.keys().copied().collect();
+            live.sort();
+            let any = live.get(rng.gen_range(0..live.len().max(1))).copied();
+            let op = rng.gen_range(0..100);
+            let ctx = format!("seed {seed} windows {windows:?} step {step} op {op}");
+            match (op, any) {
+                // A new sequence: a stem's or a live sequence's prefix (a fork) and a tail of
+                // its own, attached through the prefix cache as far as cached, then prefilled.
+                (0..=19, _) if live.len() < 8 => {
+                    let base = match any {
+                        Some(id) if rng.gen_bool(0.4) => model[&id].clone(),
+                        _ => stems[rng.gen_range(0..stems.len())].clone(),
+                    };
+                    let mut prompt = base[..rng.gen_range(0..=base.len())].to_vec();
+                    prompt.extend((0..rng.gen_range(1..24)).map(|_| rng.gen_range(0..40)));
+                    let id = SeqId(next);
+                    next += 1;
+                    kv.add_sequence(id).unwrap();
+                    model.insert(id, Vec::new());
+                    let hit = kv.attach_prefix(id, &prompt).unwrap();
+                    assert!(
+                        hit < prompt.len() && hit.is_multiple_of(BLOCK_TOKENS),
+                        "{ctx}: hit {hit}"
+                    );
+                    model.insert(id, prompt[..hit].to_vec());
+                    check_invariants(&kv, &model, &ctx);
+                    refused += u64::from(!append(&mut kv, &mut model, id, &prompt[hit..], &ctx));
+                }
+                // Decode or a prefill chunk: random tokens, or the continuation of a stem (so
+                // that sequences fill blocks with the same content).
+                (20..=59, Some(id)) => {
+                    let n = if rng.gen_bool(0.6) {
+                        1
+                    } else {
+                        rng.gen_range(2..=20)
+                    };
+                    let len = model[&id].len();
+                    let stem = &stems[rng.gen_range(0..stems.len())];
+                    let toks: Vec<u32> = if rng.gen_bool(0.5) && len + n <= stem.len() {
+                        stem[len..len + n].to_vec()
+                    } else {
+                        (0..n).map(|_| rng.gen_range(0..40)).collect()
+                    };
+                    refused += u64::from(!append(&mut kv, &mut model, id, &toks, &ctx));
+                }
+                // A rollback: usually a few tokens, sometimes far; refused ones change nothing.
+                (60..=74, Some(id)) => {
+                    let len = model[&id].len();
+                    let to = if rng.gen_bool(0.7) {
+                        len.saturating_sub(rng.gen_range(1..=20))
+                    } else {
+                        rng.gen_range(0..=len)
+                    };
+                    let table = kv.block_table(id).unwrap_or_default().to_vec();
+                    let shared = to < len
+                        && !to.is_multiple_of(BLOCK_TOKENS)
+                        && kv.refcount[table[to / BLOCK_TOKENS].0 as usize] > 1;
+                    // A refusal changes nothing: `check_invariants` compares with the model.
+                    match kv.truncate(id, to) {
+                        Ok(()) => {
+                            model.get_mut(&id).unwrap().truncate(to);
+                            copies += u64::from(shared);
+                        }
+                        Err(EngineError::OutOfBlocks { .. }) if shared => kept += 1,
+                        Err(EngineError::InvalidInput(e)) if kv.window.is_some() => {
+                            assert!(e.contains("sliding-window"), "{ctx}: {e}");
+                            kept += 1;
+                        }
+                        Err(e) => panic!("{ctx}: {e}"),
+                    }
+                }
+                (75..=89, Some(id)) => {
+                    kv.free_sequence(id);
+                    model.remove(&id);
+                }
+                (90..=92, _) => kv.clear_prefix_cache(),
+                _ => continue,
+            }
+            check_invariants(&kv, &model, &ctx);
+        }
+        let ids: Vec<SeqId> = model.keys().copied().collect();
+        for id in ids {
+            kv.free_sequence(id);
+            model.remove(&id);
+            check_invariants(&kv, &model, &format!("seed {seed}: freeing all"));
+        }
+        kv.clear_prefix_cache();
+        check_invariants(&kv, &model, &format!("seed {seed}: drained"));
+        // No leak: every block and page is free again.
+        assert!(kv.refcount.iter().all(|&r| r == 0) && kv.prefix.is_empty());
+        assert_eq!(kv.free_block_ids.len(), kv.refcount.len());
+        assert_eq!(kv.free_pages.len(), kv.total_pages);
+        let st = kv.stats();
+        [st.prefix_hit_blocks, st.evictions, refused, copies, kept]
+    }
+
+    /// [`random_traffic`] with several seeds over three geometries: one global layer; a
+    /// windowed and a global layer; two windows of different sizes around a global layer.
+    /// Every kind of event must have happened somewhere, or the test proves little.
+    #[test]
+    fn random_traffic_keeps_every_invariant() {
+        let mut totals = [0u64; 5];
+        for seed in 0..6 {
+            for (windows, blocks) in [
+                (&[None][..], 20),
+                (&[Some(32), None][..], 24),
+                (&[Some(24), None, Some(40)][..], 24),
+            ] {
+                let counts = random_traffic(seed, windows, blocks);
+                for (t, c) in totals.iter_mut().zip(counts) {
+                    *t += c;
+                }
+            }
+        }
+        let [hits, evictions, refused, copies, kept] = totals;
+        let seen = format!(
+            "prefix hits {hits}, evictions {evictions}, refused appends {refused}, copies of \
+             shared blocks {copies}, refused rollbacks {kept}"
+        );
+        eprintln!("{seen}");
+        assert!(totals.iter().all(|&n| n > 0), "{seen}");
     }
 }

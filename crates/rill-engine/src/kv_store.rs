@@ -9,9 +9,8 @@
 //! are multiples of 32, checked when the cache is sized).
 
 use crate::error::{EngineError, Result};
+use crate::nn::attention::{AttendBlock, KvRows};
 use crate::quant::blocks::{f32_to_f16, BlockQ4_0, BlockQ8_0, QK};
-use crate::quant::dispatch::AttendFn;
-use crate::quant::scalar::{AttendBlock, KvRows};
 use crate::quant::Kernels;
 
 /// The element format of the KV cache (`--kv-type`).
@@ -125,11 +124,23 @@ trait KvUnit: Copy + Send + Sync + 'static {
     const ZERO: Self;
     /// Writes one row of `src.len()` elements (a whole number of units).
     fn store(k: &Kernels, src: &[f32], dst: &mut [Self]);
-    fn attend(k: &Kernels) -> AttendFn<Self>;
+    /// The per-token attention kernel over rows of this unit (`Kernels::attend`'s arguments).
+    #[allow(clippy::too_many_arguments)] // the kernels plus the per-token kernel's arguments
+    fn attend(
+        k: &Kernels,
+        q: &[f32],
+        heads: std::ops::Range<usize>,
+        head_dim: usize,
+        scale: f32,
+        kv: &KvRows<'_, Self>,
+        out: &mut [f32],
+    );
     /// Attention of a block of tokens: each token through the per-token kernel unless the
     /// format has a block kernel.
     fn attend_block(k: &Kernels, b: &AttendBlock<'_, Self>, out: &mut [f32]) {
-        b.per_token(out, Self::attend(k))
+        b.per_token(out, |q, hs, hd, sc, kv, o| {
+            Self::attend(k, q, hs, hd, sc, kv, o)
+        })
     }
 }
 
@@ -141,11 +152,19 @@ impl KvUnit for u16 {
             *d = f32_to_f16(v);
         }
     }
-    fn attend(k: &Kernels) -> AttendFn<Self> {
-        k.attend
+    fn attend(
+        k: &Kernels,
+        q: &[f32],
+        heads: std::ops::Range<usize>,
+        head_dim: usize,
+        scale: f32,
+        kv: &KvRows<'_, Self>,
+        out: &mut [f32],
+    ) {
+        k.attend(q, heads, head_dim, scale, kv, out)
     }
     fn attend_block(k: &Kernels, b: &AttendBlock<'_, Self>, out: &mut [f32]) {
-        (k.attend_block)(b, out)
+        k.attend_block(b, out)
     }
 }
 
@@ -153,10 +172,18 @@ impl KvUnit for BlockQ8_0 {
     const ELEMS: usize = QK;
     const ZERO: Self = BlockQ8_0 { d: 0, qs: [0; QK] };
     fn store(k: &Kernels, src: &[f32], dst: &mut [Self]) {
-        (k.quantize_q8_0)(src, dst)
+        k.quantize_q8_0(src, dst)
     }
-    fn attend(k: &Kernels) -> AttendFn<Self> {
-        k.attend_q8_0
+    fn attend(
+        k: &Kernels,
+        q: &[f32],
+        heads: std::ops::Range<usize>,
+        head_dim: usize,
+        scale: f32,
+        kv: &KvRows<'_, Self>,
+        out: &mut [f32],
+    ) {
+        k.attend_q8_0(q, heads, head_dim, scale, kv, out)
     }
 }
 
@@ -167,10 +194,18 @@ impl KvUnit for BlockQ4_0 {
         qs: [0; QK / 2],
     };
     fn store(k: &Kernels, src: &[f32], dst: &mut [Self]) {
-        (k.quantize_q4_0)(src, dst)
+        k.quantize_q4_0(src, dst)
     }
-    fn attend(k: &Kernels) -> AttendFn<Self> {
-        k.attend_q4_0
+    fn attend(
+        k: &Kernels,
+        q: &[f32],
+        heads: std::ops::Range<usize>,
+        head_dim: usize,
+        scale: f32,
+        kv: &KvRows<'_, Self>,
+        out: &mut [f32],
+    ) {
+        k.attend_q4_0(q, heads, head_dim, scale, kv, out)
     }
 }
 
@@ -242,7 +277,9 @@ pub struct AttendQuery<'a> {
     pub q: &'a [f32],
     /// Floats between consecutive tokens' rows (in the output too).
     pub stride: usize,
+    /// The query heads sharing the KV head.
     pub heads: std::ops::Range<usize>,
+    /// Score scale (llama.cpp's `kq_scale`).
     pub scale: f32,
     /// Per token, the indices of the call's positions it attends.
     pub keys: &'a [std::ops::Range<usize>],
@@ -306,6 +343,20 @@ impl KvStore {
     ) {
         let hd = self.head_dim;
         with_slots!(&self.bufs, b => b.attend(kernels, kv_head, hd, slots, query, out))
+    }
+}
+
+#[cfg(test)]
+impl KvStore {
+    /// Slot `slot`'s key and value rows widened to f32 (f16 caches only; tests).
+    pub(crate) fn rows_f16(&self, slot: usize) -> (Vec<f32>, Vec<f32>) {
+        use crate::quant::blocks::f16_to_f32;
+        let Buffers::F16(b) = &self.bufs else {
+            unimplemented!("rows_f16 reads f16 caches")
+        };
+        let at = slot * b.row..(slot + 1) * b.row;
+        let widen = |v: &[u16]| v.iter().map(|&h| f16_to_f32(h)).collect();
+        (widen(&b.k[at.clone()]), widen(&b.v[at]))
     }
 }
 

@@ -1,6 +1,8 @@
 //! rill's inference engine: GGUF loading, tokenizer and chat template, quantized CPU kernels,
 //! a batched forward pass over a paged KV cache, sampling and streaming detokenization.
 
+#![warn(missing_docs)]
+
 pub mod chat_template;
 pub mod detokenizer;
 pub mod engine;
@@ -10,6 +12,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod kv_store;
 pub mod model;
+pub mod nn;
 pub mod quant;
 pub mod sampler;
 pub mod spm;

@@ -24,12 +24,17 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// 1.0 disables. Applied over the last `penalty_last_n` tokens.
     pub repetition_penalty: f32,
+    /// Subtracted from a logit once per occurrence in the window (0.0 disables).
     pub frequency_penalty: f32,
+    /// Subtracted from the logit of every token in the window (0.0 disables).
     pub presence_penalty: f32,
+    /// Tokens of history the penalties look at.
     pub penalty_last_n: usize,
+    /// RNG seed; None: seeded from the clock.
     pub seed: Option<u64>,
     /// Number of alternatives to report per token (0..=20).
     pub top_logprobs: usize,
+    /// Report the chosen token's log-probability.
     pub logprobs: bool,
     /// Keep generating past end-of-sequence tokens.
     pub ignore_eos: bool,
@@ -55,6 +60,7 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Always the most likely token.
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,
@@ -101,11 +107,15 @@ impl SamplingParams {
 /// A chosen token with its log-probability and the top alternatives (when asked).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampledToken {
+    /// The token.
     pub id: u32,
+    /// Its log-probability under the raw logits (0 unless asked for).
     pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, best first.
     pub top_logprobs: Vec<(u32, f32)>,
 }
 
+/// Picks tokens from logits by [`SamplingParams`], keeping the history the penalties need.
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
@@ -114,6 +124,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler with an empty history.
     pub fn new(params: SamplingParams) -> Self {
         let seed = params.seed.unwrap_or_else(|| {
             let t = std::time::SystemTime::now()
@@ -129,6 +140,7 @@ impl Sampler {
         }
     }
 
+    /// Its parameters.
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }

@@ -54,7 +54,10 @@ impl Ord for Bigram {
 }
 
 impl SpmVocab {
+    /// The vocabulary of `tokens` (id = index) with one score each, `unk` the token for bytes
+    /// without a byte token. Panics unless there is one score per token.
     pub fn new(tokens: &[String], scores: Vec<f32>, unk: Option<u32>) -> Self {
+        assert_eq!(scores.len(), tokens.len(), "one score per token");
         let ids = tokens
             .iter()
             .enumerate()
@@ -104,7 +107,7 @@ impl SpmVocab {
                 heap.push(Bigram {
                     left: l as usize,
                     right: r as usize,
-                    score: self.scores.get(id as usize).copied().unwrap_or(0.0),
+                    score: self.scores[id as usize],
                     size: piece.len(),
                 });
                 rev.insert(piece, (l as usize, r as usize));

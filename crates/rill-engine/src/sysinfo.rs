@@ -4,18 +4,28 @@ use serde::Serialize;
 
 use crate::quant::Kernels;
 
+/// The machine as `rill info` reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct MachineInfo {
+    /// The CPU's model name (the architecture if unknown).
     pub cpu_model: String,
+    /// The SIMD features rill's kernels care about that the CPU has.
     pub cpu_features: Vec<&'static str>,
+    /// Hardware threads available to the process.
     pub logical_cores: usize,
+    /// Physical cores available to the process.
     pub physical_cores: usize,
+    /// Installed memory (0 if unknown).
     pub memory_total_bytes: u64,
+    /// Memory available now (0 if unknown).
     pub memory_available_bytes: u64,
+    /// The kernel tier [`Kernels::detect`] picks.
     pub kernel_tier: String,
+    /// Always None: rill runs on the CPU.
     pub gpu: Option<String>,
 }
 
+/// Reads the machine (`/proc` on Linux).
 pub fn machine_info() -> MachineInfo {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
@@ -70,7 +80,7 @@ pub fn machine_info() -> MachineInfo {
         physical_cores: physical_cores(),
         memory_total_bytes: mem("MemTotal:"),
         memory_available_bytes: mem("MemAvailable:"),
-        kernel_tier: Kernels::detect().tier.to_string(),
+        kernel_tier: Kernels::detect().tier().to_string(),
         gpu: None,
     }
 }

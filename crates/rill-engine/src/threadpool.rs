@@ -51,6 +51,7 @@ struct Shared {
     shutdown: AtomicBool,
 }
 
+/// Persistent compute workers that run parallel regions with the calling thread.
 pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
@@ -98,6 +99,7 @@ impl ThreadPool {
         self.solo_spells.get()
     }
 
+    /// Threads of a region: the workers plus the caller.
     pub fn n_threads(&self) -> usize {
         self.workers.len() + 1
     }
@@ -256,6 +258,7 @@ unsafe impl<T> Send for SharedMut<T> {}
 unsafe impl<T> Sync for SharedMut<T> {}
 
 impl<T> SharedMut<T> {
+    /// A pointer to `s`'s elements.
     pub fn new(s: &mut [T]) -> Self {
         Self(s.as_mut_ptr())
     }

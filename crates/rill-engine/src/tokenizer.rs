@@ -26,6 +26,7 @@ use crate::gguf::GgufFile;
 use crate::spm::{escape_whitespace, SpmVocab};
 
 /// llama.cpp's token types.
+const TOKEN_TYPE_NORMAL: i64 = 1;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 const TOKEN_TYPE_BYTE: i64 = 6;
@@ -42,16 +43,21 @@ enum Model {
     },
 }
 
+/// A model's vocabulary: encoding text, and the bytes each generated token stands for.
 pub struct Tokenizer {
     model: Model,
     /// Bytes each token stands for when generated (control tokens: their text).
     token_bytes: Vec<Vec<u8>>,
     is_control: Vec<bool>,
+    /// Beginning-of-sequence token.
     pub bos_id: Option<u32>,
+    /// End-of-sequence token.
     pub eos_id: Option<u32>,
     /// Tokens that end generation (eos plus end-of-turn tokens such as `<|im_end|>`).
     pub stop_ids: Vec<u32>,
+    /// Whether prompts start with `bos_id` (`tokenizer.ggml.add_bos_token`).
     pub add_bos: bool,
+    /// The file's `tokenizer.chat_template`.
     pub chat_template: Option<String>,
 }
 
@@ -59,26 +65,52 @@ fn tok_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Tokenizer(e.to_string())
 }
 
+/// A per-token metadata array (`None` if the key is absent), every entry converted by `conv`:
+/// an entry of another kind (`kind` names the expected one), a value that is not an array, or
+/// (with `len`) an array of another length than the vocabulary is a typed error naming the key.
+fn per_token<T>(
+    g: &GgufFile,
+    key: &str,
+    len: Option<usize>,
+    kind: &str,
+    conv: impl Fn(&crate::gguf::Value) -> Option<T>,
+) -> Result<Option<Vec<T>>> {
+    let bad = |reason: String| EngineError::BadMetadata {
+        key: key.into(),
+        reason,
+    };
+    let Some(v) = g.get(key) else {
+        return Ok(None);
+    };
+    let a = v
+        .as_array()
+        .ok_or_else(|| bad(format!("expected an array of {kind}")))?;
+    if let Some(n) = len.filter(|&n| n != a.len()) {
+        return Err(bad(format!("{} entries for {n} tokens", a.len())));
+    }
+    a.iter()
+        .enumerate()
+        .map(|(i, v)| conv(v).ok_or_else(|| bad(format!("entry {i} is {v:?}, expected {kind}"))))
+        .collect::<Result<Vec<T>>>()
+        .map(Some)
+}
+
 impl Tokenizer {
+    /// The tokenizer a GGUF file describes (`tokenizer.ggml.*`).
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let model = g.req_str("tokenizer.ggml.model")?;
-        let tokens: Vec<String> = g
-            .req("tokenizer.ggml.tokens")?
-            .as_array()
-            .ok_or_else(|| EngineError::BadMetadata {
-                key: "tokenizer.ggml.tokens".into(),
-                reason: "expected an array".into(),
-            })?
-            .iter()
-            .map(|v| v.as_str().unwrap_or_default().to_string())
-            .collect();
-        let types: Vec<i64> = match g
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.as_array())
-        {
-            Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
-            None => vec![1; tokens.len()],
-        };
+        let tokens: Vec<String> = per_token(g, "tokenizer.ggml.tokens", None, "strings", |v| {
+            v.as_str().map(str::to_string)
+        })?
+        .ok_or_else(|| EngineError::MissingKey("tokenizer.ggml.tokens".into()))?;
+        let types: Vec<i64> = per_token(
+            g,
+            "tokenizer.ggml.token_type",
+            Some(tokens.len()),
+            "integers",
+            |v| v.as_i64(),
+        )?
+        .unwrap_or_else(|| vec![TOKEN_TYPE_NORMAL; tokens.len()]);
         let id = |k: &str| g.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
         let bos_id = id("tokenizer.ggml.bos_token_id");
         let eos_id = id("tokenizer.ggml.eos_token_id");
@@ -86,19 +118,21 @@ impl Tokenizer {
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.as_bool())
             .unwrap_or(model == "llama");
-        let is_control: Vec<bool> = (0..tokens.len())
-            .map(|i| {
-                let t = types.get(i).copied().unwrap_or(1);
-                t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED
-            })
+        let is_control: Vec<bool> = types
+            .iter()
+            .map(|&t| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
             .collect();
         let model_impl = match model {
             "gpt2" => Model::Bpe(Box::new(Self::build_bpe(g, &tokens, &is_control)?)),
             "llama" => {
-                let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
-                    Some(a) => a.iter().map(|v| v.as_f32().unwrap_or(0.0)).collect(),
-                    None => vec![0.0; tokens.len()],
-                };
+                let scores: Vec<f32> = per_token(
+                    g,
+                    "tokenizer.ggml.scores",
+                    Some(tokens.len()),
+                    "numbers",
+                    |v| v.as_f32(),
+                )?
+                .unwrap_or_else(|| vec![0.0; tokens.len()]);
                 let mut specials: Vec<(String, u32)> = tokens
                     .iter()
                     .zip(&is_control)
@@ -136,7 +170,7 @@ impl Tokenizer {
                     .map(|ch| byte_decoder.get(&ch).copied().unwrap_or(b'?'))
                     .collect(),
                 (Model::Spm { .. }, false) => {
-                    if types.get(i).copied() == Some(TOKEN_TYPE_BYTE) {
+                    if types[i] == TOKEN_TYPE_BYTE {
                         t.strip_prefix("<0x")
                             .and_then(|h| h.strip_suffix('>'))
                             .and_then(|h| u8::from_str_radix(h, 16).ok())
@@ -171,6 +205,31 @@ impl Tokenizer {
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
         })
+    }
+
+    /// A SentencePiece-style vocabulary from its pieces alone (`\u{2581}` stands for a space;
+    /// every piece scores the same), ending generation at `stop_ids`. For backends and tests
+    /// that have no GGUF file: the scheduler's fake engine builds its vocabulary this way.
+    pub fn from_pieces(pieces: &[String], stop_ids: Vec<u32>) -> Self {
+        let token_bytes = pieces
+            .iter()
+            .map(|t| t.replace('\u{2581}', " ").into_bytes())
+            .collect();
+        Self {
+            model: Model::Spm {
+                vocab: Box::new(SpmVocab::new(pieces, vec![0.0; pieces.len()], None)),
+                specials: Vec::new(),
+                rstrip: Vec::new(),
+                add_space_prefix: false,
+            },
+            token_bytes,
+            is_control: vec![false; pieces.len()],
+            bos_id: None,
+            eos_id: stop_ids.first().copied(),
+            stop_ids,
+            add_bos: false,
+            chat_template: None,
+        }
     }
 
     fn build_bpe(g: &GgufFile, tokens: &[String], is_control: &[bool]) -> Result<HfTokenizer> {
@@ -230,6 +289,7 @@ impl Tokenizer {
         Ok(inner)
     }
 
+    /// Tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.token_bytes.len()
     }
@@ -295,10 +355,12 @@ impl Tokenizer {
             .map_or(&[], |v| v.as_slice())
     }
 
+    /// Whether `id` is a control or user-defined token (false outside the vocabulary).
     pub fn is_control(&self, id: u32) -> bool {
         self.is_control.get(id as usize).copied().unwrap_or(false)
     }
 
+    /// Whether `id` ends generation.
     pub fn is_stop(&self, id: u32) -> bool {
         self.stop_ids.contains(&id)
     }

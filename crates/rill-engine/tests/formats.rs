@@ -108,7 +108,7 @@ fn every_tier_and_batch_shape_gives_the_reference_bits() {
         "tiers: {}",
         tiers
             .iter()
-            .map(|k| k.tier.to_string())
+            .map(|k| k.tier().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -132,7 +132,7 @@ fn every_tier_and_batch_shape_gives_the_reference_bits() {
                         bits(&alone[..batch]),
                         "{} {} rows={rows} batch={batch}",
                         dtype.name(),
-                        k.tier
+                        k.tier()
                     );
                 }
             }
@@ -172,9 +172,9 @@ fn blocks_of_rows_and_tokens_give_the_whole_products_bits() {
                 seen.iter().flatten().all(|&s| s == 1),
                 "{} {}",
                 dtype.name(),
-                k.tier
+                k.tier()
             );
-            assert_eq!(bits(&got), bits(&whole), "{} {}", dtype.name(), k.tier);
+            assert_eq!(bits(&got), bits(&whole), "{} {}", dtype.name(), k.tier());
         }
     }
 }

@@ -88,3 +88,121 @@ fn random_corruption_never_panics() {
         let _ = std::panic::catch_unwind(|| GgufFile::open(&p)).expect("parser panicked");
     }
 }
+
+/// A GGUF v3 file with `n_tensors` claimed (none present) and the metadata `entries`.
+fn gguf(n_tensors: u64, entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(n_tensors.to_le_bytes());
+    b.extend((entries.len() as u64).to_le_bytes());
+    for e in entries {
+        b.extend(e);
+    }
+    b
+}
+
+/// One metadata entry: key, value type, value bytes.
+fn entry(key: &str, ty: u32, value: &[u8]) -> Vec<u8> {
+    let mut b = (key.len() as u64).to_le_bytes().to_vec();
+    b.extend(key.as_bytes());
+    b.extend(ty.to_le_bytes());
+    b.extend(value);
+    b
+}
+
+/// An array value (type 9) of `n` elements of type `elem`, `items` their bytes.
+fn array(elem: u32, n: u64, items: &[u8]) -> Vec<u8> {
+    let mut b = elem.to_le_bytes().to_vec();
+    b.extend(n.to_le_bytes());
+    b.extend(items);
+    b
+}
+
+/// `depth` arrays nested one in the other, the innermost holding one u32.
+fn nested(depth: usize) -> Vec<u8> {
+    let mut v = array(4, 1, &7u32.to_le_bytes());
+    for _ in 1..depth {
+        v = array(9, 1, &v);
+    }
+    v
+}
+
+fn open_bytes(bytes: &[u8], name: &str) -> Result<GgufFile, EngineError> {
+    GgufFile::open(&write(bytes, name))
+}
+
+/// Arrays may nest 8 deep (`MAX_ARRAY_DEPTH`); a 9th level, or a file nesting a hundred
+/// thousand levels (which would have recursed the parser off its stack), is a typed error
+/// naming the key.
+#[test]
+fn nested_arrays_are_bounded_and_name_the_key() {
+    use rill_engine::gguf::Value;
+    let g = open_bytes(&gguf(0, &[entry("ok.nest", 9, &nested(8))]), "nest8.gguf").unwrap();
+    let mut v = g.get("ok.nest").unwrap();
+    for _ in 0..7 {
+        v = &v.as_array().unwrap()[0];
+    }
+    assert_eq!(v.as_array().unwrap(), &[Value::U32(7)]);
+    for depth in [9, 100_000] {
+        let bytes = gguf(0, &[entry("evil.nest", 9, &nested(depth))]);
+        match open_bytes(&bytes, "nest_deep.gguf") {
+            Err(EngineError::BadMetadata { key, reason }) => {
+                assert_eq!(key, "evil.nest");
+                assert!(reason.contains("nested deeper than 8"), "{reason}");
+            }
+            other => panic!("depth {depth}: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+/// An array's length is checked against the bytes left in the file before anything is
+/// allocated for it: a 16-byte body claiming 2^27 u64 (1 GiB) or 1000 strings is refused as
+/// truncated, naming the array.
+#[test]
+fn array_lengths_must_fit_in_the_file() {
+    for (elem, n, name) in [
+        (10u32, 1u64 << 27, "u64s"),
+        (8, 1000, "strings"),
+        (9, 5, "arrays"),
+    ] {
+        let bytes = gguf(0, &[entry(name, 9, &array(elem, n, &[0u8; 16]))]);
+        match open_bytes(&bytes, &format!("len_{name}.gguf")) {
+            Err(EngineError::Truncated { what, .. }) => {
+                assert!(what.contains(&format!("array `{name}`")), "{what}")
+            }
+            other => panic!("{name}: {:?}", other.map(|_| ())),
+        }
+    }
+    // The same lengths with their bytes present parse.
+    let g = open_bytes(
+        &gguf(0, &[entry("u8s", 9, &array(0, 3, &[1, 2, 3]))]),
+        "len_ok.gguf",
+    )
+    .unwrap();
+    assert_eq!(g.get("u8s").unwrap().as_array().unwrap().len(), 3);
+}
+
+/// An array of an unknown element type is refused even when empty; tensor and key counts the
+/// file cannot hold are refused before any entry is read.
+#[test]
+fn unknown_element_types_and_implausible_counts() {
+    let bytes = gguf(0, &[entry("odd", 9, &array(99, 0, &[]))]);
+    match open_bytes(&bytes, "elem.gguf") {
+        Err(EngineError::BadMetadata { key, reason }) => {
+            assert_eq!(key, "odd");
+            assert!(reason.contains("element type 99"), "{reason}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let bytes = gguf(1 << 19, &[entry("a", 4, &1u32.to_le_bytes())]);
+    assert!(matches!(
+        open_bytes(&bytes, "count.gguf"),
+        Err(EngineError::Truncated { .. })
+    ));
+    let mut bytes = gguf(0, &[]);
+    bytes[16..24].copy_from_slice(&(1u64 << 19).to_le_bytes());
+    assert!(matches!(
+        open_bytes(&bytes, "kvcount.gguf"),
+        Err(EngineError::Truncated { .. })
+    ));
+}

@@ -8,9 +8,10 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rill_engine::nn::attention::{AttendBlock, KvRows};
+use rill_engine::nn::expf;
 use rill_engine::quant::blocks::*;
 use rill_engine::quant::repack::{Tiled, Tiles};
-use rill_engine::quant::scalar::{AttendBlock, KvRows};
 use rill_engine::quant::{kquants, scalar, ActFormat, ActMeta, Kernels, QuantActs};
 
 fn rand_f32(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
@@ -58,14 +59,14 @@ fn close(a: f32, b: f32, rel: f32) -> bool {
 fn ggml_expf_is_accurate() {
     for i in -1700..1760 {
         let x = i as f32 * 0.05; // -85..88: results stay finite normal floats
-        let (a, b) = (scalar::ggml_expf(x), x.exp());
+        let (a, b) = (expf::ggml_expf(x), x.exp());
         assert!(
             (a - b).abs() <= 4.0 * f32::EPSILON * b,
             "exp({x}): {a} vs {b}"
         );
     }
-    assert_eq!(scalar::ggml_expf(-200.0), 0.0);
-    assert_eq!(scalar::ggml_expf(200.0), f32::INFINITY);
+    assert_eq!(expf::ggml_expf(-200.0), 0.0);
+    assert_eq!(expf::ggml_expf(200.0), f32::INFINITY);
 }
 
 #[test]
@@ -79,23 +80,23 @@ fn quantizers_match_scalar_exactly() {
                 let mut a = vec![BlockQ8_0::default(); nb];
                 let mut b = vec![BlockQ8_0::default(); nb];
                 scalar::quantize_q8_0(&x, &mut a);
-                (k.quantize_q8_0)(&x, &mut b);
+                k.quantize_q8_0(&x, &mut b);
                 for (p, q) in a.iter().zip(&b) {
-                    assert_eq!((p.d, p.qs), (q.d, q.qs), "{} q8_0", k.tier);
+                    assert_eq!((p.d, p.qs), (q.d, q.qs), "{} q8_0", k.tier());
                 }
                 let mut a = vec![BlockQ8_1::default(); nb];
                 let mut b = vec![BlockQ8_1::default(); nb];
                 scalar::quantize_q8_1(&x, &mut a);
-                (k.quantize_q8_1)(&x, &mut b);
+                k.quantize_q8_1(&x, &mut b);
                 for (p, q) in a.iter().zip(&b) {
-                    assert_eq!((p.d, p.s, p.qs), (q.d, q.s, q.qs), "{} q8_1", k.tier);
+                    assert_eq!((p.d, p.s, p.qs), (q.d, q.s, q.qs), "{} q8_1", k.tier());
                 }
             }
         }
         // an all-zero block
         let x = vec![0f32; QK];
         let mut b = vec![BlockQ8_1::default(); 1];
-        (k.quantize_q8_1)(&x, &mut b);
+        k.quantize_q8_1(&x, &mut b);
         assert!(b[0].qs.iter().all(|&q| q == 0));
     }
 }
@@ -121,13 +122,13 @@ fn q8k_quantizer_matches_scalar_exactly() {
             let mut a = vec![BlockQ8K::default(); 6];
             let mut b = vec![BlockQ8K::default(); 6];
             scalar::quantize_q8k(&x, &mut a);
-            (k.quantize_q8k)(&x, &mut b);
+            k.quantize_q8k(&x, &mut b);
             for (i, (p, q)) in a.iter().zip(&b).enumerate() {
                 assert_eq!(
                     (p.d.to_bits(), p.qs, p.bsums),
                     (q.d.to_bits(), q.qs, q.bsums),
                     "{} q8k block {i} at scale {scale}",
-                    k.tier
+                    k.tier()
                 );
             }
         }
@@ -147,7 +148,7 @@ fn expf_is_glibcs() {
         return;
     }
     let check = |x: f32| {
-        let (want, got) = (x.exp(), scalar::expf(x));
+        let (want, got) = (x.exp(), expf::expf(x));
         assert!(
             want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()),
             "expf({x:e}) = {got:e}, libm {want:e}"
@@ -186,23 +187,23 @@ fn simd_dots_match_scalar() {
             let xf = rand_f32(&mut rng, nb * QK + 3, 1.0);
             let yf = rand_f32(&mut rng, nb * QK + 3, 1.0);
             assert!(
-                close((s.dot_f32)(&xf, &yf), (k.dot_f32)(&xf, &yf), 1e-5),
+                close(s.dot_f32(&xf, &yf), k.dot_f32(&xf, &yf), 1e-5),
                 "{} f32",
-                k.tier
+                k.tier()
             );
             let xh: Vec<u16> = xf.iter().map(|&v| f32_to_f16(v)).collect();
             let yh: Vec<u16> = yf.iter().map(|&v| f32_to_f16(v)).collect();
             assert_eq!(
-                (s.dot_f16_f16)(&xh, &yh).to_bits(),
-                (k.dot_f16_f16)(&xh, &yh).to_bits(),
+                s.dot_f16_f16(&xh, &yh).to_bits(),
+                k.dot_f16_f16(&xh, &yh).to_bits(),
                 "{} f16",
-                k.tier
+                k.tier()
             );
             let g = rand_f32(&mut rng, nb * QK + 5, 30.0);
             let (mut g1, mut g2) = (g.clone(), g.clone());
-            (s.swiglu)(&mut g1, &yf[..g.len().min(yf.len())]);
-            (k.swiglu)(&mut g2, &yf[..g.len().min(yf.len())]);
-            assert_eq!(g1, g2, "{} swiglu", k.tier);
+            s.swiglu(&mut g1, &yf[..g.len().min(yf.len())]);
+            k.swiglu(&mut g2, &yf[..g.len().min(yf.len())]);
+            assert_eq!(g1, g2, "{} swiglu", k.tier());
         }
     }
 }
@@ -238,11 +239,11 @@ fn swiglu_matches_scalar_bits_at_the_extremes() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for n in [g.len(), g.len() - 3, 7, 1] {
         let mut want = g[..n].to_vec();
-        (s.swiglu)(&mut want, &u[..n]);
+        s.swiglu(&mut want, &u[..n]);
         for k in Kernels::all_supported() {
             let mut got = g[..n].to_vec();
-            (k.swiglu)(&mut got, &u[..n]);
-            assert_eq!(bits(&got), bits(&want), "{} swiglu n={n}", k.tier);
+            k.swiglu(&mut got, &u[..n]);
+            assert_eq!(bits(&got), bits(&want), "{} swiglu n={n}", k.tier());
         }
     }
 }
@@ -306,15 +307,15 @@ fn float_gemms_match_the_single_row_reference() {
             let w = rand_f32(&mut rng, rows * cols, 1.0);
             let a = rand_f32(&mut rng, batch * cols, 1.0);
             let mut got = vec![0f32; rows * batch];
-            (k.gemm_f32)(&w, &a, cols, &mut got);
+            k.gemm_f32(&w, &a, cols, &mut got);
             for (j, ar) in a.chunks(cols).enumerate() {
                 for (i, wr) in w.chunks(cols).enumerate() {
-                    let want = (s.dot_f32)(wr, ar);
+                    let want = s.dot_f32(wr, ar);
                     assert_eq!(
                         got[j * rows + i].to_bits(),
                         want.to_bits(),
                         "{} f32 {cols}x{rows}x{batch}",
-                        k.tier
+                        k.tier()
                     );
                 }
             }
@@ -323,23 +324,29 @@ fn float_gemms_match_the_single_row_reference() {
                     "f16",
                     f32_to_f16 as fn(f32) -> u16,
                     f16_to_f32 as fn(u16) -> f32,
-                    s.dot_f16_f16,
-                    k.gemm_f16,
+                    Kernels::dot_f16_f16 as fn(&Kernels, &[u16], &[u16]) -> f32,
+                    Kernels::gemm_f16 as fn(&Kernels, &[u16], &[f32], usize, &mut [f32]),
                 ),
-                ("bf16", f32_to_bf16, bf16_to_f32, s.dot_bf16, k.gemm_bf16),
+                (
+                    "bf16",
+                    f32_to_bf16,
+                    bf16_to_f32,
+                    Kernels::dot_bf16,
+                    Kernels::gemm_bf16,
+                ),
             ] {
                 let wh: Vec<u16> = w.iter().map(|&v| conv(v)).collect();
                 let ah: Vec<u16> = a.iter().map(|&v| conv(v)).collect();
                 let aw: Vec<f32> = ah.iter().map(|&v| widen(v)).collect();
-                gemm(&wh, &aw, cols, &mut got);
+                gemm(&k, &wh, &aw, cols, &mut got);
                 for (j, ar) in ah.chunks(cols).enumerate() {
                     for (i, wr) in wh.chunks(cols).enumerate() {
-                        let want = dot(wr, ar);
+                        let want = dot(&s, wr, ar);
                         assert_eq!(
                             got[j * rows + i].to_bits(),
                             want.to_bits(),
                             "{} {name} {cols}x{rows}x{batch} pair ({i}, {j})",
-                            k.tier
+                            k.tier()
                         );
                     }
                 }
@@ -347,7 +354,7 @@ fn float_gemms_match_the_single_row_reference() {
         }
         eprintln!(
             "{}: float GEMMs bit-identical to the single-row dots",
-            k.tier
+            k.tier()
         );
     }
 }
@@ -435,7 +442,7 @@ where
 /// Every tier's tile kernels against the scalar dot of each original row, for 1 and 4
 /// activation rows.
 macro_rules! check_tiles {
-    ($rng:expr, $tile:ty, $act:ty, $fmt:expr, $f1:ident, $f4:ident, $dot:path, $fix:expr) => {{
+    ($rng:expr, $tile:ty, $act:ty, $fmt:expr, $dot:path, $fix:expr) => {{
         for nb in [1usize, 3, 18, 35, 48] {
             let rows = rows_of($rng, 13, nb, $fix);
             let tiles = packed::<$tile>(&rows, nb);
@@ -448,9 +455,13 @@ macro_rules! check_tiles {
                 let m: Vec<ActMeta<'_>> = (0..4).map(|t| acts.row_meta(t)).collect();
                 for rt in 0..tiles.tile_rows {
                     let w = tiles.tile_row::<$tile>(rt);
-                    let got4 = (k.$f4)(w, &[a[0], a[1], a[2], a[3]], &[m[0], m[1], m[2], m[3]]);
+                    let got4 = k.tiles::<$tile>().x4.mul(
+                        w,
+                        &[a[0], a[1], a[2], a[3]],
+                        &[m[0], m[1], m[2], m[3]],
+                    );
                     for t in 0..4 {
-                        let got1 = (k.$f1)(w, &[a[t]], &[m[t]]);
+                        let got1 = k.tiles::<$tile>().x1.mul(w, &[a[t]], &[m[t]]);
                         for j in 0..TILE_ROWS {
                             let r = rt * TILE_ROWS + j;
                             let want = if r < rows.len() {
@@ -458,8 +469,11 @@ macro_rules! check_tiles {
                             } else {
                                 0.0
                             };
-                            let ctx =
-                                format!("{} {} nb={nb} row {r} act {t}", k.tier, stringify!($tile));
+                            let ctx = format!(
+                                "{} {} nb={nb} row {r} act {t}",
+                                k.tier(),
+                                stringify!($tile)
+                            );
                             assert_eq!(got4[t][j].to_bits(), want.to_bits(), "GEMM {ctx}");
                             assert_eq!(got1[0][j].to_bits(), want.to_bits(), "GEMV {ctx}");
                         }
@@ -479,8 +493,6 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         TileQ4K,
         BlockQ8K,
         ActFormat::Q8K,
-        tile1_q4k,
-        tile4_q4k,
         kquants::dot_q4k_q8k,
         |b: &mut BlockQ4K, r: &mut StdRng| {
             b.d = f16r(r, 0.0, 0.05);
@@ -492,8 +504,6 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         TileQ6K,
         BlockQ8K,
         ActFormat::Q8K,
-        tile1_q6k,
-        tile4_q6k,
         kquants::dot_q6k_q8k,
         |b: &mut BlockQ6K, r: &mut StdRng| b.d = f16r(r, -0.05, 0.05)
     );
@@ -502,8 +512,6 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         TileQ2K,
         BlockQ8K,
         ActFormat::Q8K,
-        tile1_q2k,
-        tile4_q2k,
         kquants::dot_q2k_q8k,
         |b: &mut BlockQ2K, r: &mut StdRng| {
             b.d = f16r(r, 0.0, 0.05);
@@ -515,8 +523,6 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         TileQ3K,
         BlockQ8K,
         ActFormat::Q8K,
-        tile1_q3k,
-        tile4_q3k,
         kquants::dot_q3k_q8k,
         |b: &mut BlockQ3K, r: &mut StdRng| b.d = f16r(r, -0.05, 0.05)
     );
@@ -525,8 +531,6 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         TileIq4Xs,
         BlockQ8K,
         ActFormat::Q8K,
-        tile1_iq4xs,
-        tile4_iq4xs,
         kquants::dot_iq4xs_q8k,
         |b: &mut BlockIq4Xs, r: &mut StdRng| b.d = f16r(r, -0.05, 0.05)
     );
@@ -535,8 +539,6 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         TileQ4_0,
         BlockQ8_0,
         ActFormat::Q8_0,
-        tile1_q4_0,
-        tile4_q4_0,
         scalar::dot_q4_0_q8_0,
         |b: &mut BlockQ4_0, r: &mut StdRng| b.d = f16r(r, -0.1, 0.1)
     );
@@ -545,8 +547,6 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         TileQ4_1,
         BlockQ8_1,
         ActFormat::Q8_1,
-        tile1_q4_1,
-        tile4_q4_1,
         scalar::dot_q4_1_q8_1,
         |b: &mut BlockQ4_1, r: &mut StdRng| {
             b.d = f16r(r, 0.0, 0.1);
@@ -558,8 +558,6 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         TileQ5_0,
         BlockQ8_0,
         ActFormat::Q8_0,
-        tile1_q5_0,
-        tile4_q5_0,
         scalar::dot_q5_0_q8_0,
         |b: &mut BlockQ5_0, r: &mut StdRng| b.d = f16r(r, -0.1, 0.1)
     );
@@ -568,8 +566,6 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         TileQ5_1,
         BlockQ8_1,
         ActFormat::Q8_1,
-        tile1_q5_1,
-        tile4_q5_1,
         scalar::dot_q5_1_q8_1,
         |b: &mut BlockQ5_1, r: &mut StdRng| {
             b.d = f16r(r, 0.0, 0.1);
@@ -581,8 +577,6 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         TileQ8_0,
         BlockQ8_0,
         ActFormat::Q8_0,
-        tile1_q8_0,
-        tile4_q8_0,
         scalar::dot_q8_0_q8_0,
         |b: &mut BlockQ8_0, r: &mut StdRng| b.d = f16r(r, -0.01, 0.01)
     );
@@ -591,8 +585,6 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
         TileIq4Nl,
         BlockQ8_0,
         ActFormat::Q8_0,
-        tile1_iq4nl,
-        tile4_iq4nl,
         scalar::dot_iq4nl_q8_0,
         |b: &mut BlockIq4Nl, r: &mut StdRng| b.d = f16r(r, -0.1, 0.1)
     );
@@ -644,16 +636,16 @@ fn attention_matches_scalar_on_every_tier() {
                 let q = rand_f32(&mut rng, (group + 1) * hd, 3.0);
                 let heads = 1..group + 1;
                 let mut want = vec![0f32; (group + 1) * hd];
-                (s.attend)(&q, heads.clone(), hd, scale, &kv, &mut want);
+                s.attend(&q, heads.clone(), hd, scale, &kv, &mut want);
                 for k in Kernels::all_supported() {
                     let mut got = vec![0f32; (group + 1) * hd];
-                    (k.attend)(&q, heads.clone(), hd, scale, &kv, &mut got);
+                    k.attend(&q, heads.clone(), hd, scale, &kv, &mut got);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&got),
                         bits(&want),
                         "{} hd={hd} group={group} keys={n_keys}",
-                        k.tier
+                        k.tier()
                     );
                 }
             }
@@ -713,7 +705,7 @@ fn block_attention_matches_the_per_token_reference_on_every_tier() {
                         offsets: &offsets[r.clone()],
                     };
                     let row = i * stride..(i + 1) * stride;
-                    (s.attend)(
+                    s.attend(
                         &q[row.clone()],
                         1..group + 1,
                         hd,
@@ -724,12 +716,12 @@ fn block_attention_matches_the_per_token_reference_on_every_tier() {
                 }
                 for k in Kernels::all_supported() {
                     let mut got = vec![0f32; tokens * stride];
-                    (k.attend_block)(&block, &mut got);
+                    k.attend_block(&block, &mut got);
                     assert_eq!(
                         bits(&got),
                         bits(&want),
                         "{} hd={hd} group={group} tokens={tokens} before={before} window={window:?}",
-                        k.tier
+                        k.tier()
                     );
                 }
             }
@@ -786,17 +778,17 @@ fn quantized_kv_attention_matches_scalar_on_every_tier() {
                 // Q8_0.
                 let zero8 = BlockQ8_0 { d: 0, qs: [0; QK] };
                 let (mut k8, mut v8) = (vec![zero8; n_keys * nb], vec![zero8; n_keys * nb]);
-                (s.quantize_q8_0)(&kf, &mut k8);
-                (s.quantize_q8_0)(&vf, &mut v8);
+                s.quantize_q8_0(&kf, &mut k8);
+                s.quantize_q8_0(&vf, &mut v8);
                 // Q4_0, checked against every tier's writer.
                 let mut k4 = vec![BlockQ4_0::default(); n_keys * nb];
                 let mut v4 = vec![BlockQ4_0::default(); n_keys * nb];
-                (s.quantize_q4_0)(&kf, &mut k4);
-                (s.quantize_q4_0)(&vf, &mut v4);
+                s.quantize_q4_0(&kf, &mut k4);
+                s.quantize_q4_0(&vf, &mut v4);
                 for k in Kernels::all_supported() {
                     let mut got = vec![BlockQ4_0::default(); n_keys * nb];
-                    (k.quantize_q4_0)(&kf, &mut got);
-                    assert_eq!(got, k4, "{} quantize_q4_0", k.tier);
+                    k.quantize_q4_0(&kf, &mut got);
+                    assert_eq!(got, k4, "{} quantize_q4_0", k.tier());
                 }
                 let rows8 = KvRows {
                     keys: &k8,
@@ -810,12 +802,12 @@ fn quantized_kv_attention_matches_scalar_on_every_tier() {
                 };
                 let mut want8 = vec![0f32; (group + 1) * hd];
                 let mut want4 = want8.clone();
-                (s.attend_q8_0)(&q, heads.clone(), hd, scale, &rows8, &mut want8);
-                (s.attend_q4_0)(&q, heads.clone(), hd, scale, &rows4, &mut want4);
+                s.attend_q8_0(&q, heads.clone(), hd, scale, &rows8, &mut want8);
+                s.attend_q4_0(&q, heads.clone(), hd, scale, &rows4, &mut want4);
                 // Heads one at a time: the grouped walk changes nothing per head.
                 for h in heads.clone() {
                     let mut one = vec![0f32; (group + 1) * hd];
-                    (s.attend_q8_0)(&q, h..h + 1, hd, scale, &rows8, &mut one);
+                    s.attend_q8_0(&q, h..h + 1, hd, scale, &rows8, &mut one);
                     assert_eq!(
                         bits(&one[h * hd..(h + 1) * hd]),
                         bits(&want8[h * hd..(h + 1) * hd])
@@ -823,19 +815,19 @@ fn quantized_kv_attention_matches_scalar_on_every_tier() {
                 }
                 for k in Kernels::all_supported() {
                     let mut got = vec![0f32; (group + 1) * hd];
-                    (k.attend_q8_0)(&q, heads.clone(), hd, scale, &rows8, &mut got);
+                    k.attend_q8_0(&q, heads.clone(), hd, scale, &rows8, &mut got);
                     assert_eq!(
                         bits(&got),
                         bits(&want8),
                         "{} q8_0 hd={hd} group={group} keys={n_keys}",
-                        k.tier
+                        k.tier()
                     );
-                    (k.attend_q4_0)(&q, heads.clone(), hd, scale, &rows4, &mut got);
+                    k.attend_q4_0(&q, heads.clone(), hd, scale, &rows4, &mut got);
                     assert_eq!(
                         bits(&got),
                         bits(&want4),
                         "{} q4_0 hd={hd} group={group} keys={n_keys}",
-                        k.tier
+                        k.tier()
                     );
                 }
                 // Close to exact attention over the rows as stored (positions in offset order).
@@ -885,7 +877,7 @@ fn quantized_kv_attention_matches_scalar_on_every_tier() {
 fn sixteen_row_tiles_match_row_dots_on_every_tier() {
     let mut rng = StdRng::seed_from_u64(23);
     macro_rules! check16 {
-        ($tile:ty, $act:ty, $fmt:expr, $f16:ident, $dot:path, $fix:expr) => {{
+        ($tile:ty, $act:ty, $fmt:expr, $dot:path, $fix:expr) => {{
             let nb = 19;
             let rows = rows_of(&mut rng, 11, nb, $fix);
             let tiles = packed::<$tile>(&rows, nb);
@@ -896,7 +888,11 @@ fn sixteen_row_tiles_match_row_dots_on_every_tier() {
                 let a: [&[$act]; 16] = std::array::from_fn(|t| unsafe_cast(acts.row(t)));
                 let m: [ActMeta<'_>; 16] = std::array::from_fn(|t| acts.row_meta(t));
                 for rt in 0..tiles.tile_rows {
-                    let got = (k.$f16)(tiles.tile_row::<$tile>(rt), &a, &m);
+                    let x16 = k
+                        .tiles::<$tile>()
+                        .x16
+                        .expect("a 16-row kernel on every tier");
+                    let got = x16.mul(tiles.tile_row::<$tile>(rt), &a, &m);
                     for (t, row) in got.iter().enumerate() {
                         for (j, v) in row.iter().enumerate() {
                             let r = rt * TILE_ROWS + j;
@@ -909,7 +905,7 @@ fn sixteen_row_tiles_match_row_dots_on_every_tier() {
                                 v.to_bits(),
                                 want.to_bits(),
                                 "{} {} row {r} act {t}",
-                                k.tier,
+                                k.tier(),
                                 stringify!($tile)
                             );
                         }
@@ -922,7 +918,6 @@ fn sixteen_row_tiles_match_row_dots_on_every_tier() {
         TileQ5_0,
         BlockQ8_0,
         ActFormat::Q8_0,
-        tile16_q5_0,
         scalar::dot_q5_0_q8_0,
         |b: &mut BlockQ5_0, r: &mut StdRng| b.d = f16r(r, -0.1, 0.1)
     );
@@ -930,7 +925,6 @@ fn sixteen_row_tiles_match_row_dots_on_every_tier() {
         TileQ5_1,
         BlockQ8_1,
         ActFormat::Q8_1,
-        tile16_q5_1,
         scalar::dot_q5_1_q8_1,
         |b: &mut BlockQ5_1, r: &mut StdRng| {
             b.d = f16r(r, 0.0, 0.1);
@@ -950,29 +944,29 @@ fn float_primitives_refuse_mismatched_lengths() {
             |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
         assert!(
             refused(&|| {
-                (k.dot_f16_f16)(&a16, &b16);
+                k.dot_f16_f16(&a16, &b16);
             }),
             "{} dot_f16_f16",
-            k.tier
+            k.tier()
         );
         assert!(
             refused(&|| {
-                (k.dot_bf16)(&a16, &b16);
+                k.dot_bf16(&a16, &b16);
             }),
             "{} dot_bf16",
-            k.tier
+            k.tier()
         );
         assert!(
             refused(&|| {
-                (k.dot_f32)(&a32, &b32);
+                k.dot_f32(&a32, &b32);
             }),
             "{} dot_f32",
-            k.tier
+            k.tier()
         );
         assert!(
-            refused(&|| (k.mad_f16)(&mut a16.clone(), &b16, 1.0)),
+            refused(&|| k.mad_f16(&mut a16.clone(), &b16, 1.0)),
             "{} mad_f16",
-            k.tier
+            k.tier()
         );
     }
 }

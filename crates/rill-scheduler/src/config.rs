@@ -24,6 +24,9 @@ pub struct MachineDefaults {
 }
 
 impl MachineDefaults {
+    /// Derives the defaults from `m`: threads = physical cores (at least 1), KV cache = available
+    /// memory / 4 capped at 1 GiB, `max_running` = 16 per thread clamped to 8..=64, RSS limits at
+    /// 85% and 95% of total memory.
     pub fn for_machine(m: &MachineInfo) -> Self {
         let threads = m.physical_cores.max(1);
         Self {
@@ -52,6 +55,8 @@ pub struct SchedulerConfig {
     pub adaptive: bool,
     /// Requests that may wait for admission; beyond it, submissions are rejected as overloaded.
     pub queue_capacity: usize,
+    /// KV-cache and RSS thresholds at which admission stops and sequences are preempted
+    /// (default: KV 95% full, RSS checks off).
     pub memory: MemoryLimits,
     /// Preemptions a request survives; the next one fails it with `preempted_too_often`.
     pub max_preemptions: u32,

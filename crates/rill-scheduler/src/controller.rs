@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 /// Controller settings.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
+    /// p95 inter-token latency (ms) the limits are chosen to keep running streams under.
     pub target_itl_ms: f64,
     /// Hard cap on running sequences.
     pub max_running: usize,
@@ -39,12 +40,15 @@ pub struct ControllerConfig {
 /// One measured step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepSample {
+    /// Sequences that decoded one token in the step.
     pub decode_rows: usize,
     /// Speculative draft tokens verified beside the decode rows (rows like any other).
     pub draft_rows: usize,
+    /// Prompt tokens prefilled in the step, over all sequences.
     pub prefill_tokens: usize,
     /// Positions attended, summed over all rows of the step.
     pub attended: f64,
+    /// Wall time of the engine's batched forward pass for the step, in milliseconds.
     pub duration_ms: f64,
     /// Time since the previous step started, when that step also decoded: what a stream
     /// actually waits between tokens (compute plus sampling, scheduling and delivery).
@@ -54,6 +58,8 @@ pub struct StepSample {
 /// The controller's current decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Sequences that may run at once: the decode rows that fit the step budget, in
+    /// 1..=`ControllerConfig::max_running` (the cap itself when not adaptive).
     pub max_running: usize,
     /// Prefill tokens the last step's decode rows left room for.
     pub prefill_budget: usize,
@@ -62,18 +68,25 @@ pub struct Limits {
 /// Decisions and model state, for metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ControllerState {
+    /// Current running limit ([`Limits::max_running`]).
     pub max_running: usize,
+    /// Current prefill budget in tokens ([`Limits::prefill_budget`]).
     pub prefill_budget: usize,
+    /// Fraction of the target a step may take (the AIMD-trimmed budget factor, 0.3..=0.85).
     pub headroom: f64,
     /// Smoothed relative error of the step-time model's predictions.
     pub bias: f64,
+    /// Fitted fixed cost of a step (streaming the weights once), in ms.
     pub fixed_ms: f64,
+    /// Fitted cost of one row (a decode, draft or prompt token), in ms.
     pub per_row_ms: f64,
     /// Cost of 1,000 attended positions.
     pub per_kpos_ms: f64,
     /// p95 of recent decode step times.
     pub recent_p95_ms: f64,
+    /// Times the running limit has gone up since start.
     pub increases: u64,
+    /// Times the running limit has gone down since start.
     pub decreases: u64,
 }
 
@@ -90,6 +103,8 @@ const PRIOR: [f64; N] = [5.0, 2.0, 4.0];
 /// Ridge weight: small next to a few samples' worth of data.
 const RIDGE: f64 = 0.05;
 
+/// The adaptive controller: fits the step-time model from [`StepSample`]s and derives the
+/// running limit and prefill budget from it (see the module docs).
 pub struct BatchController {
     cfg: ControllerConfig,
     /// [fixed_ms, per_row_ms, per_kpos_ms]
@@ -110,6 +125,8 @@ pub struct BatchController {
 }
 
 impl BatchController {
+    /// A controller starting from a prior model (5 ms fixed, 2 ms per row, 4 ms per 1,000
+    /// attended positions) and a headroom of 0.7.
     pub fn new(cfg: ControllerConfig) -> Self {
         let limits = Limits {
             max_running: cfg.max_running.max(1),
@@ -134,6 +151,7 @@ impl BatchController {
         c
     }
 
+    /// The current limits (recomputed by every [`observe`](Self::observe)).
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -204,6 +222,7 @@ impl BatchController {
             .clamp(self.cfg.min_prefill, self.cfg.max_prefill)
     }
 
+    /// A snapshot of the limits, the fitted model and the trim counters, for metrics.
     pub fn state(&self) -> ControllerState {
         ControllerState {
             max_running: self.limits.max_running,

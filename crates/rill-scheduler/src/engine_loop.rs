@@ -1,5 +1,5 @@
-//! The engine loop: the one thread that owns the [`Engine`] (model, KV block pool, compute
-//! pool). Every iteration it takes in control messages, drops cancelled and failed streams,
+//! The engine loop: the one thread that owns the [`Backend`] (for rill's CPU engine: the model,
+//! KV block pool and compute pool). Every iteration it takes in control messages, drops cancelled and failed streams,
 //! admits waiting requests while the controller and the memory monitor allow, plans one step
 //! (every running sequence's decode token plus prefill chunks within the controller's budget,
 //! preempting the newest sequences if the KV pool cannot hold the step, and speculative draft
@@ -13,7 +13,9 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rill_engine::{Detokenizer, Engine, Sampler, SeqId, StepItem, Tokenizer, BLOCK_TOKENS};
+use rill_engine::{Detokenizer, Sampler, SeqId, StepItem, Tokenizer, BLOCK_TOKENS};
+
+use crate::backend::Backend;
 
 use crate::config::SchedulerConfig;
 use crate::controller::{attended, BatchController, StepSample};
@@ -53,8 +55,8 @@ enum Outcome {
     Fail(ErrorCode, String),
 }
 
-pub(crate) struct EngineLoop {
-    engine: Engine,
+pub(crate) struct EngineLoop<B: Backend> {
+    engine: B,
     tokenizer: Arc<Tokenizer>,
     cfg: SchedulerConfig,
     rx: Receiver<Control>,
@@ -78,15 +80,15 @@ pub(crate) struct EngineLoop {
     spec_prior: Acceptance,
 }
 
-impl EngineLoop {
+impl<B: Backend> EngineLoop<B> {
     pub(crate) fn new(
-        engine: Engine,
+        engine: B,
         cfg: SchedulerConfig,
         rx: Receiver<Control>,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
-            tokenizer: engine.tokenizer.clone(),
+            tokenizer: engine.tokenizer().clone(),
             controller: BatchController::new(cfg.controller()),
             memory: PressureMonitor::new(cfg.memory),
             stats: SchedulerStats {
@@ -524,7 +526,7 @@ impl EngineLoop {
         if self.cfg.spec.mode == SpecMode::Off || decode.is_empty() {
             return (0, 0.0);
         }
-        let n_ctx = self.engine.config().context_length;
+        let n_ctx = self.engine.context_length();
         let mut candidates = Vec::new();
         let mut offered_by = Vec::new();
         for (i, p) in decode.iter_mut().enumerate() {
@@ -725,6 +727,13 @@ impl EngineLoop {
         self.engine.free_sequence(s.seq);
         if s.admitted.is_none() {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        // The published counts drop before the terminal event goes out: a client that has its
+        // end never sees itself still running.
+        {
+            let mut shared = self.shared.stats();
+            shared.running = self.running.len();
+            shared.waiting = self.queue.len();
         }
         let now = Instant::now();
         match outcome {

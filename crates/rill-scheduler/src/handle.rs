@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rill_engine::{ChatTemplate, Engine, Tokenizer};
+use rill_engine::{ChatTemplate, Tokenizer};
+
+use crate::backend::Backend;
 
 use crate::config::SchedulerConfig;
 use crate::engine_loop::EngineLoop;
@@ -35,11 +37,13 @@ pub(crate) struct Submission {
 /// What the model and the KV pool allow one sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelLimits {
+    /// The model's context length in tokens.
     pub context_length: usize,
     /// KV cache capacity in tokens.
     pub kv_tokens: usize,
     /// Prompt plus generated tokens of one sequence: the smaller of the two above.
     pub max_sequence_tokens: usize,
+    /// Tokens in the model's vocabulary; valid token ids are below it.
     pub vocab_size: usize,
 }
 
@@ -77,18 +81,18 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Validates the configuration and starts the engine loop on its own thread.
-    pub fn start(engine: Engine, config: SchedulerConfig) -> Result<Self, SchedulerError> {
+    pub fn start<B: Backend>(engine: B, config: SchedulerConfig) -> Result<Self, SchedulerError> {
         config
             .validate()
             .map_err(|(key, message)| SchedulerError::Config { key, message })?;
         let kv = engine.kv_stats();
         let kv_tokens = kv.total_blocks * kv.block_tokens;
-        let context_length = engine.config().context_length;
+        let context_length = engine.context_length();
         let limits = ModelLimits {
             context_length,
             kv_tokens,
             max_sequence_tokens: context_length.min(kv_tokens),
-            vocab_size: engine.config().vocab_size,
+            vocab_size: engine.vocab_size(),
         };
         let shared = Arc::new(Shared {
             stats: Mutex::new(SchedulerStats {
@@ -105,8 +109,8 @@ impl Scheduler {
             shared: shared.clone(),
             config: Arc::new(config.clone()),
             limits,
-            tokenizer: engine.tokenizer.clone(),
-            chat_template: engine.chat_template.clone(),
+            tokenizer: engine.tokenizer().clone(),
+            chat_template: engine.chat_template().clone(),
         };
         let thread = std::thread::Builder::new()
             .name("rill-engine".into())
@@ -118,6 +122,8 @@ impl Scheduler {
         })
     }
 
+    /// A handle for submitting requests (cheap to clone); once the scheduler shuts down,
+    /// submissions through it fail with `ShuttingDown`.
     pub fn handle(&self) -> SchedulerHandle {
         self.handle.clone()
     }
@@ -142,18 +148,22 @@ impl Drop for Scheduler {
 }
 
 impl SchedulerHandle {
+    /// What the model and KV pool allow one sequence (fixed at start).
     pub fn limits(&self) -> ModelLimits {
         self.limits
     }
 
+    /// The configuration the scheduler was started with.
     pub fn config(&self) -> &SchedulerConfig {
         &self.config
     }
 
+    /// The engine's tokenizer, for encoding prompts and decoding tokens off the engine thread.
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
         &self.tokenizer
     }
 
+    /// The model's chat template, for rendering chat messages into a prompt.
     pub fn chat_template(&self) -> &Arc<ChatTemplate> {
         &self.chat_template
     }

@@ -10,10 +10,14 @@
 //! SchedulerHandle::submit ──control channel──▶ engine thread ──Outbox (per request)──▶ RequestStream
 //! ```
 
+#![warn(missing_docs)]
+
+pub mod backend;
 pub mod config;
 pub mod controller;
 mod engine_loop;
 pub mod error;
+pub mod fake;
 mod handle;
 pub mod memory;
 mod queue;
@@ -23,6 +27,7 @@ pub mod speculative;
 pub mod stats;
 mod stream;
 
+pub use backend::Backend;
 pub use config::{MachineDefaults, SchedulerConfig};
 pub use controller::{
     attended, BatchController, ControllerConfig, ControllerState, Limits, StepSample,

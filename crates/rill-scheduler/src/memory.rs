@@ -8,15 +8,20 @@ use std::time::{Duration, Instant};
 
 use rill_engine::KvStats;
 
+/// Memory pressure, ordered `Normal < High < Critical`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum PressureLevel {
+    /// Below every limit: admit as usual.
     #[default]
     Normal,
+    /// KV use at or over `kv_high_watermark`, or RSS at or over `rss_high_bytes`: stop admitting.
     High,
+    /// RSS at or over `rss_critical_bytes`: preempt running sequences until it clears.
     Critical,
 }
 
 impl PressureLevel {
+    /// The level's lowercase name (`"normal"`, `"high"`, `"critical"`), as the dashboard shows.
     pub fn as_str(&self) -> &'static str {
         match self {
             PressureLevel::Normal => "normal",
@@ -38,6 +43,7 @@ pub struct MemoryLimits {
     pub rss_critical_bytes: u64,
 }
 
+/// Turns KV-block use and process RSS (re-read at most every 100 ms) into a [`PressureLevel`].
 pub struct PressureMonitor {
     limits: MemoryLimits,
     rss: u64,
@@ -48,6 +54,7 @@ pub struct PressureMonitor {
 const RSS_PERIOD: Duration = Duration::from_millis(100);
 
 impl PressureMonitor {
+    /// A monitor for `limits`; RSS is first read on the first [`level`](Self::level) call.
     pub fn new(limits: MemoryLimits) -> Self {
         Self {
             limits,

@@ -11,9 +11,11 @@ pub type RequestId = u64;
 /// A generation request: prompt token ids and how to generate.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// Prompt token ids (non-empty, each below the vocabulary size).
     pub prompt: Vec<u32>,
     /// Tokens to generate at most (the end-of-sequence token included).
     pub max_tokens: usize,
+    /// How each token is picked (temperature, top-k/p, penalties, seed, logprobs).
     pub sampling: SamplingParams,
     /// Stop sequences: generation ends before any of them, which never reach the stream.
     pub stop: Vec<String>,
@@ -50,6 +52,7 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// The wire name: `"stop"`, `"length"` or `"cancelled"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
@@ -75,6 +78,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (e.g. to pre-register a metric per code).
     pub const ALL: [ErrorCode; 5] = [
         ErrorCode::SlowConsumer,
         ErrorCode::PreemptedTooOften,
@@ -83,6 +87,7 @@ impl ErrorCode {
         ErrorCode::Internal,
     ];
 
+    /// The wire name in snake_case (e.g. `"slow_consumer"`).
     pub fn as_str(&self) -> &'static str {
         match self {
             ErrorCode::SlowConsumer => "slow_consumer",
@@ -97,7 +102,9 @@ impl ErrorCode {
 /// Token counts of a request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Tokens generated so far (the end-of-sequence token included).
     pub completion_tokens: usize,
     /// Prompt tokens served from the prefix cache instead of being computed.
     pub cached_tokens: usize,
@@ -116,7 +123,9 @@ pub struct Timings {
     pub prompt_tokens_per_s: f64,
     /// Mean, median and 95th percentile gap between consecutive tokens.
     pub itl_mean_ms: f64,
+    /// Median gap between consecutive tokens, in ms.
     pub itl_p50_ms: f64,
+    /// 95th percentile gap between consecutive tokens, in ms.
     pub itl_p95_ms: f64,
     /// Generated tokens per second after the first one.
     pub decode_tokens_per_s: f64,
@@ -126,6 +135,7 @@ pub struct Timings {
     pub preemptions: u32,
     /// Draft tokens verified for this request, and how many of them were accepted.
     pub draft_tokens: u64,
+    /// Draft tokens that matched the sampled token and were kept.
     pub accepted_tokens: u64,
 }
 
@@ -134,6 +144,7 @@ pub struct Timings {
 pub enum Event {
     /// The request entered the running batch after waiting in the queue.
     Started {
+        /// Time from submission to admission.
         queue_time: Duration,
         /// Prompt tokens reused from the prefix cache.
         cached_tokens: usize,
@@ -142,28 +153,37 @@ pub enum Event {
     /// coalesced into one event. `text` may be empty (text held back for a possible stop
     /// sequence or an incomplete UTF-8 character) and `tokens` may be empty (a final flush).
     Tokens {
+        /// The sampled tokens, in order, with logprobs when asked for.
         tokens: Vec<SampledToken>,
+        /// UTF-8 text these tokens released (possibly including text held back earlier).
         text: String,
         /// When the last of these tokens was sampled (for send-lag metrics).
         sampled_at: Instant,
     },
     /// Terminal: the generation ended normally.
     Finished {
+        /// Why it ended.
         reason: FinishReason,
         /// The stop sequence that ended it, if any.
         stop: Option<String>,
+        /// Final token counts.
         usage: Usage,
+        /// The request's latency summary.
         timings: Timings,
     },
     /// Terminal: the generation failed.
     Error {
+        /// Stable failure code.
         code: ErrorCode,
+        /// Human-readable detail.
         message: String,
+        /// Token counts up to the failure.
         usage: Usage,
     },
 }
 
 impl Event {
+    /// Whether this is the stream's last event (`Finished` or `Error`).
     pub fn is_terminal(&self) -> bool {
         matches!(self, Event::Finished { .. } | Event::Error { .. })
     }

@@ -53,6 +53,7 @@ pub const MAX_DRAFT_LIMIT: usize = rill_engine::ROLLBACK_SLACK - 1;
 /// Speculative decoding settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpecConfig {
+    /// How drafts are made (default: `Ngram`; `Off` disables speculation).
     pub mode: SpecMode,
     /// Draft tokens a sequence may carry in one step (1..=[`MAX_DRAFT_LIMIT`]).
     pub max_draft: usize,

@@ -35,6 +35,9 @@ pub struct RequestStream {
 }
 
 impl RequestStream {
+    /// The scheduler-assigned id of this request (for [`SchedulerHandle::cancel`]).
+    ///
+    /// [`SchedulerHandle::cancel`]: crate::SchedulerHandle::cancel
     pub fn id(&self) -> RequestId {
         self.id
     }

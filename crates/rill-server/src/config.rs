@@ -6,10 +6,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// The effective `rill serve` settings; also the schema of the TOML file (unknown keys are
+/// rejected, missing ones take the defaults).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServeConfig {
+    /// Address to listen on: an IP address or `localhost` (default `127.0.0.1`).
     pub host: String,
+    /// TCP port to listen on (default 8080; 0: any free port).
     pub port: u16,
     /// Model: name, .gguf path or URL; empty: the default model.
     pub model: String,
@@ -21,10 +25,13 @@ pub struct ServeConfig {
     pub kv_cache_mib: usize,
     /// Element format of the KV cache: `f16`, `q8_0` or `q4_0` (llama.cpp's `-ctk/-ctv`).
     pub kv_type: String,
+    /// p95 inter-token latency in ms the scheduler keeps running streams under (default 100).
     pub target_itl_ms: f64,
     /// Hard cap on running sequences (0: derived from cores).
     pub max_running: usize,
+    /// Most prompt tokens one step may prefill (default 512, at least 1).
     pub max_prefill_chunk: usize,
+    /// Requests that may wait for admission before new ones get 429 (default 256).
     pub queue_capacity: usize,
     /// Speculative decoding: `ngram` (prompt-lookup drafts, verified in the batched step; the
     /// output is the same token for token) or `off`.
@@ -33,6 +40,7 @@ pub struct ServeConfig {
     pub spec_max_draft: usize,
     /// Shortest and longest suffix the prompt lookup matches.
     pub spec_ngram_min: usize,
+    /// Longest suffix the prompt lookup tries first (`spec_ngram_min`..=8).
     pub spec_ngram_max: usize,
     /// API keys accepted as `Authorization: Bearer KEY` (none: no auth).
     pub api_keys: Vec<String>,
@@ -40,6 +48,7 @@ pub struct ServeConfig {
     pub api_keys_file: Option<PathBuf>,
     /// Origins allowed by CORS (none by default; `*` for any).
     pub cors_origins: Vec<String>,
+    /// Largest request body, and WebSocket message, in bytes (default 4 MiB, at least 1024).
     pub max_body_bytes: usize,
     /// Prompt tokens a request may carry (0: the model's limit).
     pub max_prompt_tokens: usize,
@@ -103,49 +112,86 @@ impl Default for ServeConfig {
     }
 }
 
-/// Values from flags or environment (None: not given).
+/// Values from flags or environment (None: not given). Each replaces the [`ServeConfig`] field
+/// of the same name, except `api_keys` and `cors_origins`, which are appended.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// Replaces [`ServeConfig::host`].
     pub host: Option<String>,
+    /// Replaces [`ServeConfig::port`].
     pub port: Option<u16>,
+    /// Replaces [`ServeConfig::model`].
     pub model: Option<String>,
+    /// Replaces [`ServeConfig::served_model_name`].
     pub served_model_name: Option<String>,
+    /// Replaces [`ServeConfig::threads`].
     pub threads: Option<usize>,
+    /// Replaces [`ServeConfig::kv_cache_mib`].
     pub kv_cache_mib: Option<usize>,
+    /// Replaces [`ServeConfig::kv_type`].
     pub kv_type: Option<String>,
+    /// Replaces [`ServeConfig::target_itl_ms`].
     pub target_itl_ms: Option<f64>,
+    /// Replaces [`ServeConfig::max_running`].
     pub max_running: Option<usize>,
+    /// Replaces [`ServeConfig::queue_capacity`].
     pub queue_capacity: Option<usize>,
+    /// Replaces [`ServeConfig::speculative`].
     pub speculative: Option<String>,
+    /// Replaces [`ServeConfig::spec_max_draft`].
     pub spec_max_draft: Option<usize>,
+    /// Replaces [`ServeConfig::spec_ngram_min`].
     pub spec_ngram_min: Option<usize>,
+    /// Replaces [`ServeConfig::spec_ngram_max`].
     pub spec_ngram_max: Option<usize>,
+    /// Appended to [`ServeConfig::api_keys`].
     pub api_keys: Vec<String>,
+    /// Replaces [`ServeConfig::api_keys_file`].
     pub api_keys_file: Option<PathBuf>,
+    /// Appended to [`ServeConfig::cors_origins`].
     pub cors_origins: Vec<String>,
+    /// Replaces [`ServeConfig::max_body_bytes`].
     pub max_body_bytes: Option<usize>,
+    /// Replaces [`ServeConfig::rate_limit_rpm`].
     pub rate_limit_rpm: Option<u32>,
+    /// Replaces [`ServeConfig::rate_limit_tpm`].
     pub rate_limit_tpm: Option<u32>,
+    /// Replaces [`ServeConfig::resume_window_s`].
     pub resume_window_s: Option<u64>,
+    /// Replaces [`ServeConfig::shutdown_grace_s`].
     pub shutdown_grace_s: Option<u64>,
+    /// Replaces [`ServeConfig::bench_db`].
     pub bench_db: Option<PathBuf>,
 }
 
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A file (the TOML config or the API keys file) could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file's path, as given.
         path: String,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
+    /// The TOML config is malformed or has an unknown key or a value of the wrong type.
     #[error("config file {path}: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// The file's path, as given.
+        path: String,
+        /// The TOML parser's message (with line and column).
+        message: String,
+    },
+    /// A setting has a value outside what is allowed.
     #[error("invalid `{key}` = {value}: {allowed}")]
     Invalid {
+        /// The setting's key, as in the TOML file.
         key: &'static str,
+        /// The rejected value, rendered as text.
         value: String,
+        /// What the setting accepts.
         allowed: String,
     },
 }
@@ -215,6 +261,8 @@ impl ServeConfig {
         })
     }
 
+    /// Checks every setting's range (host, KV type, latency target, speculation, limits, CORS
+    /// origins, keys file); the first bad one is returned as [`ConfigError::Invalid`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(key: &'static str, value: impl ToString, allowed: &str) -> ConfigError {
             ConfigError::Invalid {

@@ -1,24 +1,24 @@
-//! The live performance dashboard at `/dashboard`: a page and its assets embedded in the binary
-//! (uPlot vendored under `web/vendor/uplot`), fed by one sampler task that takes a snapshot of
-//! the server every second (TTFT and inter-token p50/p95 over the last 10 s, tokens/s, running
-//! and waiting sequences with the controller's limit, KV use, RSS, errors by code) and keeps the
-//! last five minutes. Viewers get that history, then each new snapshot, over SSE; however many
-//! are open, the sampling work is the same. `/dashboard/history` serves the `rill bench` runs
-//! from SQLite with regressions (Mann-Whitney U against the previous comparable run) flagged.
+//! The live performance dashboard's data (its page and assets are static files, served by
+//! [`crate::static_files`]): one sampler task takes a snapshot of the server every second (TTFT
+//! and inter-token p50/p95 over the last 10 s, tokens/s from the tokens sampled in that second,
+//! running and waiting sequences with the controller's limit, KV use, RSS, errors by code) and
+//! keeps the last five minutes. Viewers get that history, then each new snapshot, over SSE at
+//! `/dashboard/live`; however many are open, the sampling work is the same.
+//! `/dashboard/history` serves the `rill bench` runs from SQLite (`rill-history`) with
+//! regressions (Mann-Whitney U against the previous comparable run) flagged.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::error::ApiError;
+use crate::protocol::ApiError;
 use crate::state::SharedState;
 
 const HISTORY: usize = 300;
@@ -76,12 +76,15 @@ fn finite_ms(x: f64) -> Value {
     }
 }
 
-/// Takes a snapshot every second until shutdown.
+/// Takes a snapshot every second until shutdown. Tokens/s counts the tokens sampled since the
+/// last snapshot (live, while requests run), not those of requests that ended.
 pub async fn sampler(state: SharedState) {
     let mut shutdown = state.shutdown.subscribe();
-    let mut last_tokens = state.metrics.generation_tokens_total();
+    let mut last_tokens = state.metrics.sampled_tokens_total();
     let mut last_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // A late tick is not followed by a catch-up burst (near-empty intervals would read 0).
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -89,7 +92,7 @@ pub async fn sampler(state: SharedState) {
         }
         let s = state.sched.stats();
         let [(ttft50, ttft95), (itl50, itl95)] = state.metrics.recent_percentiles();
-        let tokens = state.metrics.generation_tokens_total();
+        let tokens = state.metrics.sampled_tokens_total();
         let now = Instant::now();
         let dt = now.duration_since(last_at).as_secs_f64().max(1e-3);
         let tps = (tokens - last_tokens) as f64 / dt;
@@ -123,45 +126,6 @@ pub async fn sampler(state: SharedState) {
         });
         state.snapshots.push(Arc::from(snap.to_string()));
     }
-}
-
-const INDEX: &str = include_str!("../../../web/dashboard/index.html");
-const JS: &str = include_str!("../../../web/dashboard/dashboard.js");
-const CSS: &str = include_str!("../../../web/dashboard/dashboard.css");
-const UPLOT_JS: &str = include_str!("../../../web/vendor/uplot/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("../../../web/vendor/uplot/uPlot.min.css");
-const UPLOT_LICENSE: &str = include_str!("../../../web/vendor/uplot/LICENSE");
-
-pub async fn page() -> Response {
-    static_file(INDEX, HTML)
-}
-
-pub async fn asset(Path(file): Path<String>) -> Response {
-    match file.as_str() {
-        "dashboard.js" => static_file(JS, JAVASCRIPT),
-        "dashboard.css" => static_file(CSS, STYLESHEET),
-        "uPlot.iife.min.js" => static_file(UPLOT_JS, JAVASCRIPT),
-        "uPlot.min.css" => static_file(UPLOT_CSS, STYLESHEET),
-        "uPlot.LICENSE.txt" => static_file(UPLOT_LICENSE, TEXT),
-        _ => ApiError::not_found(format!("no asset `{file}`")).into_response(),
-    }
-}
-
-pub(crate) const HTML: &str = "text/html; charset=utf-8";
-pub(crate) const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
-pub(crate) const STYLESHEET: &str = "text/css; charset=utf-8";
-pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
-
-/// An embedded page or asset, cacheable for an hour.
-pub(crate) fn static_file(body: &'static str, content_type: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        body,
-    )
-        .into_response()
 }
 
 /// SSE: every stored snapshot as one `history` event, then each new one as `snapshot`.
@@ -199,7 +163,7 @@ pub async fn history(State(state): State<SharedState>) -> Result<Json<Value>, Ap
         .cfg
         .bench_db
         .clone()
-        .unwrap_or_else(rill_bench::history::default_db);
+        .unwrap_or_else(rill_history::default_db);
     let v = tokio::task::spawn_blocking(move || bench_history(&path))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
@@ -207,11 +171,11 @@ pub async fn history(State(state): State<SharedState>) -> Result<Json<Value>, Ap
     Ok(Json(v))
 }
 
-fn bench_history(path: &std::path::Path) -> Result<Value, rill_bench::BenchError> {
+fn bench_history(path: &std::path::Path) -> Result<Value, rill_history::HistoryError> {
     if !path.is_file() {
         return Ok(json!({"db": path.display().to_string(), "runs": []}));
     }
-    let h = rill_bench::History::open(path)?;
+    let h = rill_history::History::open(path)?;
     let runs = h.runs()?;
     let start = runs.len().saturating_sub(50);
     let mut out = Vec::new();
@@ -224,8 +188,8 @@ fn bench_history(path: &std::path::Path) -> Result<Value, rill_bench::BenchError
         });
         let mut regressions = Vec::new();
         if let Some(b) = base {
-            for d in rill_bench::compare::compare(&h.samples(b.id)?, &h.samples(r.id)?, 0.01) {
-                if d.verdict == rill_bench::compare::Verdict::Regression {
+            for d in rill_history::compare(&h.samples(b.id)?, &h.samples(r.id)?, 0.01) {
+                if d.verdict == rill_history::Verdict::Regression {
                     regressions.push(json!({"concurrency": d.concurrency, "metric": d.metric, "change_pct": d.change_pct, "p": d.p_value}));
                 }
             }

@@ -14,9 +14,10 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
-use crate::error::ApiError;
 use crate::openai::{new_id, Renderer};
 use crate::params::{self, Kind};
+use crate::protocol::ApiError;
+use crate::relay::{relay, Collector, Relayed};
 use crate::resume::Resumable;
 use crate::state::SharedState;
 use crate::{openapi, sse, ws};
@@ -25,6 +26,8 @@ use crate::{openapi, sse, ws};
 #[derive(Clone, Debug)]
 pub struct ApiKey(pub String);
 
+/// The whole app: public `/health`, web pages and assets; every other route behind API-key
+/// auth; body limit, panic-to-500 and (when origins are configured) CORS layers.
 pub fn router(state: SharedState) -> Router {
     let cors = cors_layer(&state.cfg.cors_origins);
     let api = Router::new()
@@ -42,10 +45,10 @@ pub fn router(state: SharedState) -> Router {
     let mut app = Router::new()
         .route("/health", get(health))
         // The page and its static assets hold no data: public (data routes need the key).
-        .route("/", get(crate::chat_page::page))
-        .route("/chat/assets/{file}", get(crate::chat_page::asset))
-        .route("/dashboard", get(crate::dashboard::page))
-        .route("/dashboard/assets/{file}", get(crate::dashboard::asset))
+        .route("/", get(crate::static_files::serve))
+        .route("/chat/assets/{file}", get(crate::static_files::serve))
+        .route("/dashboard", get(crate::static_files::serve))
+        .route("/dashboard/assets/{file}", get(crate::static_files::serve))
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
@@ -130,7 +133,7 @@ pub(crate) async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/ready", responses((status = 200, description = "The model is loaded and requests are accepted"), (status = 503, description = "Loading or shutting down", body = crate::openapi::ErrorResponse)))]
+#[utoipa::path(get, path = "/ready", responses((status = 200, description = "The model is loaded and requests are accepted"), (status = 503, description = "Loading or shutting down", body = crate::protocol::ErrorEnvelope)))]
 pub(crate) async fn ready(State(state): State<SharedState>) -> Response {
     if state.is_ready() {
         Json(json!({"status": "ready", "model": state.model_id})).into_response()
@@ -155,7 +158,7 @@ pub(crate) async fn models(State(state): State<SharedState>) -> Json<serde_json:
     }))
 }
 
-#[utoipa::path(post, path = "/v1/chat/completions", request_body = crate::openapi::ChatCompletionRequest, responses((status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", body = crate::openapi::Completion), (status = 400, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 413, body = crate::openapi::ErrorResponse), (status = 429, description = "Overloaded or rate limited (see Retry-After)", body = crate::openapi::ErrorResponse), (status = 503, body = crate::openapi::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = crate::openapi::ChatCompletionRequest, responses((status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", body = crate::protocol::openai::Completion), (status = 400, body = crate::protocol::ErrorEnvelope), (status = 401, body = crate::protocol::ErrorEnvelope), (status = 413, body = crate::protocol::ErrorEnvelope), (status = 429, description = "Overloaded or rate limited (see Retry-After)", body = crate::protocol::ErrorEnvelope), (status = 503, body = crate::protocol::ErrorEnvelope)))]
 pub(crate) async fn chat(
     State(state): State<SharedState>,
     Extension(key): Extension<ApiKey>,
@@ -165,7 +168,7 @@ pub(crate) async fn chat(
     generate(state, key, headers, body, Kind::Chat).await
 }
 
-#[utoipa::path(post, path = "/v1/completions", request_body = crate::openapi::CompletionRequest, responses((status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", body = crate::openapi::Completion), (status = 400, body = crate::openapi::ErrorResponse), (status = 429, body = crate::openapi::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/completions", request_body = crate::openapi::CompletionRequest, responses((status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", body = crate::protocol::openai::Completion), (status = 400, body = crate::protocol::ErrorEnvelope), (status = 429, body = crate::protocol::ErrorEnvelope)))]
 pub(crate) async fn completions(
     State(state): State<SharedState>,
     Extension(key): Extension<ApiKey>,
@@ -184,9 +187,7 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     let r = generate_inner(state.clone(), key, headers, body, kind).await;
     if let Err(e) = &r {
-        state
-            .metrics
-            .on_rejected(e.code.as_deref().unwrap_or(e.kind));
+        state.metrics.on_rejected(e.code());
     }
     r
 }
@@ -206,7 +207,7 @@ async fn generate_inner(
         }
     })?;
     if !state.is_ready() {
-        return Err(ApiError::unavailable("the server is shutting down").code("server_shutdown"));
+        return Err(ApiError::shutting_down());
     }
     let map = params::parse_body(&body)?;
     // Rendering and tokenizing a large prompt is CPU work: off the async executor.
@@ -225,7 +226,7 @@ async fn generate_inner(
         Kind::Chat => "chatcmpl",
         Kind::Completion => "cmpl",
     });
-    let mut renderer = Renderer::new(
+    let renderer = Renderer::new(
         &p,
         id.clone(),
         &state.model_id,
@@ -250,35 +251,33 @@ async fn generate_inner(
     );
     // Dropping this future (client gone) drops `stream`, which cancels the request.
     let span = tracing::info_span!("request", id = %id, stream = false);
-    let outcome = sse::collect(&state, &mut renderer, &mut stream)
+    let mut collector = Collector {
+        renderer,
+        error: None,
+    };
+    let relayed = relay(&state.metrics, &mut stream, &mut collector, None)
         .instrument(span)
         .await;
     state.streams.remove(&id);
-    match outcome {
-        Ok(()) => {
-            let mut r = Json(renderer.response()).into_response();
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                r.headers_mut().insert("x-rill-stream-id", v);
-            }
-            Ok(r)
-        }
-        Err((code, message)) => {
-            let status = if code == "server_shutdown" {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
-            let body = crate::openai::stream_error_json(&code, &message);
-            Ok((status, Json(body)).into_response())
-        }
+    // A failure after the request started is not a rejection: answered, not counted as one.
+    if let Some(e) = collector.error {
+        return Ok(e.into_response());
     }
+    if relayed != Relayed::Ended {
+        return Ok(ApiError::internal("the generation ended without a result").into_response());
+    }
+    let mut r = Json(collector.renderer.response()).into_response();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        r.headers_mut().insert("x-rill-stream-id", v);
+    }
+    Ok(r)
 }
 
 fn owned(entry: &crate::resume::StreamEntry, key: &ApiKey) -> bool {
     entry.owner.as_deref().is_none_or(|o| o == key.0)
 }
 
-#[utoipa::path(get, path = "/v1/streams/{id}", params(("id" = String, Path, description = "The stream id (X-Rill-Stream-Id)"), ("Last-Event-ID" = Option<String>, Header, description = "STREAM_ID:INDEX of the last event received")), responses((status = 200, description = "SSE: every event after Last-Event-ID, then live ones"), (status = 404, body = crate::openapi::ErrorResponse), (status = 410, body = crate::openapi::ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/streams/{id}", params(("id" = String, Path, description = "The stream id (X-Rill-Stream-Id)"), ("Last-Event-ID" = Option<String>, Header, description = "STREAM_ID:INDEX of the last event received")), responses((status = 200, description = "SSE: every event after Last-Event-ID, then live ones"), (status = 404, body = crate::protocol::ErrorEnvelope), (status = 410, body = crate::protocol::ErrorEnvelope)))]
 /// `GET /v1/streams/{id}` with `Last-Event-ID`: replay and follow a resumable stream.
 pub(crate) async fn resume(
     State(state): State<SharedState>,
@@ -324,10 +323,10 @@ pub(crate) async fn resume(
             cursor.map_or("the start".into(), |c| c.to_string())
         )));
     }
-    Ok(sse::follow(state.clone(), &id, buf.clone(), cursor))
+    Ok(sse::follow(&state, &id, buf, cursor))
 }
 
-#[utoipa::path(delete, path = "/v1/streams/{id}", params(("id" = String, Path)), responses((status = 200, description = "Cancelled; the stream ends with finish_reason cancelled"), (status = 404, body = crate::openapi::ErrorResponse)))]
+#[utoipa::path(delete, path = "/v1/streams/{id}", params(("id" = String, Path)), responses((status = 200, description = "Cancelled; the stream ends with finish_reason cancelled"), (status = 404, body = crate::protocol::ErrorEnvelope)))]
 /// `DELETE /v1/streams/{id}`: cancels any running stream (it ends with `finish_reason:
 /// "cancelled"`).
 pub(crate) async fn cancel(

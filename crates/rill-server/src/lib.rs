@@ -4,18 +4,21 @@
 //! prompt limits, per-key rate limits; graceful shutdown. The engine runs on the scheduler's
 //! thread; handlers only submit requests and relay events.
 
-pub mod chat_page;
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod dashboard;
-pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
 pub mod params;
+pub mod protocol;
+pub mod relay;
 pub mod resume;
 pub mod sse;
 pub mod state;
+pub mod static_files;
 pub mod ws;
 
 use std::future::Future;
@@ -31,18 +34,25 @@ use tokio::sync::oneshot;
 pub use config::{ConfigError, Overrides, ServeConfig};
 pub use state::{AppState, SharedState};
 
+/// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The configuration is invalid (or an API key file could not be read).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The scheduler rejected its settings or could not start its thread.
     #[error(transparent)]
     Scheduler(#[from] rill_scheduler::SchedulerError),
+    /// The listening socket could not be set up.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The `host:port` that was asked for.
         addr: String,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
+    /// An I/O error while serving (or the server task panicked).
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -69,7 +79,9 @@ pub fn scheduler_config(cfg: &ServeConfig) -> SchedulerConfig {
 
 /// A running server.
 pub struct ServerHandle {
+    /// The address actually bound (the real port when 0 was asked for).
     pub addr: SocketAddr,
+    /// The state shared with every handler (scheduler handle, config, metrics).
     pub state: SharedState,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,

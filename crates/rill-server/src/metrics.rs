@@ -2,7 +2,8 @@
 //! per server. Request-level families are observed as events flow to clients; scheduler-level
 //! ones (running/waiting sequences, the controller's limit, KV blocks, RSS, preemptions,
 //! prefix-cache hits) are read from the scheduler's stats at scrape time. A short window of
-//! recent TTFT and inter-token samples feeds the dashboard's live percentiles.
+//! recent TTFT and inter-token samples feeds the dashboard's live percentiles, and a counter of
+//! tokens as they are sampled (`rill_sampled_tokens_total`) its live tokens/s.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -18,13 +19,17 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use rill_scheduler::{ErrorCode, Event, SchedulerHandle};
 
+/// The label of `rill_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FinishLabel {
+    /// `stop`, `length`, `cancelled` or `error`.
     pub finish_reason: String,
 }
 
+/// The label of the error and rejection counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
+    /// The error code (`slow_consumer`, `invalid_value`, ...).
     pub code: String,
 }
 
@@ -37,6 +42,7 @@ struct Recent {
     itl: VecDeque<(Instant, f64)>,
 }
 
+/// The server's metrics: the registry `/metrics` renders and the request-level families.
 pub struct Metrics {
     registry: Registry,
     ttft: Histogram,
@@ -46,6 +52,7 @@ pub struct Metrics {
     send_lag: Histogram,
     prompt_tokens: Counter,
     generation_tokens: Counter,
+    sampled_tokens: Counter,
     requests: Family<FinishLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
     rejected: Family<CodeLabel, Counter>,
@@ -63,6 +70,7 @@ fn seconds_histogram(start: f64, count: u16) -> Histogram {
 }
 
 impl Metrics {
+    /// A registry with every family, reading scheduler state from `sched` at scrape time.
     pub fn new(sched: SchedulerHandle) -> Self {
         let mut registry = Registry::with_prefix("rill");
         let m = Self {
@@ -73,6 +81,7 @@ impl Metrics {
             send_lag: seconds_histogram(0.000_05, 14),
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
+            sampled_tokens: Counter::default(),
             requests: Family::default(),
             errors: Family::default(),
             rejected: Family::default(),
@@ -115,6 +124,11 @@ impl Metrics {
             m.generation_tokens.clone(),
         );
         registry.register(
+            "sampled_tokens",
+            "Tokens generated, counted as they are sampled (generation_tokens counts them when their request ends)",
+            m.sampled_tokens.clone(),
+        );
+        registry.register(
             "requests",
             "Requests that ended, by finish reason (error: see rill_errors)",
             m.requests.clone(),
@@ -139,6 +153,7 @@ impl Metrics {
             Event::Tokens {
                 tokens, sampled_at, ..
             } if !tokens.is_empty() => {
+                self.sampled_tokens.inc_by(tokens.len() as u64);
                 // A burst of n tokens (speculation, or coalescing for a slow reader) counts n
                 // gaps of an n-th of the wait: the metric counts tokens, not steps.
                 if let Some(prev) = t.last_sampled {
@@ -256,10 +271,18 @@ impl Metrics {
         [pct(&r.ttft), pct(&r.itl)]
     }
 
+    /// Tokens generated for requests that ended (`rill_generation_tokens_total`).
     pub fn generation_tokens_total(&self) -> u64 {
         self.generation_tokens.get()
     }
 
+    /// Tokens generated so far, counted as they are sampled, running requests included
+    /// (`rill_sampled_tokens_total`): the dashboard's live tokens/s.
+    pub fn sampled_tokens_total(&self) -> u64 {
+        self.sampled_tokens.get()
+    }
+
+    /// Requests failed after they started, per error code (every code, zeros included).
     pub fn errors_by_code(&self) -> Vec<(String, u64)> {
         ErrorCode::ALL
             .iter()

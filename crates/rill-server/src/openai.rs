@@ -1,14 +1,21 @@
-//! OpenAI response shapes: streaming chunks (`chat.completion.chunk`, `text_completion`) and
-//! whole responses, built from scheduler events, plus rill's `timings` object.
+//! Renders one request's scheduler events as OpenAI payloads ([`crate::protocol::openai`]):
+//! streaming chunks for SSE, or, absorbed event by event, one whole response.
 
 use std::sync::Arc;
 
 use rill_engine::{SampledToken, Tokenizer};
 use rill_scheduler::{Event, FinishReason, Timings, Usage};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::params::{GenParams, Kind};
+use crate::protocol::openai::{
+    ChatLogprobs, Chunk, ChunkChoice, Completion, CompletionLogprobs, Delta, Message,
+    ResponseChoice, TimingsBody, TokenLogprob, TopLogprob, UsageBody,
+};
+use crate::protocol::sse::SsePayload;
+use crate::protocol::ApiError;
 
+/// Seconds since the Unix epoch.
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -23,41 +30,10 @@ pub fn new_id(prefix: &str) -> String {
     )
 }
 
-pub fn timings_json(t: &Timings, u: &Usage) -> Value {
-    json!({
-        "queue_ms": t.queue_ms,
-        "ttft_ms": t.ttft_ms,
-        "prompt_ms": t.prefill_ms,
-        "prompt_tokens_per_s": t.prompt_tokens_per_s,
-        "generation_tokens_per_s": t.decode_tokens_per_s,
-        "itl_mean_ms": t.itl_mean_ms,
-        "itl_p50_ms": t.itl_p50_ms,
-        "itl_p95_ms": t.itl_p95_ms,
-        "total_ms": t.total_ms,
-        "cached_tokens": u.cached_tokens,
-        "preemptions": t.preemptions,
-        "draft_tokens": t.draft_tokens,
-        "accepted_tokens": t.accepted_tokens,
-    })
-}
-
-pub fn usage_json(u: &Usage) -> Value {
-    json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-    })
-}
-
-/// The payload of an error event after a stream began.
-pub fn stream_error_json(code: &str, message: &str) -> Value {
-    json!({"error": {"message": message, "type": "server_error", "code": code, "param": null}})
-}
-
-/// Renders scheduler events as OpenAI JSON, for one request.
+/// Renders scheduler events as OpenAI payloads, for one request.
 pub struct Renderer {
     kind: Kind,
+    /// The completion's id (also the stream id).
     pub id: String,
     created: u64,
     model: String,
@@ -66,12 +42,14 @@ pub struct Renderer {
     tokenizer: Arc<Tokenizer>,
     // Accumulated for a whole (non-streaming) response.
     text: String,
-    chat_logprobs: Vec<Value>,
+    chat_logprobs: Vec<TokenLogprob>,
+    completion_logprobs: CompletionLogprobs,
     text_offset: usize,
     finish: Option<(FinishReason, Usage, Timings)>,
 }
 
 impl Renderer {
+    /// A renderer for the request `p`, answering as `model`.
     pub fn new(p: &GenParams, id: String, model: &str, tokenizer: Arc<Tokenizer>) -> Self {
         Self {
             kind: p.kind,
@@ -83,6 +61,7 @@ impl Renderer {
             tokenizer,
             text: String::new(),
             chat_logprobs: Vec::new(),
+            completion_logprobs: CompletionLogprobs::default(),
             text_offset: 0,
             finish: None,
         }
@@ -92,72 +71,76 @@ impl Renderer {
         String::from_utf8_lossy(self.tokenizer.token_bytes(id)).into_owned()
     }
 
-    fn chat_logprob(&self, t: &SampledToken) -> Value {
+    fn chat_logprob(&self, t: &SampledToken) -> TokenLogprob {
         let entry = |id: u32, lp: f32| {
             let bytes = self.tokenizer.token_bytes(id);
-            json!({"token": String::from_utf8_lossy(bytes), "logprob": lp, "bytes": bytes})
+            TopLogprob {
+                token: String::from_utf8_lossy(bytes).into_owned(),
+                logprob: lp,
+                bytes: bytes.to_vec(),
+            }
         };
-        let mut v = entry(t.id, t.logprob);
-        v["top_logprobs"] = t
-            .top_logprobs
-            .iter()
-            .map(|&(id, lp)| entry(id, lp))
-            .collect::<Vec<_>>()
-            .into();
-        v
-    }
-
-    fn completion_logprobs(&mut self, tokens: &[SampledToken]) -> Value {
-        let mut toks = Vec::new();
-        let mut lps = Vec::new();
-        let mut tops = Vec::new();
-        let mut offsets = Vec::new();
-        for t in tokens {
-            let s = self.token_text(t.id);
-            offsets.push(self.text_offset);
-            self.text_offset += s.len();
-            toks.push(Value::from(s));
-            lps.push(Value::from(t.logprob));
-            let top: serde_json::Map<String, Value> = t
+        let e = entry(t.id, t.logprob);
+        TokenLogprob {
+            token: e.token,
+            logprob: e.logprob,
+            bytes: e.bytes,
+            top_logprobs: t
                 .top_logprobs
                 .iter()
-                .map(|&(id, lp)| (self.token_text(id), Value::from(lp)))
-                .collect();
-            tops.push(Value::Object(top));
+                .map(|&(id, lp)| entry(id, lp))
+                .collect(),
         }
-        json!({"tokens": toks, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
     }
 
-    /// The fields every response and chunk shares, around one choice.
-    fn envelope(&self, object: &str, choice: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": "rill",
-            "choices": [choice],
-        })
+    fn completion_logprobs(&mut self, tokens: &[SampledToken]) -> CompletionLogprobs {
+        let mut lp = CompletionLogprobs::default();
+        for t in tokens {
+            let s = self.token_text(t.id);
+            lp.text_offset.push(self.text_offset);
+            self.text_offset += s.len();
+            lp.tokens.push(s);
+            lp.token_logprobs.push(t.logprob);
+            lp.top_logprobs.push(
+                t.top_logprobs
+                    .iter()
+                    .map(|&(id, lp)| (self.token_text(id), Value::from(lp)))
+                    .collect(),
+            );
+        }
+        lp
     }
 
-    fn chunk(&self, choice: Value) -> Value {
-        let object = match self.kind {
-            Kind::Chat => "chat.completion.chunk",
-            Kind::Completion => "text_completion",
-        };
-        self.envelope(object, choice)
+    fn chunk(&self, choices: Vec<ChunkChoice>) -> Chunk {
+        Chunk {
+            id: self.id.clone(),
+            object: match self.kind {
+                Kind::Chat => "chat.completion.chunk",
+                Kind::Completion => "text_completion",
+            },
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: "rill",
+            choices,
+            usage: None,
+            timings: None,
+        }
     }
 
-    /// Streaming: the data payloads an event turns into (possibly none).
-    pub fn stream_event(&mut self, ev: &Event) -> Vec<Value> {
+    /// Streaming: the payloads an event turns into (possibly none).
+    pub fn stream_event(&mut self, ev: &Event) -> Vec<SsePayload> {
+        let one = |c: Chunk| vec![SsePayload::Chunk(Box::new(c))];
         match ev {
             Event::Started { .. } => match self.kind {
-                Kind::Chat => vec![self.chunk(json!({
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": null,
-                    "finish_reason": null,
-                }))],
+                Kind::Chat => one(self.chunk(vec![ChunkChoice::Chat {
+                    index: 0,
+                    delta: Delta {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                    },
+                    logprobs: None,
+                    finish_reason: None,
+                }])),
                 Kind::Completion => Vec::new(),
             },
             Event::Tokens { tokens, text, .. } => {
@@ -166,24 +149,25 @@ impl Renderer {
                     return Vec::new();
                 }
                 let choice = match self.kind {
-                    Kind::Chat => {
-                        let lp = if with_lp {
-                            json!({"content": tokens.iter().map(|t| self.chat_logprob(t)).collect::<Vec<_>>()})
-                        } else {
-                            Value::Null
-                        };
-                        json!({"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
-                    }
-                    Kind::Completion => {
-                        let lp = if with_lp {
-                            self.completion_logprobs(tokens)
-                        } else {
-                            Value::Null
-                        };
-                        json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": null})
-                    }
+                    Kind::Chat => ChunkChoice::Chat {
+                        index: 0,
+                        delta: Delta {
+                            role: None,
+                            content: Some(text.clone()),
+                        },
+                        logprobs: with_lp.then(|| ChatLogprobs {
+                            content: tokens.iter().map(|t| self.chat_logprob(t)).collect(),
+                        }),
+                        finish_reason: None,
+                    },
+                    Kind::Completion => ChunkChoice::Text {
+                        index: 0,
+                        text: text.clone(),
+                        logprobs: with_lp.then(|| self.completion_logprobs(tokens)),
+                        finish_reason: None,
+                    },
                 };
-                vec![self.chunk(choice)]
+                one(self.chunk(vec![choice]))
             }
             Event::Finished {
                 reason,
@@ -191,41 +175,52 @@ impl Renderer {
                 timings,
                 ..
             } => {
-                let mut last = match self.kind {
-                    Kind::Chat => self.chunk(json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason.as_str()})),
-                    Kind::Completion => self.chunk(json!({"index": 0, "text": "", "logprobs": null, "finish_reason": reason.as_str()})),
+                let finish_reason = Some(reason.as_str());
+                let choice = match self.kind {
+                    Kind::Chat => ChunkChoice::Chat {
+                        index: 0,
+                        delta: Delta::default(),
+                        logprobs: None,
+                        finish_reason,
+                    },
+                    Kind::Completion => ChunkChoice::Text {
+                        index: 0,
+                        text: String::new(),
+                        logprobs: None,
+                        finish_reason,
+                    },
                 };
-                last["timings"] = timings_json(timings, usage);
-                let mut out = vec![last];
+                let mut last = self.chunk(vec![choice]);
+                last.timings = Some(TimingsBody::new(timings, usage));
+                let mut out = vec![SsePayload::Chunk(Box::new(last))];
                 if self.include_usage {
-                    let mut u = self.chunk(Value::Null);
-                    u["choices"] = json!([]);
-                    u["usage"] = usage_json(usage);
-                    u["timings"] = timings_json(timings, usage);
-                    out.push(u);
+                    let mut u = self.chunk(Vec::new());
+                    u.usage = Some(UsageBody::from(usage));
+                    u.timings = Some(TimingsBody::new(timings, usage));
+                    out.push(SsePayload::Chunk(Box::new(u)));
                 }
                 out
             }
             Event::Error { code, message, .. } => {
-                vec![stream_error_json(code.as_str(), message)]
+                vec![SsePayload::error(&ApiError::from_event(*code, message))]
             }
         }
     }
 
-    /// Non-streaming: absorbs an event; returns an error payload if the generation failed.
-    pub fn absorb(&mut self, ev: &Event) -> Option<(String, String)> {
+    /// Non-streaming: absorbs an event; returns the error if the generation failed.
+    pub fn absorb(&mut self, ev: &Event) -> Option<ApiError> {
         match ev {
             Event::Tokens { tokens, text, .. } => {
                 if self.logprobs.is_some() {
                     match self.kind {
                         Kind::Chat => {
-                            let v: Vec<Value> =
+                            let v: Vec<TokenLogprob> =
                                 tokens.iter().map(|t| self.chat_logprob(t)).collect();
                             self.chat_logprobs.extend(v);
                         }
                         Kind::Completion => {
                             let v = self.completion_logprobs(tokens);
-                            self.chat_logprobs.push(v);
+                            self.completion_logprobs.extend(v);
                         }
                     }
                 }
@@ -241,65 +236,52 @@ impl Renderer {
                 self.finish = Some((*reason, *usage, *timings));
                 None
             }
-            Event::Error { code, message, .. } => {
-                Some((code.as_str().to_string(), message.clone()))
-            }
+            Event::Error { code, message, .. } => Some(ApiError::from_event(*code, message)),
             Event::Started { .. } => None,
         }
     }
 
     /// Non-streaming: the whole response after `Finished`.
-    pub fn response(&self) -> Value {
+    pub fn response(&self) -> Completion {
         let (reason, usage, timings) =
             self.finish
                 .unwrap_or((FinishReason::Stop, Usage::default(), Timings::default()));
+        let with_lp = self.logprobs.is_some();
         let (object, choice) = match self.kind {
-            Kind::Chat => {
-                let lp = if self.logprobs.is_some() {
-                    json!({"content": self.chat_logprobs})
-                } else {
-                    Value::Null
-                };
-                (
-                    "chat.completion",
-                    json!({
-                        "index": 0,
-                        "message": {"role": "assistant", "content": self.text, "refusal": null},
-                        "logprobs": lp,
-                        "finish_reason": reason.as_str(),
+            Kind::Chat => (
+                "chat.completion",
+                ResponseChoice::Chat {
+                    index: 0,
+                    message: Message {
+                        role: "assistant",
+                        content: self.text.clone(),
+                        refusal: None,
+                    },
+                    logprobs: with_lp.then(|| ChatLogprobs {
+                        content: self.chat_logprobs.clone(),
                     }),
-                )
-            }
-            Kind::Completion => {
-                let lp = if self.logprobs.is_some() {
-                    let mut merged = json!({"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []});
-                    for part in &self.chat_logprobs {
-                        for k in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
-                            if let (Some(dst), Some(src)) =
-                                (merged[k].as_array_mut(), part[k].as_array())
-                            {
-                                dst.extend(src.iter().cloned());
-                            }
-                        }
-                    }
-                    merged
-                } else {
-                    Value::Null
-                };
-                (
-                    "text_completion",
-                    json!({
-                        "index": 0,
-                        "text": self.text,
-                        "logprobs": lp,
-                        "finish_reason": reason.as_str(),
-                    }),
-                )
-            }
+                    finish_reason: reason.as_str(),
+                },
+            ),
+            Kind::Completion => (
+                "text_completion",
+                ResponseChoice::Text {
+                    index: 0,
+                    text: self.text.clone(),
+                    logprobs: with_lp.then(|| self.completion_logprobs.clone()),
+                    finish_reason: reason.as_str(),
+                },
+            ),
         };
-        let mut v = self.envelope(object, choice);
-        v["usage"] = usage_json(&usage);
-        v["timings"] = timings_json(&timings, &usage);
-        v
+        Completion {
+            id: self.id.clone(),
+            object,
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: "rill",
+            choices: vec![choice],
+            usage: UsageBody::from(&usage),
+            timings: TimingsBody::new(&timings, &usage),
+        }
     }
 }

@@ -5,15 +5,19 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+/// One chat message.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct ChatMessage {
     /// system, user, assistant (developer is treated as system)
     pub role: String,
+    /// The message text (an array of `{"type": "text", "text": ...}` parts is also accepted).
     pub content: String,
 }
 
+/// Options for streamed responses.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct StreamOptions {
+    /// Send a last chunk with the request's token usage (default false).
     pub include_usage: Option<bool>,
 }
 
@@ -22,6 +26,8 @@ pub struct StreamOptions {
 pub struct Sampling {
     /// 0 to 2 (0: greedy). Default 1.
     pub temperature: Option<f64>,
+    /// Nucleus sampling: keep the most likely tokens up to this cumulative probability,
+    /// in (0, 1]. Default 1 (off).
     pub top_p: Option<f64>,
     /// rill extension.
     pub top_k: Option<u32>,
@@ -29,14 +35,22 @@ pub struct Sampling {
     pub min_p: Option<f64>,
     /// rill extension.
     pub repetition_penalty: Option<f64>,
+    /// -2 to 2: subtracted from a token's logit once per occurrence among the last 64 tokens.
+    /// Default 0.
     pub frequency_penalty: Option<f64>,
+    /// -2 to 2: subtracted from the logit of every token among the last 64 tokens. Default 0.
     pub presence_penalty: Option<f64>,
+    /// Seed of the sampling random stream, for reproducible output. Default: random.
     pub seed: Option<i64>,
     /// A string or up to 4 strings.
     pub stop: Option<serde_json::Value>,
+    /// Most tokens to generate. Default: all the context leaves after the prompt.
     pub max_tokens: Option<u32>,
+    /// Same as `max_tokens`, which it takes precedence over.
     pub max_completion_tokens: Option<u32>,
+    /// Stream the response as server-sent events. Default false.
     pub stream: Option<bool>,
+    /// Options for `stream: true`.
     pub stream_options: Option<StreamOptions>,
     /// rill extension: keep generating for the resume window after a disconnect.
     pub resumable: Option<bool>,
@@ -48,102 +62,59 @@ pub struct Sampling {
     pub n: Option<u32>,
 }
 
+/// Body of `POST /v1/chat/completions`.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
+    /// Accepted for compatibility; the server's one model answers whatever is named.
     pub model: Option<String>,
+    /// The conversation, rendered through the model's chat template (at least one message).
     pub messages: Vec<ChatMessage>,
+    /// Return the log-probability of each generated token. Default false.
     pub logprobs: Option<bool>,
+    /// Alternatives per token (0 to 20); requires `logprobs: true`.
     pub top_logprobs: Option<u32>,
+    /// Sampling and control fields, at the top level of the body.
     #[serde(flatten)]
     pub sampling: Sampling,
 }
 
+/// Body of `POST /v1/completions`.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct CompletionRequest {
+    /// Accepted for compatibility; the server's one model answers whatever is named.
     pub model: Option<String>,
     /// A string, an array of one string, or an array of token ids.
     pub prompt: serde_json::Value,
     /// Alternatives per token (0 to 20).
     pub logprobs: Option<u32>,
+    /// Sampling and control fields, at the top level of the body.
     #[serde(flatten)]
     pub sampling: Sampling,
 }
 
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct Usage {
-    pub prompt_tokens: u32,
-    pub completion_tokens: u32,
-    pub total_tokens: u32,
-}
-
-/// rill's per-request timings (also in the last stream chunks).
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct Timings {
-    pub queue_ms: f64,
-    pub ttft_ms: f64,
-    pub prompt_ms: f64,
-    pub prompt_tokens_per_s: f64,
-    pub generation_tokens_per_s: f64,
-    pub itl_mean_ms: f64,
-    pub itl_p50_ms: f64,
-    pub itl_p95_ms: f64,
-    pub total_ms: f64,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct Choice {
-    pub index: u32,
-    /// Chat: the assistant message.
-    pub message: Option<ChatMessage>,
-    /// Completions: the text.
-    pub text: Option<String>,
-    /// stop, length, cancelled
-    pub finish_reason: String,
-    pub logprobs: Option<serde_json::Value>,
-}
-
-/// `chat.completion` or `text_completion`; streamed as `chat.completion.chunk` /
-/// `text_completion` SSE events, then `data: [DONE]`.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct Completion {
-    pub id: String,
-    pub object: String,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<Choice>,
-    pub usage: Usage,
-    pub timings: Timings,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub message: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub code: Option<String>,
-    pub param: Option<String>,
-}
-
-/// OpenAI's error shape.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorResponse {
-    pub error: ErrorBody,
-}
-
+/// A served model.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Model {
+    /// The model id (`served_model_name`, or the model file's stem).
     pub id: String,
+    /// Always `model`.
     pub object: String,
+    /// When the server started, in Unix seconds.
     pub created: u64,
+    /// Always `rill`.
     pub owned_by: String,
 }
 
+/// Response of `GET /v1/models`.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct ModelList {
+    /// Always `list`.
     pub object: String,
+    /// The served model (exactly one).
     pub data: Vec<Model>,
 }
 
+/// The OpenAPI description of the HTTP API: the documented routes and their schemas.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -163,13 +134,14 @@ pub struct ModelList {
     components(schemas(
         ChatCompletionRequest,
         CompletionRequest,
-        Completion,
-        ErrorResponse,
+        crate::protocol::openai::Completion,
+        crate::protocol::ErrorEnvelope,
         ModelList
     ))
 )]
 pub struct ApiDoc;
 
+/// `GET /openapi.json`: the generated OpenAPI document.
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

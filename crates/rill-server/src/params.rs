@@ -5,23 +5,33 @@ use rill_engine::{ChatMessage, SamplingParams};
 use rill_scheduler::{Request, SchedulerHandle};
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::protocol::ApiError;
 
+/// Which OpenAI endpoint a request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// `/v1/chat/completions`: `messages`, rendered through the chat template.
     Chat,
+    /// `/v1/completions`: a raw `prompt` (text or token ids).
     Completion,
 }
 
 /// A parsed generation request.
 #[derive(Debug, Clone)]
 pub struct GenParams {
+    /// The endpoint, which decides the prompt field and the response shape.
     pub kind: Kind,
+    /// What goes to the scheduler: prompt tokens, `max_tokens` (default: all the room the
+    /// context leaves), sampling, stop sequences, priority.
     pub request: Request,
+    /// `stream`: answer with SSE chunks instead of one JSON body (default false).
     pub stream: bool,
+    /// `stream_options.include_usage`: send a final usage chunk when streaming (default false).
     pub include_usage: bool,
     /// Return log-probabilities, with this many alternatives per token.
     pub logprobs: Option<usize>,
+    /// `resumable` (rill extension): keep generating for the resume window after the client
+    /// disconnects, so that it can reattach (default false).
     pub resumable: bool,
 }
 
@@ -272,7 +282,7 @@ pub fn parse(
                 limits.max_sequence_tokens
             ),
         );
-        e.code = Some("context_length_exceeded".into());
+        e.kind = crate::protocol::ErrorKind::ContextLengthExceeded;
         return Err(e);
     }
     let room = limits.max_sequence_tokens - prompt.len();
@@ -290,7 +300,7 @@ pub fn parse(
                 limits.max_sequence_tokens
             ),
         );
-        e.code = Some("context_length_exceeded".into());
+        e.kind = crate::protocol::ErrorKind::ContextLengthExceeded;
         return Err(e);
     }
     let d = SamplingParams::default();

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rill_scheduler::RequestId;
+
+use crate::protocol::ws::ServerFrame;
 use tokio::sync::watch;
 
 /// One buffered event.
@@ -18,6 +20,7 @@ pub struct Frame<T> {
     pub idx: u64,
     /// Token position for WebSocket resume (the index again for SSE).
     pub position: u64,
+    /// The event as sent to clients (an SSE `data:` payload or a WebSocket frame).
     pub data: T,
 }
 
@@ -28,6 +31,7 @@ pub struct Expired;
 /// What a follower gets when it asks for events after its cursor.
 #[derive(Debug)]
 pub enum Read<T> {
+    /// Every buffered event after the cursor, in order (at least one).
     Frames(Vec<Frame<T>>),
     /// The stream ended and the follower has everything.
     Done,
@@ -47,6 +51,8 @@ struct Inner<T> {
     acked: Option<u64>,
 }
 
+/// A resumable stream's recent events (at most `cap`, oldest dropped first), shared by the
+/// producer and any number of followers.
 pub struct StreamBuffer<T> {
     inner: Mutex<Inner<T>>,
     /// Bumped on every push and at the end: followers wait on it.
@@ -57,6 +63,7 @@ pub struct StreamBuffer<T> {
 }
 
 impl<T: Clone> StreamBuffer<T> {
+    /// An empty buffer keeping at most `cap` events (at least 1), detached from the start.
     pub fn new(cap: usize) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner {
@@ -77,10 +84,12 @@ impl<T: Clone> StreamBuffer<T> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Notified on every push and when the stream finishes (for followers waiting on `Wait`).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }
 
+    /// Notified when a follower takes events or detaches (for the producer's backpressure).
     pub fn subscribe_progress(&self) -> watch::Receiver<u64> {
         self.progress.subscribe()
     }
@@ -105,6 +114,7 @@ impl<T: Clone> StreamBuffer<T> {
         idx
     }
 
+    /// Marks the stream ended: followers that have every event then read `Done`.
     pub fn finish(&self) {
         self.lock().done = true;
         self.version.send_modify(|v| *v += 1);
@@ -160,17 +170,22 @@ impl<T: Clone> StreamBuffer<T> {
         (g.attached > 0).then(|| g.next_idx - g.acked.map_or(0, |a| a + 1))
     }
 
+    /// Most events kept (`resume_buffer_events`, at least 1).
     pub fn capacity(&self) -> usize {
         self.cap
     }
 
-    pub fn attach(&self) {
-        let mut g = self.lock();
-        g.attached += 1;
-        g.detached_at = None;
+    /// A follower of this stream: attached until it is dropped.
+    pub fn follower(self: &Arc<Self>) -> Follower<T> {
+        {
+            let mut g = self.lock();
+            g.attached += 1;
+            g.detached_at = None;
+        }
+        Follower { buf: self.clone() }
     }
 
-    pub fn detach(&self) {
+    fn detach(&self) {
         {
             let mut g = self.lock();
             g.attached = g.attached.saturating_sub(1);
@@ -188,20 +203,46 @@ impl<T: Clone> StreamBuffer<T> {
     }
 }
 
-/// What the registry knows of a stream.
-pub enum Resumable {
-    No,
-    Sse(Arc<StreamBuffer<Arc<str>>>),
-    Ws(Arc<StreamBuffer<Arc<serde_json::Value>>>),
+/// An attached reader of a [`StreamBuffer`] (the producer waits for it, and the stream is
+/// not abandoned while one exists); detaches when dropped.
+pub struct Follower<T: Clone> {
+    buf: Arc<StreamBuffer<T>>,
 }
 
+impl<T: Clone> Follower<T> {
+    /// The buffer it reads.
+    pub fn buffer(&self) -> &Arc<StreamBuffer<T>> {
+        &self.buf
+    }
+}
+
+impl<T: Clone> Drop for Follower<T> {
+    fn drop(&mut self) {
+        self.buf.detach();
+    }
+}
+
+/// What the registry knows of a stream.
+pub enum Resumable {
+    /// Not resumable (registered for cancellation only).
+    No,
+    /// An SSE stream's buffer of `data:` payloads.
+    Sse(Arc<StreamBuffer<Arc<str>>>),
+    /// A WebSocket generation's buffer of frames.
+    Ws(Arc<StreamBuffer<Arc<ServerFrame>>>),
+}
+
+/// A registered stream: its scheduler request and, when resumable, its buffer.
 pub struct StreamEntry {
+    /// The scheduler request generating it (for cancellation).
     pub request_id: RequestId,
+    /// Whether and how it can be resumed.
     pub resumable: Resumable,
     /// The API key that created it (others may not touch it).
     pub owner: Option<String>,
 }
 
+/// Live streams by id (the response id; WebSocket ids are scoped by API key).
 #[derive(Default)]
 pub struct Registry {
     map: Mutex<HashMap<String, Arc<StreamEntry>>>,
@@ -212,16 +253,19 @@ impl Registry {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Registers `e` under `id` (replacing any entry there) and returns the shared entry.
     pub fn insert(&self, id: &str, e: StreamEntry) -> Arc<StreamEntry> {
         let e = Arc::new(e);
         self.lock().insert(id.to_string(), e.clone());
         e
     }
 
+    /// The entry registered under `id`, if any.
     pub fn get(&self, id: &str) -> Option<Arc<StreamEntry>> {
         self.lock().get(id).cloned()
     }
 
+    /// Forgets `id` (no-op when absent).
     pub fn remove(&self, id: &str) {
         self.lock().remove(id);
     }

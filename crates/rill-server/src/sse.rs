@@ -1,10 +1,10 @@
 //! Server-sent events for `/v1/chat/completions` and `/v1/completions` with `stream: true`, and
-//! for `GET /v1/streams/{id}` (resume). Every event carries `id: STREAM:INDEX`; a `: keep-alive`
-//! comment goes out when nothing else has for `keepalive_s` (with the queue position while the
-//! request waits). A plain stream's task reads the scheduler and writes to the socket; when the
-//! socket is slow it stops reading, so the scheduler coalesces and, past its bound, ends the
-//! request with `slow_consumer`. A resumable stream's generation pumps into a buffer that
-//! followers (the first response, later resumes) read from.
+//! for `GET /v1/streams/{id}` (resume): the SSE side of [`crate::relay`]. Every event carries
+//! `id: STREAM:INDEX`; a `: keep-alive` comment goes out when nothing else has for
+//! `keepalive_s` (with the queue position while the request waits). A plain stream relays the
+//! scheduler's events straight to the socket ([`SseSink`]); a resumable one relays them into a
+//! buffer ([`crate::relay::BufferSink`]) that followers (the first response, later resumes)
+//! read from ([`SseOut`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,27 +13,16 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
-use rill_scheduler::{Event, RequestStream};
+use rill_scheduler::{ErrorCode, Event, RequestStream};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::metrics::Track;
 use crate::openai::Renderer;
-use crate::resume::{Read, Resumable, StreamBuffer, StreamEntry};
+use crate::protocol::sse::{event, keepalive, SsePayload};
+use crate::protocol::ApiError;
+use crate::relay::{self, BufferSink, FollowSink, Frames, Gone, Sink};
+use crate::resume::{Follower, Resumable, StreamBuffer, StreamEntry};
 use crate::state::SharedState;
-
-const DONE: &str = "[DONE]";
-
-fn frame(stream_id: &str, idx: u64, data: &str) -> Bytes {
-    Bytes::from(format!("id: {stream_id}:{idx}\ndata: {data}\n\n"))
-}
-
-fn keepalive(position: Option<usize>) -> Bytes {
-    match position {
-        Some(p) => Bytes::from(format!(": keep-alive queue_position={p}\n\n")),
-        None => Bytes::from_static(b": keep-alive\n\n"),
-    }
-}
 
 /// An SSE response around a channel of already-framed events (also used by the dashboard).
 pub(crate) fn event_stream(rx: mpsc::Receiver<Bytes>) -> Response {
@@ -61,16 +50,127 @@ fn response(stream_id: &str, rx: mpsc::Receiver<Bytes>) -> Response {
     r
 }
 
+/// One SSE response's channel: numbered events and keep-alives to the socket.
+pub struct SseOut {
+    tx: mpsc::Sender<Bytes>,
+    stream_id: String,
+    keepalive: Duration,
+}
+
+impl SseOut {
+    async fn send(&self, b: Bytes) -> Result<(), Gone> {
+        self.tx.send(b).await.map_err(|_| Gone)
+    }
+}
+
+impl FollowSink<Arc<str>> for SseOut {
+    async fn send(&mut self, idx: u64, data: &Arc<str>) -> Result<(), Gone> {
+        SseOut::send(self, event(&self.stream_id, idx, data)).await
+    }
+
+    async fn gone(&self) {
+        self.tx.closed().await
+    }
+
+    async fn expired(&mut self, cursor: Option<u64>) {
+        let e = ApiError::from_event(
+            ErrorCode::SlowConsumer,
+            "the client fell behind the stream's replay buffer",
+        );
+        let next = cursor.map_or(0, |c| c + 1);
+        let data = SsePayload::error(&e).to_data();
+        if SseOut::send(self, event(&self.stream_id, next, &data))
+            .await
+            .is_ok()
+        {
+            let done = SsePayload::Done.to_data();
+            let _ = SseOut::send(self, event(&self.stream_id, next + 1, &done)).await;
+        }
+    }
+
+    fn keepalive_period(&self) -> Option<Duration> {
+        Some(self.keepalive)
+    }
+
+    async fn keepalive(&mut self) -> Result<(), Gone> {
+        SseOut::send(self, keepalive(None)).await
+    }
+}
+
+/// A plain stream: each event rendered and written to the socket.
+struct SseSink {
+    out: SseOut,
+    renderer: Renderer,
+    idx: u64,
+}
+
+impl Sink for SseSink {
+    async fn deliver(&mut self, ev: &Event) -> Result<(), Gone> {
+        for payload in self.renderer.stream_event(ev) {
+            let e = event(&self.out.stream_id, self.idx, &payload.to_data());
+            self.out.send(e).await?;
+            self.idx += 1;
+        }
+        Ok(())
+    }
+
+    async fn gone(&self) {
+        self.out.tx.closed().await
+    }
+
+    fn idle_period(&self) -> Duration {
+        self.out.keepalive
+    }
+
+    async fn idle(&mut self, queue_position: Option<usize>) -> Result<(), Gone> {
+        self.out.send(keepalive(queue_position)).await
+    }
+
+    async fn finish(&mut self) {
+        let done = SsePayload::Done.to_data();
+        let _ = self
+            .out
+            .send(event(&self.out.stream_id, self.idx, &done))
+            .await;
+    }
+}
+
+/// A resumable stream's frames: each payload serialized once, shared by every follower.
+struct SseFrames(Renderer);
+
+impl Frames for SseFrames {
+    type Frame = Arc<str>;
+
+    fn frames(&mut self, ev: &Event, out: &mut Vec<(Option<u64>, Arc<str>)>) {
+        out.extend(
+            self.0
+                .stream_event(ev)
+                .iter()
+                .map(|p| (None, Arc::from(p.to_data()))),
+        );
+    }
+
+    fn trailer(&self) -> Option<Arc<str>> {
+        Some(Arc::from(SsePayload::Done.to_data()))
+    }
+}
+
 /// Starts streaming a submitted request.
 pub fn respond(
     state: SharedState,
     renderer: Renderer,
-    stream: RequestStream,
+    mut stream: RequestStream,
     resumable: bool,
     owner: Option<String>,
 ) -> Response {
     let id = renderer.id.clone();
     let span = tracing::info_span!("request", id = %id, stream = true, resumable);
+    let (tx, rx) = mpsc::channel(16);
+    let out = SseOut {
+        tx,
+        stream_id: id.clone(),
+        keepalive: Duration::from_secs(state.cfg.keepalive_s),
+    };
     if resumable {
         let buf = StreamBuffer::<Arc<str>>::new(state.cfg.resume_buffer_events);
         state.streams.insert(
@@ -81,14 +181,13 @@ pub fn respond(
                 owner,
             },
         );
-        tokio::spawn(pump(
-            state.clone(),
-            id.clone(),
-            renderer,
-            stream,
-            buf.clone(),
-        ));
-        return follow(state, &id, buf, None);
+        // Attached before the generation starts, so its first events wait for this reader.
+        let follower = buf.follower();
+        let window = Duration::from_secs(state.cfg.resume_window_s);
+        let sink = BufferSink::new(SseFrames(renderer), buf, window);
+        tokio::spawn(relay::run_resumable(state, id.clone(), stream, sink, None).instrument(span));
+        tokio::spawn(follow_to(follower, None, out));
+        return response(&id, rx);
     }
     state.streams.insert(
         &id,
@@ -98,178 +197,40 @@ pub fn respond(
             owner,
         },
     );
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(direct(state, id.clone(), renderer, stream, tx).instrument(span));
+    let task = {
+        let id = id.clone();
+        async move {
+            let mut sink = SseSink {
+                out,
+                renderer,
+                idx: 0,
+            };
+            // Dropping `stream` afterwards cancels the request if it is still running.
+            relay::relay(&state.metrics, &mut stream, &mut sink, None).await;
+            state.streams.remove(&id);
+        }
+    };
+    tokio::spawn(task.instrument(span));
     response(&id, rx)
 }
 
-/// A plain stream: scheduler events straight to the socket.
-async fn direct(
-    state: SharedState,
-    id: String,
-    mut renderer: Renderer,
-    mut stream: RequestStream,
-    tx: mpsc::Sender<Bytes>,
-) {
-    let period = Duration::from_secs(state.cfg.keepalive_s);
-    let mut idx = 0u64;
-    let mut track = Track::default();
-    'outer: loop {
-        tokio::select! {
-            ev = stream.recv() => {
-                let Some(ev) = ev else { break };
-                state.metrics.on_event(&mut track, &ev);
-                let terminal = ev.is_terminal();
-                for payload in renderer.stream_event(&ev) {
-                    if tx.send(frame(&id, idx, &payload.to_string())).await.is_err() {
-                        break 'outer;
-                    }
-                    idx += 1;
-                }
-                if let Event::Tokens { sampled_at, .. } = &ev {
-                    state.metrics.on_sent(*sampled_at);
-                }
-                if terminal {
-                    let _ = tx.send(frame(&id, idx, DONE)).await;
-                    break;
-                }
-            }
-            _ = tx.closed() => break, // client gone: dropping `stream` cancels the request
-            _ = tokio::time::sleep(period) => {
-                if tx.send(keepalive(stream.queue_position())).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    state.streams.remove(&id);
-}
-
-/// A resumable stream's generation: scheduler events into the buffer. Runs until the request
-/// ends, or until nobody has followed it for `resume_window_s` (then it is cancelled).
-async fn pump(
-    state: SharedState,
-    id: String,
-    mut renderer: Renderer,
-    mut stream: RequestStream,
-    buf: Arc<StreamBuffer<Arc<str>>>,
-) {
-    let window = Duration::from_secs(state.cfg.resume_window_s);
-    let mut progress = buf.subscribe_progress();
-    let mut track = Track::default();
-    loop {
-        // Backpressure towards an attached follower; a detached stream runs free.
-        while buf.unread().is_some_and(|u| u >= buf.capacity() as u64) {
-            if progress.changed().await.is_err() {
-                break;
-            }
-        }
-        tokio::select! {
-            ev = stream.recv() => {
-                let Some(ev) = ev else { break };
-                state.metrics.on_event(&mut track, &ev);
-                let terminal = ev.is_terminal();
-                for payload in renderer.stream_event(&ev) {
-                    buf.push(None, Arc::from(payload.to_string()));
-                }
-                if let Event::Tokens { sampled_at, .. } = &ev {
-                    state.metrics.on_sent(*sampled_at);
-                }
-                if terminal {
-                    buf.push(None, Arc::from(DONE));
-                    break;
-                }
-            }
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if buf.detached_for().is_some_and(|d| d > window) {
-                    tracing::info!(stream = %id, "resumable stream abandoned; cancelling");
-                    break; // dropping `stream` cancels the request
-                }
-            }
-        }
-    }
-    buf.finish();
-    drop(stream);
-    // Keep it replayable for the window, then forget it.
-    tokio::time::sleep(window).await;
-    state.streams.remove(&id);
+async fn follow_to(follower: Follower<Arc<str>>, cursor: Option<u64>, mut out: SseOut) {
+    relay::follow(follower, cursor, &mut out).await;
 }
 
 /// A follower of a resumable stream from `cursor` (the last event index the client has).
 pub fn follow(
-    state: SharedState,
+    state: &SharedState,
     id: &str,
-    buf: Arc<StreamBuffer<Arc<str>>>,
+    buf: &Arc<StreamBuffer<Arc<str>>>,
     cursor: Option<u64>,
 ) -> Response {
     let (tx, rx) = mpsc::channel(16);
-    buf.attach();
-    let period = Duration::from_secs(state.cfg.keepalive_s);
-    let sid = id.to_string();
-    tokio::spawn(async move {
-        let mut version = buf.subscribe();
-        let mut cursor = cursor;
-        'outer: loop {
-            match buf.read_after(cursor) {
-                Read::Frames(frames) => {
-                    for f in frames {
-                        if tx.send(frame(&sid, f.idx, &f.data)).await.is_err() {
-                            break 'outer;
-                        }
-                        cursor = Some(f.idx);
-                    }
-                }
-                Read::Done => break,
-                Read::Gone => {
-                    let e = crate::openai::stream_error_json(
-                        "slow_consumer",
-                        "the client fell behind the stream's replay buffer",
-                    );
-                    let _ = tx
-                        .send(frame(&sid, cursor.map_or(0, |c| c + 1), &e.to_string()))
-                        .await;
-                    let _ = tx
-                        .send(frame(&sid, cursor.map_or(1, |c| c + 2), DONE))
-                        .await;
-                    break;
-                }
-                Read::Wait => {
-                    tokio::select! {
-                        r = version.changed() => if r.is_err() { break },
-                        _ = tx.closed() => break,
-                        _ = tokio::time::sleep(period) => {
-                            if tx.send(keepalive(None)).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        buf.detach();
-    });
+    let out = SseOut {
+        tx,
+        stream_id: id.to_string(),
+        keepalive: Duration::from_secs(state.cfg.keepalive_s),
+    };
+    tokio::spawn(follow_to(buf.follower(), cursor, out));
     response(id, rx)
-}
-
-/// Collects a non-streaming request's events.
-pub async fn collect(
-    state: &SharedState,
-    renderer: &mut Renderer,
-    stream: &mut RequestStream,
-) -> Result<(), (String, String)> {
-    let mut track = Track::default();
-    while let Some(ev) = stream.recv().await {
-        state.metrics.on_event(&mut track, &ev);
-        let terminal = ev.is_terminal();
-        if let Some(err) = renderer.absorb(&ev) {
-            return Err(err);
-        }
-        if terminal || matches!(ev, Event::Finished { .. }) {
-            return Ok(());
-        }
-    }
-    Err((
-        "internal".into(),
-        "the generation ended without a result".into(),
-    ))
 }

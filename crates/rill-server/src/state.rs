@@ -11,7 +11,7 @@ use rill_scheduler::SchedulerHandle;
 use tokio::sync::watch;
 
 use crate::config::ServeConfig;
-use crate::error::ApiError;
+use crate::protocol::ApiError;
 use crate::resume::Registry;
 
 /// Per-key request and token budgets.
@@ -20,23 +20,36 @@ struct KeyLimits {
     tokens: Option<DefaultDirectRateLimiter>,
 }
 
+/// Everything the handlers share, behind one [`Arc`] ([`SharedState`]).
 pub struct AppState {
+    /// Submits requests to, and reads stats from, the scheduler.
     pub sched: SchedulerHandle,
+    /// The validated server configuration.
     pub cfg: ServeConfig,
+    /// The model id reported by `/v1/models` and in every response's `model` field.
     pub model_id: String,
+    /// When the server started, in Unix seconds (the model's `created`).
     pub created: u64,
+    /// Resumable streams by id, for `GET`/`DELETE /v1/streams/{id}`.
     pub streams: Registry,
     keys: Vec<String>,
     limits: Mutex<HashMap<String, Arc<KeyLimits>>>,
     ready: AtomicBool,
+    /// Set to `true` once graceful shutdown begins; long-lived tasks (WebSockets, the dashboard
+    /// sampler) subscribe to it.
     pub shutdown: watch::Sender<bool>,
+    /// The Prometheus registry and request-level metrics.
     pub metrics: crate::metrics::Metrics,
+    /// The dashboard's recent once-a-second snapshots.
     pub snapshots: crate::dashboard::Snapshots,
 }
 
+/// The state as handlers hold it.
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
+    /// State for a server of `model_id` on `sched`; `keys` are the accepted API keys (empty: no
+    /// auth). Starts ready, with no streams and fresh metrics.
     pub fn new(
         sched: SchedulerHandle,
         cfg: ServeConfig,
@@ -58,14 +71,18 @@ impl AppState {
         }
     }
 
+    /// Whether new requests are taken (`/ready` answers 200): not shutting down and the
+    /// scheduler still accepting.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && self.sched.is_accepting()
     }
 
+    /// Marks the server ready or not (false at the start of shutdown).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Whether requests must carry an API key (true when any key is configured).
     pub fn auth_required(&self) -> bool {
         !self.keys.is_empty()
     }

@@ -1,11 +1,11 @@
-//! The WebSocket protocol at `/v1/ws` (SPEC §5): several generations per connection, each keyed
-//! by a client-chosen `id`. In: `generate`, `cancel`, `resume`, `ping`. Out: `queued`, `token`,
-//! `complete`, `error`, `pong`. JSON text frames by default; MessagePack binary frames when the
-//! client offers the `rill.msgpack` subprotocol (`rill.json` names the default explicitly).
+//! The WebSocket protocol at `/v1/ws` (SPEC §5; frames in [`crate::protocol::ws`]): several
+//! generations per connection, each keyed by a client-chosen `id`. JSON text frames by
+//! default; MessagePack binary frames when the client offers the `rill.msgpack` subprotocol
+//! (`rill.json` names the default explicitly).
 //!
-//! A `token` frame carries `token: {id, text, position, latency_ms}`, or `tokens: [...]` plus
-//! the joined `text` when a slow reader's tokens were coalesced. A malformed frame gets an
-//! `error` frame (`recoverable: true`) and the connection stays usable. Each generation writes
+//! A `token` frame carries one `token`, or `tokens` plus the joined `text` when a slow
+//! reader's tokens were coalesced. A malformed frame gets an `error` frame (`recoverable:
+//! true`) and the connection stays usable. Each generation is relayed ([`crate::relay`])
 //! through the connection's bounded outbox: a reader that does not keep up stalls only its own
 //! generations, which the scheduler then coalesces and, past its bound, ends with
 //! `slow_consumer`. Closing the socket cancels the connection's generations except resumable
@@ -21,14 +21,20 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
 use futures_util::{SinkExt, StreamExt};
-use rill_scheduler::{Event, RequestStream, SubmitError};
-use serde_json::{json, Map, Value};
+use rill_scheduler::{ErrorCode, Event};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::http::ApiKey;
 use crate::params::{self, Kind};
-use crate::resume::{Read, Resumable, StreamBuffer, StreamEntry};
+use crate::protocol::openai::UsageBody;
+use crate::protocol::ws::{
+    decode, ClientFrame, CompleteFrame, GenerateFrame, ServerFrame, Summary, TokenFrame, TokenInfo,
+};
+use crate::protocol::{ApiError, ErrorKind};
+use crate::relay::{self, BufferSink, FollowSink, Frames, Gone, Sink};
+use crate::resume::{Follower, Resumable, StreamBuffer, StreamEntry};
 use crate::state::SharedState;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -37,6 +43,10 @@ enum Encoding {
     MsgPack,
 }
 
+/// The connection's outbox: frames on their way to the socket's writer task.
+type Outbox = mpsc::Sender<Arc<ServerFrame>>;
+
+/// `GET /v1/ws`: upgrades to the protocol.
 pub async fn upgrade(
     State(state): State<SharedState>,
     Extension(key): Extension<ApiKey>,
@@ -53,28 +63,33 @@ pub async fn upgrade(
     ws.on_upgrade(move |socket| connection(state, key, socket, enc))
 }
 
-fn error_frame(id: Option<&str>, code: &str, message: &str, recoverable: bool) -> Value {
-    json!({"type": "error", "id": id, "error": {"code": code, "message": message, "recoverable": recoverable}})
+async fn send_error(out: &Outbox, id: Option<&str>, e: &ApiError) {
+    let _ = out.send(Arc::new(ServerFrame::error(id, e))).await;
 }
 
+/// One generation (or resume) running on the connection.
 struct Running {
     cancel: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
-    resumable: bool,
+}
+
+fn encode(enc: Encoding, f: &ServerFrame) -> Option<Message> {
+    match enc {
+        Encoding::Json => serde_json::to_string(f)
+            .ok()
+            .map(|s| Message::Text(s.into())),
+        Encoding::MsgPack => rmp_serde::to_vec_named(f)
+            .ok()
+            .map(|b| Message::Binary(b.into())),
+    }
 }
 
 async fn connection(state: SharedState, key: ApiKey, socket: WebSocket, enc: Encoding) {
     let (mut sink, mut incoming) = socket.split();
-    let (out, mut out_rx) = mpsc::channel::<Value>(64);
+    let (out, mut out_rx) = mpsc::channel::<Arc<ServerFrame>>(64);
     let writer = tokio::spawn(async move {
-        while let Some(v) = out_rx.recv().await {
-            let msg = match enc {
-                Encoding::Json => Message::Text(v.to_string().into()),
-                Encoding::MsgPack => match rmp_serde::to_vec_named(&v) {
-                    Ok(b) => Message::Binary(b.into()),
-                    Err(_) => continue,
-                },
-            };
+        while let Some(f) = out_rx.recv().await {
+            let Some(msg) = encode(enc, &f) else { continue };
             if sink.send(msg).await.is_err() {
                 break;
             }
@@ -99,32 +114,22 @@ async fn connection(state: SharedState, key: ApiKey, socket: WebSocket, enc: Enc
                         .map_err(|e| format!("malformed MessagePack frame: {e}")),
                     Some(Ok(_)) => continue, // ping/pong are answered by the socket layer
                 };
-                let frame = match value {
-                    Ok(Value::Object(m)) => m,
-                    Ok(_) => {
-                        let _ = out.send(error_frame(None, "invalid_message", "a frame must be an object", true)).await;
-                        continue;
+                match decode(value) {
+                    Ok(ClientFrame::Generate(g)) if stopping => {
+                        send_error(&out, Some(&g.id), &ApiError::shutting_down()).await;
                     }
-                    Err(e) => {
-                        let _ = out.send(error_frame(None, "invalid_message", &e, true)).await;
-                        continue;
-                    }
-                };
-                if stopping && frame.get("type").and_then(Value::as_str) == Some("generate") {
-                    let id = frame.get("id").and_then(Value::as_str);
-                    let _ = out.send(error_frame(id, "server_shutdown", "the server is shutting down", false)).await;
-                    continue;
+                    Ok(frame) => handle_frame(&state, &key, frame, &out, &mut gens).await,
+                    Err((id, e)) => send_error(&out, id.as_deref(), &e).await,
                 }
-                handle_frame(&state, &key, frame, &out, &mut gens).await;
             }
             _ = shutdown.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)), if stopping => {}
         }
     }
+    // A plain generation's task owns its request stream: aborting it cancels the request. A
+    // resumable generation runs in its own task; aborting here only detaches this connection.
     for (_, g) in gens.drain() {
-        if !g.resumable {
-            g.task.abort(); // drops its RequestStream: the scheduler cancels the request
-        }
+        g.task.abort();
     }
     drop(out);
     let _ = writer.await;
@@ -133,59 +138,38 @@ async fn connection(state: SharedState, key: ApiKey, socket: WebSocket, enc: Enc
 async fn handle_frame(
     state: &SharedState,
     key: &ApiKey,
-    frame: Map<String, Value>,
-    out: &mpsc::Sender<Value>,
+    frame: ClientFrame,
+    out: &Outbox,
     gens: &mut HashMap<String, Running>,
 ) {
-    let kind = frame.get("type").and_then(Value::as_str).unwrap_or("");
-    let id = frame.get("id").and_then(Value::as_str).map(String::from);
-    match (kind, id) {
-        ("ping", _) => {
-            let mut pong = json!({"type": "pong"});
-            if let Some(ts) = frame.get("ts") {
-                pong["ts"] = ts.clone();
-            }
-            let _ = out.send(pong).await;
+    match frame {
+        ClientFrame::Ping { ts } => {
+            let _ = out.send(Arc::new(ServerFrame::Pong { ts })).await;
         }
-        ("generate", Some(id)) => {
-            if gens.contains_key(&id) {
-                let _ = out
-                    .send(error_frame(
-                        Some(&id),
-                        "duplicate_id",
-                        "a generation with this id is running",
-                        true,
-                    ))
-                    .await;
+        ClientFrame::Generate(g) => {
+            if gens.contains_key(&g.id) {
+                let e = ApiError::new(
+                    ErrorKind::DuplicateId,
+                    "a generation with this id is running",
+                );
+                send_error(out, Some(&g.id), &e).await;
                 return;
             }
-            let resumable = frame
-                .get("resumable")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
             let (tx, rx) = oneshot::channel();
+            let id = g.id.clone();
             let span = tracing::info_span!("request", ws_id = %id, stream = true);
             let task = tokio::spawn(
-                generate(
-                    state.clone(),
-                    key.clone(),
-                    id.clone(),
-                    frame,
-                    out.clone(),
-                    rx,
-                )
-                .instrument(span),
+                generate(state.clone(), key.clone(), g, out.clone(), rx).instrument(span),
             );
             gens.insert(
                 id,
                 Running {
                     cancel: Some(tx),
                     task,
-                    resumable,
                 },
             );
         }
-        ("cancel", Some(id)) => {
+        ClientFrame::Cancel { id } => {
             if let Some(g) = gens.get_mut(&id) {
                 if let Some(c) = g.cancel.take() {
                     let _ = c.send(());
@@ -193,86 +177,45 @@ async fn handle_frame(
             } else if let Some(e) = state.streams.get(&ws_key(key, &id)) {
                 state.sched.cancel(e.request_id);
             } else {
-                let _ = out
-                    .send(error_frame(
-                        Some(&id),
-                        "not_found",
-                        "no running generation with this id",
-                        true,
-                    ))
-                    .await;
+                let e = ApiError::not_found("no running generation with this id");
+                send_error(out, Some(&id), &e).await;
             }
         }
-        ("resume", Some(id)) => {
-            let after = frame.get("after_position").and_then(Value::as_i64);
-            match state
+        ClientFrame::Resume { id, after_position } => {
+            let buf = state
                 .streams
                 .get(&ws_key(key, &id))
-                .map(|e| match &e.resumable {
+                .and_then(|e| match &e.resumable {
                     Resumable::Ws(b) => Some(b.clone()),
                     _ => None,
-                }) {
-                Some(Some(buf)) => {
-                    let cursor = match after {
-                        None => Ok(None),
-                        Some(p) if p < 0 => Ok(None),
-                        Some(p) => buf.cursor_for_position(p as u64),
+                });
+            let Some(buf) = buf else {
+                let e = ApiError::not_found(
+                    "no resumable generation with this id (unknown, not resumable, or its window is over)",
+                );
+                send_error(out, Some(&id), &e).await;
+                return;
+            };
+            let cursor = match after_position {
+                Some(p) if p >= 0 => buf.cursor_for_position(p as u64),
+                _ => Ok(None),
+            };
+            match cursor {
+                Ok(c) => {
+                    let follower = buf.follower();
+                    let mut wout = WsOut {
+                        id: id.clone(),
+                        out: out.clone(),
                     };
-                    match cursor {
-                        Ok(c) => {
-                            let task = tokio::spawn(follow(buf, c, out.clone()));
-                            gens.insert(
-                                id,
-                                Running {
-                                    cancel: None,
-                                    task,
-                                    resumable: true,
-                                },
-                            );
-                        }
-                        Err(crate::resume::Expired) => {
-                            let _ = out
-                                .send(error_frame(
-                                    Some(&id),
-                                    "stream_expired",
-                                    "those tokens are no longer buffered",
-                                    false,
-                                ))
-                                .await;
-                        }
-                    }
+                    let task =
+                        tokio::spawn(async move { relay::follow(follower, c, &mut wout).await });
+                    gens.insert(id, Running { cancel: None, task });
                 }
-                _ => {
-                    let _ = out
-                        .send(error_frame(
-                            Some(&id),
-                            "not_found",
-                            "no resumable generation with this id (unknown, not resumable, or its window is over)",
-                            false,
-                        ))
-                        .await;
+                Err(crate::resume::Expired) => {
+                    let e = ApiError::gone("those tokens are no longer buffered");
+                    send_error(out, Some(&id), &e).await;
                 }
             }
-        }
-        ("generate" | "cancel" | "resume", None) => {
-            let _ = out
-                .send(error_frame(
-                    None,
-                    "invalid_message",
-                    "`id` (a string) is required",
-                    true,
-                ))
-                .await;
-        }
-        (other, _) => {
-            let _ = out
-                .send(error_frame(
-                    None,
-                    "invalid_message",
-                    &format!("unknown frame type `{other}` (generate, cancel, resume, ping)"),
-                    true,
-                ))
-                .await;
         }
     }
 }
@@ -282,88 +225,84 @@ fn ws_key(key: &ApiKey, id: &str) -> String {
     format!("ws:{}:{id}", key.0)
 }
 
-/// The OpenAI-style body of a `generate` frame: `params` first, top-level fields over them.
-fn body_of(frame: &Map<String, Value>) -> (Kind, Map<String, Value>) {
-    let mut body = frame
-        .get("params")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    for k in ["prompt", "messages", "max_tokens", "stop", "priority"] {
-        if let Some(v) = frame.get(k) {
-            body.insert(k.to_string(), v.clone());
-        }
-    }
-    let kind = if body.contains_key("messages") {
-        Kind::Chat
-    } else {
-        Kind::Completion
-    };
-    (kind, body)
-}
-
-/// Turns scheduler events into frames.
+/// Turns one generation's scheduler events into frames.
 struct WsRender {
     id: String,
     position: u64,
     last: Instant,
+    /// One frame per token (resumable streams: exact positions to resume from).
+    split: bool,
 }
 
 impl WsRender {
-    fn token(&self, id: Option<u32>, text: &str, position: u64, latency_ms: f64) -> Value {
-        json!({"id": id, "text": text, "position": position, "latency_ms": latency_ms})
+    fn new(id: String, split: bool) -> Self {
+        Self {
+            id,
+            position: 0,
+            last: Instant::now(),
+            split,
+        }
     }
 
-    /// Frames for an event; `split`: one frame per token (resumable streams, exact positions).
-    fn frames(&mut self, ev: &Event, split: bool) -> Vec<(Option<u64>, Value)> {
+    fn token_frame(&self, token: TokenInfo) -> ServerFrame {
+        ServerFrame::Token(TokenFrame {
+            id: self.id.clone(),
+            token: Some(token),
+            tokens: None,
+            text: None,
+        })
+    }
+
+    /// The frames of an event, each with the token position it ends at.
+    fn frames(&mut self, ev: &Event, out: &mut Vec<(Option<u64>, Arc<ServerFrame>)>) {
         match ev {
-            Event::Started { .. } => Vec::new(),
+            Event::Started { .. } => {}
             Event::Tokens { tokens, text, .. } => {
                 let now = Instant::now();
                 let latency = now.duration_since(self.last).as_secs_f64() * 1e3;
                 self.last = now;
                 if tokens.is_empty() {
-                    if text.is_empty() {
-                        return Vec::new();
+                    if !text.is_empty() {
+                        let t = TokenInfo {
+                            id: None,
+                            text: text.clone(),
+                            position: self.position,
+                            latency_ms: 0.0,
+                        };
+                        out.push((Some(self.position), Arc::new(self.token_frame(t))));
                     }
-                    let t = self.token(None, text, self.position, 0.0);
-                    return vec![(
-                        Some(self.position),
-                        json!({"type": "token", "id": self.id, "token": t}),
-                    )];
+                    return;
                 }
                 let n = tokens.len();
-                let items: Vec<Value> = tokens
+                let first = self.position;
+                let items: Vec<TokenInfo> = tokens
                     .iter()
                     .enumerate()
-                    .map(|(i, t)| {
-                        let piece = if i + 1 == n { text.as_str() } else { "" };
-                        self.token(
-                            Some(t.id),
-                            piece,
-                            self.position + i as u64,
-                            if i == 0 { latency } else { 0.0 },
-                        )
+                    .map(|(i, t)| TokenInfo {
+                        id: Some(t.id),
+                        text: if i + 1 == n {
+                            text.clone()
+                        } else {
+                            String::new()
+                        },
+                        position: first + i as u64,
+                        latency_ms: if i == 0 { latency } else { 0.0 },
                     })
                     .collect();
-                let first = self.position;
                 self.position += n as u64;
-                if n == 1 || split {
-                    items
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, t)| {
-                            (
-                                Some(first + i as u64),
-                                json!({"type": "token", "id": self.id, "token": t}),
-                            )
-                        })
-                        .collect()
+                if n == 1 || self.split {
+                    for t in items {
+                        let p = t.position;
+                        out.push((Some(p), Arc::new(self.token_frame(t))));
+                    }
                 } else {
-                    vec![(
-                        Some(first + n as u64 - 1),
-                        json!({"type": "token", "id": self.id, "tokens": items, "text": text}),
-                    )]
+                    let f = ServerFrame::Token(TokenFrame {
+                        id: self.id.clone(),
+                        token: None,
+                        tokens: Some(items),
+                        text: Some(text.clone()),
+                    });
+                    out.push((Some(first + n as u64 - 1), Arc::new(f)));
                 }
             }
             Event::Finished {
@@ -371,107 +310,139 @@ impl WsRender {
                 usage,
                 timings,
                 ..
-            } => vec![(
-                Some(u64::MAX),
-                json!({
-                    "type": "complete",
-                    "id": self.id,
-                    "finish_reason": reason.as_str(),
-                    "usage": crate::openai::usage_json(usage),
-                    "summary": {
-                        "total_tokens": usage.completion_tokens,
-                        "prompt_tokens": usage.prompt_tokens,
-                        "ttft_ms": timings.ttft_ms,
-                        "queue_ms": timings.queue_ms,
-                        "average_token_latency_ms": timings.itl_mean_ms,
-                        "p95_token_latency_ms": timings.itl_p95_ms,
-                        "tokens_per_second": timings.decode_tokens_per_s,
+            } => {
+                let f = ServerFrame::Complete(CompleteFrame {
+                    id: self.id.clone(),
+                    finish_reason: reason.as_str(),
+                    usage: UsageBody::from(usage),
+                    summary: Summary {
+                        total_tokens: usage.completion_tokens,
+                        prompt_tokens: usage.prompt_tokens,
+                        ttft_ms: timings.ttft_ms,
+                        queue_ms: timings.queue_ms,
+                        average_token_latency_ms: timings.itl_mean_ms,
+                        p95_token_latency_ms: timings.itl_p95_ms,
+                        tokens_per_second: timings.decode_tokens_per_s,
                     },
-                }),
-            )],
-            Event::Error { code, message, .. } => vec![(
-                Some(u64::MAX),
-                error_frame(Some(&self.id), code.as_str(), message, false),
-            )],
+                });
+                out.push((Some(u64::MAX), Arc::new(f)));
+            }
+            Event::Error { code, message, .. } => {
+                let e = ApiError::from_event(*code, message);
+                out.push((
+                    Some(u64::MAX),
+                    Arc::new(ServerFrame::error(Some(&self.id), &e)),
+                ));
+            }
         }
     }
 }
 
-fn submit_error_frame(id: &str, e: &SubmitError) -> Value {
-    let code = match e {
-        SubmitError::Overloaded { .. } => "server_overloaded",
-        SubmitError::ShuttingDown => "server_shutdown",
-        SubmitError::TooLong { .. } => "context_length_exceeded",
-        _ => "invalid_request",
-    };
-    let mut f = error_frame(Some(id), code, &e.to_string(), true);
-    if let SubmitError::Overloaded { retry_after, .. } = e {
-        f["error"]["retry_after_s"] = json!(retry_after.as_secs());
+impl Frames for WsRender {
+    type Frame = Arc<ServerFrame>;
+
+    fn frames(&mut self, ev: &Event, out: &mut Vec<(Option<u64>, Arc<ServerFrame>)>) {
+        WsRender::frames(self, ev, out)
     }
-    f
+}
+
+/// A plain generation: frames straight into the connection's outbox, and `queued` frames
+/// while it waits.
+struct WsSink {
+    out: Outbox,
+    render: WsRender,
+    last_position: Option<usize>,
+    scratch: Vec<(Option<u64>, Arc<ServerFrame>)>,
+}
+
+impl Sink for WsSink {
+    async fn deliver(&mut self, ev: &Event) -> Result<(), Gone> {
+        self.render.frames(ev, &mut self.scratch);
+        for (_, f) in self.scratch.drain(..) {
+            self.out.send(f).await.map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+
+    async fn gone(&self) {
+        self.out.closed().await
+    }
+
+    fn idle_period(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    async fn idle(&mut self, queue_position: Option<usize>) -> Result<(), Gone> {
+        if let Some(position) = queue_position.filter(|&p| Some(p) != self.last_position) {
+            self.last_position = Some(position);
+            let f = ServerFrame::Queued {
+                id: self.render.id.clone(),
+                position,
+            };
+            self.out.send(Arc::new(f)).await.map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+}
+
+/// A connection following a resumable generation.
+struct WsOut {
+    id: String,
+    out: Outbox,
+}
+
+impl FollowSink<Arc<ServerFrame>> for WsOut {
+    async fn send(&mut self, _: u64, frame: &Arc<ServerFrame>) -> Result<(), Gone> {
+        self.out.send(frame.clone()).await.map_err(|_| Gone)
+    }
+
+    async fn gone(&self) {
+        self.out.closed().await
+    }
+
+    async fn expired(&mut self, _: Option<u64>) {
+        let e = ApiError::from_event(
+            ErrorCode::SlowConsumer,
+            "the client fell behind the replay buffer",
+        );
+        send_error(&self.out, Some(&self.id), &e).await;
+    }
 }
 
 async fn generate(
     state: SharedState,
     key: ApiKey,
-    id: String,
-    frame: Map<String, Value>,
-    out: mpsc::Sender<Value>,
-    mut cancel: oneshot::Receiver<()>,
+    frame: GenerateFrame,
+    out: Outbox,
+    cancel: oneshot::Receiver<()>,
 ) {
-    let resumable = frame
-        .get("resumable")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let (kind, body) = body_of(&frame);
+    let id = frame.id.clone();
+    let body = frame.body();
+    let kind = if body.contains_key("messages") {
+        Kind::Chat
+    } else {
+        Kind::Completion
+    };
     let (h, max_prompt) = (state.sched.clone(), state.cfg.max_prompt_tokens);
     let parsed =
         tokio::task::spawn_blocking(move || params::parse(kind, &body, &h, max_prompt)).await;
     let p = match parsed {
         Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
-            let mut f = error_frame(
-                Some(&id),
-                e.code.as_deref().unwrap_or("invalid_request"),
-                &e.message,
-                true,
-            );
-            f["error"]["param"] = json!(e.param);
-            let _ = out.send(f).await;
-            return;
-        }
+        Ok(Err(e)) => return send_error(&out, Some(&id), &e).await,
         Err(_) => {
-            let _ = out
-                .send(error_frame(
-                    Some(&id),
-                    "internal",
-                    "request parsing failed",
-                    true,
-                ))
-                .await;
-            return;
+            let e = ApiError::internal("request parsing failed");
+            return send_error(&out, Some(&id), &e).await;
         }
     };
     if let Err(e) = state.charge(&key.0, p.request.prompt.len() + p.request.max_tokens) {
-        let mut f = error_frame(Some(&id), "rate_limit_exceeded", &e.message, true);
-        f["error"]["retry_after_s"] = json!(e.retry_after_s);
-        let _ = out.send(f).await;
-        return;
+        return send_error(&out, Some(&id), &e).await;
     }
     let mut stream = match state.sched.submit(p.request) {
         Ok(s) => s,
-        Err(e) => {
-            let _ = out.send(submit_error_frame(&id, &e)).await;
-            return;
-        }
+        Err(e) => return send_error(&out, Some(&id), &ApiError::from(e)).await,
     };
-    let render = WsRender {
-        id: id.clone(),
-        position: 0,
-        last: Instant::now(),
-    };
-    if resumable {
-        let buf = StreamBuffer::<Arc<Value>>::new(state.cfg.resume_buffer_events);
+    if frame.resumable {
+        let buf = StreamBuffer::<Arc<ServerFrame>>::new(state.cfg.resume_buffer_events);
         let rkey = ws_key(&key, &id);
         state.streams.insert(
             &rkey,
@@ -481,135 +452,26 @@ async fn generate(
                 owner: Some(key.0.clone()),
             },
         );
-        let follower = tokio::spawn(follow(buf.clone(), None, out.clone()));
-        tokio::spawn(pump(state.clone(), rkey, render, stream, buf, cancel));
-        let _ = follower.await;
+        let follower: Follower<Arc<ServerFrame>> = buf.follower();
+        let window = Duration::from_secs(state.cfg.resume_window_s);
+        let sink = BufferSink::new(WsRender::new(id.clone(), true), buf, window);
+        tokio::spawn(relay::run_resumable(
+            state,
+            rkey,
+            stream,
+            sink,
+            Some(cancel),
+        ));
+        let mut wout = WsOut { id, out };
+        relay::follow(follower, None, &mut wout).await;
         return;
     }
-    let mut render = render;
-    let mut cancelled = false;
-    let mut last_position = None;
-    let mut track = crate::metrics::Track::default();
-    loop {
-        tokio::select! {
-            ev = stream.recv() => {
-                let Some(ev) = ev else { break };
-                state.metrics.on_event(&mut track, &ev);
-                let terminal = ev.is_terminal();
-                for (_, f) in render.frames(&ev, false) {
-                    if out.send(f).await.is_err() {
-                        return; // connection gone: dropping `stream` cancels
-                    }
-                }
-                if let Event::Tokens { sampled_at, .. } = &ev {
-                    state.metrics.on_sent(*sampled_at);
-                }
-                if terminal {
-                    break;
-                }
-            }
-            r = &mut cancel, if !cancelled => {
-                cancelled = true;
-                if r.is_ok() {
-                    stream.cancel();
-                }
-            }
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        // While waiting, tell the client where it stands.
-        let pos = stream.queue_position();
-        if pos.is_some() && pos != last_position {
-            last_position = pos;
-            let _ = out
-                .send(json!({"type": "queued", "id": id, "position": pos}))
-                .await;
-        }
-    }
-}
-
-/// A resumable WebSocket generation: events into the buffer, independent of any connection.
-async fn pump(
-    state: SharedState,
-    rkey: String,
-    mut render: WsRender,
-    mut stream: RequestStream,
-    buf: Arc<StreamBuffer<Arc<Value>>>,
-    mut cancel: oneshot::Receiver<()>,
-) {
-    let window = Duration::from_secs(state.cfg.resume_window_s);
-    let mut cancelled = false;
-    let mut track = crate::metrics::Track::default();
-    loop {
-        tokio::select! {
-            ev = stream.recv() => {
-                let Some(ev) = ev else { break };
-                state.metrics.on_event(&mut track, &ev);
-                let terminal = ev.is_terminal();
-                for (pos, f) in render.frames(&ev, true) {
-                    buf.push(pos, Arc::new(f));
-                }
-                if terminal {
-                    break;
-                }
-            }
-            r = &mut cancel, if !cancelled => {
-                cancelled = true;
-                if r.is_ok() {
-                    stream.cancel();
-                }
-            }
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if buf.detached_for().is_some_and(|d| d > window) {
-                    break; // abandoned: dropping `stream` cancels
-                }
-            }
-        }
-    }
-    buf.finish();
-    drop(stream);
-    tokio::time::sleep(window).await;
-    state.streams.remove(&rkey);
-}
-
-/// Forwards a resumable generation's frames after `cursor` to a connection.
-async fn follow(buf: Arc<StreamBuffer<Arc<Value>>>, cursor: Option<u64>, out: mpsc::Sender<Value>) {
-    buf.attach();
-    let mut version = buf.subscribe();
-    let mut cursor = cursor;
-    loop {
-        match buf.read_after(cursor) {
-            Read::Frames(frames) => {
-                let mut gone = false;
-                for f in frames {
-                    if out.send((*f.data).clone()).await.is_err() {
-                        gone = true;
-                        break;
-                    }
-                    cursor = Some(f.idx);
-                }
-                if gone {
-                    break;
-                }
-            }
-            Read::Done => break,
-            Read::Gone => {
-                let _ = out
-                    .send(error_frame(
-                        None,
-                        "slow_consumer",
-                        "the client fell behind the replay buffer",
-                        false,
-                    ))
-                    .await;
-                break;
-            }
-            Read::Wait => {
-                tokio::select! {
-                    r = version.changed() => if r.is_err() { break },
-                    _ = out.closed() => break,
-                }
-            }
-        }
-    }
-    buf.detach();
+    let mut sink = WsSink {
+        out,
+        render: WsRender::new(id, false),
+        last_position: None,
+        scratch: Vec::new(),
+    };
+    // Returning drops `stream`: the request is cancelled if the connection went away.
+    relay::relay(&state.metrics, &mut stream, &mut sink, Some(cancel)).await;
 }

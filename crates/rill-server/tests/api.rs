@@ -684,6 +684,8 @@ async fn metrics_parse_and_count_exactly_what_was_sent() {
     let after = scrape().await;
     let delta = |k: &str| metric(&after, k) - metric(&before, k);
     assert_eq!(delta("rill_generation_tokens_total"), 28.0);
+    // Counted as sampled: once every request has ended, the same tokens.
+    assert_eq!(delta("rill_sampled_tokens_total"), 28.0);
     assert_eq!(delta("rill_prompt_tokens_total"), prompt_tokens);
     assert_eq!(delta("rill_requests_total{finish_reason=\"length\"}"), 4.0);
     assert_eq!(delta("rill_time_to_first_token_seconds_count"), 4.0);
@@ -735,6 +737,13 @@ async fn dashboard_page_assets_and_live_feed() {
             200,
             "{a}"
         );
+    }
+    // Every embedded file is routed, with its content type.
+    for f in rill_server::static_files::FILES {
+        let r = c.get(url(&s, f.path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", f.path);
+        assert_eq!(r.headers()["content-type"], f.content_type, "{}", f.path);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), f.body, "{}", f.path);
     }
     assert_eq!(
         c.get(url(&s, "/dashboard/assets/nope.js"))

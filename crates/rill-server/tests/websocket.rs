@@ -225,3 +225,93 @@ async fn msgpack_subprotocol_and_resume_on_a_new_connection() {
     .await;
     assert_eq!(next(&mut ws).await["error"]["code"], "not_found");
 }
+
+/// One error map: the same fault gets the same `code`, `param` and `type` whether it arrives as
+/// an HTTP response (plain or `stream: true`), a WebSocket `error` frame, or, once a stream
+/// has begun, an SSE error event and a WebSocket `error` frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_error_map_across_http_sse_and_websocket() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let c = client();
+    let bad = json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 9});
+
+    let mut seen = Vec::new();
+    for stream in [false, true] {
+        let mut body = bad.clone();
+        body["stream"] = json!(stream);
+        let r = c
+            .post(url(&s, "/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        seen.push(v["error"].clone());
+    }
+    let mut ws = connect(&s, None).await;
+    let mut frame = bad.clone();
+    frame["type"] = json!("generate");
+    frame["id"] = json!("g");
+    frame["params"] = json!({"temperature": 9});
+    send(&mut ws, frame).await;
+    let e = next(&mut ws).await;
+    assert_eq!(
+        (e["type"].as_str(), e["id"].as_str()),
+        (Some("error"), Some("g"))
+    );
+    seen.push(e["error"].clone());
+    for e in &seen {
+        assert_eq!(e["code"], "invalid_value", "{e}");
+        assert_eq!(e["param"], "temperature", "{e}");
+        assert_eq!(e["type"], "invalid_request_error", "{e}");
+        assert_eq!(e["recoverable"], true, "{e}");
+    }
+
+    // After a stream began: shutting the server down ends an SSE stream and a WebSocket
+    // generation with the same typed error.
+    let r = c
+        .post(url(&s, "/v1/completions"))
+        .json(&json!({"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": true, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    send(
+        &mut ws,
+        json!({"type": "generate", "id": "w", "prompt": "Once upon a time", "max_tokens": 400, "params": {"ignore_eos": true}}),
+    )
+    .await;
+    let mut sse = r.bytes_stream();
+    let first = sse.next().await.unwrap().unwrap();
+    assert!(std::str::from_utf8(&first).unwrap().contains("data: "));
+    loop {
+        if next(&mut ws).await["type"] == "token" {
+            break;
+        }
+    }
+    let mut s = s;
+    s.shutdown();
+    let mut text = String::new();
+    while let Some(chunk) = sse.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let sse_error: Value = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v.get("error").is_some())
+        .expect("an SSE error event");
+    let ws_error = loop {
+        let f = next(&mut ws).await;
+        if f["type"] == "error" {
+            break f;
+        }
+    };
+    assert_eq!(ws_error["id"], "w");
+    for e in [&sse_error["error"], &ws_error["error"]] {
+        assert_eq!(e["code"], "server_shutdown", "{e}");
+        assert_eq!(e["type"], "server_error", "{e}");
+        assert_eq!(e["recoverable"], true, "{e}");
+    }
+}

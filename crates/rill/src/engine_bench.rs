@@ -136,7 +136,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "threads": e.threads(),
-                "kernels": e.kernels().tier.to_string(),
+                "kernels": e.kernels().tier().to_string(),
                 "contention_fallbacks": e.contention_fallbacks(),
                 "kv_type": e.kv_stats().kv_type.to_string(),
                 "depth": a.depth,
@@ -153,7 +153,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "model {} | {} threads | kernels {} | KV {} | median of {} | contention fallbacks {}",
         e.config().name,
         e.threads(),
-        e.kernels().tier,
+        e.kernels().tier(),
         e.kv_stats().kv_type,
         a.reps,
         e.contention_fallbacks()

@@ -241,7 +241,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         g.ttft.as_secs_f64() * 1e3,
         (g.tokens.len().saturating_sub(1)) as f64 / decode.max(1e-9),
         engine.threads(),
-        engine.kernels().tier
+        engine.kernels().tier()
     );
     Ok(())
 }

@@ -5,7 +5,7 @@
 mod reader;
 mod value;
 
-pub use reader::{GgufFile, TensorInfo};
+pub use reader::{GgufFile, TensorInfo, MAX_ARRAY_DEPTH};
 pub use value::Value;
 
 use crate::error::EngineError;
@@ -14,25 +14,42 @@ use crate::error::EngineError;
 /// others are kept as their raw number so the error can say which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
+    /// 32-bit float.
     F32,
+    /// IEEE half precision.
     F16,
+    /// [`crate::quant::blocks::BlockQ4_0`].
     Q4_0,
+    /// [`crate::quant::blocks::BlockQ4_1`].
     Q4_1,
+    /// [`crate::quant::blocks::BlockQ5_0`].
     Q5_0,
+    /// [`crate::quant::blocks::BlockQ5_1`].
     Q5_1,
+    /// [`crate::quant::blocks::BlockQ8_0`].
     Q8_0,
+    /// Q2_K, [`crate::quant::blocks::BlockQ2K`].
     Q2K,
+    /// Q3_K, [`crate::quant::blocks::BlockQ3K`].
     Q3K,
+    /// Q4_K, [`crate::quant::blocks::BlockQ4K`].
     Q4K,
+    /// Q5_K, [`crate::quant::blocks::BlockQ5K`].
     Q5K,
+    /// Q6_K, [`crate::quant::blocks::BlockQ6K`].
     Q6K,
+    /// IQ4_NL, [`crate::quant::blocks::BlockIq4Nl`].
     Iq4Nl,
+    /// IQ4_XS, [`crate::quant::blocks::BlockIq4Xs`].
     Iq4Xs,
+    /// bfloat16.
     Bf16,
+    /// Any other ggml type, by number.
     Other(u32),
 }
 
 impl GgmlType {
+    /// The type ggml numbers `v`.
     pub fn from_raw(v: u32) -> Self {
         match v {
             0 => Self::F32,

@@ -15,20 +15,32 @@ const DEFAULT_ALIGNMENT: usize = 32;
 const MAX_STRING_LEN: u64 = 1 << 28;
 const MAX_ARRAY_LEN: u64 = 1 << 28;
 const MAX_DIMS: u32 = 4;
+/// How deep metadata arrays may nest (an array of arrays is depth 2). Real files nest at most
+/// once; the bound keeps a crafted file from recursing the parser off the stack.
+pub const MAX_ARRAY_DEPTH: usize = 8;
+/// The fewest bytes a tensor's directory entry takes: name length, dimension count, one
+/// dimension, type and offset.
+const MIN_TENSOR_ENTRY: u64 = 8 + 4 + 8 + 4 + 8;
+/// The fewest bytes a metadata entry takes: key length, value type and a one-byte value.
+const MIN_KV_ENTRY: u64 = 8 + 4 + 1;
 
 /// Where one tensor lives inside the file.
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
+    /// The tensor's name (`blk.0.attn_q.weight`, ...).
     pub name: String,
     /// ggml order: `dims[0]` is the innermost (contiguous) dimension.
     pub dims: Vec<usize>,
+    /// Element type.
     pub dtype: GgmlType,
     /// Absolute byte offset in the file.
     pub offset: usize,
+    /// Bytes of data.
     pub size_bytes: usize,
 }
 
 impl TensorInfo {
+    /// Elements: the product of the dimensions.
     pub fn n_elements(&self) -> usize {
         self.dims.iter().product()
     }
@@ -36,8 +48,11 @@ impl TensorInfo {
 
 /// An opened GGUF file: metadata parsed, tensor data left in the mmap.
 pub struct GgufFile {
+    /// GGUF version (2 or 3).
     pub version: u32,
+    /// The metadata key/value store.
     pub metadata: HashMap<String, Value>,
+    /// The tensor directory, by name.
     pub tensors: HashMap<String, TensorInfo>,
     /// Tensor names in file order.
     pub tensor_order: Vec<String>,
@@ -45,6 +60,7 @@ pub struct GgufFile {
 }
 
 impl GgufFile {
+    /// Maps `path` read-only and parses it.
     pub fn open(path: &Path) -> Result<Self> {
         let io = |source| EngineError::Io {
             path: path.display().to_string(),
@@ -70,7 +86,14 @@ impl GgufFile {
         }
         let n_tensors = c.u64("tensor count")?;
         let n_kv = c.u64("metadata count")?;
-        if n_tensors > 1 << 20 || n_kv > 1 << 20 {
+        // Every entry takes some bytes: counts the rest of the file cannot hold are corrupt
+        // (and would otherwise size allocations).
+        let fits = |n: u64, min: u64| n.saturating_mul(min) <= c.remaining() as u64;
+        if n_tensors > 1 << 20
+            || n_kv > 1 << 20
+            || !fits(n_kv, MIN_KV_ENTRY)
+            || !fits(n_tensors, MIN_TENSOR_ENTRY)
+        {
             return Err(EngineError::Truncated {
                 what: format!("header (implausible counts: {n_tensors} tensors, {n_kv} keys)"),
                 offset: c.pos,
@@ -80,20 +103,18 @@ impl GgufFile {
         for _ in 0..n_kv {
             let key = c.string("metadata key")?;
             let ty = c.u32(&format!("type of `{key}`"))?;
-            let value = c.value(ty, &key)?;
+            let value = c.value(ty, &key, 0)?;
             metadata.insert(key, value);
         }
         let alignment = match metadata.get("general.alignment") {
-            Some(v) => {
-                let a = v.as_u64().unwrap_or(0) as usize;
-                if a == 0 || !a.is_power_of_two() {
-                    return Err(EngineError::BadMetadata {
-                        key: "general.alignment".into(),
-                        reason: format!("{v:?} is not a power of two"),
-                    });
-                }
-                a
-            }
+            Some(v) => v
+                .as_u64()
+                .and_then(|a| usize::try_from(a).ok())
+                .filter(|a| a.is_power_of_two())
+                .ok_or_else(|| EngineError::BadMetadata {
+                    key: "general.alignment".into(),
+                    reason: format!("{v:?} is not a power of two"),
+                })?,
             None => DEFAULT_ALIGNMENT,
         };
         let mut raw = Vec::with_capacity(n_tensors as usize);
@@ -182,6 +203,7 @@ impl GgufFile {
         &self.data[info.offset..info.offset + info.size_bytes]
     }
 
+    /// The mapped file (tensor data is borrowed from it).
     pub fn mmap(&self) -> &Arc<Mmap> {
         &self.data
     }
@@ -218,21 +240,25 @@ impl GgufFile {
         };
     }
 
+    /// The tensor called `name`, or [`EngineError::MissingTensor`].
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.tensors
             .get(name)
             .ok_or_else(|| EngineError::MissingTensor(name.to_string()))
     }
 
+    /// Metadata value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.get(key)
     }
 
+    /// Metadata value of `key`, or [`EngineError::MissingKey`].
     pub fn req(&self, key: &str) -> Result<&Value> {
         self.get(key)
             .ok_or_else(|| EngineError::MissingKey(key.to_string()))
     }
 
+    /// A required unsigned integer (any integer type that fits).
     pub fn req_u64(&self, key: &str) -> Result<u64> {
         let v = self.req(key)?;
         v.as_u64().ok_or_else(|| EngineError::BadMetadata {
@@ -241,6 +267,7 @@ impl GgufFile {
         })
     }
 
+    /// A required string.
     pub fn req_str(&self, key: &str) -> Result<&str> {
         let v = self.req(key)?;
         v.as_str().ok_or_else(|| EngineError::BadMetadata {
@@ -249,6 +276,7 @@ impl GgufFile {
         })
     }
 
+    /// An optional number as f32: None if absent, an error if not a number.
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.get(key) {
             None => Ok(None),
@@ -262,6 +290,7 @@ impl GgufFile {
         }
     }
 
+    /// An optional unsigned integer: None if absent, an error if not one.
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
@@ -275,7 +304,24 @@ struct Cursor<'a> {
     pos: usize,
 }
 
+/// The fewest bytes one value of GGUF type `ty` takes in the file, or None for an unknown type.
+fn min_value_bytes(ty: u32) -> Option<u64> {
+    Some(match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 => 8,     // the string's length
+        9 => 4 + 8, // an array's element type and length
+        10..=12 => 8,
+        _ => return None,
+    })
+}
+
 impl Cursor<'_> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
     fn take(&mut self, n: usize, what: &str) -> Result<&[u8]> {
         let end = self
             .pos
@@ -318,7 +364,8 @@ impl Cursor<'_> {
         Ok(String::from_utf8_lossy(bytes).into_owned())
     }
 
-    fn value(&mut self, ty: u32, key: &str) -> Result<Value> {
+    /// A value of type `ty` of metadata key `key`, inside `depth` enclosing arrays.
+    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Value> {
         Ok(match ty {
             0 => Value::U8(self.arr::<1>(key)?[0]),
             1 => Value::I8(self.arr::<1>(key)?[0] as i8),
@@ -339,9 +386,20 @@ impl Cursor<'_> {
             },
             8 => Value::String(self.string(key)?),
             9 => {
+                if depth + 1 > MAX_ARRAY_DEPTH {
+                    return Err(EngineError::BadMetadata {
+                        key: key.into(),
+                        reason: format!("arrays nested deeper than {MAX_ARRAY_DEPTH} levels"),
+                    });
+                }
                 let elem_ty = self.u32(key)?;
                 let n = self.u64(key)?;
-                if n > MAX_ARRAY_LEN {
+                let min = min_value_bytes(elem_ty).ok_or_else(|| EngineError::BadMetadata {
+                    key: key.into(),
+                    reason: format!("unknown array element type {elem_ty}"),
+                })?;
+                // Checked before allocating: the elements must fit in the rest of the file.
+                if n > MAX_ARRAY_LEN || n.saturating_mul(min) > self.remaining() as u64 {
                     return Err(EngineError::Truncated {
                         what: format!("array `{key}` (implausible length {n})"),
                         offset: self.pos,
@@ -349,7 +407,7 @@ impl Cursor<'_> {
                 }
                 let mut items = Vec::with_capacity((n as usize).min(1 << 20));
                 for _ in 0..n {
-                    items.push(self.value(elem_ty, key)?);
+                    items.push(self.value(elem_ty, key, depth + 1)?);
                 }
                 Value::Array(items)
             }

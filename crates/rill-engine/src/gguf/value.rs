@@ -3,18 +3,31 @@
 /// One metadata value. Arrays of strings (vocabularies, merges) are kept as owned strings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// GGUF type 0.
     U8(u8),
+    /// GGUF type 1.
     I8(i8),
+    /// GGUF type 2.
     U16(u16),
+    /// GGUF type 3.
     I16(i16),
+    /// GGUF type 4.
     U32(u32),
+    /// GGUF type 5.
     I32(i32),
+    /// GGUF type 10.
     U64(u64),
+    /// GGUF type 11.
     I64(i64),
+    /// GGUF type 6.
     F32(f32),
+    /// GGUF type 12.
     F64(f64),
+    /// GGUF type 7.
     Bool(bool),
+    /// GGUF type 8 (invalid UTF-8 replaced).
     String(String),
+    /// GGUF type 9: values of one type, nested at most [`crate::gguf::MAX_ARRAY_DEPTH`] deep.
     Array(Vec<Value>),
 }
 
@@ -34,6 +47,7 @@ impl Value {
         }
     }
 
+    /// Any integer kind that fits, as i64.
     pub fn as_i64(&self) -> Option<i64> {
         match *self {
             Value::I8(v) => Some(v as i64),
@@ -44,6 +58,7 @@ impl Value {
         }
     }
 
+    /// Any number, as f32 (integers and f64 rounded).
     pub fn as_f32(&self) -> Option<f32> {
         match *self {
             Value::F32(v) => Some(v),
@@ -52,6 +67,7 @@ impl Value {
         }
     }
 
+    /// A string's text.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => Some(s),
@@ -59,6 +75,7 @@ impl Value {
         }
     }
 
+    /// A bool.
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             Value::Bool(b) => Some(b),
@@ -66,6 +83,7 @@ impl Value {
         }
     }
 
+    /// An array's elements.
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(a) => Some(a),

@@ -21,14 +21,16 @@ use super::{FfnActivation, ForwardBatch, ForwardCtx, ModelConfig, RopeMode};
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgmlType, GgufFile};
 use crate::kv_cache::{AttendQuery, BlockId, KvCache};
-use crate::quant::{QMatrix, QuantActs};
+use crate::quant::{Kernels, QMatrix, QuantActs};
 use crate::threadpool::SharedMut;
 
 /// How an architecture departs from the plain llama block. Optional tensors named here are
 /// required when their flag is set (a file without them is refused, naming the tensor).
 #[derive(Debug, Clone)]
 pub struct Features {
+    /// How RoPE pairs dimensions.
     pub rope: RopeMode,
+    /// The feed-forward gate's activation.
     pub activation: FfnActivation,
     /// Embeddings are multiplied by this after the look-up (Gemma: sqrt(dim)).
     pub embed_scale: Option<f32>,
@@ -59,7 +61,7 @@ impl Proj {
     /// each run of outputs to `out(t, row, values)` with `row` relative too.
     fn matmul_block(
         &self,
-        k: &crate::quant::Kernels,
+        k: &Kernels,
         acts: &QuantActs,
         rows: std::ops::Range<usize>,
         toks: std::ops::Range<usize>,
@@ -98,6 +100,7 @@ struct Layer {
 
 /// A loaded model of any supported architecture.
 pub struct Decoder {
+    /// Hyperparameters.
     pub cfg: ModelConfig,
     features: Features,
     tok_embd: QMatrix<'static>,
@@ -352,6 +355,7 @@ impl Decoder {
         })
     }
 
+    /// Bytes of the weight matrices in the file.
     pub fn weight_bytes(&self) -> usize {
         self.matrices().map(|m| m.data.len()).sum()
     }
@@ -384,6 +388,8 @@ impl Decoder {
             }))
     }
 
+    /// Runs the batch, writing K/V into `kv`, and fills `logits` with one row of
+    /// `vocab_size` per entry of `batch.logit_rows`.
     pub fn forward(
         &self,
         ctx: &ForwardCtx<'_>,
@@ -425,8 +431,8 @@ impl Decoder {
             })
             .collect();
         let rope_fn = match f.rope {
-            RopeMode::Normal => k.rope_norm,
-            RopeMode::Neox => k.rope_neox,
+            RopeMode::Normal => Kernels::rope_norm,
+            RopeMode::Neox => Kernels::rope_neox,
         };
         let score_scale = match f.query_scale {
             Some(_) => 1.0,
@@ -490,7 +496,7 @@ impl Decoder {
                         ops::rms_norm_in_place(head, w, c.norm_eps);
                     }
                     if part < 2 {
-                        rope_fn(&mut head[..c.rope_dim], rope);
+                        rope_fn(k, &mut head[..c.rope_dim], rope);
                     }
                     if part == 0 {
                         if let Some(s) = f.query_scale {
@@ -596,7 +602,7 @@ impl Decoder {
                         )
                     };
                     match f.activation {
-                        FfnActivation::SiluGlu => (k.swiglu)(g, u),
+                        FfnActivation::SiluGlu => k.swiglu(g, u),
                         FfnActivation::GeluGlu => ops::geglu(g, u),
                     }
                 }

@@ -66,7 +66,15 @@ pub(super) fn base_config(g: &GgufFile, arch: &str) -> Result<ModelConfig> {
     let rope_base = g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
     let rope_freq_scale = rope_freq_scale(g, arch)?;
     let tok = g.tensor("token_embd.weight")?;
-    let vocab_size = tok.dims.get(1).copied().unwrap_or(0);
+    let vocab_size = match tok.dims[..] {
+        [_, rows] => rows,
+        _ => {
+            return Err(EngineError::BadTensor {
+                name: tok.name.clone(),
+                reason: format!("expected 2 dimensions, found {}", tok.dims.len()),
+            })
+        }
+    };
     Ok(ModelConfig {
         architecture: arch.into(),
         name: g

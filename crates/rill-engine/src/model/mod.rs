@@ -43,6 +43,7 @@ pub enum FfnActivation {
 pub struct LayerAttention {
     /// Sliding window in tokens (the query itself included); None: global attention.
     pub window: Option<usize>,
+    /// RoPE base of this layer.
     pub rope_base: f32,
     /// Angles are multiplied by this (linear RoPE scaling: 1 / factor; 1 for none).
     pub rope_freq_scale: f32,
@@ -51,19 +52,31 @@ pub struct LayerAttention {
 /// Hyper-parameters of a decoder-only transformer, as read from the GGUF metadata.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
+    /// `general.architecture`.
     pub architecture: String,
+    /// `general.name` (`unnamed` without one).
     pub name: String,
+    /// Transformer blocks.
     pub n_layers: usize,
+    /// Embedding width.
     pub dim: usize,
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
     pub n_kv_heads: usize,
+    /// Elements per head.
     pub head_dim: usize,
+    /// Feed-forward hidden width.
     pub ffn_dim: usize,
+    /// Rows of the token embedding.
     pub vocab_size: usize,
+    /// Positions a sequence may reach (`{arch}.context_length`, 2048 without it).
     pub context_length: usize,
     /// RoPE base of the global-attention layers (`{arch}.rope.freq_base`).
     pub rope_base: f32,
+    /// Dimensions of each head that RoPE rotates.
     pub rope_dim: usize,
+    /// RMSNorm epsilon.
     pub norm_eps: f32,
     /// Per layer: window and RoPE parameters.
     pub layers: Vec<LayerAttention>,
@@ -83,6 +96,7 @@ impl ModelConfig {
 
 /// One step's worth of tokens, flattened across sequences.
 pub struct ForwardBatch<'a> {
+    /// Every token of the step.
     pub tokens: &'a [u32],
     /// Position of each token in its sequence.
     pub positions: &'a [usize],
@@ -94,7 +108,9 @@ pub struct ForwardBatch<'a> {
 
 /// Everything a forward pass needs besides the weights.
 pub struct ForwardCtx<'a> {
+    /// The compute threads.
     pub pool: &'a ThreadPool,
+    /// The kernel tier.
     pub kernels: &'a Kernels,
 }
 
@@ -108,6 +124,7 @@ impl Model {
         Ok(Self::describe_arch(gguf)?.0)
     }
 
+    /// Reads the configuration and weights of any supported architecture.
     pub fn load(gguf: &GgufFile) -> Result<Self> {
         let (cfg, features) = Self::describe_arch(gguf)?;
         Ok(Model(decoder::Decoder::load(gguf, cfg, features)?))
@@ -126,6 +143,7 @@ impl Model {
         })
     }
 
+    /// Hyperparameters.
     pub fn config(&self) -> &ModelConfig {
         &self.0.cfg
     }

@@ -12,17 +12,27 @@ use crate::quant::{ActFormat, Kernels, QMatrix, QuantActs};
 
 /// Scratch buffers reused across steps (grown, never shrunk).
 pub struct Workspace {
+    /// The residual stream, a row per token.
     pub x: Vec<f32>,
+    /// `x` normalised (the projections' input).
     pub xn: Vec<f32>,
+    /// Queries.
     pub q: Vec<f32>,
+    /// Keys.
     pub k: Vec<f32>,
+    /// Values.
     pub v: Vec<f32>,
+    /// Attention output, the query heads side by side.
     pub att: Vec<f32>,
+    /// Feed-forward gate, then the activation.
     pub hb: Vec<f32>,
+    /// Feed-forward up projection.
     pub up: Vec<f32>,
     /// A projection's output before its post-norm (Gemma).
     pub proj: Vec<f32>,
+    /// The rows whose logits are wanted, normalised.
     pub out_x: Vec<f32>,
+    /// Quantized activation buffers.
     pub acts: ActPool,
 }
 
@@ -33,6 +43,7 @@ impl Default for Workspace {
 }
 
 impl Workspace {
+    /// Empty buffers (sized by the first step).
     pub fn new() -> Self {
         Self {
             x: Vec::new(),

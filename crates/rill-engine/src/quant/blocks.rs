@@ -3,19 +3,24 @@
 
 use half::f16;
 
+/// Elements per block of the 32-element formats (Q4_0 ... Q8_1, IQ4_NL).
 pub const QK: usize = 32;
+/// Elements per super-block of the K-quants and IQ4_XS.
 pub const QK_K: usize = 256;
 
+/// IEEE half-precision bits to f32 (exact).
 #[inline(always)]
 pub fn f16_to_f32(bits: u16) -> f32 {
     f16::from_bits(bits).to_f32()
 }
 
+/// f32 to IEEE half-precision bits, rounding to nearest even.
 #[inline(always)]
 pub fn f32_to_f16(v: f32) -> u16 {
     f16::from_f32(v).to_bits()
 }
 
+/// bfloat16 bits to f32 (exact).
 #[inline(always)]
 pub fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
@@ -31,46 +36,66 @@ pub fn f32_to_bf16(v: f32) -> u16 {
     ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
 }
 
+/// Q4_0: 32 4-bit values `q`, each standing for `(q - 8) * d`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ4_0 {
+    /// The scale, f16 bits.
     pub d: u16,
+    /// Element `j` in the low nibble of byte `j`, element `j + 16` in its high nibble.
     pub qs: [u8; QK / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 
+/// Q4_1: 32 4-bit values `q`, each standing for `q * d + m`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ4_1 {
+    /// The scale, f16 bits.
     pub d: u16,
+    /// The offset (the block's minimum), f16 bits.
     pub m: u16,
+    /// The values, nibbles as in [`BlockQ4_0`].
     pub qs: [u8; QK / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 
+/// Q5_0: 32 5-bit values `q`, each standing for `(q - 16) * d`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ5_0 {
+    /// The scale, f16 bits.
     pub d: u16,
+    /// The fifth bits: bit `j` of the little-endian u32 is element `j`'s.
     pub qh: [u8; 4],
+    /// The low four bits, nibbles as in [`BlockQ4_0`].
     pub qs: [u8; QK / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
 
+/// Q5_1: 32 5-bit values `q`, each standing for `q * d + m`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ5_1 {
+    /// The scale, f16 bits.
     pub d: u16,
+    /// The offset (the block's minimum), f16 bits.
     pub m: u16,
+    /// The fifth bits, as in [`BlockQ5_0`].
     pub qh: [u8; 4],
+    /// The low four bits, nibbles as in [`BlockQ4_0`].
     pub qs: [u8; QK / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
 
+/// Q8_0: 32 signed 8-bit values `q`, each standing for `q * d` (a weight format, and the
+/// activations of the Q4_0, Q5_0, Q8_0 and IQ4_NL weights).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ8_0 {
+    /// The scale, f16 bits.
     pub d: u16,
+    /// The values, in element order.
     pub qs: [i8; QK],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
@@ -79,18 +104,28 @@ const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct BlockQ8_1 {
+    /// The scale, f16 bits.
     pub d: u16,
+    /// `d * sum(qs)`, f16 bits.
     pub s: u16,
+    /// The values, in element order.
     pub qs: [i8; QK],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
 
+/// Q4_K: 256 4-bit values in 8 sub-blocks of 32, each with a 6-bit scale and a 6-bit minimum:
+/// value `q` of sub-block `j` stands for `d * scale_j * q - dmin * min_j`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ4K {
+    /// The scale of the sub-block scales, f16 bits.
     pub d: u16,
+    /// The scale of the sub-block minimums, f16 bits.
     pub dmin: u16,
+    /// The 8 scales and 8 minimums, 6 bits each, packed (`kquants::q4k_scale_min`).
     pub scales: [u8; 12],
+    /// Per 64 values, 32 bytes: the first 32 values in the low nibbles, the next 32 in the
+    /// high ones.
     pub qs: [u8; QK_K / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
@@ -107,12 +142,17 @@ impl Default for BlockQ4K {
     }
 }
 
+/// Q6_K: 256 6-bit values `q` in 16 groups of 16, each standing for `d * scale_g * (q - 32)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ6K {
+    /// The low four bits of each value (ggml's order, `kquants::q6k_values`).
     pub ql: [u8; QK_K / 2],
+    /// The high two bits of each value.
     pub qh: [u8; QK_K / 4],
+    /// One signed scale per group of 16 values.
     pub scales: [i8; QK_K / 16],
+    /// The super-block scale, f16 bits.
     pub d: u16,
 }
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
@@ -133,7 +173,9 @@ impl Default for BlockQ6K {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockIq4Nl {
+    /// The scale, f16 bits.
     pub d: u16,
+    /// The codes, nibbles as in [`BlockQ4_0`].
     pub qs: [u8; QK / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockIq4Nl>() == 18);
@@ -147,9 +189,13 @@ pub const IQ4NL_VALUES: [i8; 16] = [
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ2K {
+    /// Per group: its scale in the low nibble, its minimum in the high nibble.
     pub scales: [u8; QK_K / 16],
+    /// The values, four per byte (ggml's order, `kquants::q2k_values`).
     pub qs: [u8; QK_K / 4],
+    /// The scale of the group scales, f16 bits.
     pub d: u16,
+    /// The scale of the group minimums, f16 bits.
     pub dmin: u16,
 }
 const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
@@ -158,9 +204,13 @@ const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ3K {
+    /// The third bit of each value (ggml's order, `kquants::q3k_values`).
     pub hmask: [u8; QK_K / 8],
+    /// The low two bits of each value, four per byte.
     pub qs: [u8; QK_K / 4],
+    /// The 16 scales, 6 bits each, packed (`kquants::q3k_scales`).
     pub scales: [u8; 12],
+    /// The super-block scale, f16 bits.
     pub d: u16,
 }
 const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
@@ -193,10 +243,15 @@ impl Default for BlockQ2K {
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct BlockQ5K {
+    /// The scale of the sub-block scales, f16 bits.
     pub d: u16,
+    /// The scale of the sub-block minimums, f16 bits.
     pub dmin: u16,
+    /// The 8 scales and 8 minimums, packed as in [`BlockQ4K`].
     pub scales: [u8; 12],
+    /// The fifth bit of each value (`kquants::q5k_values`).
     pub qh: [u8; QK_K / 8],
+    /// The low four bits, nibbles as in [`BlockQ4K`].
     pub qs: [u8; QK_K / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
@@ -205,9 +260,13 @@ const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockIq4Xs {
+    /// The super-block scale, f16 bits.
     pub d: u16,
+    /// The high two bits of the 8 sub-block scales, two bits each.
     pub scales_h: u16,
+    /// The low four bits of the 8 sub-block scales, two per byte.
     pub scales_l: [u8; QK_K / 64],
+    /// The codes: per sub-block of 32, 16 bytes, nibbles as in [`BlockQ4_0`].
     pub qs: [u8; QK_K / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockIq4Xs>() == 136);
@@ -228,8 +287,11 @@ impl Default for BlockIq4Xs {
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct BlockQ8K {
+    /// The scale.
     pub d: f32,
+    /// The values, in element order.
     pub qs: [i8; QK_K],
+    /// The sum of each 16 consecutive values.
     pub bsums: [i16; QK_K / 16],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
@@ -302,7 +364,9 @@ pub const TILE_ROWS: usize = 8;
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileQ4_0 {
+    /// Each row's scale, f16 bits.
     pub d: [u16; TILE_ROWS],
+    /// The rows' nibble bytes, interleaved.
     pub qs: [u8; 128],
 }
 const _: () = assert!(std::mem::size_of::<TileQ4_0>() == TILE_ROWS * 18);
@@ -311,7 +375,9 @@ const _: () = assert!(std::mem::size_of::<TileQ4_0>() == TILE_ROWS * 18);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileIq4Nl {
+    /// Each row's scale, f16 bits.
     pub d: [u16; TILE_ROWS],
+    /// The rows' code bytes, interleaved.
     pub qs: [u8; 128],
 }
 const _: () = assert!(std::mem::size_of::<TileIq4Nl>() == TILE_ROWS * 18);
@@ -320,8 +386,11 @@ const _: () = assert!(std::mem::size_of::<TileIq4Nl>() == TILE_ROWS * 18);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileQ4_1 {
+    /// Each row's scale, f16 bits.
     pub d: [u16; TILE_ROWS],
+    /// Each row's offset, f16 bits.
     pub m: [u16; TILE_ROWS],
+    /// The rows' nibble bytes, interleaved.
     pub qs: [u8; 128],
 }
 const _: () = assert!(std::mem::size_of::<TileQ4_1>() == TILE_ROWS * 20);
@@ -331,8 +400,11 @@ const _: () = assert!(std::mem::size_of::<TileQ4_1>() == TILE_ROWS * 20);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileQ5_0 {
+    /// Each row's scale, f16 bits.
     pub d: [u16; TILE_ROWS],
+    /// The fifth bits, per group of 4 values.
     pub qh: [u32; 8],
+    /// The rows' nibble bytes, interleaved.
     pub qs: [u8; 128],
 }
 const _: () = assert!(std::mem::size_of::<TileQ5_0>() == TILE_ROWS * 22);
@@ -341,9 +413,13 @@ const _: () = assert!(std::mem::size_of::<TileQ5_0>() == TILE_ROWS * 22);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileQ5_1 {
+    /// Each row's scale, f16 bits.
     pub d: [u16; TILE_ROWS],
+    /// Each row's offset, f16 bits.
     pub m: [u16; TILE_ROWS],
+    /// The fifth bits, as in [`TileQ5_0`].
     pub qh: [u32; 8],
+    /// The rows' nibble bytes, interleaved.
     pub qs: [u8; 128],
 }
 const _: () = assert!(std::mem::size_of::<TileQ5_1>() == TILE_ROWS * 24);
@@ -352,7 +428,9 @@ const _: () = assert!(std::mem::size_of::<TileQ5_1>() == TILE_ROWS * 24);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileQ8_0 {
+    /// Each row's scale, f16 bits.
     pub d: [u16; TILE_ROWS],
+    /// The rows' values, interleaved.
     pub qs: [i8; 256],
 }
 const _: () = assert!(std::mem::size_of::<TileQ8_0>() == TILE_ROWS * 34);
@@ -364,12 +442,15 @@ const _: () = assert!(std::mem::size_of::<TileQ8_0>() == TILE_ROWS * 34);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileQ4K {
+    /// Each row's scale of its sub-block scales, f16 bits.
     pub d: [u16; TILE_ROWS],
+    /// Each row's scale of its sub-block minimums, f16 bits.
     pub dmin: [u16; TILE_ROWS],
     /// `sc[j][r]` = row r's scale of sub-block j.
     pub sc: [[u8; 8]; 8],
     /// `m[p][2r + h]` = row r's minimum of sub-block `2p + h`.
     pub m: [[u8; 16]; 4],
+    /// The rows' nibble bytes, interleaved.
     pub qs: [u8; 1024],
 }
 const _: () = assert!(std::mem::size_of::<TileQ4K>() == 1184);
@@ -380,10 +461,13 @@ const _: () = assert!(std::mem::size_of::<TileQ4K>() == 1184);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileQ6K {
+    /// Each row's super-block scale, f16 bits.
     pub d: [u16; TILE_ROWS],
     /// `sc[g][r]` = row r's scale of group g (16 values).
     pub sc: [[i8; 8]; 16],
+    /// The rows' low-bit bytes, interleaved.
     pub ql: [u8; 1024],
+    /// The rows' high-bit bytes, interleaved.
     pub qh: [u8; 512],
 }
 const _: () = assert!(std::mem::size_of::<TileQ6K>() == TILE_ROWS * 210);
@@ -395,9 +479,11 @@ const _: () = assert!(std::mem::size_of::<TileQ6K>() == TILE_ROWS * 210);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileIq4Xs {
+    /// Each row's super-block scale, f16 bits.
     pub d: [u16; TILE_ROWS],
     /// `sc[ib][r]` = row r's scale of sub-block ib (-32..=31).
     pub sc: [[i8; 8]; 8],
+    /// The rows' code bytes, interleaved.
     pub qs: [u8; 1024],
 }
 const _: () = assert!(std::mem::size_of::<TileIq4Xs>() == 1104);
@@ -409,9 +495,13 @@ const _: () = assert!(std::mem::size_of::<TileIq4Xs>() == 1104);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileQ2K {
+    /// Each row's scale of its group scales, f16 bits.
     pub d: [u16; TILE_ROWS],
+    /// Each row's scale of its group minimums, f16 bits.
     pub dmin: [u16; TILE_ROWS],
+    /// `sm[g][r]` = row r's scale/minimum byte of group g.
     pub sm: [[u8; 8]; 16],
+    /// The rows' 2-bit value bytes, interleaved.
     pub qs: [u8; 512],
 }
 const _: () = assert!(std::mem::size_of::<TileQ2K>() == TILE_ROWS * 84);
@@ -422,9 +512,13 @@ const _: () = assert!(std::mem::size_of::<TileQ2K>() == TILE_ROWS * 84);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct TileQ3K {
+    /// Each row's super-block scale, f16 bits.
     pub d: [u16; TILE_ROWS],
+    /// `sc[g][r]` = row r's scale of group g (-32..=31).
     pub sc: [[i8; 8]; 16],
+    /// The rows' high-bit mask bytes, interleaved.
     pub hm: [u8; 256],
+    /// The rows' low-bit bytes, interleaved.
     pub qs: [u8; 512],
 }
 const _: () = assert!(std::mem::size_of::<TileQ3K>() == 912);

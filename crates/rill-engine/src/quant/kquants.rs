@@ -47,6 +47,8 @@ pub fn q2k_values(b: &BlockQ2K) -> [i8; QK_K] {
     })
 }
 
+/// The reference Q2_K dot product against Q8_K activations: exact integer sums per
+/// super-block, folded in f32 in ggml's order (pairs up to the shorter operand).
 pub fn dot_q2k_q8k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     let mut total = 0f32;
     for (xb, yb) in x.iter().zip(y) {
@@ -61,6 +63,7 @@ pub fn dot_q2k_q8k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     total
 }
 
+/// Q2_K blocks to f32, 256 values each into `out`.
 pub fn dequantize_q2k(x: &[BlockQ2K], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK_K)) {
         let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
@@ -126,6 +129,8 @@ pub fn q3k_values(b: &BlockQ3K) -> [i8; QK_K] {
     })
 }
 
+/// The reference Q3_K dot product against Q8_K activations: exact integer sums per
+/// super-block, folded in f32 in ggml's order (pairs up to the shorter operand).
 pub fn dot_q3k_q8k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
     let mut total = 0f32;
     for (xb, yb) in x.iter().zip(y) {
@@ -136,6 +141,7 @@ pub fn dot_q3k_q8k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
     total
 }
 
+/// Q3_K blocks to f32, 256 values each into `out`.
 pub fn dequantize_q3k(x: &[BlockQ3K], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK_K)) {
         let d = f16_to_f32(b.d);
@@ -215,12 +221,16 @@ fn dot_k_with_mins(
     )
 }
 
+/// The reference Q4_K dot product against Q8_K activations: exact integer sums per
+/// super-block, folded in f32 in ggml's order (pairs up to the shorter operand).
 pub fn dot_q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     x.iter().zip(y).fold(0f32, |t, (xb, yb)| {
         dot_k_with_mins(&q4k_values(&xb.qs), &xb.scales, xb.d, xb.dmin, yb, t)
     })
 }
 
+/// The reference Q5_K dot product against Q8_K activations: exact integer sums per
+/// super-block, folded in f32 in ggml's order (pairs up to the shorter operand).
 pub fn dot_q5k_q8k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
     x.iter().zip(y).fold(0f32, |t, (xb, yb)| {
         dot_k_with_mins(&q5k_values(xb), &xb.scales, xb.d, xb.dmin, yb, t)
@@ -235,12 +245,14 @@ fn dequantize_k_with_mins(v: &[i8; QK_K], scales: &[u8; 12], d: u16, dmin: u16, 
     }
 }
 
+/// Q4_K blocks to f32, 256 values each into `out`.
 pub fn dequantize_q4k(x: &[BlockQ4K], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK_K)) {
         dequantize_k_with_mins(&q4k_values(&b.qs), &b.scales, b.d, b.dmin, o);
     }
 }
 
+/// Q5_K blocks to f32, 256 values each into `out`.
 pub fn dequantize_q5k(x: &[BlockQ5K], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK_K)) {
         dequantize_k_with_mins(&q5k_values(b), &b.scales, b.d, b.dmin, o);
@@ -266,6 +278,8 @@ pub fn q6k_values(xb: &BlockQ6K) -> [i8; QK_K] {
     out
 }
 
+/// The reference Q6_K dot product against Q8_K activations: exact integer sums per
+/// super-block, folded in f32 in ggml's order (pairs up to the shorter operand).
 pub fn dot_q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let mut total = 0f32;
     for (xb, yb) in x.iter().zip(y) {
@@ -275,6 +289,7 @@ pub fn dot_q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     total
 }
 
+/// Q6_K blocks to f32, 256 values each into `out`.
 pub fn dequantize_q6k(x: &[BlockQ6K], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK_K)) {
         let d = f16_to_f32(b.d);
@@ -305,6 +320,8 @@ pub fn iq4xs_values(b: &BlockIq4Xs) -> [i8; QK_K] {
     })
 }
 
+/// The reference IQ4_XS dot product against Q8_K activations: exact integer sums per
+/// super-block, folded in f32 in ggml's order (pairs up to the shorter operand).
 pub fn dot_iq4xs_q8k(x: &[BlockIq4Xs], y: &[BlockQ8K]) -> f32 {
     let mut total = 0f32;
     for (xb, yb) in x.iter().zip(y) {
@@ -314,6 +331,7 @@ pub fn dot_iq4xs_q8k(x: &[BlockIq4Xs], y: &[BlockQ8K]) -> f32 {
     total
 }
 
+/// IQ4_XS blocks to f32, 256 values each into `out`.
 pub fn dequantize_iq4xs(x: &[BlockIq4Xs], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK_K)) {
         let d = f16_to_f32(b.d);

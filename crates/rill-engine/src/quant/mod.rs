@@ -16,8 +16,6 @@ pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
-pub mod x86_attention;
-#[cfg(target_arch = "x86_64")]
 pub mod x86_gemm;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_kquants;
@@ -38,15 +36,22 @@ use crate::gguf::GgmlType;
 /// The activation encoding a weight type's dot product consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ActFormat {
+    /// [`BlockQ8_0`] (Q4_0, Q5_0, Q8_0 and IQ4_NL weights).
     Q8_0,
+    /// [`BlockQ8_1`] (Q4_1 and Q5_1 weights).
     Q8_1,
+    /// [`BlockQ8K`] (the K-quants and IQ4_XS).
     Q8K,
+    /// f16 values (F16 weights).
     F16,
+    /// bf16 values (BF16 weights).
     Bf16,
+    /// f32 values (F32 weights).
     F32,
 }
 
 impl ActFormat {
+    /// The encoding `t`'s products take; None for a type without kernels.
     pub fn for_weights(t: GgmlType) -> Option<Self> {
         Some(match t {
             GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Iq4Nl => Self::Q8_0,
@@ -87,8 +92,11 @@ impl ActFormat {
 /// A batch of activation rows quantized for one [`ActFormat`]. Backed by u64 words so every
 /// block type is aligned.
 pub struct QuantActs {
+    /// The encoding of every row.
     pub format: ActFormat,
+    /// Rows quantized by the last [`Self::quantize`].
     pub rows: usize,
+    /// Elements per row.
     pub cols: usize,
     row_bytes: usize,
     buf: Vec<u64>,
@@ -160,6 +168,7 @@ pub struct ActMeta<'a> {
 }
 
 impl QuantActs {
+    /// An empty buffer for `format` (sized by [`Self::quantize`]).
     pub fn new(format: ActFormat) -> Self {
         Self {
             format,
@@ -197,7 +206,9 @@ impl QuantActs {
         for r in 0..rows {
             self.quantize_row(k, r, &x[r * cols..(r + 1) * cols]);
         }
-        self.widen_scales(k.tiles2_q5_0.is_some() || k.tiles2_q8_0.is_some());
+        self.widen_scales(
+            k.tiles::<TileQ5_0>().pair.is_some() || k.tiles::<TileQ8_0>().pair.is_some(),
+        );
     }
 
     /// Fills the per-block values of [`ActMeta`] from the quantized rows (`offsets16` only
@@ -255,22 +266,25 @@ impl QuantActs {
         self.offsets128 = offs128;
     }
 
-    /// Row `r`'s per-block scales and sums (Q8_0/Q8_1 only; empty slices otherwise).
+    /// Row `r`'s per-block scales and sums (Q8_0/Q8_1 only; empty slices for the values a
+    /// format or tier does not compute). Panics if `r` is not one of the quantized rows.
     pub fn row_meta(&self, r: usize) -> ActMeta<'_> {
+        assert!(r < self.rows, "row {r} of {} quantized rows", self.rows);
         let nb = self.cols / QK;
-        let range = r * nb..(r + 1) * nb;
+        // Each list is empty (not computed) or holds `per_block` values per block of every row.
+        fn rows_of<T>(v: &[T], per_block: usize, r: usize, nb: usize) -> &[T] {
+            if v.is_empty() {
+                return &[];
+            }
+            v.get(per_block * r * nb..per_block * (r + 1) * nb)
+                .expect("per-block values of every quantized row (QuantActs::widen_scales)")
+        }
         ActMeta {
-            d: self.scales_d.get(range.clone()).unwrap_or(&[]),
-            s: self.scales_s.get(range.clone()).unwrap_or(&[]),
-            sum: self.sums.get(range.clone()).unwrap_or(&[]),
-            offsets16: self
-                .offsets16
-                .get(8 * range.start..8 * range.end)
-                .unwrap_or(&[]),
-            offsets128: self
-                .offsets128
-                .get(8 * range.start..8 * range.end)
-                .unwrap_or(&[]),
+            d: rows_of(&self.scales_d, 1, r, nb),
+            s: rows_of(&self.scales_s, 1, r, nb),
+            sum: rows_of(&self.sums, 1, r, nb),
+            offsets16: rows_of(&self.offsets16, 8, r, nb),
+            offsets128: rows_of(&self.offsets128, 8, r, nb),
         }
     }
 
@@ -281,9 +295,9 @@ impl QuantActs {
         let cols = self.cols;
         let bytes = self.row_mut(r);
         match f {
-            ActFormat::Q8_0 => (k.quantize_q8_0)(x, cast_mut(bytes)),
-            ActFormat::Q8_1 => (k.quantize_q8_1)(x, cast_mut(bytes)),
-            ActFormat::Q8K => (k.quantize_q8k)(x, cast_mut(bytes)),
+            ActFormat::Q8_0 => k.quantize_q8_0(x, &mut cast_mut(bytes)[..x.len() / QK]),
+            ActFormat::Q8_1 => k.quantize_q8_1(x, &mut cast_mut(bytes)[..x.len() / QK]),
+            ActFormat::Q8K => k.quantize_q8k(x, &mut cast_mut(bytes)[..x.len() / QK_K]),
             ActFormat::F16 => {
                 // `half`'s slice conversion: F16C 8 at a time where the CPU has it, the same
                 // round-to-nearest-even bits as `f32_to_f16` per element.
@@ -349,6 +363,7 @@ impl QuantActs {
         &mut all[start..start + used]
     }
 
+    /// Row `r`'s encoded bytes (whole blocks; f16/bf16/f32 values).
     pub fn row(&self, r: usize) -> &[u8] {
         let used = self.format.row_bytes(self.cols);
         let start = r * self.row_bytes;
@@ -397,15 +412,21 @@ const ACT_BLOCK: usize = 64;
 /// read instead (`data` then serves only single-row look-ups such as embeddings).
 #[derive(Clone)]
 pub struct QMatrix<'a> {
+    /// The GGUF element type.
     pub dtype: GgmlType,
+    /// Weight rows (output features).
     pub rows: usize,
+    /// Elements per row (input features).
     pub cols: usize,
+    /// The rows as GGUF encodes them (in the mmap).
     pub data: &'a [u8],
     row_bytes: usize,
     tiles: Option<Arc<Tiles>>,
 }
 
 impl<'a> QMatrix<'a> {
+    /// Checks `data` (`rows` rows of `cols` elements of `dtype`: length, alignment, a type
+    /// with kernels) and repacks the tiled formats; errors name tensor `name`.
     pub fn new(
         name: &str,
         dtype: GgmlType,
@@ -480,11 +501,13 @@ impl<'a> QMatrix<'a> {
         std::ptr::eq(self.data, other.data)
     }
 
+    /// The activation encoding this matrix multiplies.
     pub fn act_format(&self) -> ActFormat {
-        // Checked in `new`.
-        ActFormat::for_weights(self.dtype).unwrap_or(ActFormat::F32)
+        ActFormat::for_weights(self.dtype)
+            .expect("QMatrix::new refuses weight types without an activation format")
     }
 
+    /// Weight row `r`'s bytes in the GGUF encoding.
     pub fn row_bytes(&self, r: usize) -> &'a [u8] {
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
@@ -520,131 +543,83 @@ impl<'a> QMatrix<'a> {
             self.act_format(),
             "activation format of the matrix"
         );
-        // The super-block formats without tiles: one weight row against 4 activation rows per call, so each
-        // block is decoded once for 4 rows; 2-3 leftover rows go through one more 4-row call
-        // with the last row repeated, a single one (and single-stream decode, which streams
-        // the weights with prefetch) through the one-row kernel. Same bits either way.
-        macro_rules! quad {
-            ($wt:ty, $at:ty, $f1:expr, $f4:expr) => {{
-                let arow = |t: usize| -> &[$at] { cast_ref(acts.row(t)) };
-                let n = toks.len();
-                let quads = toks.start + n / 4 * 4;
-                let left = toks.end - quads;
-                let last = toks.end.saturating_sub(1);
-                for r in rows.clone() {
-                    if acts.rows == 1 {
-                        self.prefetch_row(r + PREFETCH_ROWS_AHEAD);
-                    }
-                    let w: &[$wt] = cast_weights(self.row_bytes(r));
-                    for t in (toks.start..quads).step_by(4) {
-                        let v = $f4(w, [arow(t), arow(t + 1), arow(t + 2), arow(t + 3)]);
-                        for (j, &x) in v.iter().enumerate() {
-                            out(t + j, r, &[x]);
-                        }
-                    }
-                    if left >= 2 {
-                        let ix = [
-                            quads,
-                            quads + 1,
-                            (quads + 2).min(last),
-                            (quads + 3).min(last),
-                        ];
-                        let v = $f4(w, ix.map(arow));
-                        for (j, &x) in v.iter().take(left).enumerate() {
-                            out(quads + j, r, &[x]);
-                        }
-                    } else if left == 1 {
-                        out(quads, r, &[$f1(w, arow(quads))]);
+        // Q5_K, the super-block format without tiles: one weight row against 4 activation
+        // rows per call, so each block is decoded once for 4 rows; 2-3 leftover rows go
+        // through one more 4-row call with the last row repeated, a single one (and
+        // single-stream decode, which streams the weights with prefetch) through the one-row
+        // kernel. Same bits either way.
+        let q5k = |out: &mut dyn FnMut(usize, usize, &[f32])| {
+            let arow = |t: usize| -> &[BlockQ8K] { cast_ref(acts.row(t)) };
+            let n = toks.len();
+            let quads = toks.start + n / 4 * 4;
+            let left = toks.end - quads;
+            let last = toks.end.saturating_sub(1);
+            for r in rows.clone() {
+                if acts.rows == 1 {
+                    self.prefetch_row(r + PREFETCH_ROWS_AHEAD);
+                }
+                let w: &[BlockQ5K] = cast_weights(self.row_bytes(r));
+                for t in (toks.start..quads).step_by(4) {
+                    let v = k.dot4_q5k_q8k(w, [arow(t), arow(t + 1), arow(t + 2), arow(t + 3)]);
+                    for (j, &x) in v.iter().enumerate() {
+                        out(t + j, r, &[x]);
                     }
                 }
-            }};
-        }
-        // The super-block tiles: 1 and 4 activation rows per call.
-        macro_rules! ktiled {
-            ($f1:ident, $f4:ident) => {
-                self.tiled(k.$f1, k.$f4, None, None, acts, rows, toks.clone(), out)
-            };
-        }
+                if left >= 2 {
+                    let ix = [
+                        quads,
+                        quads + 1,
+                        (quads + 2).min(last),
+                        (quads + 3).min(last),
+                    ];
+                    let v = k.dot4_q5k_q8k(w, ix.map(arow));
+                    for (j, &x) in v.iter().take(left).enumerate() {
+                        out(quads + j, r, &[x]);
+                    }
+                } else if left == 1 {
+                    out(quads, r, &[k.dot_q5k_q8k(w, arow(quads))]);
+                }
+            }
+        };
+        let t2 = toks.clone();
         match self.dtype {
-            GgmlType::Q4_0 => self.tiled(
-                k.tile1_q4_0,
-                k.tile4_q4_0,
-                None,
-                k.tiles2_q4_0,
+            GgmlType::Q4_0 => self.tiled(k.tiles::<TileQ4_0>(), acts, rows, t2, out),
+            GgmlType::Q4_1 => self.tiled(k.tiles::<TileQ4_1>(), acts, rows, t2, out),
+            GgmlType::Q5_0 => self.tiled(k.tiles::<TileQ5_0>(), acts, rows, t2, out),
+            GgmlType::Q5_1 => self.tiled(k.tiles::<TileQ5_1>(), acts, rows, t2, out),
+            GgmlType::Q8_0 => self.tiled(k.tiles::<TileQ8_0>(), acts, rows, t2, out),
+            GgmlType::Iq4Nl => self.tiled(k.tiles::<TileIq4Nl>(), acts, rows, t2, out),
+            GgmlType::Q2K => self.tiled(k.tiles::<TileQ2K>(), acts, rows, t2, out),
+            GgmlType::Q3K => self.tiled(k.tiles::<TileQ3K>(), acts, rows, t2, out),
+            GgmlType::Q4K => self.tiled(k.tiles::<TileQ4K>(), acts, rows, t2, out),
+            GgmlType::Q5K => q5k(out),
+            GgmlType::Q6K => self.tiled(k.tiles::<TileQ6K>(), acts, rows, t2, out),
+            GgmlType::Iq4Xs => self.tiled(k.tiles::<TileIq4Xs>(), acts, rows, t2, out),
+            GgmlType::F16 => self.float(
+                |w, a| k.dot_f16_f16(w, a),
+                |w, a, n, o| k.gemm_f16(w, a, n, o),
                 acts,
                 rows,
-                toks.clone(),
+                toks,
                 out,
             ),
-            GgmlType::Q4_1 => self.tiled(
-                k.tile1_q4_1,
-                k.tile4_q4_1,
-                None,
-                k.tiles2_q4_1,
+            GgmlType::Bf16 => self.float(
+                |w, a| k.dot_bf16(w, a),
+                |w, a, n, o| k.gemm_bf16(w, a, n, o),
                 acts,
                 rows,
-                toks.clone(),
+                toks,
                 out,
             ),
-            GgmlType::Q5_0 => self.tiled(
-                k.tile1_q5_0,
-                k.tile4_q5_0,
-                Some(k.tile16_q5_0),
-                k.tiles2_q5_0,
+            GgmlType::F32 => self.float(
+                |w, a| k.dot_f32(w, a),
+                |w, a, n, o| k.gemm_f32(w, a, n, o),
                 acts,
                 rows,
-                toks.clone(),
+                toks,
                 out,
             ),
-            GgmlType::Q5_1 => self.tiled(
-                k.tile1_q5_1,
-                k.tile4_q5_1,
-                Some(k.tile16_q5_1),
-                k.tiles2_q5_1,
-                acts,
-                rows,
-                toks.clone(),
-                out,
-            ),
-            GgmlType::Q8_0 => self.tiled(
-                k.tile1_q8_0,
-                k.tile4_q8_0,
-                None,
-                k.tiles2_q8_0,
-                acts,
-                rows,
-                toks.clone(),
-                out,
-            ),
-            GgmlType::Iq4Nl => self.tiled(
-                k.tile1_iq4nl,
-                k.tile4_iq4nl,
-                None,
-                k.tiles2_iq4nl,
-                acts,
-                rows,
-                toks.clone(),
-                out,
-            ),
-            GgmlType::Q2K => ktiled!(tile1_q2k, tile4_q2k),
-            GgmlType::Q3K => ktiled!(tile1_q3k, tile4_q3k),
-            GgmlType::Q4K => ktiled!(tile1_q4k, tile4_q4k),
-            GgmlType::Q5K => quad!(BlockQ5K, BlockQ8K, k.dot_q5k_q8k, k.dot4_q5k_q8k),
-            GgmlType::Q6K => ktiled!(tile1_q6k, tile4_q6k),
-            GgmlType::Iq4Xs => self.tiled(
-                k.tile1_iq4xs,
-                k.tile4_iq4xs,
-                None,
-                k.tiles2_iq4xs,
-                acts,
-                rows,
-                toks.clone(),
-                out,
-            ),
-            GgmlType::F16 => self.float(k.dot_f16_f16, k.gemm_f16, acts, rows, toks, out),
-            GgmlType::Bf16 => self.float(k.dot_bf16, k.gemm_bf16, acts, rows, toks, out),
-            GgmlType::F32 => self.float(k.dot_f32, k.gemm_f32, acts, rows, toks, out),
-            GgmlType::Other(_) => {}
+            GgmlType::Other(_) => unreachable!("QMatrix::new refuses types without kernels"),
         }
     }
 
@@ -653,8 +628,8 @@ impl<'a> QMatrix<'a> {
     /// f32 activation rows, whose outputs come per activation row for all of `rows`.
     fn float<W: PodBlock, A: ActBlock>(
         &self,
-        dot: dispatch::Dot<W, A>,
-        gemm: dispatch::FloatGemm<W>,
+        dot: impl Fn(&[W], &[A]) -> f32,
+        gemm: impl Fn(&[W], &[f32], usize, &mut [f32]),
         acts: &QuantActs,
         rows: std::ops::Range<usize>,
         toks: std::ops::Range<usize>,
@@ -684,21 +659,19 @@ impl<'a> QMatrix<'a> {
     /// `pair` kernels (AVX-512), two tile rows per call. The same bits any way. The tile rows of
     /// `rows` are computed whole; outputs outside `rows` (of a range that does not start or end
     /// on a multiple of 8) are dropped.
-    #[allow(clippy::too_many_arguments)] // one driver: the batch shapes plus the block
     fn tiled<T: repack::Tiled, A: ActBlock>(
         &self,
-        f1: dispatch::TileMul<T, A, 1>,
-        f4: dispatch::TileMul<T, A, 4>,
-        f16: Option<dispatch::TileMul<T, A, 16>>,
-        pair: Option<dispatch::TilePair<T, A>>,
+        kernels: &dispatch::TileKernels<T, A>,
         acts: &QuantActs,
         rows: std::ops::Range<usize>,
         toks: std::ops::Range<usize>,
         out: &mut dyn FnMut(usize, usize, &[f32]),
     ) {
-        let Some(tiles) = self.tiles.as_deref() else {
-            unreachable!("32-element formats are repacked in QMatrix::new")
-        };
+        let tiles = self
+            .tiles
+            .as_deref()
+            .expect("the tiled formats are repacked in QMatrix::new");
+        let (f1, f4, f16, pair) = (kernels.x1, kernels.x4, kernels.x16, kernels.pair);
         let arow = |t: usize| -> &[A] { cast_ref(acts.row(t)) };
         let tile_rows = rows.start / TILE_ROWS..rows.end.div_ceil(TILE_ROWS);
         // Tile row `rt`'s 8 outputs for activation row t.
@@ -726,7 +699,7 @@ impl<'a> QMatrix<'a> {
                     let w1 = tiles.tile_row::<T>(rt + 1);
                     while j + 16 <= n {
                         let (y, m) = rows_at::<A, 16>(&ys, &ms, j);
-                        for (i, v) in (p.x16)(w, w1, y, m).iter().enumerate() {
+                        for (i, v) in p.x16.mul(w, w1, y, m).iter().enumerate() {
                             let (halves, _) = v.as_chunks::<TILE_ROWS>();
                             emit(a0 + j + i, rt, &halves[0]);
                             emit(a0 + j + i, rt + 1, &halves[1]);
@@ -735,7 +708,7 @@ impl<'a> QMatrix<'a> {
                     }
                     while j + 4 <= n {
                         let (y, m) = rows_at::<A, 4>(&ys, &ms, j);
-                        for (i, v) in (p.x4)(w, w1, y, m).iter().enumerate() {
+                        for (i, v) in p.x4.mul(w, w1, y, m).iter().enumerate() {
                             let (halves, _) = v.as_chunks::<TILE_ROWS>();
                             emit(a0 + j + i, rt, &halves[0]);
                             emit(a0 + j + i, rt + 1, &halves[1]);
@@ -743,8 +716,8 @@ impl<'a> QMatrix<'a> {
                         j += 4;
                     }
                     for j in j..n {
-                        emit(a0 + j, rt, &f1(w, &[ys[j]], &[ms[j]])[0]);
-                        emit(a0 + j, rt + 1, &f1(w1, &[ys[j]], &[ms[j]])[0]);
+                        emit(a0 + j, rt, &f1.mul(w, &[ys[j]], &[ms[j]])[0]);
+                        emit(a0 + j, rt + 1, &f1.mul(w1, &[ys[j]], &[ms[j]])[0]);
                     }
                     rt += 2;
                     continue;
@@ -754,7 +727,7 @@ impl<'a> QMatrix<'a> {
                 if let Some(f16) = f16 {
                     while j + 16 <= n {
                         let (y, m) = rows_at::<A, 16>(&ys, &ms, j);
-                        for (i, v) in f16(w, y, m).iter().enumerate() {
+                        for (i, v) in f16.mul(w, y, m).iter().enumerate() {
                             emit(a0 + j + i, rt, v);
                         }
                         j += 16;
@@ -762,13 +735,13 @@ impl<'a> QMatrix<'a> {
                 }
                 while j + 4 <= n {
                     let (y, m) = rows_at::<A, 4>(&ys, &ms, j);
-                    for (i, v) in f4(w, y, m).iter().enumerate() {
+                    for (i, v) in f4.mul(w, y, m).iter().enumerate() {
                         emit(a0 + j + i, rt, v);
                     }
                     j += 4;
                 }
                 for j in j..n {
-                    emit(a0 + j, rt, &f1(w, &[ys[j]], &[ms[j]])[0]);
+                    emit(a0 + j, rt, &f1.mul(w, &[ys[j]], &[ms[j]])[0]);
                 }
                 rt += 1;
             }
@@ -811,7 +784,7 @@ impl<'a> QMatrix<'a> {
                 }
             }
             GgmlType::F32 => out.copy_from_slice(cast_weights::<f32>(b)),
-            GgmlType::Other(_) => {}
+            GgmlType::Other(_) => unreachable!("QMatrix::new refuses types without kernels"),
         }
     }
 }
@@ -848,6 +821,5 @@ fn rows_at<'s, 'a, A, const N: usize>(
 }
 
 fn cast_weights<T: PodBlock>(b: &[u8]) -> &[T] {
-    // Alignment and length were validated in QMatrix::new (row sizes are whole blocks).
-    cast_blocks(b).unwrap_or(&[])
+    cast_blocks(b).expect("weight rows are whole, aligned blocks (checked in QMatrix::new)")
 }

@@ -244,7 +244,8 @@ pub struct Tiles {
 }
 
 impl Tiles {
-    /// Packs `rows` rows of `blocks` blocks each; `row(r)` is row `r`'s blocks.
+    /// Packs `rows` rows of `blocks` blocks each; `row(r)` is row `r`'s blocks. Panics if a
+    /// row does not hold exactly `blocks` blocks.
     pub fn pack<'a, T: Tiled>(
         rows: usize,
         blocks: usize,
@@ -257,16 +258,17 @@ impl Tiles {
         {
             let tiles = as_tiles_mut::<T>(&mut words, tile_rows * blocks);
             for rt in 0..tile_rows {
-                let src: [&[T::Row]; TILE_ROWS] = std::array::from_fn(|j| {
+                // The rows of this tile row; None past the last row (zero padding).
+                let src: [Option<&[T::Row]>; TILE_ROWS] = std::array::from_fn(|j| {
                     let r = rt * TILE_ROWS + j;
-                    if r < rows {
-                        row(r)
-                    } else {
-                        &[]
-                    }
+                    (r < rows).then(|| {
+                        let b = row(r);
+                        assert_eq!(b.len(), blocks, "row {r} has {} blocks", b.len());
+                        b
+                    })
                 });
                 for (i, tile) in tiles[rt * blocks..(rt + 1) * blocks].iter_mut().enumerate() {
-                    let blocks8 = src.map(|s| s.get(i).copied().unwrap_or(zero));
+                    let blocks8 = src.map(|s| s.map_or(zero, |s| s[i]));
                     *tile = T::pack(&blocks8);
                 }
             }

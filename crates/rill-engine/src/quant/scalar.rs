@@ -20,6 +20,7 @@ pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
     }
 }
 
+/// ggml's x86 Q8_1 quantizer: [`quantize_q8_0`]'s values plus `s = d * sum(qs)`.
 pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     debug_assert_eq!(x.len(), out.len() * QK);
     for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
@@ -36,6 +37,8 @@ pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     }
 }
 
+/// ggml's Q8_K quantizer: the element of largest magnitude maps to -127, `d = max / -127`,
+/// q = round_half_even(x / d), and the sums of each 16 values.
 #[inline(always)]
 pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
     debug_assert_eq!(x.len(), out.len() * QK_K);
@@ -80,9 +83,11 @@ pub trait Block32: Copy {
 
 /// The 8-bit activation blocks paired with [`Block32`] weights.
 pub trait Act32 {
+    /// The scale, f16 bits.
     fn d(&self) -> u16;
     /// `d * sum(qs)` as f16 bits (Q8_1; 0 for Q8_0).
     fn s(&self) -> u16;
+    /// The 32 values.
     fn qs(&self) -> &[i8; QK];
 }
 
@@ -206,26 +211,32 @@ block32!(
     |b, k| IQ4NL_VALUES[nibble(&b.qs, k) as usize] as i32
 );
 
+/// [`dot32`] of Q4_0 weights and Q8_0 activations.
 pub fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     dot32(x.iter().copied(), y)
 }
 
+/// [`dot32`] of Q4_1 weights and Q8_1 activations.
 pub fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     dot32(x.iter().copied(), y)
 }
 
+/// [`dot32`] of Q5_0 weights and Q8_0 activations.
 pub fn dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     dot32(x.iter().copied(), y)
 }
 
+/// [`dot32`] of Q5_1 weights and Q8_1 activations.
 pub fn dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     dot32(x.iter().copied(), y)
 }
 
+/// [`dot32`] of IQ4_NL weights and Q8_0 activations.
 pub fn dot_iq4nl_q8_0(x: &[BlockIq4Nl], y: &[BlockQ8_0]) -> f32 {
     dot32(x.iter().copied(), y)
 }
 
+/// [`dot32`] of Q8_0 weights and Q8_0 activations.
 pub fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     dot32(x.iter().copied(), y)
 }
@@ -306,6 +317,7 @@ pub fn dot_float_with(n: usize, x: impl Fn(usize) -> f32, y: impl Fn(usize) -> f
     finish_float(fold_float_lanes(&lanes), (np..n).map(|k| (x(k), y(k))))
 }
 
+/// F32 dot product in [`dot_float_with`]'s order. Panics on different lengths.
 pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len(), "dot_f32 operand lengths");
     dot_float_with(x.len(), |k| x[k], |k| y[k])
@@ -391,150 +403,9 @@ pub fn reduce16(a: &[f32; 16]) -> f32 {
     (c[0] + c[2]) + (c[1] + c[3])
 }
 
-/// ggml's vectorised expf (ARM optimized-routines polynomial, max error ~1.5 ulp), which its
-/// SwiGLU uses; reproduced so activations match llama.cpp bit for bit.
-#[inline(always)]
-pub fn ggml_expf(x: f32) -> f32 {
-    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
-    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
-    let n = z - r;
-    let b = (-n).mul_add(
-        f32::from_bits(0x35bf_be8e),                  // 0x1.7f7d1cp-20
-        (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
-    );
-    let u = b * b;
-    let j = f32::from_bits(0x3c07_2010) // 0x1.0e4020p-7
-        .mul_add(b, f32::from_bits(0x3d2b_9f17)) // 0x1.573e2ep-5
-        .mul_add(
-            u,
-            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)), // 0x1.555e66p-3, 0x1.fffdb6p-2
-        )
-        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0)); // 0x1.ffffecp-1
-    if n.abs() > 192.0 {
-        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
-    }
-    scale_pow2(j, n as i32)
-}
-
-/// glibc's `expf` (since 2.27; ARM optimized-routines: `2^(k/32)` from a 32-entry table times a
-/// cubic in double precision), as its FMA build computes it (the variant glibc picks on every
-/// CPU with FMA, which llama.cpp's attention calls through libm): reproduced so that the
-/// softmax weights are libm's bits on every tier, and so that they can be computed 4 at a
-/// time (`x86::expf_x4`). The tests compare it with the machine's libm.
-#[inline(always)]
-pub fn expf(x: f32) -> f32 {
-    let bits = x.to_bits();
-    if (bits >> 20) & 0x7ff >= EXPF_SPECIAL_TOP12 {
-        return expf_special(x);
-    }
-    expf_core(x as f64) as f32
-}
-
-/// `top12(88.0)`: at or above it (|x| >= 88, inf, NaN) [`expf`] takes [`expf_special`].
-pub const EXPF_SPECIAL_TOP12: u32 = 0x42b;
-
-/// `2^(i/32)` minus `i << 47`, glibc's `__exp2f_data.tab`.
-pub const EXPF_TABLE: [u64; 32] = [
-    0x3ff0000000000000,
-    0x3fefd9b0d3158574,
-    0x3fefb5586cf9890f,
-    0x3fef9301d0125b51,
-    0x3fef72b83c7d517b,
-    0x3fef54873168b9aa,
-    0x3fef387a6e756238,
-    0x3fef1e9df51fdee1,
-    0x3fef06fe0a31b715,
-    0x3feef1a7373aa9cb,
-    0x3feedea64c123422,
-    0x3feece086061892d,
-    0x3feebfdad5362a27,
-    0x3feeb42b569d4f82,
-    0x3feeab07dd485429,
-    0x3feea47eb03a5585,
-    0x3feea09e667f3bcd,
-    0x3fee9f75e8ec5f74,
-    0x3feea11473eb0187,
-    0x3feea589994cce13,
-    0x3feeace5422aa0db,
-    0x3feeb737b0cdc5e5,
-    0x3feec49182a3f090,
-    0x3feed503b23e255d,
-    0x3feee89f995ad3ad,
-    0x3feeff76f2fb5e47,
-    0x3fef199bdd85529c,
-    0x3fef3720dcef9069,
-    0x3fef5818dcfba487,
-    0x3fef7c97337b9b5f,
-    0x3fefa4afa2a490da,
-    0x3fefd0765b6e4540,
-];
-/// `32 / ln 2`.
-pub const EXPF_INV_LN2_N: f64 = f64::from_bits(0x4047_1547_652b_82fe);
-/// `0x1.8p52`: adding it rounds to an integer held in the low mantissa bits.
-pub const EXPF_SHIFT: f64 = f64::from_bits(0x4338_0000_0000_0000);
-/// The cubic's coefficients (glibc's `poly_scaled`).
-pub const EXPF_C: [f64; 3] = [
-    f64::from_bits(0x3ebc_6af8_4b91_2394),
-    f64::from_bits(0x3f2e_bfce_50fa_c4f3),
-    f64::from_bits(0x3f96_2e42_ff0c_52d6),
-];
-
-/// [`expf`] for |x| < 88, in the FMA build's operation order.
-#[inline(always)]
-fn expf_core(xd: f64) -> f64 {
-    let kds = EXPF_INV_LN2_N.mul_add(xd, EXPF_SHIFT);
-    let ki = kds.to_bits();
-    let kd = kds - EXPF_SHIFT;
-    let r = EXPF_INV_LN2_N.mul_add(xd, -kd);
-    let t = EXPF_TABLE[(ki & 31) as usize].wrapping_add(ki << 47);
-    let s = f64::from_bits(t);
-    let z = EXPF_C[0].mul_add(r, EXPF_C[1]);
-    let r2 = r * r;
-    let y = r.mul_add(EXPF_C[2], 1.0);
-    z.mul_add(r2, y) * s
-}
-
-/// [`expf`] for |x| >= 88, infinities and NaN: glibc's special cases (0 for -inf and below
-/// `log(2^-150)`, inf above `log(2^128)`, NaN propagated, the subnormal range computed).
-#[cold]
-pub fn expf_special(x: f32) -> f32 {
-    if x == f32::NEG_INFINITY {
-        return 0.0;
-    }
-    if x.is_nan() || x == f32::INFINITY {
-        return x + x;
-    }
-    if x > f32::from_bits(0x42b1_7217) {
-        return f32::INFINITY;
-    }
-    if x < f32::from_bits(0xc2cf_f1b4) {
-        return 0.0;
-    }
-    if x < f32::from_bits(0xc2ce_8ecf) {
-        // glibc's __math_may_uflowf: 0x1.4p-75 squared, rounded to float.
-        return f32::from_bits(0x1a20_0000) * f32::from_bits(0x1a20_0000);
-    }
-    expf_core(x as f64) as f32
-}
-
-/// j * 2^n, exact while the result is normal (what `_mm512_scalef_ps` computes).
-#[inline(always)]
-fn scale_pow2(j: f32, n: i32) -> f32 {
-    let half = n / 2;
-    let p = |e: i32| f32::from_bits(((e + 127).clamp(0, 255) as u32) << 23);
-    j * p(half) * p(n - half)
-}
-
-/// out[i] = silu(gate[i]) * up[i], silu(x) = x / (1 + exp(-x)) with ggml's expf.
-#[inline(always)]
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = (*g / (1.0 + ggml_expf(-*g))) * u;
-    }
-}
-
 // ---- dequantization (tests, embeddings lookup) ----
 
+/// Q4_0 blocks to f32, 32 values each into `out` (exact).
 pub fn dequantize_q4_0(x: &[BlockQ4_0], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
         let d = f16_to_f32(b.d);
@@ -545,6 +416,7 @@ pub fn dequantize_q4_0(x: &[BlockQ4_0], out: &mut [f32]) {
     }
 }
 
+/// Q4_1 blocks to f32, 32 values each into `out` (exact).
 pub fn dequantize_q4_1(x: &[BlockQ4_1], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
         let (d, m) = (f16_to_f32(b.d), f16_to_f32(b.m));
@@ -555,6 +427,7 @@ pub fn dequantize_q4_1(x: &[BlockQ4_1], out: &mut [f32]) {
     }
 }
 
+/// Q5_0 blocks to f32, 32 values each into `out` (exact).
 pub fn dequantize_q5_0(x: &[BlockQ5_0], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
         let d = f16_to_f32(b.d);
@@ -568,6 +441,7 @@ pub fn dequantize_q5_0(x: &[BlockQ5_0], out: &mut [f32]) {
     }
 }
 
+/// Q5_1 blocks to f32, 32 values each into `out` (exact).
 pub fn dequantize_q5_1(x: &[BlockQ5_1], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
         let (d, m) = (f16_to_f32(b.d), f16_to_f32(b.m));
@@ -581,6 +455,7 @@ pub fn dequantize_q5_1(x: &[BlockQ5_1], out: &mut [f32]) {
     }
 }
 
+/// Q8_0 blocks to f32, 32 values each into `out` (exact).
 pub fn dequantize_q8_0(x: &[BlockQ8_0], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
         let d = f16_to_f32(b.d);
@@ -590,6 +465,7 @@ pub fn dequantize_q8_0(x: &[BlockQ8_0], out: &mut [f32]) {
     }
 }
 
+/// IQ4_NL blocks to f32, 32 values each into `out` (exact).
 pub fn dequantize_iq4nl(x: &[BlockIq4Nl], out: &mut [f32]) {
     for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
         let d = f16_to_f32(b.d);
@@ -597,230 +473,6 @@ pub fn dequantize_iq4nl(x: &[BlockIq4Nl], out: &mut [f32]) {
             *v = d * IQ4NL_VALUES[nibble(&b.qs, k) as usize] as f32;
         }
     }
-}
-
-/// Flash-attention value accumulation in f16, as ggml's `ggml_vec_mad_f16`: acc = f16(v * s + acc).
-pub fn mad_f16(acc: &mut [u16], v: &[u16], s: f32) {
-    assert_eq!(acc.len(), v.len(), "mad_f16 operand lengths");
-    for (a, &x) in acc.iter_mut().zip(v) {
-        *a = f32_to_f16(f16_to_f32(x).mul_add(s, f16_to_f32(*a)));
-    }
-}
-
-/// acc = f16(acc * s), as `ggml_vec_scale_f16`.
-pub fn scale_f16(acc: &mut [u16], s: f32) {
-    for a in acc.iter_mut() {
-        *a = f32_to_f16(f16_to_f32(*a) * s);
-    }
-}
-
-/// Rotary embedding, "normal" mode (adjacent pairs), in place. `cs` holds (cos, sin) per pair.
-/// The products are fused exactly as llama.cpp's compiled (vectorised, FMA-contracted) RoPE
-/// does, found by fitting its dumped tensors: x0*cos - x1*sin is fma(x0, cos, -(x1*sin)) and
-/// x0*sin + x1*cos is fma(x0, sin, x1*cos).
-#[inline(always)]
-pub fn rope_norm(head: &mut [f32], cs: &[(f32, f32)]) {
-    for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
-        let (x0, x1) = (pair[0], pair[1]);
-        pair[0] = x0.mul_add(c, -(x1 * s));
-        pair[1] = x0.mul_add(s, x1 * c);
-    }
-}
-
-/// Rotary embedding, "neox" mode (pairs `i` and `i + n/2`, as Gemma, Qwen and Phi-3 use), in
-/// place, with [`rope_norm`]'s fused products (both modes are one function in ggml).
-#[inline(always)]
-pub fn rope_neox(head: &mut [f32], cs: &[(f32, f32)]) {
-    let (lo, hi) = head.split_at_mut(head.len() / 2);
-    for ((a, b), &(c, s)) in lo.iter_mut().zip(hi.iter_mut()).zip(cs) {
-        let (x0, x1) = (*a, *b);
-        *a = x0.mul_add(c, -(x1 * s));
-        *b = x0.mul_add(s, x1 * c);
-    }
-}
-
-/// Where one KV head's rows of a sequence live, in the cache's storage unit `T` (`u16` f16
-/// elements, or Q8_0 / Q4_0 blocks of 32 elements): position `j`'s head row starts at unit
-/// `offsets[j]` of both buffers.
-pub struct KvRows<'a, T = u16> {
-    pub keys: &'a [T],
-    pub values: &'a [T],
-    /// Offset of each position's row (already including the KV head's column offset).
-    pub offsets: &'a [usize],
-}
-
-/// Causal attention for query heads `q_heads` (sharing one KV head) of one token, over the
-/// positions in `kv.offsets`, scores multiplied by `scale` (llama.cpp's `kq_scale`). This is ggml's CPU flash-attention arithmetic, which matching
-/// llama.cpp's greedy output needs: query rounded to f16, f16 dot products (ggml's summation
-/// tree), online softmax with the value accumulator kept in f16, the running sum updated as
-/// fma(S, ms, vs), one normalisation at the end.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)] // one kernel: three f16 primitives plus the data
-pub fn attend_with(
-    dot: impl Fn(&[u16], &[u16]) -> f32,
-    mad: impl Fn(&mut [u16], &[u16], f32),
-    scale_acc: impl Fn(&mut [u16], f32),
-    q: &[f32],
-    q_heads: std::ops::Range<usize>,
-    head_dim: usize,
-    scale: f32,
-    kv: &KvRows<'_>,
-    out: &mut [f32],
-) {
-    let mut q16 = [0u16; 256];
-    let mut acc = [0u16; 256];
-    let (q16, acc) = (&mut q16[..head_dim], &mut acc[..head_dim]);
-    for h in q_heads {
-        for (d, &v) in q16.iter_mut().zip(&q[h * head_dim..(h + 1) * head_dim]) {
-            *d = f32_to_f16(v);
-        }
-        acc.fill(0);
-        let mut m = f32::NEG_INFINITY;
-        let mut sum = 0f32;
-        for &off in kv.offsets {
-            let s = dot(q16, &kv.keys[off..off + head_dim]) * scale;
-            let (ms, vs);
-            if s > m {
-                ms = expf(m - s);
-                vs = 1.0;
-                m = s;
-                scale_acc(acc, ms);
-            } else {
-                ms = 1.0;
-                vs = expf(s - m);
-            }
-            mad(acc, &kv.values[off..off + head_dim], vs);
-            sum = sum.mul_add(ms, vs);
-        }
-        let inv = 1.0 / sum;
-        for (o, &a) in out[h * head_dim..(h + 1) * head_dim]
-            .iter_mut()
-            .zip(acc.iter())
-        {
-            *o = f16_to_f32(a) * inv;
-        }
-    }
-}
-
-/// Attention of consecutive query tokens of one sequence over one KV head: the unit of the
-/// block kernels (`dispatch::AttendBlockFn`), which widen each key and value row once for all
-/// of the block's tokens and heads. Token `i` attends the positions `kv.offsets[keys[i]]` in
-/// order, exactly as a per-token call over those offsets would.
-pub struct AttendBlock<'a, T = u16> {
-    /// Token `i`'s query row starts at `i * stride` (query head `h` at `h * head_dim` in it).
-    pub q: &'a [f32],
-    /// Floats between consecutive tokens' rows, in `q` and in the output alike.
-    pub stride: usize,
-    /// The query heads sharing the KV head.
-    pub heads: std::ops::Range<usize>,
-    pub head_dim: usize,
-    /// Score scale (llama.cpp's `kq_scale`).
-    pub scale: f32,
-    /// The KV head's rows: every position any token of the block attends.
-    pub kv: KvRows<'a, T>,
-    /// Per token, the indices into `kv.offsets` it attends.
-    pub keys: &'a [std::ops::Range<usize>],
-}
-
-impl<'a, T> AttendBlock<'a, T> {
-    /// Checks what every block kernel assumes of the shapes, naming the broken invariant:
-    /// rows wide enough for the heads, a query and an output row per token, key ranges inside
-    /// the offsets.
-    pub fn check(&self, out: &[f32]) {
-        let n = self.keys.len();
-        assert!(
-            self.stride >= self.heads.end * self.head_dim,
-            "attention rows narrower than their heads"
-        );
-        let need = n.saturating_sub(1) * self.stride + self.heads.end * self.head_dim;
-        assert!(
-            n == 0 || (self.q.len() >= need && out.len() >= need),
-            "a query and an output row per token"
-        );
-        assert!(
-            self.keys
-                .iter()
-                .all(|r| r.start <= r.end && r.end <= self.kv.offsets.len()),
-            "key ranges inside the block's offsets"
-        );
-    }
-
-    /// The block of one token's call of a per-token kernel (`attend`'s arguments; `keys` is
-    /// `[0..kv.offsets.len()]`).
-    pub fn one_token(
-        q: &'a [f32],
-        heads: std::ops::Range<usize>,
-        head_dim: usize,
-        scale: f32,
-        kv: &KvRows<'a, T>,
-        keys: &'a [std::ops::Range<usize>],
-    ) -> Self {
-        Self {
-            q,
-            stride: heads.end * head_dim,
-            heads,
-            head_dim,
-            scale,
-            kv: KvRows {
-                keys: kv.keys,
-                values: kv.values,
-                offsets: kv.offsets,
-            },
-            keys,
-        }
-    }
-
-    /// Runs a per-token kernel (`attend`'s signature) for each token of the block: the
-    /// reference of every block kernel.
-    pub fn per_token(
-        &self,
-        out: &mut [f32],
-        mut attend: impl FnMut(&[f32], std::ops::Range<usize>, usize, f32, &KvRows<'_, T>, &mut [f32]),
-    ) {
-        self.check(out);
-        for (i, keys) in self.keys.iter().enumerate() {
-            let row = i * self.stride..i * self.stride + self.heads.end * self.head_dim;
-            let kv = KvRows {
-                keys: self.kv.keys,
-                values: self.kv.values,
-                offsets: &self.kv.offsets[keys.clone()],
-            };
-            attend(
-                &self.q[row.clone()],
-                self.heads.clone(),
-                self.head_dim,
-                self.scale,
-                &kv,
-                &mut out[row],
-            );
-        }
-    }
-}
-
-/// The block form of [`attend`]: each token through the per-token reference.
-pub fn attend_block(b: &AttendBlock<'_>, out: &mut [f32]) {
-    b.per_token(out, attend)
-}
-
-pub fn attend(
-    q: &[f32],
-    q_heads: std::ops::Range<usize>,
-    head_dim: usize,
-    scale: f32,
-    kv: &KvRows<'_>,
-    out: &mut [f32],
-) {
-    attend_with(
-        dot_f16_f16,
-        mad_f16,
-        scale_f16,
-        q,
-        q_heads,
-        head_dim,
-        scale,
-        kv,
-        out,
-    )
 }
 
 /// ggml's `quantize_row_q4_0_ref` (what llama.cpp writes into a `q4_0` KV cache): the element
@@ -870,102 +522,3 @@ impl<B: Block32> Block32 for Lanes<B> {
 pub fn dot_q4_0_q8_0_lanes(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     dot32(x.iter().copied().map(Lanes), y)
 }
-
-/// Causal attention over a quantized KV cache (Q8_0 or Q4_0 keys and values), for query
-/// heads `q_heads` sharing one KV head: ggml's CPU flash-attention arithmetic for quantized
-/// K/V (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`), which llama.cpp runs with
-/// `-fa on -ctk q8_0 -ctv q8_0`:
-/// - each query head quantized to Q8_0 (`quantize_q`), scores `dot(K row, q) * scale` in the
-///   format's vec-dot order (`dot`);
-/// - online softmax with an f32 value accumulator: on a new maximum `acc *= expf(m_old - s)`,
-///   else the weight is `expf(s - m)`; then `acc = fma(v, w, acc)` with the V row
-///   dequantized (`dequant`, exact); `sum = fma(sum, ms, vs)`;
-/// - one normalisation `acc * (1 / sum)` at the end.
-///
-/// The heads of the group walk the positions together so each V row is dequantized once;
-/// every head's own operations keep ggml's order, so the result is the per-head reference's.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)] // one kernel: three primitives plus the data
-pub fn attend_quant_with<T: Copy>(
-    dot: impl Fn(&[T], &[BlockQ8_0]) -> f32,
-    dequant: impl Fn(&[T], &mut [f32]),
-    quantize_q: impl Fn(&[f32], &mut [BlockQ8_0]),
-    q: &[f32],
-    q_heads: std::ops::Range<usize>,
-    head_dim: usize,
-    scale: f32,
-    kv: &KvRows<'_, T>,
-    out: &mut [f32],
-) {
-    let (hd, nb) = (head_dim, head_dim / QK);
-    let heads: Vec<usize> = q_heads.collect();
-    let nh = heads.len();
-    let zero = BlockQ8_0 { d: 0, qs: [0; QK] };
-    let mut qq = vec![zero; nh * nb];
-    for (i, &h) in heads.iter().enumerate() {
-        quantize_q(&q[h * hd..(h + 1) * hd], &mut qq[i * nb..(i + 1) * nb]);
-    }
-    let mut acc = vec![0f32; nh * hd];
-    let mut v32 = vec![0f32; hd];
-    let (mut m, mut sum) = (vec![f32::NEG_INFINITY; nh], vec![0f32; nh]);
-    for &off in kv.offsets {
-        dequant(&kv.values[off..off + nb], &mut v32);
-        let krow = &kv.keys[off..off + nb];
-        for i in 0..nh {
-            let s = dot(krow, &qq[i * nb..(i + 1) * nb]) * scale;
-            let a = &mut acc[i * hd..(i + 1) * hd];
-            let (ms, vs);
-            if s > m[i] {
-                ms = expf(m[i] - s);
-                vs = 1.0;
-                m[i] = s;
-                a.iter_mut().for_each(|x| *x *= ms);
-            } else {
-                ms = 1.0;
-                vs = expf(s - m[i]);
-            }
-            for (x, &v) in a.iter_mut().zip(&v32) {
-                *x = v.mul_add(vs, *x);
-            }
-            sum[i] = sum[i].mul_add(ms, vs);
-        }
-    }
-    for (i, &h) in heads.iter().enumerate() {
-        let inv = if sum[i] == 0.0 { 0.0 } else { 1.0 / sum[i] };
-        for (o, &a) in out[h * hd..(h + 1) * hd].iter_mut().zip(&acc[i * hd..]) {
-            *o = a * inv;
-        }
-    }
-}
-
-/// Defines the safe reference entry point of [`attend_quant_with`] for one cache format.
-macro_rules! attend_quant {
-    ($(#[$doc:meta])* $name:ident, $block:ty, $dot:path, $dequant:path) => {
-        $(#[$doc])*
-        pub fn $name(
-            q: &[f32],
-            q_heads: std::ops::Range<usize>,
-            head_dim: usize,
-            scale: f32,
-            kv: &KvRows<'_, $block>,
-            out: &mut [f32],
-        ) {
-            attend_quant_with($dot, $dequant, quantize_q8_0, q, q_heads, head_dim, scale, kv, out)
-        }
-    };
-}
-
-attend_quant!(
-    /// [`attend_quant_with`] over a Q8_0 cache.
-    attend_q8_0,
-    BlockQ8_0,
-    dot_q8_0_q8_0,
-    dequantize_q8_0
-);
-attend_quant!(
-    /// [`attend_quant_with`] over a Q4_0 cache.
-    attend_q4_0,
-    BlockQ4_0,
-    dot_q4_0_q8_0_lanes,
-    dequantize_q4_0
-);

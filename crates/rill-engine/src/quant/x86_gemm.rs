@@ -265,6 +265,7 @@ macro_rules! gemm_tier {
         zero = $zero:ident, load = $load:ident, fma = $fma:ident, store = $store:ident,
         f16 = |$p16:ident| $ld_f16:expr, bf16 = |$pb16:ident| $ld_bf16:expr
     ) => {
+        /// The float GEMMs of one tier.
         pub mod $tier {
             use super::*;
 

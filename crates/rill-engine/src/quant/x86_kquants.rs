@@ -134,9 +134,12 @@ macro_rules! q45k {
 
 macro_rules! kquant_kernels {
     ($modname:ident, $features:literal) => {
+        /// The kernels of one tier.
         pub mod $modname {
             use super::*;
 
+            /// `kquants::dot_q5k_q8k` of one weight row against N activation rows (each
+            /// weight block decoded once), each result the reference's bits.
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q5k_q8k<const N: usize>(
                 x: &[BlockQ5K],

@@ -111,6 +111,7 @@ fn check_lengths<A>(nb: usize, y: &[&[A]], meta: &[ActMeta<'_>], s: bool, sum: b
 macro_rules! tile_kernel {
     ($features:literal, $name:ident, $tile:ty, $act:ty, corr = $corr:expr, min = $min:tt,
      |$t:ident, $ys:ident, $isum:ident| $int:block) => {
+        /// One tile row against N activation rows: `scalar::dot32`'s bits per pair.
         #[target_feature(enable = $features)]
         pub unsafe fn $name<const N: usize>(
             tiles: &[$tile],
@@ -185,6 +186,7 @@ const LANE_CHUNK: usize = 32;
 macro_rules! lanes_kernel {
     ($features:literal, $name:ident, $tile:ty, $act:ty, min = $min:tt, signed = $signed:tt,
      |$t:ident, $gp:ident| $pair:expr) => {
+        /// One tile row against N activation rows: `scalar::dot32`'s bits per pair.
         #[target_feature(enable = $features)]
         pub unsafe fn $name<const N: usize>(
             tiles: &[$tile],

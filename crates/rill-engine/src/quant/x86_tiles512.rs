@@ -89,6 +89,7 @@ unsafe fn lanes16_f16(a: &[u16; TILE_ROWS], b: &[u16; TILE_ROWS]) -> __m512 {
 macro_rules! pair_kernel {
     ($name:ident, $tile:ty, $act:ty, offsets = $offsets:tt, min = $min:tt,
      |$t:ident, $gp:ident| $pair:block) => {
+        /// Two tile rows against N activation rows: `scalar::dot32`'s bits per pair.
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         pub unsafe fn $name<const N: usize>(
             t0: &[$tile],
@@ -243,6 +244,7 @@ pair_kernel!(
 /// (`ActMeta::sum`) taken off, then one conversion and one FMA by `d_w * d_a`.
 macro_rules! exact_pair_kernel {
     ($name:ident, $tile:ty, corr = $corr:literal, |$t:ident, $gp:ident| $pair:block) => {
+        /// Two tile rows against N activation rows: `scalar::dot32`'s bits per pair.
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         pub unsafe fn $name<const N: usize>(
             t0: &[$tile],

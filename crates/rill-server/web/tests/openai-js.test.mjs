@@ -1,13 +1,13 @@
 // The official OpenAI JavaScript SDK (npm `openai`) against a real `rill serve`: chat and
 // completions, streamed and not, with usage, logprobs and typed errors.
-// Usage: node web/tests/openai-js.test.mjs PATH_TO_RILL_BINARY
+// Usage: node crates/rill-server/web/tests/openai-js.test.mjs PATH_TO_RILL_BINARY
 import { spawn } from "node:child_process";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import OpenAI from "openai";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../..");
 const rill = path.resolve(process.argv[2] || path.join(root, "target/debug/rill"));
 const KEY = "sk-rill-js";
 function check(cond, msg) { if (!cond) { process.exitCode = 1; throw new Error(`FAIL: ${msg}`); } console.log(`ok - ${msg}`); }

@@ -1,44 +1,19 @@
-// The chat page in headless Chromium against a real `rill serve` with the real model: streamed
-// text grows; Stop ends the answer as stopped and frees the server's sequence; a connection cut
-// mid-answer reconnects and resumes to the same text an uninterrupted greedy run gives; model
-// text with <script> or event handlers never executes; keyboard-only use; phone width.
-// Screenshots go to target/screenshots/chat-*.png.
-// Usage: node web/tests/chat.test.mjs PATH_TO_RILL_BINARY
-import { spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+// The chat page in a headless browser (chromium or firefox) against a real `rill serve` with the
+// real model: streamed text grows; Stop ends the answer as stopped and frees the server's
+// sequence; a connection cut mid-answer reconnects and resumes to the same text an
+// uninterrupted greedy run gives; model text with <script> or event handlers never executes;
+// keyboard-only use; phone width; with WebSockets blocked the page falls back to SSE (and
+// resumes there); a message sent while the WebSocket is still connecting is answered over SSE
+// when that connection then fails. Screenshots go to target/screenshots/chat-BROWSER-*.png.
+// Usage: node crates/rill-server/web/tests/chat.test.mjs PATH_TO_RILL_BINARY [chromium|firefox]
 import net from "node:net";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { browserName, check, launch, newPage, shots, sleep, startServer, textOf } from "./harness.mjs";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const rill = path.resolve(process.argv[2] || path.join(root, "target/debug/rill"));
-const shots = path.join(root, "target/screenshots");
-mkdirSync(shots, { recursive: true });
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-}
-function check(cond, msg) { if (!cond) { process.exitCode = 1; throw new Error(`FAIL: ${msg}`); } console.log(`ok - ${msg}`); }
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-const port = await freePort();
-const base = `http://127.0.0.1:${port}`;
-const server = spawn(rill, ["serve", "--port", String(port), "-t", "2"], { stdio: "inherit" });
+const shot = (name) => path.join(shots, `chat-${browserName}-${name}.png`);
+const { base, proc: server } = await startServer();
 let browser;
-
-async function waitReady() {
-  const t0 = Date.now();
-  while (Date.now() - t0 < 300000) {
-    if (server.exitCode !== null) throw new Error(`rill serve exited with ${server.exitCode}`);
-    try { if ((await fetch(`${base}/ready`)).ok) return; } catch { /* not yet */ }
-    await sleep(300);
-  }
-  throw new Error("rill serve did not become ready");
-}
+let blackhole;
 
 async function runningSequences() {
   const text = await (await fetch(`${base}/metrics`)).text();
@@ -48,31 +23,33 @@ async function runningSequences() {
 
 async function openPage(page) {
   await page.goto(`${base}/`);
-  await page.waitForFunction(() => document.getElementById("conn").textContent === "connected", null, { timeout: 20000 });
+  await page.waitForFunction(() => document.getElementById("conn").textContent === "connected", { timeout: 20000 });
   await page.waitForFunction(() => document.getElementById("model").textContent !== "…");
 }
 
 async function setParams(page, { temperature, maxTokens }) {
-  await page.click("#settings summary");
-  await page.fill("#temperature", String(temperature));
-  await page.fill("#max_tokens", String(maxTokens));
-  await page.click("#settings summary");
+  await page.evaluate((t, m) => {
+    for (const [id, v] of [["temperature", t], ["max_tokens", m]]) {
+      const el = document.getElementById(id);
+      el.value = String(v);
+      el.dispatchEvent(new Event("input", { bubbles: true }));
+    }
+  }, temperature, maxTokens);
 }
 
 async function ask(page, text) {
   await page.focus("#input");
   await page.keyboard.type(text);
   await page.keyboard.press("Enter");
-  await page.waitForFunction(() => window.rillChat.busy, null, { timeout: 10000 });
+  await page.waitForFunction(() => window.rillChat.busy, { timeout: 10000 });
 }
 
-const waitIdle = (page, ms = 120000) => page.waitForFunction(() => !window.rillChat.busy, null, { timeout: ms });
+const waitIdle = (page, ms = 120000) => page.waitForFunction(() => !window.rillChat.busy, { timeout: ms });
 const lastAnswer = (page) => page.evaluate(() => window.rillChat.answers[window.rillChat.answers.length - 1]);
 
 try {
-  await waitReady();
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox"] });
-  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  browser = await launch();
+  const page = await newPage(browser, 1100, 900);
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
 
@@ -87,15 +64,15 @@ try {
   }
   const growth = lengths.filter((v, i) => i > 0 && v > lengths[i - 1]).length;
   check(growth >= 3, `the answer grew while streaming (${growth} increments over ${lengths.length} samples)`);
-  const stats = await page.textContent(".msg.assistant:last-child .stats");
+  const stats = await textOf(page, ".msg.assistant:last-child .stats");
   check(/TTFT \d+ ms/.test(stats) && /tok\/s/.test(stats) && /tokens/.test(stats), `stats under the answer: ${stats}`);
-  check((await page.textContent("#announcer")).trim().length > 0, "the live region announced the answer");
-  await page.screenshot({ path: path.join(shots, "chat-stream.png"), fullPage: true });
+  check((await textOf(page, "#announcer")).trim().length > 0, "the live region announced the answer");
+  await page.screenshot({ path: shot("stream"), fullPage: true });
 
   // 2. Stop: the answer ends as stopped and the server frees the sequence.
   await setParams(page, { temperature: 0.7, maxTokens: 400 });
   await ask(page, "Tell me a long story about a lighthouse keeper and his cat.");
-  await page.waitForFunction(() => (window.rillChat.current || { raw: "" }).raw.length > 20, null, { timeout: 60000 });
+  await page.waitForFunction(() => (window.rillChat.current || { raw: "" }).raw.length > 20, { timeout: 60000 });
   await page.click("#stop");
   await waitIdle(page);
   const stopped = await lastAnswer(page);
@@ -104,7 +81,7 @@ try {
   let running = -1;
   for (let i = 0; i < 50 && running !== 0; i++) { running = await runningSequences(); await sleep(100); }
   check(running === 0, "the server freed the stopped sequence");
-  await page.screenshot({ path: path.join(shots, "chat-stop.png"), fullPage: true });
+  await page.screenshot({ path: shot("stop"), fullPage: true });
 
   // 3. A cut connection resumes to exactly the uninterrupted greedy text.
   const question = "Describe a lighthouse at night.";
@@ -116,7 +93,7 @@ try {
   await openPage(page); // a fresh conversation
   await setParams(page, { temperature: 0, maxTokens: 80 });
   await ask(page, question);
-  await page.waitForFunction(() => (window.rillChat.current || { raw: "" }).raw.length > 25, null, { timeout: 60000 });
+  await page.waitForFunction(() => (window.rillChat.current || { raw: "" }).raw.length > 25, { timeout: 60000 });
   await page.evaluate(() => window.rillChat.dropConnection());
   await waitIdle(page);
   const resumed = await lastAnswer(page);
@@ -124,7 +101,7 @@ try {
   check(reconnects >= 1, `the page reconnected (${reconnects})`);
   check(!resumed.error, `no error after the cut (${JSON.stringify(resumed.error)})`);
   check(resumed.text === want, `resumed text equals the uninterrupted run\n  got:  ${JSON.stringify(resumed.text)}\n  want: ${JSON.stringify(want)}`);
-  await page.screenshot({ path: path.join(shots, "chat-resume.png"), fullPage: true });
+  await page.screenshot({ path: shot("resume"), fullPage: true });
 
   // 4. Model text is sanitised: no script runs, no handler fires, no javascript: link.
   const xss = await page.evaluate(async () => {
@@ -139,15 +116,15 @@ try {
   check(xss.code.includes("<script>"), "code blocks show markup as text");
 
   // 5. Phone width stays usable.
-  await page.setViewportSize({ width: 390, height: 800 });
+  await page.setViewport({ width: 390, height: 800 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
   check(!overflow, "no horizontal scrolling at phone width");
-  await page.screenshot({ path: path.join(shots, "chat-mobile.png"), fullPage: true });
+  await page.screenshot({ path: shot("mobile"), fullPage: true });
   check(errors.length === 0, `no script errors (${errors.join("; ")})`);
 
   // 6. WebSockets blocked: the page falls back to SSE, and still resumes after a cut.
-  const sse = await browser.newPage({ viewport: { width: 1100, height: 900 } });
-  await sse.addInitScript(() => {
+  const sse = await newPage(browser, 1100, 900);
+  await sse.evaluateOnNewDocument(() => {
     window.WebSocket = class {
       constructor() { setTimeout(() => this.onclose && this.onclose({}), 5); }
       send() {}
@@ -156,17 +133,51 @@ try {
     window.WebSocket.OPEN = 1;
   });
   await sse.goto(`${base}/`);
-  await sse.waitForFunction(() => window.rillChat && window.rillChat.transport === "sse", null, { timeout: 10000 });
+  await sse.waitForFunction(() => window.rillChat && window.rillChat.transport === "sse", { timeout: 10000 });
   await setParams(sse, { temperature: 0, maxTokens: 80 });
   await ask(sse, question);
-  await sse.waitForFunction(() => (window.rillChat.current || { raw: "" }).raw.length > 25, null, { timeout: 60000 });
+  await sse.waitForFunction(() => (window.rillChat.current || { raw: "" }).raw.length > 25, { timeout: 60000 });
   await sse.evaluate(() => window.rillChat.dropConnection());
   await waitIdle(sse);
   const viaSse = await lastAnswer(sse);
   check((await sse.evaluate(() => window.rillChat.reconnects)) >= 1, "the SSE fallback reconnected with Last-Event-ID");
   check(viaSse.text === want, `over SSE, after a cut, the same text (${JSON.stringify(viaSse.text.slice(0, 40))}…)`);
-  console.log(`chat: all checks passed; screenshots in ${shots}`);
+
+  // 7. A message sent while the WebSocket is still connecting, whose connection then fails: the
+  // page falls back to SSE and the answer arrives there. The page's WebSocket goes to a TCP
+  // server that accepts and never answers the handshake, then drops the connection.
+  const held = new Set();
+  blackhole = net.createServer((sock) => { held.add(sock); sock.on("error", () => {}); });
+  const holdPort = await new Promise((r) => blackhole.listen(0, "127.0.0.1", () => r(blackhole.address().port)));
+  const late = await newPage(browser, 1100, 900);
+  const lateErrors = [];
+  late.on("pageerror", (e) => lateErrors.push(String(e)));
+  await late.evaluateOnNewDocument((port) => {
+    const Real = window.WebSocket;
+    window.WebSocket = class extends Real {
+      constructor(url, protocols) { super(url.replace(/^(wss?:\/\/)[^/]+/, (_, scheme) => `${scheme}127.0.0.1:${port}`), protocols); }
+    };
+  }, holdPort);
+  await late.goto(`${base}/`);
+  for (let i = 0; i < 100 && held.size === 0; i++) await sleep(50);
+  check(held.size === 1, "the page's WebSocket is connecting (its TCP connection is held)");
+  await setParams(late, { temperature: 0, maxTokens: 80 });
+  await ask(late, question);
+  const before = await late.evaluate(() => ({ transport: window.rillChat.transport, conn: document.getElementById("conn").textContent }));
+  check(before.transport === "ws" && before.conn === "connecting…", `the message was sent while connecting (${JSON.stringify(before)})`);
+  for (const s of held) s.destroy();
+  await late.waitForFunction(() => window.rillChat.transport === "sse", { timeout: 10000 });
+  await waitIdle(late, 60000);
+  const viaFallback = await lastAnswer(late);
+  check(!viaFallback.error, `no error after the fallback (${JSON.stringify(viaFallback.error)})`);
+  check(viaFallback.text === want, `the queued message is answered over SSE (${JSON.stringify(viaFallback.text.slice(0, 40))}…)`);
+  // Firefox reports the failed WebSocket handshake (the failure this case makes) as a page error.
+  const unexpected = lateErrors.filter((e) => !e.includes(`ws://127.0.0.1:${holdPort}/`));
+  check(unexpected.length === 0, `no script errors but the refused WebSocket (${lateErrors.join("; ")})`);
+  await late.screenshot({ path: shot("fallback"), fullPage: true });
+  console.log(`chat (${browserName}): all checks passed; screenshots in ${shots}`);
 } finally {
   if (browser) await browser.close();
+  if (blackhole) blackhole.close();
   server.kill("SIGTERM");
 }

@@ -10,7 +10,9 @@
     running: [], waiting: [], limit: [], kv: [], rss: [], errors: {},
   };
   let lastErrors = null;
-  const state = { snapshots: 0, last: null, historyRuns: 0, charts: {} };
+  // For tests and the console: counts (snapshots received, the one the tiles show, history
+  // loads), the latest snapshot, the received columns, the charts.
+  const state = { snapshots: 0, last: null, historyRuns: 0, historyLoads: 0, rendered: 0, cols, charts: {} };
   window.rillDashboard = state;
 
   const palette = ["#5ec4ff", "#ffb454", "#5fd38d", "#c792ea", "#ff6b6b", "#f07178"];
@@ -89,6 +91,7 @@
     cErr.setData([c.t, ...codes.map((k) => c.errors[k])]);
     const s = state.last;
     if (!s) return;
+    state.rendered = state.snapshots;
     el("v-tps").textContent = fmt(s.tokens_per_s, "", 1);
     el("v-ttft").textContent = fmt(s.ttft_p95_ms, " ms");
     el("v-itl").textContent = fmt(s.itl_p95_ms, " ms", 1);
@@ -125,6 +128,11 @@
       el("hist-src").textContent = h.db || "";
       const runs = h.runs || [];
       state.historyRuns = runs.length;
+      // Nothing stored yet: say how to fill the panel (rill bench against this server, into
+      // the database it reads).
+      el("hist-empty").hidden = runs.length > 0;
+      const quote = (a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`);
+      el("hist-cmd").textContent = `rill bench --url ${location.origin} -c 1,4,8${h.db ? ` --db ${quote(h.db)}` : ""}`;
       const levels = [...new Set(runs.flatMap((r) => r.levels.map((l) => l.concurrency)))].sort((a, b) => a - b);
       const xs = runs.map((_, i) => i);
       const at = (r, c, f) => { const l = r.levels.find((x) => x.concurrency === c); return l ? l[f] : null; };
@@ -155,6 +163,7 @@
     } catch (e) {
       el("hist-src").textContent = `unavailable: ${e.message}`;
     }
+    state.historyLoads += 1;
   }
 
   window.addEventListener("resize", () => {

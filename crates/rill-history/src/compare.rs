@@ -1,29 +1,42 @@
-//! `rill bench compare A B`: per concurrency level and metric, whether run B differs from run A
-//! beyond noise (Mann-Whitney U on the per-request samples, two-sided, at `alpha`), and in which
-//! direction. A significant change for the worse is a regression.
+//! The comparison behind `rill bench compare A B` and the dashboard's regression flags: per
+//! concurrency level and metric, whether run B differs from run A beyond noise (Mann-Whitney U
+//! on the per-request samples, two-sided, at `alpha`), and in which direction. A significant
+//! change for the worse is a regression.
 
 use serde::Serialize;
 
-use crate::client::Sample;
+use crate::sample::Sample;
 use crate::stats::{mann_whitney_p, median};
 
+/// What a metric did from run A to run B.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Verdict {
+    /// No difference beyond noise.
     Same,
+    /// Significantly better in B.
     Better,
+    /// Significantly worse in B.
     Regression,
     /// Too few samples to say.
     Unknown,
 }
 
+/// One metric at one concurrency level, run A against run B.
 #[derive(Debug, Clone, Serialize)]
 pub struct MetricDiff {
+    /// The concurrency level.
     pub concurrency: usize,
+    /// `ttft_ms`, `itl_mean_ms`, `e2e_ms` or `decode_tokens_per_s`.
     pub metric: &'static str,
+    /// Median over A's successful requests.
     pub median_a: f64,
+    /// Median over B's successful requests.
     pub median_b: f64,
+    /// B's median relative to A's, in percent (0 where A's is 0).
     pub change_pct: f64,
+    /// Two-sided Mann-Whitney U p-value.
     pub p_value: f64,
+    /// The verdict at the given `alpha`.
     pub verdict: Verdict,
 }
 
@@ -40,6 +53,9 @@ const METRICS: [Metric; 4] = [
 /// Samples needed on each side before a verdict.
 const MIN_SAMPLES: usize = 5;
 
+/// Compares every metric at every concurrency level both runs have (samples as
+/// [`History::samples`](crate::History::samples) returns them); a difference counts when its
+/// p-value is below `alpha` and each side has at least 5 successful requests.
 pub fn compare(a: &[(usize, Sample)], b: &[(usize, Sample)], alpha: f64) -> Vec<MetricDiff> {
     let mut levels: Vec<usize> = a.iter().map(|(c, _)| *c).collect();
     levels.sort_unstable();
@@ -86,6 +102,7 @@ pub fn compare(a: &[(usize, Sample)], b: &[(usize, Sample)], alpha: f64) -> Vec<
     out
 }
 
+/// The diffs as a fixed-width text table, one line per metric and level.
 pub fn table(diffs: &[MetricDiff]) -> String {
     let mut s = format!(
         "{:>5} {:<20} {:>11} {:>11} {:>8} {:>9}  verdict\n",

@@ -3,7 +3,8 @@
 // (marked, sanitised by DOMPurify: model text never reaches the DOM unsanitised), paces bursts
 // of coalesced tokens through a small jitter buffer, and resumes an answer after a dropped
 // connection (every generation is resumable; the page reconnects with backoff and asks for
-// the tokens after the last position it showed).
+// the tokens after the last position it showed). A message sent while the WebSocket is still
+// connecting waits for it, and goes over SSE if the socket then fails.
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -169,36 +170,58 @@
 
   // ---- transports -----------------------------------------------------------------------
   class WsTransport {
-    constructor() { this.ws = null; this.backoff = 250; this.opened = false; this.queue = []; this.connect(); }
+    constructor() {
+      this.ws = null; this.backoff = 250; this.opened = false;
+      this.queue = []; // frames waiting for the connection (cancel)
+      this.pending = []; // generations waiting for the connection: {a, msgs, max_tokens, p}
+      this.connect();
+    }
     url() { return withKey(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`); }
     connect() {
       const ws = new WebSocket(this.url(), ["rill.json"]);
       this.ws = ws;
       ws.onopen = () => {
         this.opened = true; this.backoff = 250; setConn("live", "connected");
+        // An answer that was streaming when the connection dropped continues where it was...
         if (current && !current.done && current.sent) {
           ws.send(JSON.stringify({ type: "resume", id: current.id, after_position: current.lastPosition }));
         }
+        // ...and what was asked while connecting goes out now.
+        for (const g of this.pending.splice(0)) this.start(g);
         for (const f of this.queue.splice(0)) ws.send(f);
       };
       ws.onmessage = (e) => this.frame(JSON.parse(e.data));
       ws.onclose = () => {
-        if (!this.opened) { fallbackToSse(); return; }
+        if (!this.opened) {
+          // WebSockets do not get through: SSE takes over, with whatever was waiting to be sent.
+          fallbackToSse(this.pending.splice(0));
+          return;
+        }
         setConn("down", "reconnecting…");
         hooks.reconnects += 1;
         setTimeout(() => this.connect(), this.backoff);
         this.backoff = Math.min(this.backoff * 2, 5000);
       };
     }
+    isOpen() { return this.ws && this.ws.readyState === WebSocket.OPEN; }
     send(obj) {
       const f = JSON.stringify(obj);
-      if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(f); else this.queue.push(f);
+      if (this.isOpen()) this.ws.send(f); else this.queue.push(f);
+    }
+    start(g) {
+      g.a.sent = true;
+      this.ws.send(JSON.stringify({ type: "generate", id: g.a.id, messages: g.msgs, max_tokens: g.max_tokens, params: g.p, resumable: true }));
     }
     generate(a, msgs, max_tokens, p) {
-      a.sent = true;
-      this.send({ type: "generate", id: a.id, messages: msgs, max_tokens, params: p, resumable: true });
+      const g = { a, msgs, max_tokens, p };
+      if (this.isOpen()) this.start(g); else this.pending.push(g);
     }
-    cancel(a) { this.send({ type: "cancel", id: a.id }); }
+    cancel(a) {
+      const i = this.pending.findIndex((g) => g.a === a);
+      // Never sent: nothing runs on the server, the answer just ends.
+      if (i >= 0) { this.pending.splice(i, 1); onComplete(a, "cancelled", null); return; }
+      this.send({ type: "cancel", id: a.id });
+    }
     frame(f) {
       const a = current;
       if (!a || f.id !== a.id) {
@@ -278,10 +301,12 @@
   }
 
   let transport = new WsTransport();
-  function fallbackToSse() {
+  // Switches to SSE for good; generations the WebSocket never sent are started over SSE.
+  function fallbackToSse(pending = []) {
     if (hooks.transport === "sse") return;
     hooks.transport = "sse";
     transport = new SseTransport();
+    for (const g of pending) if (!g.a.done) transport.generate(g.a, g.msgs, g.max_tokens, g.p);
   }
 
   function setConn(cls, text) { const c = $("conn"); c.className = cls; c.textContent = text; }

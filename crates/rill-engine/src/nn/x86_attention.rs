@@ -1,10 +1,14 @@
-//! x86-64 attention over an f16 KV cache for a block of consecutive query tokens of one
-//! sequence (`scalar::AttendBlock`): the prefill and decode path of the default cache format,
-//! compiled for AVX2+FMA and for the AVX-512 VNNI tier.
+//! x86-64 attention, compiled for AVX2+FMA ([`avx2`]) and for the AVX-512 VNNI tier ([`vnni`]):
+//! over an f16 KV cache for a block of consecutive query tokens of one sequence
+//! ([`AttendBlock`], the prefill and decode path of the default cache format), and per token
+//! over a Q8_0 / Q4_0 cache (`attend_q8_0`, `attend_q4_0`: [`attend_quant_with`] with the
+//! tier's dot product, dequantization and query quantizer), plus the f16 accumulator
+//! primitives (`mad_f16`, `scale_f16`).
 //!
-//! The arithmetic is `scalar::attend_with`'s per token and head, bit for bit: query rounded to
-//! f16, ggml's f16 dot tree for the scores, online softmax with glibc's `expf`, the value
-//! accumulator rounded to f16 after every update, `sum = fma(sum, ms, vs)`, one normalisation.
+//! The f16 block kernel's arithmetic is [`attend_with`]'s per token and head, bit for bit:
+//! query rounded to f16, ggml's f16 dot tree for the scores, online softmax with glibc's `expf`,
+//! the value accumulator rounded to f16 after every update, `sum = fma(sum, ms, vs)`, one
+//! normalisation.
 //! What changes is the order of independent work:
 //! - each block of `KEYS` key and value rows is widened to f32 once for all the call's tokens
 //!   and heads (a per-token kernel widens every key once per token);
@@ -23,17 +27,20 @@
 //! 14.0 ns per (head, key) pair; 8-token calls 10.3-11.4 ns.
 //!
 //! SAFETY contract for every `unsafe fn` here: the caller has verified the CPU features named in
-//! the function's `target_feature` attribute (only `dispatch::Kernels` builds calls to them);
+//! the function's `target_feature` attribute (only `quant::dispatch::Kernels` builds calls to
+//! them, after `Kernels::all_supported` detected them);
 //! shapes are checked by `AttendBlock::check` and the asserts below.
 
 #![allow(clippy::missing_safety_doc)] // the contract is the module doc's SAFETY paragraph
 
 use std::arch::x86_64::*;
 
-use super::blocks::{f16_to_f32, f32_to_f16};
-use super::scalar::expf;
-use super::scalar::{attend_with, AttendBlock};
-use super::x86::expf_x4;
+use super::attention::{attend_quant_with, attend_with, AttendBlock, KvRows};
+use super::expf::{
+    expf, expf_special, EXPF_C, EXPF_INV_LN2_N, EXPF_SHIFT, EXPF_SPECIAL_TOP12, EXPF_TABLE,
+};
+use crate::quant::blocks::*;
+use crate::quant::x86::{fp16, hsum_f32_8, nibbles_32};
 
 /// Keys per block: the widened K and V rows of a block (2 x 64 x 64 f32 = 32 KiB at head dim
 /// 64) stay in L1 while every row of the call walks them.
@@ -261,14 +268,234 @@ values_fn!(
     round = round16x16
 );
 
+/// [`expf`] of 4 values at once (the double-precision steps in ymm, the table look-up
+/// a gather): the same operations in the same order, so the same bits. Lanes that need
+/// glibc's special cases (|x| >= 88, inf, NaN) are redone by [`expf_special`].
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn expf_x4(x: __m128) -> __m128 {
+    let xd = _mm256_cvtps_pd(x);
+    let inv = _mm256_set1_pd(EXPF_INV_LN2_N);
+    let shift = _mm256_set1_pd(EXPF_SHIFT);
+    let kds = _mm256_fmadd_pd(inv, xd, shift);
+    let ki = _mm256_castpd_si256(kds);
+    let kd = _mm256_sub_pd(kds, shift);
+    let r = _mm256_fmsub_pd(inv, xd, kd);
+    let idx = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
+    // SAFETY: every index is in 0..32, inside the table.
+    let tab = _mm256_i64gather_epi64::<8>(EXPF_TABLE.as_ptr().cast(), idx);
+    let s = _mm256_castsi256_pd(_mm256_add_epi64(tab, _mm256_slli_epi64::<47>(ki)));
+    let z = _mm256_fmadd_pd(_mm256_set1_pd(EXPF_C[0]), r, _mm256_set1_pd(EXPF_C[1]));
+    let r2 = _mm256_mul_pd(r, r);
+    let y = _mm256_fmadd_pd(r, _mm256_set1_pd(EXPF_C[2]), _mm256_set1_pd(1.0));
+    let y = _mm256_mul_pd(_mm256_fmadd_pd(z, r2, y), s);
+    let out = _mm256_cvtpd_ps(y);
+    // Lanes whose bits 20..31 (sans sign) reach top12(88.0).
+    let top = _mm_and_si128(
+        _mm_srli_epi32::<20>(_mm_castps_si128(x)),
+        _mm_set1_epi32(0x7ff),
+    );
+    let special = _mm_cmpgt_epi32(top, _mm_set1_epi32(EXPF_SPECIAL_TOP12 as i32 - 1));
+    if _mm_movemask_epi8(special) == 0 {
+        return out;
+    }
+    let (mut xs, mut o) = ([0f32; 4], [0f32; 4]);
+    _mm_storeu_ps(xs.as_mut_ptr(), x);
+    _mm_storeu_ps(o.as_mut_ptr(), out);
+    for (o, &x) in o.iter_mut().zip(&xs) {
+        if (x.to_bits() >> 20) & 0x7ff >= EXPF_SPECIAL_TOP12 {
+            *o = expf_special(x);
+        }
+    }
+    _mm_loadu_ps(o.as_ptr())
+}
+
+/// One tier's public attention kernel over a quantized cache format: `attend_quant` with the
+/// format's dot product and block values.
+macro_rules! attend_quant_entry {
+    ($features:literal, $name:ident, $block:ty, $dot:expr, $values:expr) => {
+        #[doc = concat!(
+            "[`attend_quant_with`] over a `", stringify!($block), "` cache with this tier's ",
+            "primitives: the reference's bits."
+        )]
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(
+            q: &[f32],
+            q_heads: std::ops::Range<usize>,
+            head_dim: usize,
+            scale: f32,
+            kv: &KvRows<'_, $block>,
+            out: &mut [f32],
+        ) {
+            attend_quant($dot, $values, q, q_heads, head_dim, scale, kv, out)
+        }
+    };
+}
+
 macro_rules! attention_tier {
     ($modname:ident, $features:literal, $rows:literal, $values:ident) => {
+        /// The attention kernels of one tier.
         pub mod $modname {
             use super::*;
 
             /// Rows (token, head) whose value updates run interleaved: 3 with AVX2's 16
             /// registers (12 accumulators and 4 value vectors), 4 where AVX-512 VL gives 32.
             const ATT_ROWS: usize = $rows;
+
+            /// [`mad_f16`](crate::nn::attention::mad_f16) 8 elements at a time (the same bits).
+            #[target_feature(enable = $features)]
+            pub unsafe fn mad_f16(acc: &mut [u16], v: &[u16], s: f32) {
+                let n = acc.len() / 8 * 8;
+                let vs = _mm256_set1_ps(s);
+                let mut i = 0;
+                while i < n {
+                    let a = _mm256_cvtph_ps(_mm_loadu_si128(acc.as_ptr().add(i).cast()));
+                    let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
+                    let r = _mm256_fmadd_ps(x, vs, a);
+                    _mm_storeu_si128(acc.as_mut_ptr().add(i).cast(), _mm256_cvtps_ph::<0>(r));
+                    i += 8;
+                }
+                super::super::attention::mad_f16(&mut acc[n..], &v[n..], s);
+            }
+
+            /// [`scale_f16`](crate::nn::attention::scale_f16) 8 elements at a time (the same bits).
+            #[target_feature(enable = $features)]
+            pub unsafe fn scale_f16(acc: &mut [u16], s: f32) {
+                let n = acc.len() / 8 * 8;
+                let vs = _mm256_set1_ps(s);
+                let mut i = 0;
+                while i < n {
+                    let a = _mm256_cvtph_ps(_mm_loadu_si128(acc.as_ptr().add(i).cast()));
+                    _mm_storeu_si128(
+                        acc.as_mut_ptr().add(i).cast(),
+                        _mm256_cvtps_ph::<0>(_mm256_mul_ps(a, vs)),
+                    );
+                    i += 8;
+                }
+                super::super::attention::scale_f16(&mut acc[n..], s);
+            }
+
+            /// ggml's AVX2 `ggml_vec_dot_q8_0_q8_0` / `ggml_vec_dot_q4_0_q8_0` (the lane order
+            /// of `quant::scalar::dot32`): per block 8 exact i32 lane sums of 4 products, `acc =
+            /// fma(d_x * d_y, lanes, acc)`, one horizontal sum. `row` yields block `b`'s 32
+            /// signed values and its scale.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn dot_lanes_q8_0(
+                nb: usize,
+                row: impl Fn(usize) -> (__m256i, u16),
+                y: &[BlockQ8_0],
+            ) -> f32 {
+                assert!(y.len() >= nb);
+                let mut acc = _mm256_setzero_ps();
+                for (b, yb) in y[..nb].iter().enumerate() {
+                    let (qx, dx) = row(b);
+                    let d = _mm256_set1_ps(fp16(dx) * fp16(yb.d));
+                    let qy = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                    // |x| * sign(y, x): the products' signs without a signed-by-signed
+                    // multiply; values stay within +-127, so the i16 pair sums are exact.
+                    let p16 =
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
+                    let lanes = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+                    acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc);
+                }
+                hsum_f32_8(acc)
+            }
+
+            /// Dequantizes blocks (`values` gives a block's 32 signed values and scale) into
+            /// `out`: `q as f32 * d`, exact, as `quant::scalar::dequantize_q8_0` / `_q4_0`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn dequant_blocks<B>(
+                x: &[B],
+                out: &mut [f32],
+                values: impl Fn(&B) -> (__m256i, u16),
+            ) {
+                assert!(out.len() >= x.len() * QK);
+                for (b, o) in x.iter().zip(out.chunks_exact_mut(QK)) {
+                    let (q, d) = values(b);
+                    let d = _mm256_set1_ps(fp16(d));
+                    let lo = _mm256_castsi256_si128(q);
+                    let hi = _mm256_extracti128_si256(q, 1);
+                    let parts = [
+                        _mm256_cvtepi8_epi32(lo),
+                        _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)),
+                        _mm256_cvtepi8_epi32(hi),
+                        _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)),
+                    ];
+                    for (r, p) in parts.into_iter().enumerate() {
+                        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(p), d);
+                        _mm256_storeu_ps(o.as_mut_ptr().add(8 * r), v);
+                    }
+                }
+            }
+
+            /// `quant::scalar::dot_q8_0_q8_0` (lane order).
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_kv_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+                dot_lanes_q8_0(
+                    x.len(),
+                    |b| (_mm256_loadu_si256(x[b].qs.as_ptr().cast()), x[b].d),
+                    y,
+                )
+            }
+
+            /// `quant::scalar::dot_q4_0_q8_0_lanes`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_kv_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+                dot_lanes_q8_0(x.len(), |b| q4_0_values(&x[b]), y)
+            }
+
+            /// A Q4_0 block's 32 signed values (nibble - 8) and its scale.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q4_0_values(b: &BlockQ4_0) -> (__m256i, u16) {
+                let q = nibbles_32(b.qs.as_ptr());
+                (_mm256_sub_epi8(q, _mm256_set1_epi8(8)), b.d)
+            }
+
+            /// `attention::attend_q8_0` / `_q4_0` with this tier's dot product, dequantization and
+            /// quantizer; the value loops compile to FMA vectors (same per-element operations).
+            #[target_feature(enable = $features)]
+            #[inline]
+            #[allow(clippy::too_many_arguments)] // the kernel's arguments plus its two primitives
+            unsafe fn attend_quant<B: Copy>(
+                dot: impl Fn(&[B], &[BlockQ8_0]) -> f32,
+                values: impl Fn(&B) -> (__m256i, u16),
+                q: &[f32],
+                q_heads: std::ops::Range<usize>,
+                head_dim: usize,
+                scale: f32,
+                kv: &KvRows<'_, B>,
+                out: &mut [f32],
+            ) {
+                attend_quant_with(
+                    dot,
+                    |x, o| dequant_blocks(x, o, &values),
+                    |x, y| crate::quant::x86::$modname::quantize_q8_0(x, y),
+                    q,
+                    q_heads,
+                    head_dim,
+                    scale,
+                    kv,
+                    out,
+                )
+            }
+
+            attend_quant_entry!(
+                $features,
+                attend_q8_0,
+                BlockQ8_0,
+                |x, y| dot_kv_q8_0(x, y),
+                |b: &BlockQ8_0| (_mm256_loadu_si256(b.qs.as_ptr().cast()), b.d)
+            );
+            attend_quant_entry!(
+                $features,
+                attend_q4_0,
+                BlockQ4_0,
+                |x, y| dot_kv_q4_0(x, y),
+                |b: &BlockQ4_0| q4_0_values(b)
+            );
 
             /// Widens one f16 row of `hd` (a multiple of 64) elements into `out`.
             #[target_feature(enable = $features)]
@@ -284,8 +511,8 @@ macro_rules! attention_tier {
             /// A key's ggml f16 dot with the widened query `q` (`S` 64-element steps, already
             /// in registers) folded to the 8 lanes before the final three halving steps: the 64
             /// lanes (8 vectors) accumulate their positions by FMA, then `(a0 + a4) + (a2 + a6)`
-            /// and `(a1 + a5) + (a3 + a7)` (`scalar::fold_f16_lanes`) and their sum (the first
-            /// step of `scalar::reduce16`).
+            /// and `(a1 + a5) + (a3 + a7)` (`quant::scalar::fold_f16_lanes`) and their sum (the
+            /// first step of `quant::scalar::reduce16`).
             #[target_feature(enable = $features)]
             #[inline]
             unsafe fn lanes8<const S: usize>(q: &[[__m256; 8]; S], k: *const f32) -> __m256 {
@@ -382,7 +609,7 @@ macro_rules! attention_tier {
                 }
             }
 
-            /// `scalar::attend_block`, bit for bit (see the module doc), for head dims that
+            /// `attention::attend_block`, bit for bit (see the module doc), for head dims that
             /// are multiples of 64 up to 256; others go through the per-token reference
             /// compiled for this tier.
             #[target_feature(enable = $features)]
@@ -396,9 +623,9 @@ macro_rules! attention_tier {
                     256 => attend_steps::<4>(b, out),
                     _ => b.per_token(out, |q, hs, hd, sc, kv, o| {
                         attend_with(
-                            super::super::scalar::dot_f16_f16,
-                            super::super::scalar::mad_f16,
-                            super::super::scalar::scale_f16,
+                            crate::quant::scalar::dot_f16_f16,
+                            super::super::attention::mad_f16,
+                            super::super::attention::scale_f16,
                             q,
                             hs,
                             hd,

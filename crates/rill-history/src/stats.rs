@@ -63,6 +63,7 @@ fn erf(x: f64) -> f64 {
     s * y
 }
 
+/// The median (mean of the middle two for an even count; NaN for no values).
 pub fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
