@@ -110,7 +110,7 @@ impl Metrics {
         );
         registry.register(
             "send_lag_seconds",
-            "Token sampled on the engine thread to bytes handed to the connection",
+            "Token sampled on the engine thread to bytes handed to the connection (or to a resumable stream's replay buffer)",
             m.send_lag.clone(),
         );
         registry.register(
