@@ -1,9 +1,11 @@
 //! rill's inference engine: GGUF loading, tokenizer and chat template, quantized CPU kernels,
-//! a batched forward pass over a paged KV cache, sampling and streaming detokenization.
+//! a batched forward pass over a paged KV cache, sampling and streaming detokenization, and
+//! constrained decoding (token masks for JSON schemas, Lark grammars and regexes, `constraint`).
 
 #![warn(missing_docs)]
 
 pub mod chat_template;
+pub mod constraint;
 pub mod detokenizer;
 pub mod engine;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod threadpool;
 pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
+pub use constraint::{Constraint, ConstraintEnv, ConstraintError, ConstraintState};
 pub use detokenizer::{Detokenizer, Released};
 pub use engine::{Engine, EngineConfig, StepItem, StepLogits};
 pub use error::{EngineError, Result};

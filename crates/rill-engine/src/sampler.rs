@@ -38,6 +38,9 @@ pub struct SamplingParams {
     pub logprobs: bool,
     /// Keep generating past end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// Added to a token's logit before sampling (after the penalties), OpenAI's `logit_bias`:
+    /// -100..=100, where exactly -100 bans the token. Log-probabilities stay the model's.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -55,6 +58,7 @@ impl Default for SamplingParams {
             top_logprobs: 0,
             logprobs: false,
             ignore_eos: false,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -96,6 +100,16 @@ impl SamplingParams {
             if !(-2.0..=2.0).contains(&v) {
                 return bad(f, format!("{v} is outside [-2, 2]"));
             }
+        }
+        if let Some(&(t, b)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return bad(
+                "logit_bias",
+                format!("token {t}: {b} is outside [-100, 100]"),
+            );
         }
         if self.top_logprobs > 20 {
             return bad("top_logprobs", format!("{} is above 20", self.top_logprobs));
@@ -160,6 +174,7 @@ impl Sampler {
         cand.clear();
         cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         self.apply_penalties(&mut cand);
+        self.apply_bias(&mut cand);
         let p = &self.params;
         let id = if p.temperature <= 0.0 || p.top_k == 1 {
             argmax(&cand)
@@ -215,6 +230,18 @@ impl Sampler {
             id,
             logprob,
             top_logprobs,
+        }
+    }
+
+    fn apply_bias(&self, cand: &mut [(u32, f32)]) {
+        for &(t, b) in &self.params.logit_bias {
+            if let Some(c) = cand.get_mut(t as usize) {
+                c.1 = if b <= -100.0 {
+                    f32::NEG_INFINITY
+                } else {
+                    c.1 + b
+                };
+            }
         }
     }
 
@@ -286,6 +313,40 @@ pub fn log_probs(logits: &[f32], id: u32, top: usize) -> (f32, Vec<(u32, f32)>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logit_bias_bans_and_forces_tokens_and_keeps_the_model_logprobs() {
+        let logits: Vec<f32> = (0..50).map(|i| i as f32 / 10.0).collect();
+        let with = |bias: Vec<(u32, f32)>| SamplingParams {
+            logit_bias: bias,
+            logprobs: true,
+            ..SamplingParams::greedy()
+        };
+        assert_eq!(Sampler::new(with(vec![])).sample(&logits).id, 49);
+        // -100 bans the best token, whatever its lead; +100 makes a poor one win.
+        assert_eq!(
+            Sampler::new(with(vec![(49, -100.0)])).sample(&logits).id,
+            48
+        );
+        let forced = Sampler::new(with(vec![(3, 100.0)])).sample(&logits);
+        assert_eq!(forced.id, 3);
+        assert_eq!(
+            forced.logprob,
+            log_probs(&logits, 3, 0).0,
+            "log-probabilities are the model's"
+        );
+        // A ban holds under sampling too.
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            seed: Some(1),
+            logit_bias: (0..49).map(|t| (t, -100.0)).collect(),
+            ..SamplingParams::default()
+        });
+        for _ in 0..20 {
+            assert_eq!(s.sample(&logits).id, 49);
+        }
+        assert!(with(vec![(1, 100.5)]).validate().is_err());
+    }
 
     #[test]
     fn greedy_picks_max_and_seed_repeats() {

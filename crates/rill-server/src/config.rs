@@ -42,7 +42,7 @@ pub struct ServeConfig {
     pub spec_ngram_min: usize,
     /// Longest suffix the prompt lookup tries first (`spec_ngram_min`..=8).
     pub spec_ngram_max: usize,
-    /// API keys accepted as `Authorization: Bearer KEY` (none: no auth).
+    /// API keys accepted as `Authorization: Bearer KEY` or `x-api-key: KEY` (none: no auth).
     pub api_keys: Vec<String>,
     /// A file with one API key per line (added to `api_keys`).
     pub api_keys_file: Option<PathBuf>,
@@ -52,6 +52,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Prompt tokens a request may carry (0: the model's limit).
     pub max_prompt_tokens: usize,
+    /// `max_tokens` of a request that names none (default 4096; the context may leave less).
+    pub default_max_tokens: usize,
     /// Requests per minute per API key (0: unlimited).
     pub rate_limit_rpm: u32,
     /// Prompt + completion tokens per minute per API key (0: unlimited).
@@ -98,6 +100,7 @@ impl Default for ServeConfig {
             cors_origins: Vec::new(),
             max_body_bytes: 4 << 20,
             max_prompt_tokens: 0,
+            default_max_tokens: 4096,
             rate_limit_rpm: 0,
             rate_limit_tpm: 0,
             resume_window_s: 60,
@@ -309,6 +312,9 @@ impl ServeConfig {
         }
         if self.max_body_bytes < 1024 {
             return Err(bad("max_body_bytes", self.max_body_bytes, "at least 1024"));
+        }
+        if self.default_max_tokens == 0 {
+            return Err(bad("default_max_tokens", 0, "at least 1"));
         }
         if self.keepalive_s == 0 {
             return Err(bad("keepalive_s", 0, "at least 1 second"));

@@ -10,6 +10,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use futures_util::StreamExt;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
@@ -35,6 +36,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/messages", post(crate::anthropic::messages))
+        .route(
+            "/v1/messages/count_tokens",
+            post(crate::anthropic::count_tokens),
+        )
         .route("/v1/streams/{id}", get(resume).delete(cancel))
         .route("/v1/ws", get(ws::upgrade))
         .route("/openapi.json", get(openapi::document))
@@ -52,6 +58,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_body))
         // A panic in one handler answers that request with a 500 and nothing else.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send + 'static>| {
@@ -81,6 +88,10 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             .allow_headers([
                 axum::http::header::AUTHORIZATION,
                 axum::http::header::CONTENT_TYPE,
+                "x-api-key".parse().unwrap_or(axum::http::header::ACCEPT),
+                "anthropic-version"
+                    .parse()
+                    .unwrap_or(axum::http::header::ACCEPT),
                 "last-event-id"
                     .parse()
                     .unwrap_or(axum::http::header::ACCEPT),
@@ -97,8 +108,75 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// Bearer auth on every route but `/health`; WebSocket clients (browsers cannot set headers)
-/// may pass `?api_key=`.
+/// Bytes of an oversized body read and dropped before its 413 goes out.
+const DRAIN_BYTES: usize = 256 << 20;
+/// How long an oversized body is drained at most.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a POST body up to `max_body_bytes`. A larger one is read on and dropped (up to
+/// [`DRAIN_BYTES`] or [`DRAIN_TIME`]) before the 413 goes out: a client that sends its whole
+/// body before it reads (Python's urllib, curl without `Expect`) then gets the 413 instead of
+/// a connection reset, which is what closing with unread bytes in the socket would give it.
+async fn limit_body(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let limit = state.cfg.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut over = declared.is_some_and(|n| n > limit as u64);
+    let mut kept: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    let mut chunks = body.into_data_stream();
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, chunks.next()).await {
+            Ok(Some(Ok(c))) => c,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return ApiError::invalid(format!("cannot read the request body: {e}"))
+                    .into_response()
+            }
+            Err(_) if over => break,
+            Err(_) => {
+                return ApiError::invalid("the request body did not arrive in time").into_response()
+            }
+        };
+        seen += chunk.len();
+        if !over && kept.len() + chunk.len() > limit {
+            over = true;
+            kept = Vec::new();
+        }
+        if over {
+            if seen > DRAIN_BYTES {
+                break;
+            }
+            continue;
+        }
+        kept.extend_from_slice(&chunk);
+    }
+    if over {
+        state
+            .metrics
+            .on_rejected(crate::protocol::ErrorKind::BodyTooLarge.code());
+        let mut r = ApiError::too_large(limit).into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+        return r;
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(kept)))
+        .await
+}
+
+/// Bearer auth (or Anthropic's `x-api-key: KEY`) on every route but `/health`; WebSocket
+/// clients (browsers cannot set headers) may pass `?api_key=`. Anthropic routes answer a
+/// missing or wrong key in Anthropic's error shape.
 async fn auth(State(state): State<SharedState>, mut req: Request, next: Next) -> Response {
     let key = if state.auth_required() {
         let bearer = req
@@ -108,13 +186,26 @@ async fn auth(State(state): State<SharedState>, mut req: Request, next: Next) ->
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .map(String::from);
+        let x_api_key = req
+            .headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .map(String::from);
         let query = req.uri().query().and_then(|q| {
             q.split('&')
                 .find_map(|kv| kv.strip_prefix("api_key="))
                 .map(String::from)
         });
-        match bearer.or(query).and_then(|t| state.check_key(&t)) {
+        match bearer
+            .or(x_api_key)
+            .or(query)
+            .and_then(|t| state.check_key(&t))
+        {
             Some(k) => k,
+            None if req.uri().path().starts_with("/v1/messages") => {
+                return crate::protocol::anthropic::error_response(&ApiError::unauthorized())
+            }
             None => return ApiError::unauthorized().into_response(),
         }
     } else {
@@ -211,8 +302,8 @@ async fn generate_inner(
     }
     let map = params::parse_body(&body)?;
     // Rendering and tokenizing a large prompt is CPU work: off the async executor.
-    let (h, max_prompt) = (state.sched.clone(), state.cfg.max_prompt_tokens);
-    let p = tokio::task::spawn_blocking(move || params::parse(kind, &map, &h, max_prompt))
+    let (h, limits) = (state.sched.clone(), params::RequestLimits::of(&state.cfg));
+    let p = tokio::task::spawn_blocking(move || params::parse(kind, &map, &h, limits))
         .await
         .map_err(|e| ApiError::internal(format!("request parsing failed: {e}")))??;
     let resumable = p.resumable

@@ -1,11 +1,13 @@
 //! rill's server: `rill serve`. OpenAI-compatible `/v1/chat/completions` and `/v1/completions`
-//! (JSON and SSE), resumable streams (`GET`/`DELETE /v1/streams/{id}`), the WebSocket protocol
-//! at `/v1/ws`, health and readiness, `/v1/models`, `/openapi.json`; API keys, CORS, body and
-//! prompt limits, per-key rate limits; graceful shutdown. The engine runs on the scheduler's
-//! thread; handlers only submit requests and relay events.
+//! (JSON and SSE), Anthropic's `/v1/messages` and `/v1/messages/count_tokens`, resumable
+//! streams (`GET`/`DELETE /v1/streams/{id}`), the WebSocket protocol at `/v1/ws`, health and
+//! readiness, `/v1/models`, `/openapi.json`; API keys, CORS, body and prompt limits, per-key
+//! rate limits; graceful shutdown. The engine runs on the scheduler's thread; handlers only
+//! submit requests and relay events.
 
 #![warn(missing_docs)]
 
+pub mod anthropic;
 pub mod config;
 pub mod dashboard;
 pub mod http;

@@ -100,6 +100,137 @@ impl<'a> Obj<'a> {
     }
 }
 
+/// The server's bounds on one request (from [`crate::ServeConfig`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Prompt tokens a request may carry (0: the model's limit).
+    pub max_prompt_tokens: usize,
+    /// `max_tokens` of a request that names none (bounded by what the context leaves).
+    pub default_max_tokens: usize,
+}
+
+impl RequestLimits {
+    /// The limits `cfg` sets.
+    pub fn of(cfg: &crate::ServeConfig) -> Self {
+        Self {
+            max_prompt_tokens: cfg.max_prompt_tokens,
+            default_max_tokens: cfg.default_max_tokens,
+        }
+    }
+}
+
+/// OpenAI fields rill does not implement yet and that would change the output: refused with a
+/// 400 naming them (absent, null, or the value in the second column is accepted: it changes
+/// nothing).
+const NOT_IMPLEMENTED: [(&str, Kinds, Neutral); 11] = [
+    ("tools", Kinds::Both, Neutral::EmptyArray),
+    ("tool_choice", Kinds::Both, Neutral::Str("none")),
+    ("functions", Kinds::Both, Neutral::EmptyArray),
+    ("function_call", Kinds::Both, Neutral::Str("none")),
+    ("response_format", Kinds::Both, Neutral::TypeText),
+    ("audio", Kinds::Chat, Neutral::Nothing),
+    ("modalities", Kinds::Chat, Neutral::TextOnly),
+    ("prediction", Kinds::Chat, Neutral::Nothing),
+    ("web_search_options", Kinds::Chat, Neutral::Nothing),
+    ("suffix", Kinds::Completion, Neutral::Str("")),
+    ("echo", Kinds::Completion, Neutral::False),
+];
+
+/// Which endpoints a refused field belongs to.
+#[derive(Clone, Copy, PartialEq)]
+enum Kinds {
+    Chat,
+    Completion,
+    Both,
+}
+
+/// The value of a refused field that asks for nothing rill lacks.
+#[derive(Clone, Copy)]
+enum Neutral {
+    Nothing,
+    EmptyArray,
+    Str(&'static str),
+    False,
+    /// `{"type": "text"}`.
+    TypeText,
+    /// `["text"]`.
+    TextOnly,
+}
+
+impl Neutral {
+    fn accepts(self, v: &Value) -> bool {
+        match self {
+            Neutral::Nothing => false,
+            Neutral::EmptyArray => v.as_array().is_some_and(Vec::is_empty),
+            Neutral::Str(s) => v.as_str() == Some(s),
+            Neutral::False => v.as_bool() == Some(false),
+            Neutral::TypeText => {
+                v.get("type").and_then(Value::as_str) == Some("text")
+                    && v.as_object().is_some_and(|o| o.len() == 1)
+            }
+            Neutral::TextOnly => v.as_array().is_some_and(|a| a.len() == 1 && a[0] == "text"),
+        }
+    }
+}
+
+/// Refuses fields that would change the output and are not implemented.
+fn refuse_unimplemented(kind: Kind, o: &Obj) -> Result<(), ApiError> {
+    for (field, kinds, neutral) in NOT_IMPLEMENTED {
+        let applies = match kinds {
+            Kinds::Both => true,
+            Kinds::Chat => kind == Kind::Chat,
+            Kinds::Completion => kind == Kind::Completion,
+        };
+        if o.get(field).is_some_and(|v| applies && !neutral.accepts(v)) {
+            return Err(ApiError::param(
+                field,
+                format!("`{field}` is not supported by this server yet; the request would not get what it asks for"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `logit_bias`: token id (as a string key) to a bias in [-100, 100].
+fn logit_bias(o: &Obj, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(v) = o.get("logit_bias") else {
+        return Ok(Vec::new());
+    };
+    let m = v.as_object().ok_or_else(|| {
+        ApiError::param(
+            "logit_bias",
+            "`logit_bias` must be an object of token id to bias",
+        )
+    })?;
+    if m.len() > 1024 {
+        return Err(ApiError::param("logit_bias", "at most 1024 biased tokens"));
+    }
+    m.iter()
+        .map(|(k, b)| {
+            let t = k
+                .parse::<u32>()
+                .ok()
+                .filter(|&t| (t as usize) < vocab)
+                .ok_or_else(|| {
+                    ApiError::param(
+                        "logit_bias",
+                        format!("`{k}` is not a token id of this model (0..{vocab})"),
+                    )
+                })?;
+            let b = b
+                .as_f64()
+                .filter(|b| (-100.0..=100.0).contains(b))
+                .ok_or_else(|| {
+                    ApiError::param(
+                        "logit_bias",
+                        format!("the bias of token {k} must be a number in [-100, 100]"),
+                    )
+                })?;
+            Ok((t, b as f32))
+        })
+        .collect()
+}
+
 /// Parses the body bytes as a JSON object (400 for invalid UTF-8, malformed JSON, non-objects).
 pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let text = std::str::from_utf8(body)
@@ -164,7 +295,30 @@ fn messages(o: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
                 .get("role")
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::param(&p("role"), "`role` must be a string"))?;
-            let role = if role == "developer" { "system" } else { role };
+            let role = match role {
+                "developer" => "system",
+                "system" | "user" | "assistant" => role,
+                "tool" | "function" => {
+                    return Err(ApiError::param(
+                        &p("role"),
+                        format!("`{role}` messages need tool calling, which this server does not support yet"),
+                    ))
+                }
+                other => {
+                    return Err(ApiError::param(
+                        &p("role"),
+                        format!("unknown role `{other}` (system, developer, user, assistant)"),
+                    ))
+                }
+            };
+            for field in ["tool_calls", "function_call"] {
+                if m.get(field).is_some_and(|v| !v.is_null()) {
+                    return Err(ApiError::param(
+                        &p(field),
+                        "tool calls in the history need tool calling, which this server does not support yet",
+                    ));
+                }
+            }
             let content = match m.get("content") {
                 None | Some(Value::Null) => String::new(),
                 Some(Value::String(s)) => s.clone(),
@@ -235,9 +389,11 @@ pub fn parse(
     kind: Kind,
     body: &Map<String, Value>,
     h: &SchedulerHandle,
-    max_prompt_tokens: usize,
+    limits: RequestLimits,
 ) -> Result<GenParams, ApiError> {
     let o = Obj(body);
+    refuse_unimplemented(kind, &o)?;
+    let max_prompt_tokens = limits.max_prompt_tokens;
     if let Some(n) = o.int("n", 1, i64::MAX)? {
         if n != 1 {
             return Err(ApiError::param("n", "only n = 1 is supported"));
@@ -266,6 +422,7 @@ pub fn parse(
     if prompt.is_empty() {
         return Err(ApiError::param(prompt_param, "the prompt is empty"));
     }
+    let default_max_tokens = limits.default_max_tokens;
     let limits = h.limits();
     let prompt_cap = if max_prompt_tokens > 0 {
         max_prompt_tokens.min(limits.max_sequence_tokens)
@@ -290,7 +447,7 @@ pub fn parse(
         Some(v) => Some(v),
         None => o.int("max_tokens", 1, i64::MAX)?,
     }
-    .map_or(room, |v| v as usize);
+    .map_or(default_max_tokens.min(room), |v| v as usize);
     if max_tokens > room {
         let mut e = ApiError::param(
             "max_tokens",
@@ -338,6 +495,7 @@ pub fn parse(
         logprobs: logprobs.is_some(),
         top_logprobs: logprobs.unwrap_or(0),
         ignore_eos: o.bool("ignore_eos")?.unwrap_or(false),
+        logit_bias: logit_bias(&o, limits.vocab_size)?,
         ..d
     };
     if let Err((field, msg)) = sampling.validate() {

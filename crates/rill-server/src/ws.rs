@@ -423,9 +423,8 @@ async fn generate(
     } else {
         Kind::Completion
     };
-    let (h, max_prompt) = (state.sched.clone(), state.cfg.max_prompt_tokens);
-    let parsed =
-        tokio::task::spawn_blocking(move || params::parse(kind, &body, &h, max_prompt)).await;
+    let (h, limits) = (state.sched.clone(), params::RequestLimits::of(&state.cfg));
+    let parsed = tokio::task::spawn_blocking(move || params::parse(kind, &body, &h, limits)).await;
     let p = match parsed {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return send_error(&out, Some(&id), &e).await,

@@ -813,3 +813,163 @@ async fn dashboard_page_assets_and_live_feed() {
         assert!(!v[k].is_null(), "snapshot lacks {k}: {v}");
     }
 }
+
+/// Fields that would change the output are implemented or refused, never ignored: every
+/// OpenAI field rill lacks is a 400 naming it (its neutral value is accepted), unknown and
+/// tool roles are 400s naming the message, `logit_bias` bans and forces tokens, and a request
+/// without `max_tokens` stops at `default_max_tokens`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unimplemented_fields_are_refused_and_logit_bias_steers_sampling() {
+    let _g = serial().await;
+    let s = server(ServeConfig {
+        default_max_tokens: 5,
+        ..config()
+    })
+    .await;
+    let c = client();
+    let post = |path: &'static str, body: Value| {
+        let req = c.post(url(&s, path)).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let chat = |extra: Value| {
+        let mut b =
+            json!({"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    for (field, value) in [
+        (
+            "tools",
+            json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+        ),
+        ("tool_choice", json!("required")),
+        ("response_format", json!({"type": "json_object"})),
+        ("functions", json!([{"name": "f"}])),
+        ("prediction", json!({"type": "content", "content": "x"})),
+    ] {
+        let (status, v) = post("/v1/chat/completions", chat(json!({field: value}))).await;
+        assert_eq!(status, 400, "{field}: {v}");
+        assert_eq!(v["error"]["param"], field, "{v}");
+        assert_eq!(v["error"]["code"], "invalid_value", "{v}");
+    }
+    for (field, value) in [
+        ("tools", json!([])),
+        ("tool_choice", json!("none")),
+        ("response_format", json!({"type": "text"})),
+    ] {
+        let (status, v) = post("/v1/chat/completions", chat(json!({field: value}))).await;
+        assert_eq!(status, 200, "the neutral {field} is accepted: {v}");
+    }
+    let (status, v) = post(
+        "/v1/completions",
+        json!({"prompt": "Once", "max_tokens": 2, "echo": true}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("echo")),
+        "{v}"
+    );
+    for (role, extra) in [
+        ("wizard", json!({})),
+        ("tool", json!({"tool_call_id": "x"})),
+    ] {
+        let mut m = json!({"role": role, "content": "hi"});
+        for (k, v) in extra.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+        let body = json!({"messages": [{"role": "user", "content": "hi"}, m], "max_tokens": 2});
+        let (status, v) = post("/v1/chat/completions", body).await;
+        assert_eq!(status, 400, "{role}: {v}");
+        assert_eq!(v["error"]["param"], "messages[1].role", "{v}");
+    }
+
+    // logit_bias: +100 makes one token the greedy choice at every step, -100 bans the choice.
+    let tok = s.state.sched.tokenizer().clone();
+    let sea = tok.encode(" sea", false).unwrap();
+    assert_eq!(sea.len(), 1, "a one-token word");
+    let greedy = |bias: Value| {
+        json!({"prompt": "The colour of the sky is", "max_tokens": 3, "temperature": 0,
+            "logprobs": 0, "logit_bias": bias})
+    };
+    let (status, v) = post("/v1/completions", greedy(json!({sea[0].to_string(): 100}))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], " sea sea sea", "{v}");
+    let (_, plain) = post("/v1/completions", greedy(json!({}))).await;
+    let first = plain["choices"][0]["logprobs"]["tokens"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first_id = tok.encode(&first, false).unwrap()[0];
+    let (_, banned) = post(
+        "/v1/completions",
+        greedy(json!({first_id.to_string(): -100})),
+    )
+    .await;
+    assert_ne!(
+        banned["choices"][0]["logprobs"]["tokens"][0].as_str(),
+        Some(first.as_str()),
+        "{banned}"
+    );
+    for bad in [
+        json!({"99999999": 1}),
+        json!({"5": 101}),
+        json!({"x": 1}),
+        json!([1]),
+    ] {
+        let (status, v) = post("/v1/completions", greedy(bad.clone())).await;
+        assert_eq!(
+            (status, v["error"]["param"].as_str()),
+            (400, Some("logit_bias")),
+            "{bad}: {v}"
+        );
+    }
+
+    // No max_tokens: the server's default_max_tokens bounds the answer.
+    let (status, v) = post(
+        "/v1/completions",
+        json!({"prompt": "Once upon a time", "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 5, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+}
+
+/// A client that sends a whole 64 MiB body before it reads (as Python's urllib does) gets the
+/// 413, not a connection reset: the server drains what it will not use before answering. A
+/// body within the limit still works on the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_sent_whole_gets_its_413() {
+    use tokio::io::AsyncReadExt;
+    let _g = serial().await;
+    let s = server(config()).await;
+    let body = vec![b' '; 64 << 20];
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&body)
+        .await
+        .expect("the server reads the whole body");
+    let mut answer = Vec::new();
+    sock.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+    let r = client()
+        .post(url(&s, "/v1/completions"))
+        .json(&json!({"prompt": "Hi", "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

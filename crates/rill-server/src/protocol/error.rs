@@ -257,7 +257,7 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         Self::new(
             ErrorKind::Unauthorized,
-            "missing or invalid API key (send `Authorization: Bearer KEY`)",
+            "missing or invalid API key (send `Authorization: Bearer KEY` or `x-api-key: KEY`)",
         )
     }
 
