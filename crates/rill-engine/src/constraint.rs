@@ -75,7 +75,9 @@ pub enum Constraint {
 impl Constraint {
     fn grammar(&self) -> TopLevelGrammar {
         match self {
-            Constraint::JsonObject => TopLevelGrammar::from_json_schema(json!({"type": "object"})),
+            Constraint::JsonObject => {
+                TopLevelGrammar::from_json_schema(with_strictness(&json!({"type": "object"}), true))
+            }
             Constraint::JsonSchema { schema, strict } => {
                 TopLevelGrammar::from_json_schema(with_strictness(schema, *strict))
             }
@@ -97,7 +99,9 @@ impl Constraint {
 
 /// The schema with llguidance's compile options (`x-guidance`) for `strict`: strict is
 /// llguidance's default (unsupported keywords are errors); non-strict sets `lenient` and
-/// `coerce_one_of`. Options already in the schema's `x-guidance` are kept otherwise.
+/// `coerce_one_of`. JSON is compact (`whitespace_flexible: false`: no whitespace between
+/// tokens, so a model cannot wander into endless blank space) unless the schema's own
+/// `x-guidance` says otherwise; its other options are kept too.
 fn with_strictness(schema: &Value, strict: bool) -> Value {
     let mut schema = schema.clone();
     if let Value::Object(map) = &mut schema {
@@ -105,6 +109,8 @@ fn with_strictness(schema: &Value, strict: bool) -> Value {
             .entry("x-guidance")
             .or_insert_with(|| Value::Object(Default::default()));
         if let Value::Object(opts) = opts {
+            opts.entry("whitespace_flexible")
+                .or_insert(Value::Bool(false));
             opts.insert("lenient".into(), Value::Bool(!strict));
             if !strict {
                 opts.insert("coerce_one_of".into(), Value::Bool(true));

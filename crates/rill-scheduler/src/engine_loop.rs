@@ -23,7 +23,7 @@ use crate::handle::{Control, Shared, Submission};
 use crate::memory::{PressureLevel, PressureMonitor};
 use crate::queue::WaitQueue;
 use crate::request::{ErrorCode, Event, FinishReason, RequestId};
-use crate::sequence::{Sequence, SpecState};
+use crate::sequence::{ConstraintSlot, Sequence, SpecState};
 use crate::speculative::{plan_drafts, Acceptance, DraftCandidate, NgramIndex, SpecMode};
 use crate::stats::SchedulerStats;
 
@@ -204,14 +204,19 @@ impl<B: Backend> EngineLoop<B> {
         } = s;
         let mut sampler = Sampler::new(request.sampling);
         sampler.accept(&request.prompt);
+        let constraint = request.constraint.map(|c| ConstraintSlot {
+            state: *c.0,
+            row: Vec::new(),
+        });
         let spec =
-            (self.cfg.spec.mode == SpecMode::Ngram && request.speculative).then(|| SpecState {
-                index: NgramIndex::new(self.cfg.spec.ngram_min, self.cfg.spec.ngram_max),
-                acceptance: Acceptance::starting_from(&self.spec_prior),
-                drafted: 0,
-                accepted: 0,
-                last_accepted: 0,
-            });
+            (self.cfg.spec.mode == SpecMode::Ngram && request.speculative && constraint.is_none())
+                .then(|| SpecState {
+                    index: NgramIndex::new(self.cfg.spec.ngram_min, self.cfg.spec.ngram_max),
+                    acceptance: Acceptance::starting_from(&self.spec_prior),
+                    drafted: 0,
+                    accepted: 0,
+                    last_accepted: 0,
+                });
         let seq = Sequence {
             seq: self.new_seq_id(),
             prompt_len: request.prompt.len(),
@@ -232,6 +237,7 @@ impl<B: Backend> EngineLoop<B> {
             preemptions: 0,
             cached_tokens: 0,
             spec,
+            constraint,
         };
         self.arrivals += 1;
         self.queue.push(seq.priority, seq.arrival, id);
@@ -614,6 +620,16 @@ impl<B: Backend> EngineLoop<B> {
                 _ => Vec::new(),
             })
             .collect();
+        // The masks of constrained sequences that sample in this step are computed on another
+        // thread while the forward pass runs (they depend only on tokens already committed).
+        let mut constrained: Vec<(RequestId, ConstraintSlot)> = plan
+            .iter()
+            .filter(|p| p.sample)
+            .filter_map(|p| {
+                let c = self.seqs.get_mut(&p.id)?.constraint.take()?;
+                Some((p.id, c))
+            })
+            .collect();
         let items: Vec<StepItem<'_>> = plan
             .iter()
             .zip(&drafted)
@@ -640,7 +656,30 @@ impl<B: Backend> EngineLoop<B> {
         if sample.decode_rows > 0 {
             self.last_decode_step = Some(t0);
         }
-        let logits = match self.engine.step(&items) {
+        let engine = &mut self.engine;
+        let (stepped, constrained) = std::thread::scope(|scope| {
+            let masks = (!constrained.is_empty()).then(|| {
+                scope.spawn(move || {
+                    for (_, c) in &mut constrained {
+                        // An error here resurfaces (and fails the sequence) when sampling.
+                        let _ = c.state.mask();
+                    }
+                    constrained
+                })
+            });
+            let stepped = engine.step(&items);
+            let constrained = match masks {
+                Some(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                None => Vec::new(),
+            };
+            (stepped, constrained)
+        });
+        for (id, c) in constrained {
+            if let Some(s) = self.seqs.get_mut(&id) {
+                s.constraint = Some(c);
+            }
+        }
+        let logits = match stepped {
             Ok(l) => l,
             Err(e) => {
                 // Planning keeps steps valid, so this is a bug: fail the step's sequences.
@@ -835,8 +874,25 @@ fn sample_rows(
             ));
             break;
         }
-        let tok = s.sampler.sample(l);
+        let tok = match s.constraint.as_mut() {
+            Some(c) => {
+                c.row.clear();
+                c.row.extend_from_slice(l);
+                if let Err(e) = c.state.apply_to_logits(&mut c.row) {
+                    outcome = Some(constraint_failure(e));
+                    break;
+                }
+                s.sampler.sample(&c.row)
+            }
+            None => s.sampler.sample(l),
+        };
         let id = tok.id;
+        if let Some(c) = s.constraint.as_mut() {
+            if let Err(e) = c.state.commit(id) {
+                outcome = Some(constraint_failure(e));
+                break;
+            }
+        }
         s.sampler.accept(&[id]);
         s.context.push(id);
         s.computed += 1;
@@ -853,6 +909,11 @@ fn sample_rows(
         text.push_str(&rel.text);
         if let Some(stop) = rel.stopped {
             outcome = Some(Outcome::Finish(FinishReason::Stop, Some(stop)));
+            break;
+        }
+        if s.constraint.as_ref().is_some_and(|c| c.state.is_finished()) {
+            // The output is complete: only a stop token could follow.
+            outcome = Some(Outcome::Finish(FinishReason::Stop, None));
             break;
         }
         if s.generated() >= s.max_tokens {
@@ -895,4 +956,13 @@ fn sample_rows(
         stats.count_draft(p.draft.len(), accepted);
     }
     (outcome, pushed)
+}
+
+/// A constrained sequence that cannot go on: the matcher failed, or the model's row allowed
+/// nothing the constraint allows.
+fn constraint_failure(e: rill_engine::ConstraintError) -> Outcome {
+    Outcome::Fail(
+        ErrorCode::Internal,
+        format!("the output constraint could not be followed: {e}"),
+    )
 }

@@ -35,7 +35,9 @@ pub use controller::{
 pub use error::{SchedulerError, SubmitError};
 pub use handle::{retry_after, ModelLimits, Scheduler, SchedulerHandle};
 pub use memory::{MemoryLimits, PressureLevel};
-pub use request::{ErrorCode, Event, FinishReason, Request, RequestId, Timings, Usage};
+pub use request::{
+    Constrained, ErrorCode, Event, FinishReason, Request, RequestId, Timings, Usage,
+};
 pub use speculative::{SpecConfig, SpecMode};
 pub use stats::SchedulerStats;
 pub use stream::RequestStream;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use rill_engine::{SampledToken, SamplingParams};
+use rill_engine::{ConstraintState, SampledToken, SamplingParams};
 
 /// Scheduler-assigned id of a request, unique for the life of the process.
 pub type RequestId = u64;
@@ -24,6 +24,20 @@ pub struct Request {
     /// May draft tokens speculatively when the server has speculation on (the output is the
     /// same either way; false only trades speed for nothing, e.g. to measure).
     pub speculative: bool,
+    /// What the output must match (JSON schema, grammar, regex): each step's logits are
+    /// masked to the tokens it allows, and the generation stops when it is complete. A
+    /// constrained request does not speculate.
+    pub constraint: Option<Constrained>,
+}
+
+/// A request's compiled constraint ([`ConstraintState`] at the start of the output).
+#[derive(Clone)]
+pub struct Constrained(pub Box<ConstraintState>);
+
+impl std::fmt::Debug for Constrained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Constrained")
+    }
 }
 
 impl Request {
@@ -36,6 +50,7 @@ impl Request {
             stop: Vec::new(),
             priority: 0,
             speculative: true,
+            constraint: None,
         }
     }
 }

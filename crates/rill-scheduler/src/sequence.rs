@@ -49,6 +49,14 @@ pub(crate) struct Sequence {
     pub preemptions: u32,
     pub cached_tokens: usize,
     pub spec: Option<SpecState>,
+    /// The output constraint, if any (see [`ConstraintSlot`]).
+    pub constraint: Option<ConstraintSlot>,
+}
+
+/// A constrained sequence's matcher and the logit row it masks (kept to reuse its memory).
+pub(crate) struct ConstraintSlot {
+    pub state: rill_engine::ConstraintState,
+    pub row: Vec<f32>,
 }
 
 impl Sequence {

@@ -1,8 +1,9 @@
 //! Turns an OpenAI request body into a scheduler [`Request`]: every field checked for type and
 //! range with errors that name the parameter; unknown fields ignored, as OpenAI clients expect.
 
+use rill_engine::Constraint;
 use rill_engine::{ChatMessage, SamplingParams};
-use rill_scheduler::{Request, SchedulerHandle};
+use rill_scheduler::{Constrained, Request, SchedulerHandle};
 use serde_json::{Map, Value};
 
 use crate::protocol::ApiError;
@@ -122,12 +123,11 @@ impl RequestLimits {
 /// OpenAI fields rill does not implement yet and that would change the output: refused with a
 /// 400 naming them (absent, null, or the value in the second column is accepted: it changes
 /// nothing).
-const NOT_IMPLEMENTED: [(&str, Kinds, Neutral); 11] = [
+const NOT_IMPLEMENTED: [(&str, Kinds, Neutral); 10] = [
     ("tools", Kinds::Both, Neutral::EmptyArray),
     ("tool_choice", Kinds::Both, Neutral::Str("none")),
     ("functions", Kinds::Both, Neutral::EmptyArray),
     ("function_call", Kinds::Both, Neutral::Str("none")),
-    ("response_format", Kinds::Both, Neutral::TypeText),
     ("audio", Kinds::Chat, Neutral::Nothing),
     ("modalities", Kinds::Chat, Neutral::TextOnly),
     ("prediction", Kinds::Chat, Neutral::Nothing),
@@ -151,8 +151,6 @@ enum Neutral {
     EmptyArray,
     Str(&'static str),
     False,
-    /// `{"type": "text"}`.
-    TypeText,
     /// `["text"]`.
     TextOnly,
 }
@@ -164,10 +162,6 @@ impl Neutral {
             Neutral::EmptyArray => v.as_array().is_some_and(Vec::is_empty),
             Neutral::Str(s) => v.as_str() == Some(s),
             Neutral::False => v.as_bool() == Some(false),
-            Neutral::TypeText => {
-                v.get("type").and_then(Value::as_str) == Some("text")
-                    && v.as_object().is_some_and(|o| o.len() == 1)
-            }
             Neutral::TextOnly => v.as_array().is_some_and(|a| a.len() == 1 && a[0] == "text"),
         }
     }
@@ -189,6 +183,61 @@ fn refuse_unimplemented(kind: Kind, o: &Obj) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// `response_format`: what the output must match, compiled against the model's vocabulary.
+/// `text` (or absent): nothing; `json_object`; `json_schema` (`{"json_schema": {"name",
+/// "schema", "strict"}}`; `strict` false, OpenAI's default, ignores the keywords that cannot
+/// be enforced); rill's `grammar` (`{"grammar": LARK}`) and `regex` (`{"regex": ...}`). An
+/// invalid schema, grammar or expression is a 400 naming `response_format`.
+fn response_format(o: &Obj, h: &SchedulerHandle) -> Result<Option<Constrained>, ApiError> {
+    let Some(v) = o.get("response_format") else {
+        return Ok(None);
+    };
+    let bad = |m: &str| ApiError::param("response_format", m);
+    let f = v
+        .as_object()
+        .ok_or_else(|| bad("`response_format` must be an object"))?;
+    let text = |key: &str| {
+        f.get(key)
+            .and_then(Value::as_str)
+            .map(String::from)
+            .ok_or_else(|| bad(&format!("`response_format.{key}` (a string) is required")))
+    };
+    let constraint = match text("type")?.as_str() {
+        "text" => return Ok(None),
+        "json_object" => Constraint::JsonObject,
+        "json_schema" => {
+            let js = f.get("json_schema").and_then(Value::as_object).ok_or_else(|| {
+                bad("`response_format.json_schema` (an object with `schema`) is required")
+            })?;
+            let schema = js
+                .get("schema")
+                .filter(|s| s.is_object() || s.is_boolean())
+                .cloned()
+                .ok_or_else(|| bad("`response_format.json_schema.schema` must be a JSON Schema"))?;
+            let strict = match js.get("strict") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(bad("`response_format.json_schema.strict` must be a boolean")),
+            };
+            Constraint::JsonSchema { schema, strict }
+        }
+        "grammar" => Constraint::Lark(text("grammar")?),
+        "regex" => Constraint::Regex(text("regex")?),
+        other => {
+            return Err(bad(&format!(
+                "unknown `response_format.type` `{other}` (text, json_object, json_schema, grammar, regex)"
+            )))
+        }
+    };
+    let env = h.constraint_env().map_err(|e| {
+        ApiError::internal(format!(
+            "cannot build this model's constraint vocabulary: {e}"
+        ))
+    })?;
+    let state = env.compile(&constraint).map_err(|e| bad(&e.to_string()))?;
+    Ok(Some(Constrained(Box::new(state))))
 }
 
 /// `logit_bias`: token id (as a string key) to a bias in [-100, 100].
@@ -520,6 +569,7 @@ pub fn parse(
             stop: stop_sequences(&o)?,
             priority: o.int("priority", -1000, 1000)?.unwrap_or(0) as i32,
             speculative: o.bool("speculative")?.unwrap_or(true),
+            constraint: response_format(&o, h)?,
         },
         stream: o.bool("stream")?.unwrap_or(false),
         include_usage,

@@ -849,7 +849,7 @@ async fn unimplemented_fields_are_refused_and_logit_bias_steers_sampling() {
             json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]),
         ),
         ("tool_choice", json!("required")),
-        ("response_format", json!({"type": "json_object"})),
+        ("response_format", json!({"type": "xml"})),
         ("functions", json!([{"name": "f"}])),
         ("prediction", json!({"type": "content", "content": "x"})),
     ] {
@@ -972,4 +972,193 @@ async fn an_oversized_body_sent_whole_gets_its_413() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// Checks `v` against the JSON Schema subset the tests use (type, properties, required,
+/// enum, items, minimum/maximum, additionalProperties: false).
+fn conforms(v: &Value, schema: &Value) -> Result<(), String> {
+    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            return Err(format!("{v} not in {e:?}"));
+        }
+    }
+    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("any");
+    let ok = match ty {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        _ => true,
+    };
+    if !ok {
+        return Err(format!("{v} is not a {ty}"));
+    }
+    if let Some(x) = v.as_f64() {
+        if schema
+            .get("minimum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| x < m)
+            || schema
+                .get("maximum")
+                .and_then(Value::as_f64)
+                .is_some_and(|m| x > m)
+        {
+            return Err(format!("{x} out of range"));
+        }
+    }
+    if let (Some(o), Some(props)) = (
+        v.as_object(),
+        schema.get("properties").and_then(Value::as_object),
+    ) {
+        for r in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !o.contains_key(r.as_str().unwrap()) {
+                return Err(format!("missing {r}"));
+            }
+        }
+        for (k, x) in o {
+            match props.get(k) {
+                Some(p) => conforms(x, p)?,
+                None if schema.get("additionalProperties") == Some(&json!(false)) => {
+                    return Err(format!("unexpected key {k}"))
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Some(a), Some(items)) = (v.as_array(), schema.get("items")) {
+        for x in a {
+            conforms(x, items)?;
+        }
+    }
+    Ok(())
+}
+
+/// `response_format`: JSON objects, JSON schemas (sampled at temperature 0.8), a regex, streamed
+/// and not, in a batch beside unconstrained requests whose output the feature leaves as it was;
+/// invalid schemas and expressions are 400s naming `response_format`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_format_constrains_the_output_and_nothing_else() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let c = client();
+    let post = |path: &'static str, body: Value| {
+        let req = c.post(url(&s, path)).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let ask = |q: &str| json!([{"role": "user", "content": q}]);
+    let schemas = [
+        json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+            "required": ["name", "age"], "additionalProperties": false}),
+        json!({"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]},
+            "shades": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3}},
+            "required": ["colour", "shades"], "additionalProperties": false}),
+        json!({"type": "object", "properties": {"city": {"type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 20}, "sunny": {"type": "boolean"}},
+            "required": ["name", "sunny"], "additionalProperties": false}},
+            "required": ["city"], "additionalProperties": false}),
+    ];
+    // Constrained and unconstrained requests at once: 3 schemas, a JSON object, 4 plain ones.
+    let plain_body = |i: usize| {
+        json!({"messages": ask(&format!("Tell me a fact about the number {i}.")),
+        "max_tokens": 12, "temperature": 0})
+    };
+    let mut solo = Vec::new();
+    for i in 0..4 {
+        let (_, v) = post("/v1/chat/completions", plain_body(i)).await;
+        solo.push(v["choices"][0]["message"]["content"].clone());
+    }
+    let mut tasks = Vec::new();
+    for (i, schema) in schemas.iter().enumerate() {
+        let body = json!({"messages": ask("Describe something as JSON."), "max_tokens": 120,
+            "temperature": 0.8, "seed": i,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": true}}});
+        tasks.push(tokio::spawn(post("/v1/chat/completions", body)));
+    }
+    tasks.push(tokio::spawn(post(
+        "/v1/chat/completions",
+        json!({"messages": ask("Give me a JSON object about a cat."),
+        "max_tokens": 120, "response_format": {"type": "json_object"}}),
+    )));
+    for i in 0..4 {
+        tasks.push(tokio::spawn(post("/v1/chat/completions", plain_body(i))));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    for (i, schema) in schemas.iter().enumerate() {
+        let (status, v) = &results[i];
+        assert_eq!(*status, 200, "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let parsed: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        conforms(&parsed, schema).unwrap_or_else(|e| panic!("{e}: {text}"));
+    }
+    let text = results[3].1["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(
+        serde_json::from_str::<Value>(text).unwrap().is_object(),
+        "{text}"
+    );
+    for i in 0..4 {
+        assert_eq!(
+            results[4 + i].1["choices"][0]["message"]["content"],
+            solo[i],
+            "an unconstrained request changed beside constrained ones"
+        );
+    }
+
+    // Streamed, on completions, with a regex.
+    let r = c
+        .post(url(&s, "/v1/completions"))
+        .json(
+            &json!({"prompt": "My phone number is", "max_tokens": 30, "stream": true,
+            "response_format": {"type": "regex", "regex": " [0-9]{3}-[0-9]{4}"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (events, _) = read_sse(r, usize::MAX).await;
+    let text: String = events
+        .iter()
+        .filter(|e| !e.is_done())
+        .filter_map(|e| e.json()["choices"][0]["text"].as_str().map(String::from))
+        .collect();
+    let re_ok = text.len() == 9
+        && text.starts_with(' ')
+        && text[1..4].bytes().all(|b| b.is_ascii_digit())
+        && &text[4..5] == "-"
+        && text[5..].bytes().all(|b| b.is_ascii_digit());
+    assert!(re_ok, "{text:?}");
+
+    for bad in [
+        json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "minProperties": 5, "maxProperties": 1}, "strict": true}}),
+        json!({"type": "json_schema", "json_schema": {"name": "x"}}),
+        json!({"type": "regex", "regex": "(unclosed"}),
+        json!({"type": "grammar", "grammar": "start: undefined_rule"}),
+    ] {
+        let (status, v) = post(
+            "/v1/chat/completions",
+            json!({"messages": ask("hi"), "max_tokens": 4, "response_format": bad}),
+        )
+        .await;
+        assert_eq!(
+            (status, v["error"]["param"].as_str()),
+            (400, Some("response_format")),
+            "{bad}: {v}"
+        );
+    }
 }
