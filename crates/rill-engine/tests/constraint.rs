@@ -314,8 +314,11 @@ fn json_object_gives_an_object() {
             &mut times,
         );
         let out = text(smollm(), &ids);
-        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e} in {out:?}"));
-        assert!(v.is_object(), "{out:?}");
+        // Syntax only: a uniform walk may write numbers beyond f64 (valid JSON, which
+        // serde_json's `Value` refuses; `IgnoredAny` checks the syntax without converting).
+        serde_json::from_str::<serde::de::IgnoredAny>(&out)
+            .unwrap_or_else(|e| panic!("{e} in {out:?}"));
+        assert!(out.starts_with('{') && out.ends_with('}'), "{out:?}");
     }
 }
 
