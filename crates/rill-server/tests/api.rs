@@ -1088,8 +1088,8 @@ async fn response_format_constrains_the_output_and_nothing_else() {
     }
     tasks.push(tokio::spawn(post(
         "/v1/chat/completions",
-        json!({"messages": ask("Give me a JSON object about a cat."),
-        "max_tokens": 120, "response_format": {"type": "json_object"}}),
+        json!({"messages": ask("Return a JSON object with the name and colour of a cat."),
+        "max_tokens": 200, "temperature": 0, "response_format": {"type": "json_object"}}),
     )));
     for i in 0..4 {
         tasks.push(tokio::spawn(post("/v1/chat/completions", plain_body(i))));
@@ -1106,6 +1106,11 @@ async fn response_format_constrains_the_output_and_nothing_else() {
         let parsed: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
         conforms(&parsed, schema).unwrap_or_else(|e| panic!("{e}: {text}"));
     }
+    assert_eq!(
+        results[3].1["choices"][0]["finish_reason"], "stop",
+        "{}",
+        results[3].1
+    );
     let text = results[3].1["choices"][0]["message"]["content"]
         .as_str()
         .unwrap();
