@@ -826,15 +826,7 @@ async fn unimplemented_fields_are_refused_and_logit_bias_steers_sampling() {
         ..config()
     })
     .await;
-    let c = client();
-    let post = |path: &'static str, body: Value| {
-        let req = c.post(url(&s, path)).json(&body);
-        async move {
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap())
-        }
-    };
+    let post = |path: &'static str, body: Value| post_json(url(&s, path), body);
     let chat = |extra: Value| {
         let mut b =
             json!({"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4});
@@ -1048,14 +1040,7 @@ async fn response_format_constrains_the_output_and_nothing_else() {
     let _g = serial().await;
     let s = server(config()).await;
     let c = client();
-    let post = |path: &'static str, body: Value| {
-        let req = c.post(url(&s, path)).json(&body);
-        async move {
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap())
-        }
-    };
+    let post = |path: &'static str, body: Value| post_json(url(&s, path), body);
     let ask = |q: &str| json!([{"role": "user", "content": q}]);
     let schemas = [
         json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},

@@ -7,7 +7,7 @@
 mod support;
 
 use rill_engine::{Engine, EngineConfig};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 fn gemma(chat_template: Option<&str>) -> Engine {
@@ -39,17 +39,6 @@ async fn serve(chat_template: Option<&str>) -> rill_server::ServerHandle {
     .unwrap()
 }
 
-/// POSTs `body` to `path`: the status and the JSON reply.
-async fn post(s: &rill_server::ServerHandle, path: &str, body: Value) -> (u16, Value) {
-    let r = client()
-        .post(url(s, path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
-}
-
 /// llama.cpp's greedy continuation of "The capital of France is" for 6 tokens
 /// (tests/data/models/gemma3-270m.json, case `capital`).
 const CAPITAL: &str = " the capital of the country of";
@@ -59,11 +48,11 @@ async fn a_base_model_serves_completions_and_refuses_chat_without_a_template() {
     let _g = serial().await;
     let mut s = serve(None).await;
     let body = json!({"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0});
-    let (status, v) = post(&s, "/v1/completions", body).await;
+    let (status, v) = post_json(url(&s, "/v1/completions"), body).await;
     assert_eq!(status, 200);
     assert_eq!(v["choices"][0]["text"].as_str().unwrap(), CAPITAL, "{v}");
     let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
-    let (status, v) = post(&s, "/v1/chat/completions", body).await;
+    let (status, v) = post_json(url(&s, "/v1/chat/completions"), body).await;
     assert_eq!(status, 400);
     assert_eq!(v["error"]["param"], "messages", "{v}");
     assert!(
@@ -88,7 +77,7 @@ async fn a_supplied_chat_template_makes_chat_work_on_a_base_model() {
         "max_tokens": 6,
         "temperature": 0,
     });
-    let (status, v) = post(&s, "/v1/chat/completions", body).await;
+    let (status, v) = post_json(url(&s, "/v1/chat/completions"), body).await;
     assert_eq!(status, 200);
     assert_eq!(
         v["choices"][0]["message"]["content"].as_str().unwrap(),

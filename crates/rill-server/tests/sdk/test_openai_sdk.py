@@ -7,55 +7,19 @@ and checks typed errors. Exits non-zero on the first failure.
 """
 
 import json
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import openai
+
+from rill_serve import check, serve
 
 KEY = "sk-rill-test"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(base, proc):
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"rill serve exited early with {proc.returncode}")
-        try:
-            req = urllib.request.Request(base + "/ready", headers={"Authorization": "Bearer " + KEY})
-            with urllib.request.urlopen(req, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            time.sleep(0.3)
-    raise SystemExit("rill serve did not become ready")
-
-
 def main():
-    binary = sys.argv[1]
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([binary, "serve", "--port", str(port), "--api-key", KEY, "-t", "2"])
-    try:
-        wait_ready(base, proc)
+    with serve(sys.argv[1], KEY) as base:
         run(openai.OpenAI(base_url=base + "/v1", api_key=KEY), base)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
     print("openai sdk: all checks passed")
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
 
 
 def run(client, base):

@@ -81,6 +81,12 @@ impl SseEvent {
     }
 }
 
+/// POSTs `body` as JSON to `url` (see [`url`]): the status and the JSON reply.
+pub async fn post_json(url: String, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = client().post(url).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 /// Reads SSE events from a response until `[DONE]`, the end, or `limit` events; comments
 /// (keep-alives) are counted in the second value.
 pub async fn read_sse(resp: reqwest::Response, limit: usize) -> (Vec<SseEvent>, usize) {
