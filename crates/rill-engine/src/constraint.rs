@@ -42,7 +42,7 @@
 use std::sync::Arc;
 
 use llguidance::api::{StopReason, TopLevelGrammar};
-use llguidance::toktrie::{SimpleVob, TokRxInfo, TokTrie, TokenizerEnv};
+use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Value};
 use thiserror::Error;
@@ -102,7 +102,7 @@ impl Constraint {
 /// `coerce_one_of`. JSON is compact (`whitespace_flexible: false`: no whitespace between
 /// tokens, so a model cannot wander into endless blank space) unless the schema's own
 /// `x-guidance` says otherwise; its other options are kept too.
-fn with_strictness(schema: &Value, strict: bool) -> Value {
+pub fn with_strictness(schema: &Value, strict: bool) -> Value {
     let mut schema = schema.clone();
     if let Value::Object(map) = &mut schema {
         let opts = map
@@ -206,6 +206,7 @@ impl TokenizerEnv for RillTokEnv {
 /// A model's vocabulary prepared for constrained decoding; build once per model and share.
 pub struct ConstraintEnv {
     factory: ParserFactory,
+    tok_env: TokEnv,
     stop_ids: Arc<[u32]>,
     vocab_size: usize,
 }
@@ -256,13 +257,14 @@ impl ConstraintEnv {
             tok_end_of_turn: stop_ids.get(1).copied(),
         };
         let trie = TokTrie::from(&info, &words).with_eos_tokens(&stop_ids);
-        let env: llguidance::toktrie::TokEnv = Arc::new(RillTokEnv { tokenizer, trie });
+        let env: TokEnv = Arc::new(RillTokEnv { tokenizer, trie });
         let mut factory = ParserFactory::new_simple(&env)
             .map_err(|e| ConstraintError::Vocabulary(format!("{e:#}")))?;
         factory.quiet();
         factory.limits_mut().verbose_errors = false;
         Ok(Self {
             factory,
+            tok_env: env,
             stop_ids: stop_ids.into(),
             vocab_size,
         })
@@ -290,6 +292,7 @@ impl ConstraintEnv {
         }
         Ok(ConstraintState {
             matcher,
+            tok_env: Arc::clone(&self.tok_env),
             mask: SimpleVob::new(),
             mask_fresh: false,
             committed: 0,
@@ -305,6 +308,8 @@ impl ConstraintEnv {
 #[derive(Clone)]
 pub struct ConstraintState {
     matcher: Matcher,
+    /// The vocabulary, for [`ConstraintState::force_bytes`].
+    tok_env: TokEnv,
     /// The last mask computed; valid only while `mask_fresh`.
     mask: SimpleVob,
     mask_fresh: bool,
@@ -458,6 +463,16 @@ impl ConstraintState {
         self.trailing_stops += tokens.len() - live;
         self.committed += tokens.len() - live;
         Ok(())
+    }
+
+    /// Advances past `bytes` of output that were generated without the constraint (a lazy
+    /// constraint that starts at a trigger inside the text): they are tokenized canonically
+    /// (rill's encoder, else the trie's longest matches) and consumed like
+    /// [`consume`](Self::consume). The parser works on bytes, so how the model happened to
+    /// tokenize them does not matter; what follows is masked as usual.
+    pub fn force_bytes(&mut self, bytes: &[u8]) -> Result<(), ConstraintError> {
+        let tokens = self.tok_env.tokenize_bytes(bytes);
+        self.consume(&tokens)
     }
 
     /// Feeds validated tokens to the matcher.

@@ -23,7 +23,7 @@ use crate::handle::{Control, Shared, Submission};
 use crate::memory::{PressureLevel, PressureMonitor};
 use crate::queue::WaitQueue;
 use crate::request::{ErrorCode, Event, FinishReason, RequestId};
-use crate::sequence::{ConstraintSlot, Sequence, SpecState};
+use crate::sequence::{ConstraintSlot, Sequence, SpecState, Trigger};
 use crate::speculative::{plan_drafts, Acceptance, DraftCandidate, NgramIndex, SpecMode};
 use crate::stats::SchedulerStats;
 
@@ -205,8 +205,12 @@ impl<B: Backend> EngineLoop<B> {
         let mut sampler = Sampler::new(request.sampling);
         sampler.accept(&request.prompt);
         let constraint = request.constraint.map(|c| ConstraintSlot {
-            state: *c.0,
+            state: *c.state,
             row: Vec::new(),
+            awaiting: c.trigger.filter(|t| !t.is_empty()).map(|t| Trigger {
+                text: t.into_bytes(),
+                seen: Vec::new(),
+            }),
         });
         let spec =
             (self.cfg.spec.mode == SpecMode::Ngram && request.speculative && constraint.is_none())
@@ -626,7 +630,8 @@ impl<B: Backend> EngineLoop<B> {
             .iter()
             .filter(|p| p.sample)
             .filter_map(|p| {
-                let c = self.seqs.get_mut(&p.id)?.constraint.take()?;
+                let slot = &mut self.seqs.get_mut(&p.id)?.constraint;
+                let c = slot.take_if(|c| c.active())?;
                 Some((p.id, c))
             })
             .collect();
@@ -874,7 +879,7 @@ fn sample_rows(
             ));
             break;
         }
-        let tok = match s.constraint.as_mut() {
+        let tok = match s.constraint.as_mut().filter(|c| c.active()) {
             Some(c) => {
                 c.row.clear();
                 c.row.extend_from_slice(l);
@@ -887,7 +892,7 @@ fn sample_rows(
             None => s.sampler.sample(l),
         };
         let id = tok.id;
-        if let Some(c) = s.constraint.as_mut() {
+        if let Some(c) = s.constraint.as_mut().filter(|c| c.active()) {
             if let Err(e) = c.state.commit(id) {
                 outcome = Some(constraint_failure(e));
                 break;
@@ -903,6 +908,12 @@ fn sample_rows(
         if tokenizer.is_stop(id) && !s.sampler.params().ignore_eos {
             outcome = Some(Outcome::Finish(FinishReason::Stop, None));
             break;
+        }
+        if let Some(c) = s.constraint.as_mut().filter(|c| !c.active()) {
+            if let Err(e) = c.observe(tokenizer.token_bytes(id)) {
+                outcome = Some(constraint_failure(e));
+                break;
+            }
         }
         let rel = s.detok.push(tokenizer.token_bytes(id));
         tokens.push(tok);

@@ -30,13 +30,41 @@ pub struct Request {
     pub constraint: Option<Constrained>,
 }
 
-/// A request's compiled constraint ([`ConstraintState`] at the start of the output).
+/// A request's compiled constraint ([`ConstraintState`] at the start of the output, or of its
+/// trigger).
 #[derive(Clone)]
-pub struct Constrained(pub Box<ConstraintState>);
+pub struct Constrained {
+    /// The compiled constraint.
+    pub state: Box<ConstraintState>,
+    /// A lazy constraint's trigger: the output is free until this text appears in it; from
+    /// then on the constraint holds, starting at the trigger's first byte (tool calls with
+    /// `tool_choice: "auto"` start at `<tool_call>`). None: it holds from the first token.
+    pub trigger: Option<String>,
+}
+
+impl Constrained {
+    /// A constraint on the whole output.
+    pub fn new(state: ConstraintState) -> Self {
+        Self {
+            state: Box::new(state),
+            trigger: None,
+        }
+    }
+
+    /// A constraint that starts where `trigger` first appears in the output.
+    pub fn lazy(state: ConstraintState, trigger: impl Into<String>) -> Self {
+        Self {
+            state: Box::new(state),
+            trigger: Some(trigger.into()),
+        }
+    }
+}
 
 impl std::fmt::Debug for Constrained {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Constrained")
+        f.debug_struct("Constrained")
+            .field("trigger", &self.trigger)
+            .finish_non_exhaustive()
     }
 }
 

@@ -57,6 +57,41 @@ pub(crate) struct Sequence {
 pub(crate) struct ConstraintSlot {
     pub state: rill_engine::ConstraintState,
     pub row: Vec<f32>,
+    /// A lazy constraint before its trigger appeared: nothing is masked or committed yet.
+    pub awaiting: Option<Trigger>,
+}
+
+/// A lazy constraint's trigger and the output bytes searched for it so far.
+pub(crate) struct Trigger {
+    pub text: Vec<u8>,
+    pub seen: Vec<u8>,
+}
+
+impl ConstraintSlot {
+    /// Whether the constraint masks this sequence's next token.
+    pub fn active(&self) -> bool {
+        self.awaiting.is_none()
+    }
+
+    /// After `bytes` were generated while awaiting the trigger: when the trigger is now in the
+    /// output, the constraint starts there (the output from the trigger on is forced through
+    /// it). Err: that output does not fit the constraint.
+    pub fn observe(&mut self, bytes: &[u8]) -> Result<(), rill_engine::ConstraintError> {
+        let Some(t) = self.awaiting.as_mut() else {
+            return Ok(());
+        };
+        let from = t.seen.len().saturating_sub(t.text.len().saturating_sub(1));
+        t.seen.extend_from_slice(bytes);
+        let Some(at) = t.seen[from..]
+            .windows(t.text.len())
+            .position(|w| w == t.text.as_slice())
+        else {
+            return Ok(());
+        };
+        let tail = t.seen[from + at..].to_vec();
+        self.awaiting = None;
+        self.state.force_bytes(&tail)
+    }
 }
 
 impl Sequence {

@@ -144,6 +144,75 @@ fn a_small_pool_preempts_and_every_stream_still_matches_solo() {
 }
 
 #[test]
+fn constrained_sequences_survive_preemption_unchanged() {
+    let _g = serial();
+    // The pool of the test above, with half the sequences held to a JSON schema (sampled at
+    // temperature 0.8 with a seed, so the mask decides many tokens) and two tool-call
+    // grammars that start at their trigger.
+    let sched = scheduler(24 * 16, fixed(8));
+    let h = sched.handle();
+    let env = h.constraint_env().unwrap();
+    let schema = serde_json::json!({"type": "object", "properties": {"words": {"type": "array",
+        "items": {"type": "string", "maxLength": 6}, "minItems": 8, "maxItems": 8}},
+        "required": ["words"], "additionalProperties": false});
+    let lazy = "start: \"<tool_call>\" /[a-z]{3,6}/ \"</tool_call>\"";
+    let reqs: Vec<Request> = mixed_prompts(8)
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let p = if i % 4 == 3 {
+                "Why is the sky blue?"
+            } else {
+                p
+            };
+            let mut r = greedy(chat_ids(&h, None, p), 96);
+            match i % 4 {
+                0 | 1 => {
+                    let c = rill_engine::Constraint::JsonSchema {
+                        schema: schema.clone(),
+                        strict: true,
+                    };
+                    r.sampling = SamplingParams {
+                        temperature: 0.8,
+                        seed: Some(i as u64),
+                        ..SamplingParams::default()
+                    };
+                    r.constraint = Some(rill_scheduler::Constrained::new(env.compile(&c).unwrap()));
+                }
+                2 => {
+                    let c = rill_engine::Constraint::Lark(lazy.into());
+                    let state = env.compile(&c).unwrap();
+                    r.constraint = Some(rill_scheduler::Constrained::lazy(state, "<tool_call>"));
+                }
+                _ => {}
+            }
+            r
+        })
+        .collect();
+    let streams: Vec<_> = reqs.iter().map(|r| h.submit(r.clone()).unwrap()).collect();
+    let got: Vec<Collected> = streams.into_iter().map(collect).collect();
+    let s = h.stats();
+    assert!(
+        s.preemptions > 0,
+        "the pool was meant to be too small: {s:?}"
+    );
+    // Each equals its run alone on a pool that never preempts (the same masks, the same
+    // seeded draws), and the constrained ones match their constraints.
+    let alone = scheduler(8192, fixed(1));
+    for (i, (c, r)) in got.iter().zip(&reqs).enumerate() {
+        let solo = collect(alone.handle().submit(r.clone()).unwrap());
+        assert_eq!(c.tokens, solo.tokens, "request {i}: preemption changed it");
+        assert_eq!(c.finish, solo.finish, "request {i}");
+        if i % 4 < 2 {
+            assert_eq!(c.finish, Some(FinishReason::Stop), "request {i}: {c:?}");
+            let v: serde_json::Value = serde_json::from_str(&c.text).unwrap();
+            assert_eq!(v["words"].as_array().unwrap().len(), 8, "{}", c.text);
+        }
+    }
+    wait_for(&h, "an idle pool", |s| s.kv.used_blocks() == 0);
+}
+
+#[test]
 fn impossible_and_invalid_requests_are_rejected_up_front() {
     let _g = serial();
     let sched = scheduler(1024, SchedulerConfig::default());

@@ -1,15 +1,20 @@
-//! Anthropic's Messages API, text content: `POST /v1/messages` (one JSON message, or with
-//! `stream: true` Anthropic's SSE event sequence) and `POST /v1/messages/count_tokens`.
+//! Anthropic's Messages API, text and client tools: `POST /v1/messages` (one JSON message, or
+//! with `stream: true` Anthropic's SSE event sequence) and `POST /v1/messages/count_tokens`.
 //!
 //! **Requests** are typed ([`MessagesRequest`]); a wrong type names its JSON path
 //! (`messages[2].content[0].text`). The request becomes the OpenAI chat body that
 //! [`crate::params::parse`] takes (`system` as the first message, the turns after it), so the
 //! prompt goes through the model's chat template exactly as on `/v1/chat/completions`, with
-//! the same limits; `stop_sequences` then go to the scheduler as stop strings. Fields that would
-//! change the output and are not implemented are refused with a 400 naming the field, never
-//! ignored: `tools` (non-empty), `tool_choice` (other than `auto`/`none`), `thinking` (other
-//! than `disabled`), `mcp_servers`, `container`, content blocks other than `text` (`image`,
-//! `document`, `tool_use`, `tool_result`, ...) and a final `assistant` turn (prefill).
+//! the same limits; `stop_sequences` then go to the scheduler as stop strings. **Tools**
+//! (`name`, `description`, `input_schema`) and `tool_choice` (`auto`, `any`, `tool`, `none`,
+//! `disable_parallel_tool_use`) become [`crate::tools`]' terms; `tool_use` blocks of assistant
+//! turns become the turn's tool calls and `tool_result` blocks of user turns `tool` messages, so
+//! tools reach the model exactly as on the OpenAI route, and the answer's calls come back as
+//! `tool_use` blocks (`input_json_delta` when streamed) with `stop_reason: "tool_use"`. Fields
+//! that would change the output and are not implemented are refused with a 400 naming the
+//! field, never ignored: server tools (a tool `type` other than `custom`), `thinking` (other
+//! than `disabled`), `mcp_servers`, `container`, content blocks other than `text`, `tool_use`
+//! and `tool_result` (`image`, `document`, ...) and a final `assistant` turn (prefill).
 //! `metadata` and `service_tier` are accepted and ignored (they do not change the output), as
 //! are unknown fields and the `anthropic-version` header.
 //!
@@ -20,8 +25,9 @@
 //! short before the model ended its turn".
 //!
 //! **Streams** relay the scheduler's events through [`crate::relay::relay`] with a [`Sink`] that
-//! writes `message_start` (usage.input_tokens = the prompt's tokens), `content_block_start`
-//! (index 0, text), `ping`, a `content_block_delta` (`text_delta`) per token event,
+//! writes (through [`MessageStream`]) `message_start` (usage.input_tokens = the prompt's
+//! tokens), `content_block_start` (index 0, text; with tools each block opens when it begins),
+//! `ping`, a `content_block_delta` (`text_delta`, `input_json_delta`) per token event,
 //! `content_block_stop`, `message_delta` (stop reason, `usage.output_tokens`) and
 //! `message_stop`; a failure after the stream began is one `event: error` with Anthropic's
 //! error JSON, and quiet periods get `event: ping` every `keepalive_s`. Every stream and
@@ -48,7 +54,7 @@ use crate::http::ApiKey;
 use crate::params::{self, GenParams, Kind};
 use crate::protocol::anthropic::*;
 use crate::protocol::ApiError;
-use crate::relay::{relay, Gone, Relayed, Sink};
+use crate::relay::{relay, Choices, Gone, Relayed, Sink};
 use crate::resume::{Resumable, StreamEntry};
 use crate::state::SharedState;
 
@@ -59,6 +65,7 @@ use crate::state::SharedState;
 struct StreamSink {
     tx: mpsc::Sender<Bytes>,
     keepalive: Duration,
+    events: MessageStream,
 }
 
 impl StreamSink {
@@ -68,8 +75,8 @@ impl StreamSink {
 }
 
 impl Sink for StreamSink {
-    async fn deliver(&mut self, ev: &Event) -> Result<(), Gone> {
-        for e in StreamEvent::from_event(ev) {
+    async fn deliver(&mut self, _: usize, ev: &Event) -> Result<(), Gone> {
+        for e in self.events.events(ev) {
             self.send(&e).await?;
         }
         Ok(())
@@ -101,7 +108,7 @@ impl Sink for Collector {
         false
     }
 
-    async fn deliver(&mut self, ev: &Event) -> Result<(), Gone> {
+    async fn deliver(&mut self, _: usize, ev: &Event) -> Result<(), Gone> {
         match ev {
             Event::Tokens { text, .. } => self.text.push_str(text),
             Event::Finished {
@@ -197,12 +204,12 @@ async fn messages_inner(
     let (req, p) = prepare(state, body, true).await?;
     let input_tokens = p.request.prompt.len();
     state.charge(&key.0, input_tokens + p.request.max_tokens)?;
-    let mut stream = state.sched.submit(p.request)?;
+    let mut stream = Choices::one(state.sched.submit(p.request)?);
     let id = new_message_id();
     state.streams.insert(
         &id,
         StreamEntry {
-            request_id: stream.id(),
+            request_ids: stream.ids(),
             resumable: Resumable::No,
             owner: Some(key.0),
         },
@@ -220,11 +227,12 @@ async fn messages_inner(
         let mut sink = StreamSink {
             tx,
             keepalive: Duration::from_secs(state.cfg.keepalive_s),
+            events: MessageStream::new(p.tool_calls),
         };
         let (state, sid) = (state.clone(), id.clone());
         let task = async move {
             let mut open = true;
-            for e in StreamEvent::opening(&sid, &model, input_tokens) {
+            for e in sink.events.opening(&sid, &model, input_tokens) {
                 if sink.send(&e).await.is_err() {
                     open = false;
                     break;
@@ -258,13 +266,14 @@ async fn messages_inner(
             )))
         }
     };
-    let (stop_reason, stop_sequence) = stop_reason(reason, stop.as_deref());
+    let (content, called) = response_blocks(&c.text, p.tool_calls);
+    let (stop_reason, stop_sequence) = stop_reason(reason, stop.as_deref(), called);
     let msg = MessageResponse {
         id: id.clone(),
         kind: "message",
         role: "assistant",
         model,
-        content: vec![TextBlock::new(c.text)],
+        content,
         stop_reason: Some(stop_reason),
         stop_sequence,
         usage: MessageUsage {
@@ -351,7 +360,23 @@ mod tests {
         assert_eq!(param(m(json!({"max_tokens": 0}))), "max_tokens");
         assert_eq!(param(m(json!({"max_tokens": "4"}))), "max_tokens");
         assert_eq!(param(m(json!({"temperature": 1.5}))), "temperature");
-        assert_eq!(param(m(json!({"tools": [{"name": "x"}]}))), "tools");
+        assert_eq!(
+            param(m(json!({"tools": [{"name": "x"}]}))),
+            "tools[0].input_schema"
+        );
+        assert_eq!(
+            param(m(
+                json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+            )),
+            "tools[0].type"
+        );
+        let schema = json!({"type": "object"});
+        assert_eq!(
+            param(m(
+                json!({"tools": [{"name": "x", "input_schema": schema}], "tool_choice": {"type": "tool", "name": "y"}})
+            )),
+            "tool_choice"
+        );
         assert_eq!(
             param(m(json!({"tool_choice": {"type": "any"}}))),
             "tool_choice"
@@ -391,10 +416,14 @@ mod tests {
             "messages[2].content[1].type"
         );
         assert_eq!(
-            param(blocks(
-                json!([{"type": "tool_result", "tool_use_id": "t", "content": "r"}])
+            param(m(
+                json!({"messages": [{"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t"}]}, user.clone()]})
             )),
-            "messages[2].content[0].type"
+            "messages[0].content[0].type"
+        );
+        assert_eq!(
+            param(blocks(json!([{"type": "tool_result", "content": "r"}]))),
+            "messages[2].content[0].tool_use_id"
         );
         assert_eq!(
             param(blocks(json!([{"type": "text", "text": 5}]))),
@@ -413,8 +442,92 @@ mod tests {
         assert_eq!(e.kind.status(), 400);
         let d = error_detail(&e);
         assert_eq!(d.kind, "invalid_request_error");
-        assert!(d.message.starts_with("tools: "), "{}", d.message);
+        assert!(
+            d.message.starts_with("tools[0].input_schema: "),
+            "{}",
+            d.message
+        );
         assert_eq!(err(json!([1])).kind, ErrorKind::InvalidRequest);
+    }
+
+    #[test]
+    fn tool_turns_become_openai_tool_messages() {
+        let r = MessagesRequest::from_json(
+            json!({"max_tokens": 5,
+                   "tools": [{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+                   "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+                   "messages": [{"role": "user", "content": "Weather in Paris?"},
+                                {"role": "assistant", "content": [{"type": "text", "text": "Checking."}, {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+                                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "21C"}]}, {"type": "text", "text": "And?"}]}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let b = Value::Object(r.to_chat_body(true).unwrap());
+        assert_eq!(b["tool_choice"], json!("required"));
+        assert_eq!(b["parallel_tool_calls"], json!(false));
+        assert_eq!(b["tools"][0]["function"]["name"], json!("get_weather"));
+        assert_eq!(
+            b["messages"],
+            json!([
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": [{"type": "text", "text": "Checking."}],
+                 "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "toolu_1", "content": "21C"},
+                {"role": "user", "content": [{"type": "text", "text": "And?"}]}])
+        );
+    }
+
+    #[test]
+    fn a_tool_answer_streams_as_tool_use_blocks() {
+        let text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+        let mut stream = MessageStream::new(true);
+        let mut evs = stream.opening("msg_1", "m", 3);
+        for piece in [&text[..20], &text[20..50], &text[50..]] {
+            evs.extend(stream.events(&Event::Tokens {
+                tokens: Vec::new(),
+                text: piece.to_string(),
+                sampled_at: std::time::Instant::now(),
+            }));
+        }
+        evs.extend(stream.events(&Event::Finished {
+            reason: FinishReason::Stop,
+            stop: None,
+            usage: Usage::default(),
+            timings: Default::default(),
+        }));
+        let names: Vec<_> = evs.iter().map(StreamEvent::name).collect();
+        assert_eq!(names[..3], ["message_start", "ping", "content_block_start"]);
+        assert_eq!(
+            names[names.len() - 3..],
+            ["content_block_stop", "message_delta", "message_stop"]
+        );
+        let json: String = evs
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::ContentBlockDelta {
+                    index: 0,
+                    delta: BlockDelta::InputJsonDelta { partial_json },
+                } => Some(partial_json.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(json, "{\"city\": \"Paris\"}");
+        let v = serde_json::to_value(&evs[2]).unwrap();
+        assert_eq!(v["content_block"]["type"], json!("tool_use"));
+        assert_eq!(v["content_block"]["name"], json!("get_weather"));
+        assert!(v["content_block"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("toolu_"));
+        let delta = serde_json::to_value(&evs[evs.len() - 2]).unwrap();
+        assert_eq!(delta["delta"]["stop_reason"], json!("tool_use"));
+        let (blocks, called) = response_blocks(text, true);
+        assert!(called);
+        assert_eq!(
+            serde_json::to_value(&blocks).unwrap()[0]["input"],
+            json!({"city": "Paris"})
+        );
     }
 
     #[test]
@@ -442,14 +555,26 @@ mod tests {
 
     #[test]
     fn finish_reasons_map_to_stop_reasons_and_stream_events() {
-        assert_eq!(stop_reason(FinishReason::Stop, None), ("end_turn", None));
         assert_eq!(
-            stop_reason(FinishReason::Stop, Some("##")),
+            stop_reason(FinishReason::Stop, None, false),
+            ("end_turn", None)
+        );
+        assert_eq!(
+            stop_reason(FinishReason::Stop, Some("##"), false),
             ("stop_sequence", Some("##".into()))
         );
-        assert_eq!(stop_reason(FinishReason::Length, None).0, "max_tokens");
-        assert_eq!(stop_reason(FinishReason::Cancelled, None).0, "max_tokens");
-        let evs = StreamEvent::from_event(&Event::Finished {
+        assert_eq!(stop_reason(FinishReason::Stop, None, true).0, "tool_use");
+        assert_eq!(
+            stop_reason(FinishReason::Length, None, true).0,
+            "max_tokens"
+        );
+        assert_eq!(
+            stop_reason(FinishReason::Cancelled, None, false).0,
+            "max_tokens"
+        );
+        let mut stream = MessageStream::new(false);
+        let open = stream.opening("msg_1", "m", 12);
+        let evs = stream.events(&Event::Finished {
             reason: FinishReason::Stop,
             stop: None,
             usage: Usage {
@@ -468,7 +593,6 @@ mod tests {
             serde_json::to_value(&evs[1]).unwrap(),
             json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 7}})
         );
-        let open = StreamEvent::opening("msg_1", "m", 12);
         assert_eq!(
             String::from_utf8(open[2].to_sse().to_vec()).unwrap(),
             "event: ping\ndata: {\"type\":\"ping\"}\n\n"

@@ -11,14 +11,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
+use rill_scheduler::Event;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
 use crate::openai::{new_id, Renderer};
-use crate::params::{self, Kind};
+use crate::params::{self, GenParams, Kind};
 use crate::protocol::ApiError;
-use crate::relay::{relay, Collector, Relayed};
+use crate::relay::{relay, Choices, Collector, Relayed};
 use crate::resume::Resumable;
 use crate::state::SharedState;
 use crate::{openapi, sse, ws};
@@ -283,6 +284,35 @@ async fn generate(
     r
 }
 
+/// Submits `p`'s choices. With `n` > 1 the first runs alone until its prompt is computed (its
+/// first token), then its siblings follow and attach the prompt's blocks from the prefix cache
+/// instead of computing them again; with a `seed`, sibling `i` samples with `seed + i`.
+async fn submit_choices(state: &SharedState, p: &GenParams) -> Result<Choices, ApiError> {
+    let mut first = state.sched.submit(p.request.clone())?;
+    if p.n <= 1 {
+        return Ok(Choices::one(first));
+    }
+    let mut head = Vec::new();
+    while let Some(ev) = first.recv().await {
+        let computed = matches!(ev, Event::Tokens { .. }) || ev.is_terminal();
+        let failed = matches!(ev, Event::Error { .. });
+        head.push(ev);
+        if failed {
+            return Ok(Choices::one(first).with_head(head));
+        }
+        if computed {
+            break;
+        }
+    }
+    let mut streams = vec![first];
+    for i in 1..p.n {
+        let mut r = p.request.clone();
+        r.sampling.seed = r.sampling.seed.map(|s| s.wrapping_add(i as u64));
+        streams.push(state.sched.submit(r)?);
+    }
+    Ok(Choices::new(streams).with_head(head))
+}
+
 async fn generate_inner(
     state: SharedState,
     key: ApiKey,
@@ -311,8 +341,8 @@ async fn generate_inner(
             .get("x-rill-resumable")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    state.charge(&key.0, p.request.prompt.len() + p.request.max_tokens)?;
-    let mut stream = state.sched.submit(p.request.clone())?;
+    state.charge(&key.0, p.request.prompt.len() + p.request.max_tokens * p.n)?;
+    let mut stream = submit_choices(&state, &p).await?;
     let id = new_id(match kind {
         Kind::Chat => "chatcmpl",
         Kind::Completion => "cmpl",
@@ -335,7 +365,7 @@ async fn generate_inner(
     state.streams.insert(
         &id,
         crate::resume::StreamEntry {
-            request_id: stream.id(),
+            request_ids: stream.ids(),
             resumable: Resumable::No,
             owner: Some(key.0),
         },
@@ -430,7 +460,9 @@ pub(crate) async fn cancel(
         .get(&id)
         .filter(|e| owned(e, &key))
         .ok_or_else(|| ApiError::not_found(format!("no running stream `{id}`")))?;
-    state.sched.cancel(entry.request_id);
+    for &r in &entry.request_ids {
+        state.sched.cancel(r);
+    }
     Ok(Json(
         json!({"id": id, "object": "stream", "cancelled": true}),
     ))

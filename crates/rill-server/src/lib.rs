@@ -21,6 +21,7 @@ pub mod resume;
 pub mod sse;
 pub mod state;
 pub mod static_files;
+pub mod tools;
 pub mod ws;
 
 use std::future::Future;

@@ -9,11 +9,13 @@ use serde_json::Value;
 
 use crate::params::{GenParams, Kind};
 use crate::protocol::openai::{
-    ChatLogprobs, Chunk, ChunkChoice, Completion, CompletionLogprobs, Delta, Message,
-    ResponseChoice, TimingsBody, TokenLogprob, TopLogprob, UsageBody,
+    ChatLogprobs, Chunk, ChunkChoice, Completion, CompletionLogprobs, Delta, FunctionCall,
+    FunctionDelta, Message, ResponseChoice, TimingsBody, TokenLogprob, ToolCall, ToolCallDelta,
+    TopLogprob, UsageBody,
 };
 use crate::protocol::sse::SsePayload;
 use crate::protocol::ApiError;
+use crate::tools::parser::{CallParser, Piece};
 
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> u64 {
@@ -30,7 +32,7 @@ pub fn new_id(prefix: &str) -> String {
     )
 }
 
-/// Renders scheduler events as OpenAI payloads, for one request.
+/// Renders scheduler events as OpenAI payloads, for one request (of `n` choices).
 pub struct Renderer {
     kind: Kind,
     /// The completion's id (also the stream id).
@@ -40,12 +42,103 @@ pub struct Renderer {
     include_usage: bool,
     logprobs: Option<usize>,
     tokenizer: Arc<Tokenizer>,
+    choices: Vec<ChoiceState>,
+}
+
+/// One choice's answer so far.
+struct ChoiceState {
     // Accumulated for a whole (non-streaming) response.
     text: String,
     chat_logprobs: Vec<TokenLogprob>,
     completion_logprobs: CompletionLogprobs,
     text_offset: usize,
     finish: Option<(FinishReason, Usage, Timings)>,
+    /// Splits a tool-calling answer into content and calls.
+    calls: Option<CallParser>,
+}
+
+impl ChoiceState {
+    /// `reason` as the wire says it: a stop after complete tool calls is `tool_calls`.
+    fn finish_reason(&self, reason: FinishReason) -> &'static str {
+        match &self.calls {
+            Some(c) if reason == FinishReason::Stop && c.completed() > 0 => "tool_calls",
+            _ => reason.as_str(),
+        }
+    }
+
+    /// The assistant message of a whole chat response: the text, or its content and calls.
+    fn message(&self) -> Message {
+        let (content, tool_calls) = match &self.calls {
+            None => (Some(self.text.clone()), None),
+            Some(p) => {
+                let calls: Vec<ToolCall> = p
+                    .calls()
+                    .iter()
+                    .map(|c| ToolCall {
+                        id: c.id.clone(),
+                        kind: "function",
+                        function: FunctionCall {
+                            name: c.name.clone(),
+                            arguments: c.arguments.clone(),
+                        },
+                    })
+                    .collect();
+                let content = p.content();
+                if calls.is_empty() {
+                    (Some(content.to_string()), None)
+                } else {
+                    (
+                        (!content.trim().is_empty()).then(|| content.to_string()),
+                        Some(calls),
+                    )
+                }
+            }
+        };
+        Message {
+            role: "assistant",
+            content,
+            tool_calls,
+            refusal: None,
+        }
+    }
+}
+
+/// A chat delta of parsed pieces: their content, and their call fragments (a call's start
+/// and its first arguments in one fragment).
+fn delta_of(pieces: Vec<Piece>) -> Delta {
+    let mut content: Option<String> = None;
+    let mut calls: Vec<ToolCallDelta> = Vec::new();
+    for p in pieces {
+        match p {
+            Piece::Content(t) => content.get_or_insert_with(String::new).push_str(&t),
+            Piece::Start { index, id, name } => calls.push(ToolCallDelta {
+                index,
+                id: Some(id),
+                kind: Some("function"),
+                function: FunctionDelta {
+                    name: Some(name),
+                    arguments: String::new(),
+                },
+            }),
+            Piece::Arguments { index, text } => match calls.last_mut() {
+                Some(c) if c.index == index => c.function.arguments.push_str(&text),
+                _ => calls.push(ToolCallDelta {
+                    index,
+                    id: None,
+                    kind: None,
+                    function: FunctionDelta {
+                        name: None,
+                        arguments: text,
+                    },
+                }),
+            },
+        }
+    }
+    Delta {
+        role: None,
+        content,
+        tool_calls: (!calls.is_empty()).then_some(calls),
+    }
 }
 
 impl Renderer {
@@ -59,11 +152,16 @@ impl Renderer {
             include_usage: p.include_usage,
             logprobs: p.logprobs,
             tokenizer,
-            text: String::new(),
-            chat_logprobs: Vec::new(),
-            completion_logprobs: CompletionLogprobs::default(),
-            text_offset: 0,
-            finish: None,
+            choices: (0..p.n.max(1))
+                .map(|_| ChoiceState {
+                    text: String::new(),
+                    chat_logprobs: Vec::new(),
+                    completion_logprobs: CompletionLogprobs::default(),
+                    text_offset: 0,
+                    finish: None,
+                    calls: p.tool_calls.then(CallParser::new),
+                })
+                .collect(),
         }
     }
 
@@ -93,12 +191,17 @@ impl Renderer {
         }
     }
 
-    fn completion_logprobs(&mut self, tokens: &[SampledToken]) -> CompletionLogprobs {
+    fn completion_logprobs(
+        &mut self,
+        choice: usize,
+        tokens: &[SampledToken],
+    ) -> CompletionLogprobs {
         let mut lp = CompletionLogprobs::default();
+        let mut offset = self.choices[choice].text_offset;
         for t in tokens {
             let s = self.token_text(t.id);
-            lp.text_offset.push(self.text_offset);
-            self.text_offset += s.len();
+            lp.text_offset.push(offset);
+            offset += s.len();
             lp.tokens.push(s);
             lp.token_logprobs.push(t.logprob);
             lp.top_logprobs.push(
@@ -108,6 +211,7 @@ impl Renderer {
                     .collect(),
             );
         }
+        self.choices[choice].text_offset = offset;
         lp
     }
 
@@ -127,16 +231,36 @@ impl Renderer {
         }
     }
 
-    /// Streaming: the payloads an event turns into (possibly none).
-    pub fn stream_event(&mut self, ev: &Event) -> Vec<SsePayload> {
+    /// The request's token counts: the prompt once, every choice's completion.
+    fn usage(&self) -> Usage {
+        let mut total = Usage::default();
+        for (i, (_, u, _)) in self
+            .choices
+            .iter()
+            .filter_map(|c| c.finish.as_ref())
+            .enumerate()
+        {
+            if i == 0 {
+                total.prompt_tokens = u.prompt_tokens;
+                total.cached_tokens = u.cached_tokens;
+            }
+            total.completion_tokens += u.completion_tokens;
+        }
+        total
+    }
+
+    /// Streaming: the payloads choice `choice`'s event turns into (possibly none).
+    pub fn stream_event(&mut self, choice: usize, ev: &Event) -> Vec<SsePayload> {
         let one = |c: Chunk| vec![SsePayload::Chunk(Box::new(c))];
+        let index = choice as u32;
         match ev {
             Event::Started { .. } => match self.kind {
                 Kind::Chat => one(self.chunk(vec![ChunkChoice::Chat {
-                    index: 0,
+                    index,
                     delta: Delta {
                         role: Some("assistant"),
                         content: Some(String::new()),
+                        tool_calls: None,
                     },
                     logprobs: None,
                     finish_reason: None,
@@ -145,25 +269,37 @@ impl Renderer {
             },
             Event::Tokens { tokens, text, .. } => {
                 let with_lp = self.logprobs.is_some() && !tokens.is_empty();
-                if text.is_empty() && !with_lp {
+                let delta = match self.choices[choice].calls.as_mut() {
+                    Some(p) => delta_of(p.push(text)),
+                    None => Delta {
+                        role: None,
+                        content: Some(text.clone()),
+                        tool_calls: None,
+                    },
+                };
+                let empty = match self.kind {
+                    Kind::Chat => {
+                        delta.content.as_ref().is_none_or(String::is_empty)
+                            && delta.tool_calls.is_none()
+                    }
+                    Kind::Completion => text.is_empty(),
+                };
+                if empty && !with_lp {
                     return Vec::new();
                 }
                 let choice = match self.kind {
                     Kind::Chat => ChunkChoice::Chat {
-                        index: 0,
-                        delta: Delta {
-                            role: None,
-                            content: Some(text.clone()),
-                        },
+                        index,
+                        delta,
                         logprobs: with_lp.then(|| ChatLogprobs {
                             content: tokens.iter().map(|t| self.chat_logprob(t)).collect(),
                         }),
                         finish_reason: None,
                     },
                     Kind::Completion => ChunkChoice::Text {
-                        index: 0,
+                        index,
                         text: text.clone(),
-                        logprobs: with_lp.then(|| self.completion_logprobs(tokens)),
+                        logprobs: with_lp.then(|| self.completion_logprobs(choice, tokens)),
                         finish_reason: None,
                     },
                 };
@@ -175,28 +311,43 @@ impl Renderer {
                 timings,
                 ..
             } => {
-                let finish_reason = Some(reason.as_str());
-                let choice = match self.kind {
+                let mut out = Vec::new();
+                let c = &mut self.choices[choice];
+                let rest = c.calls.as_mut().map(CallParser::finish).unwrap_or_default();
+                c.finish = Some((*reason, *usage, *timings));
+                let finish_reason = Some(c.finish_reason(*reason));
+                if !rest.is_empty() {
+                    out.push(SsePayload::Chunk(Box::new(self.chunk(vec![
+                        ChunkChoice::Chat {
+                            index,
+                            delta: delta_of(rest),
+                            logprobs: None,
+                            finish_reason: None,
+                        },
+                    ]))));
+                }
+                let last = match self.kind {
                     Kind::Chat => ChunkChoice::Chat {
-                        index: 0,
+                        index,
                         delta: Delta::default(),
                         logprobs: None,
                         finish_reason,
                     },
                     Kind::Completion => ChunkChoice::Text {
-                        index: 0,
+                        index,
                         text: String::new(),
                         logprobs: None,
                         finish_reason,
                     },
                 };
-                let mut last = self.chunk(vec![choice]);
+                let mut last = self.chunk(vec![last]);
                 last.timings = Some(TimingsBody::new(timings, usage));
-                let mut out = vec![SsePayload::Chunk(Box::new(last))];
-                if self.include_usage {
+                out.push(SsePayload::Chunk(Box::new(last)));
+                if self.include_usage && self.choices.iter().all(|c| c.finish.is_some()) {
+                    let total = self.usage();
                     let mut u = self.chunk(Vec::new());
-                    u.usage = Some(UsageBody::from(usage));
-                    u.timings = Some(TimingsBody::new(timings, usage));
+                    u.usage = Some(UsageBody::from(&total));
+                    u.timings = Some(TimingsBody::new(timings, &total));
                     out.push(SsePayload::Chunk(Box::new(u)));
                 }
                 out
@@ -207,8 +358,9 @@ impl Renderer {
         }
     }
 
-    /// Non-streaming: absorbs an event; returns the error if the generation failed.
-    pub fn absorb(&mut self, ev: &Event) -> Option<ApiError> {
+    /// Non-streaming: absorbs choice `choice`'s event; returns the error if the generation
+    /// failed.
+    pub fn absorb(&mut self, choice: usize, ev: &Event) -> Option<ApiError> {
         match ev {
             Event::Tokens { tokens, text, .. } => {
                 if self.logprobs.is_some() {
@@ -216,15 +368,19 @@ impl Renderer {
                         Kind::Chat => {
                             let v: Vec<TokenLogprob> =
                                 tokens.iter().map(|t| self.chat_logprob(t)).collect();
-                            self.chat_logprobs.extend(v);
+                            self.choices[choice].chat_logprobs.extend(v);
                         }
                         Kind::Completion => {
-                            let v = self.completion_logprobs(tokens);
-                            self.completion_logprobs.extend(v);
+                            let v = self.completion_logprobs(choice, tokens);
+                            self.choices[choice].completion_logprobs.extend(v);
                         }
                     }
                 }
-                self.text.push_str(text);
+                let c = &mut self.choices[choice];
+                c.text.push_str(text);
+                if let Some(p) = c.calls.as_mut() {
+                    p.push(text);
+                }
                 None
             }
             Event::Finished {
@@ -233,7 +389,11 @@ impl Renderer {
                 timings,
                 ..
             } => {
-                self.finish = Some((*reason, *usage, *timings));
+                let c = &mut self.choices[choice];
+                if let Some(p) = c.calls.as_mut() {
+                    p.finish();
+                }
+                c.finish = Some((*reason, *usage, *timings));
                 None
             }
             Event::Error { code, message, .. } => Some(ApiError::from_event(*code, message)),
@@ -241,45 +401,50 @@ impl Renderer {
         }
     }
 
-    /// Non-streaming: the whole response after `Finished`.
+    /// Non-streaming: the whole response after every choice's `Finished`.
     pub fn response(&self) -> Completion {
-        let (reason, usage, timings) =
-            self.finish
-                .unwrap_or((FinishReason::Stop, Usage::default(), Timings::default()));
         let with_lp = self.logprobs.is_some();
-        let (object, choice) = match self.kind {
-            Kind::Chat => (
-                "chat.completion",
-                ResponseChoice::Chat {
-                    index: 0,
-                    message: Message {
-                        role: "assistant",
-                        content: self.text.clone(),
-                        refusal: None,
+        let choices: Vec<ResponseChoice> = self
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let reason = c.finish.map_or(FinishReason::Stop, |f| f.0);
+                let index = i as u32;
+                match self.kind {
+                    Kind::Chat => ResponseChoice::Chat {
+                        index,
+                        message: c.message(),
+                        logprobs: with_lp.then(|| ChatLogprobs {
+                            content: c.chat_logprobs.clone(),
+                        }),
+                        finish_reason: c.finish_reason(reason),
                     },
-                    logprobs: with_lp.then(|| ChatLogprobs {
-                        content: self.chat_logprobs.clone(),
-                    }),
-                    finish_reason: reason.as_str(),
-                },
-            ),
-            Kind::Completion => (
-                "text_completion",
-                ResponseChoice::Text {
-                    index: 0,
-                    text: self.text.clone(),
-                    logprobs: with_lp.then(|| self.completion_logprobs.clone()),
-                    finish_reason: reason.as_str(),
-                },
-            ),
-        };
+                    Kind::Completion => ResponseChoice::Text {
+                        index,
+                        text: c.text.clone(),
+                        logprobs: with_lp.then(|| c.completion_logprobs.clone()),
+                        finish_reason: reason.as_str(),
+                    },
+                }
+            })
+            .collect();
+        let usage = self.usage();
+        let timings = self
+            .choices
+            .first()
+            .and_then(|c| c.finish)
+            .map_or_else(Timings::default, |f| f.2);
         Completion {
             id: self.id.clone(),
-            object,
+            object: match self.kind {
+                Kind::Chat => "chat.completion",
+                Kind::Completion => "text_completion",
+            },
             created: self.created,
             model: self.model.clone(),
             system_fingerprint: "rill",
-            choices: vec![choice],
+            choices,
             usage: UsageBody::from(&usage),
             timings: TimingsBody::new(&timings, &usage),
         }

@@ -8,10 +8,17 @@ use utoipa::{OpenApi, ToSchema};
 /// One chat message.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct ChatMessage {
-    /// system, user, assistant (developer is treated as system)
+    /// system, user, assistant, tool (developer is treated as system)
     pub role: String,
-    /// The message text (an array of `{"type": "text", "text": ...}` parts is also accepted).
-    pub content: String,
+    /// The message text (an array of `{"type": "text", "text": ...}` parts is also accepted;
+    /// null in an assistant message that only calls tools).
+    pub content: Option<String>,
+    /// An assistant message's calls: `[{id, type: "function", function: {name, arguments}}]`
+    /// (`arguments` a JSON string).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` message's call id.
+    pub tool_call_id: Option<String>,
 }
 
 /// Options for streamed responses.
@@ -58,8 +65,17 @@ pub struct Sampling {
     pub priority: Option<i32>,
     /// rill extension.
     pub ignore_eos: Option<bool>,
-    /// Only 1.
+    /// Choices to generate, 1 to 8 (siblings that share the prompt's KV blocks). Default 1.
+    #[schema(minimum = 1, maximum = 8)]
     pub n: Option<u32>,
+    /// Token id (a string) to a bias in [-100, 100] added to its logit; -100 bans it.
+    #[schema(value_type = Option<Object>)]
+    pub logit_bias: Option<serde_json::Value>,
+    /// `{"type": "text" | "json_object"}`, `{"type": "json_schema", "json_schema": {name,
+    /// schema, strict}}`, or rill's `{"type": "grammar", "grammar": LARK}` and `{"type":
+    /// "regex", "regex": ...}`.
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<serde_json::Value>,
 }
 
 /// Body of `POST /v1/chat/completions`.
@@ -72,7 +88,18 @@ pub struct ChatCompletionRequest {
     /// Return the log-probability of each generated token. Default false.
     pub logprobs: Option<bool>,
     /// Alternatives per token (0 to 20); requires `logprobs: true`.
+    #[schema(maximum = 20)]
     pub top_logprobs: Option<u32>,
+    /// Function tools: `[{"type": "function", "function": {name, description, parameters,
+    /// strict}}]`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<serde_json::Value>,
+    /// `none`, `auto` (the default with tools), `required`, or `{"type": "function",
+    /// "function": {"name": ...}}`.
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<serde_json::Value>,
+    /// Allow several calls in one answer. Default true.
+    pub parallel_tool_calls: Option<bool>,
     /// Sampling and control fields, at the top level of the body.
     #[serde(flatten)]
     pub sampling: Sampling,

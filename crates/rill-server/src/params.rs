@@ -7,6 +7,7 @@ use rill_scheduler::{Constrained, Request, SchedulerHandle};
 use serde_json::{Map, Value};
 
 use crate::protocol::ApiError;
+use crate::tools::{self, Tools};
 
 /// Which OpenAI endpoint a request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,9 @@ pub enum Kind {
     Completion,
 }
 
+/// The most choices (`n`) one request may ask for.
+pub const MAX_CHOICES: usize = 8;
+
 /// A parsed generation request.
 #[derive(Debug, Clone)]
 pub struct GenParams {
@@ -25,12 +29,19 @@ pub struct GenParams {
     /// What goes to the scheduler: prompt tokens, `max_tokens` (default: all the room the
     /// context leaves), sampling, stop sequences, priority.
     pub request: Request,
+    /// `n`: choices to generate for the prompt (1..=[`MAX_CHOICES`]), each a sibling request
+    /// that reuses the prompt's KV blocks through the prefix cache; with a `seed`, choice `i`
+    /// samples with `seed + i`.
+    pub n: usize,
     /// `stream`: answer with SSE chunks instead of one JSON body (default false).
     pub stream: bool,
     /// `stream_options.include_usage`: send a final usage chunk when streaming (default false).
     pub include_usage: bool,
     /// Return log-probabilities, with this many alternatives per token.
     pub logprobs: Option<usize>,
+    /// The answer may hold tool calls (`tools` offered and `tool_choice` not `none`): its text
+    /// is split into content and calls.
+    pub tool_calls: bool,
     /// `resumable` (rill extension): keep generating for the resume window after the client
     /// disconnects, so that it can reattach (default false).
     pub resumable: bool,
@@ -124,8 +135,8 @@ impl RequestLimits {
 /// 400 naming them (absent, null, or the value in the second column is accepted: it changes
 /// nothing).
 const NOT_IMPLEMENTED: [(&str, Kinds, Neutral); 10] = [
-    ("tools", Kinds::Both, Neutral::EmptyArray),
-    ("tool_choice", Kinds::Both, Neutral::Str("none")),
+    ("tools", Kinds::Completion, Neutral::EmptyArray),
+    ("tool_choice", Kinds::Completion, Neutral::Str("none")),
     ("functions", Kinds::Both, Neutral::EmptyArray),
     ("function_call", Kinds::Both, Neutral::Str("none")),
     ("audio", Kinds::Chat, Neutral::Nothing),
@@ -237,7 +248,27 @@ fn response_format(o: &Obj, h: &SchedulerHandle) -> Result<Option<Constrained>, 
         ))
     })?;
     let state = env.compile(&constraint).map_err(|e| bad(&e.to_string()))?;
-    Ok(Some(Constrained(Box::new(state))))
+    Ok(Some(Constrained::new(state)))
+}
+
+/// The grammar that keeps a tool-calling answer's calls well-formed: from the first token
+/// (`required`, a named function) or from the `<tool_call>` marker on (`auto`).
+pub fn tool_constraint(t: &Tools, h: &SchedulerHandle) -> Result<Constrained, ApiError> {
+    let env = h.constraint_env().map_err(|e| {
+        ApiError::internal(format!(
+            "cannot build this model's constraint vocabulary: {e}"
+        ))
+    })?;
+    let state = env.compile(&Constraint::Lark(t.grammar())).map_err(|e| {
+        ApiError::param(
+            "tools",
+            format!("cannot enforce these tools' parameters: {e}"),
+        )
+    })?;
+    Ok(match t.trigger() {
+        Some(trigger) => Constrained::lazy(state, trigger),
+        None => Constrained::new(state),
+    })
 }
 
 /// `logit_bias`: token id (as a string key) to a bias in [-100, 100].
@@ -346,28 +377,46 @@ fn messages(o: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
                 .ok_or_else(|| ApiError::param(&p("role"), "`role` must be a string"))?;
             let role = match role {
                 "developer" => "system",
-                "system" | "user" | "assistant" => role,
-                "tool" | "function" => {
+                "system" | "user" | "assistant" | "tool" => role,
+                "function" => {
                     return Err(ApiError::param(
                         &p("role"),
-                        format!("`{role}` messages need tool calling, which this server does not support yet"),
+                        "`function` messages (the deprecated `functions` API) are not supported; use `tools` and `tool` messages",
                     ))
                 }
                 other => {
                     return Err(ApiError::param(
                         &p("role"),
-                        format!("unknown role `{other}` (system, developer, user, assistant)"),
+                        format!("unknown role `{other}` (system, developer, user, assistant, tool)"),
                     ))
                 }
             };
-            for field in ["tool_calls", "function_call"] {
-                if m.get(field).is_some_and(|v| !v.is_null()) {
-                    return Err(ApiError::param(
-                        &p(field),
-                        "tool calls in the history need tool calling, which this server does not support yet",
-                    ));
-                }
+            if m.get("function_call").is_some_and(|v| !v.is_null()) {
+                return Err(ApiError::param(
+                    &p("function_call"),
+                    "`function_call` (the deprecated `functions` API) is not supported; use `tool_calls`",
+                ));
             }
+            let tool_calls = match m.get("tool_calls") {
+                None | Some(Value::Null) => None,
+                Some(v) if role == "assistant" => Some(history_calls(v, &p("tool_calls"))?),
+                Some(_) => {
+                    return Err(ApiError::param(
+                        &p("tool_calls"),
+                        "only assistant messages carry `tool_calls`",
+                    ))
+                }
+            };
+            let tool_call_id = match m.get("tool_call_id") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => {
+                    return Err(ApiError::param(
+                        &p("tool_call_id"),
+                        "`tool_call_id` must be a string",
+                    ))
+                }
+            };
             let content = match m.get("content") {
                 None | Some(Value::Null) => String::new(),
                 Some(Value::String(s)) => s.clone(),
@@ -393,9 +442,58 @@ fn messages(o: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
                     ))
                 }
             };
-            Ok(ChatMessage::new(role, &content))
+            let mut msg = ChatMessage::new(role, &content);
+            msg.tool_calls = tool_calls;
+            msg.tool_call_id = tool_call_id;
+            Ok(msg)
         })
         .collect()
+}
+
+/// An assistant message's `tool_calls`, with each call's `arguments` (a JSON string on the
+/// wire) parsed into the object chat templates expect.
+fn history_calls(v: &Value, field: &str) -> Result<Value, ApiError> {
+    let calls = v
+        .as_array()
+        .ok_or_else(|| ApiError::param(field, "`tool_calls` must be an array"))?;
+    let calls = calls
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            let f = |x: &str| format!("{field}[{j}].{x}");
+            let func = c
+                .get("function")
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    ApiError::param(&f("function"), "`function` (an object) is required")
+                })?;
+            let name = func.get("name").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::param(&f("function.name"), "`name` (a string) is required")
+            })?;
+            let arguments = match func.get("arguments") {
+                None | Some(Value::Null) => Value::Object(Map::new()),
+                Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| {
+                    ApiError::param(
+                        &f("function.arguments"),
+                        format!("`arguments` is not valid JSON: {e}"),
+                    )
+                })?,
+                Some(o @ Value::Object(_)) => o.clone(),
+                Some(_) => {
+                    return Err(ApiError::param(
+                        &f("function.arguments"),
+                        "`arguments` must be a JSON string",
+                    ))
+                }
+            };
+            Ok(serde_json::json!({
+                "id": c.get("id").and_then(Value::as_str).unwrap_or_default(),
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Value::Array(calls))
 }
 
 /// Prompt token ids of a completions request: a string, one-string array, or token ids.
@@ -443,21 +541,19 @@ pub fn parse(
     let o = Obj(body);
     refuse_unimplemented(kind, &o)?;
     let max_prompt_tokens = limits.max_prompt_tokens;
-    if let Some(n) = o.int("n", 1, i64::MAX)? {
-        if n != 1 {
-            return Err(ApiError::param("n", "only n = 1 is supported"));
-        }
-    }
+    let n = o.int("n", 1, MAX_CHOICES as i64)?.unwrap_or(1) as usize;
     if o.int("best_of", 1, 1).is_err() {
         return Err(ApiError::param("best_of", "only best_of = 1 is supported"));
     }
     o.str("model")?;
+    let tools = match kind {
+        Kind::Chat => tools::parse_openai(body)?,
+        Kind::Completion => None,
+    };
     let prompt = match kind {
         Kind::Chat => {
             let msgs = messages(&o)?;
-            let text = h
-                .chat_template()
-                .render(&msgs, true)
+            let text = tools::prompt::render(h.chat_template(), msgs, tools.as_ref())
                 .map_err(|e| ApiError::param("messages", e.to_string()))?;
             encode(h, &text)?
         }
@@ -569,8 +665,21 @@ pub fn parse(
             stop: stop_sequences(&o)?,
             priority: o.int("priority", -1000, 1000)?.unwrap_or(0) as i32,
             speculative: o.bool("speculative")?.unwrap_or(true),
-            constraint: response_format(&o, h)?,
+            constraint: match &tools {
+                Some(t) => {
+                    if response_format(&o, h)?.is_some() {
+                        return Err(ApiError::param(
+                            "response_format",
+                            "`response_format` cannot be combined with `tools` (unless `tool_choice` is `none`)",
+                        ));
+                    }
+                    Some(tool_constraint(t, h)?)
+                }
+                None => response_format(&o, h)?,
+            },
         },
+        tool_calls: tools.is_some(),
+        n,
         stream: o.bool("stream")?.unwrap_or(false),
         include_usage,
         logprobs,

@@ -1,7 +1,8 @@
 //! The one relay loop between a request's scheduler events and its client, and the one
 //! follow loop between a resumable stream's buffer and a client.
 //!
-//! [`relay`] reads a [`RequestStream`] and hands each event to a [`Sink`]: an SSE response
+//! [`relay`] reads a request's [`Choices`] (one [`RequestStream`], or `n` sibling streams whose
+//! events carry their choice index) and hands each event to a [`Sink`]: an SSE response
 //! ([`crate::sse`]), a WebSocket connection ([`crate::ws`]), a resumable stream's
 //! [`StreamBuffer`] ([`BufferSink`]) or the whole-response [`Collector`]. Metrics (every
 //! event, and the send lag of every token event) are recorded here for all of them. When the
@@ -29,8 +30,13 @@ pub struct Gone;
 
 /// Where a request's events go.
 pub trait Sink: Send {
-    /// Renders one event for the client and hands it over. Err: the client is gone.
-    fn deliver(&mut self, ev: &Event) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// Renders one event of choice `choice` (0 unless the request asked for `n` > 1) for the
+    /// client and hands it over. Err: the client is gone.
+    fn deliver(
+        &mut self,
+        choice: usize,
+        ev: &Event,
+    ) -> impl Future<Output = Result<(), Gone>> + Send;
 
     /// Whether delivered tokens are on their way to the client now (they count in the send-lag
     /// metric); false for a response sent whole at the end.
@@ -81,27 +87,109 @@ async fn cancelled(cancel: &mut Option<oneshot::Receiver<()>>) -> bool {
     }
 }
 
-/// Relays `stream`'s events to `sink` until the terminal one, or until the client is gone.
-/// A message on `cancel` asks the scheduler to cancel the request (the stream then ends with
-/// `finish_reason: "cancelled"`).
+/// The streams of one client request: one, or the `n` siblings of a request for `n` choices
+/// (choice `i` is stream `i`). Dropping it cancels every request still running.
+pub struct Choices {
+    streams: Vec<RequestStream>,
+    ended: Vec<bool>,
+    /// Choice 0's events read before relaying began (see [`Choices::with_head`]).
+    head: std::collections::VecDeque<Event>,
+}
+
+impl Choices {
+    /// One request's stream.
+    pub fn one(stream: RequestStream) -> Self {
+        Self::new(vec![stream])
+    }
+
+    /// Sibling streams, choice `i` first in `streams[i]`.
+    pub fn new(streams: Vec<RequestStream>) -> Self {
+        let ended = vec![false; streams.len()];
+        Self {
+            streams,
+            ended,
+            head: Default::default(),
+        }
+    }
+
+    /// With choice 0's `events` already read from its stream, delivered first.
+    pub fn with_head(mut self, events: Vec<Event>) -> Self {
+        self.head.extend(events);
+        self
+    }
+
+    /// The scheduler's ids of the requests (for cancellation).
+    pub fn ids(&self) -> Vec<rill_scheduler::RequestId> {
+        self.streams.iter().map(RequestStream::id).collect()
+    }
+
+    /// The next event of any running choice; None when a stream closed without its terminal
+    /// event.
+    pub async fn recv(&mut self) -> Option<(usize, Event)> {
+        let (choice, ev) = if let Some(ev) = self.head.pop_front() {
+            (0, Some(ev))
+        } else if self.streams.len() == 1 {
+            (0, self.streams[0].recv().await)
+        } else {
+            let waiting = self
+                .streams
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| !self.ended[*i])
+                .map(|(i, s)| Box::pin(async move { (i, s.recv().await) }));
+            futures_util::future::select_all(waiting).await.0
+        };
+        let ev = ev?;
+        if ev.is_terminal() {
+            self.ended[choice] = true;
+        }
+        Some((choice, ev))
+    }
+
+    /// Whether every choice has had its terminal event.
+    pub fn all_ended(&self) -> bool {
+        self.ended.iter().all(|&e| e)
+    }
+
+    /// The best queue position among the choices still waiting.
+    pub fn queue_position(&self) -> Option<usize> {
+        self.streams
+            .iter()
+            .filter_map(RequestStream::queue_position)
+            .min()
+    }
+
+    /// Asks the scheduler to cancel every choice.
+    pub fn cancel(&self) {
+        for s in &self.streams {
+            s.cancel();
+        }
+    }
+}
+
+/// Relays `stream`'s events to `sink` until every choice's terminal one (or the first
+/// error), or until the client is gone. A message on `cancel` asks the scheduler to cancel
+/// the request (the stream then ends with `finish_reason: "cancelled"`).
 pub async fn relay<S: Sink>(
     metrics: &Metrics,
-    stream: &mut RequestStream,
+    stream: &mut Choices,
     sink: &mut S,
     mut cancel: Option<oneshot::Receiver<()>>,
 ) -> Relayed {
-    let mut track = Track::default();
+    let mut tracks: Vec<Track> = (0..stream.streams.len())
+        .map(|_| Track::default())
+        .collect();
     let period = sink.idle_period();
     loop {
         sink.ready().await;
         tokio::select! {
             ev = stream.recv() => {
-                let Some(ev) = ev else {
+                let Some((choice, ev)) = ev else {
                     sink.finish().await;
                     return Relayed::Lost;
                 };
-                metrics.on_event(&mut track, &ev);
-                if sink.deliver(&ev).await.is_err() {
+                metrics.on_event(&mut tracks[choice], &ev);
+                if sink.deliver(choice, &ev).await.is_err() {
                     return Relayed::ClientGone;
                 }
                 match &ev {
@@ -110,7 +198,7 @@ pub async fn relay<S: Sink>(
                     }
                     _ => {}
                 }
-                if ev.is_terminal() {
+                if matches!(ev, Event::Error { .. }) || stream.all_ended() {
                     sink.finish().await;
                     return Relayed::Ended;
                 }
@@ -136,8 +224,9 @@ pub trait Frames: Send {
     /// A rendered frame, shared by every follower.
     type Frame: Clone + Send + Sync + 'static;
 
-    /// The frames of `ev`, each with its token position (None: its index), into `out`.
-    fn frames(&mut self, ev: &Event, out: &mut Vec<(Option<u64>, Self::Frame)>);
+    /// The frames of choice `choice`'s `ev`, each with its token position (None: its index),
+    /// into `out`.
+    fn frames(&mut self, choice: usize, ev: &Event, out: &mut Vec<(Option<u64>, Self::Frame)>);
 
     /// A frame that closes the stream after the terminal event (SSE's `[DONE]`).
     fn trailer(&self) -> Option<Self::Frame> {
@@ -171,8 +260,8 @@ impl<F: Frames> BufferSink<F> {
 }
 
 impl<F: Frames> Sink for BufferSink<F> {
-    async fn deliver(&mut self, ev: &Event) -> Result<(), Gone> {
-        self.frames.frames(ev, &mut self.scratch);
+    async fn deliver(&mut self, choice: usize, ev: &Event) -> Result<(), Gone> {
+        self.frames.frames(choice, ev, &mut self.scratch);
         for (position, f) in self.scratch.drain(..) {
             self.buf.push(position, f);
         }
@@ -228,8 +317,8 @@ impl Sink for Collector {
         false
     }
 
-    async fn deliver(&mut self, ev: &Event) -> Result<(), Gone> {
-        if let Some(e) = self.renderer.absorb(ev) {
+    async fn deliver(&mut self, choice: usize, ev: &Event) -> Result<(), Gone> {
+        if let Some(e) = self.renderer.absorb(choice, ev) {
             self.error = Some(e);
         }
         Ok(())
@@ -325,7 +414,7 @@ where
 pub async fn run_resumable<F: Frames>(
     state: crate::state::SharedState,
     key: String,
-    mut stream: RequestStream,
+    mut stream: Choices,
     mut sink: BufferSink<F>,
     cancel: Option<oneshot::Receiver<()>>,
 ) {

@@ -234,8 +234,8 @@ pub enum Resumable {
 
 /// A registered stream: its scheduler request and, when resumable, its buffer.
 pub struct StreamEntry {
-    /// The scheduler request generating it (for cancellation).
-    pub request_id: RequestId,
+    /// The scheduler requests generating it, one per choice (for cancellation).
+    pub request_ids: Vec<RequestId>,
     /// Whether and how it can be resumed.
     pub resumable: Resumable,
     /// The API key that created it (others may not touch it).

@@ -13,14 +13,14 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
-use rill_scheduler::{ErrorCode, Event, RequestStream};
+use rill_scheduler::{ErrorCode, Event};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::openai::Renderer;
 use crate::protocol::sse::{event, keepalive, SsePayload};
 use crate::protocol::ApiError;
-use crate::relay::{self, BufferSink, FollowSink, Frames, Gone, Sink};
+use crate::relay::{self, BufferSink, Choices, FollowSink, Frames, Gone, Sink};
 use crate::resume::{Follower, Resumable, StreamBuffer, StreamEntry};
 use crate::state::SharedState;
 
@@ -105,8 +105,8 @@ struct SseSink {
 }
 
 impl Sink for SseSink {
-    async fn deliver(&mut self, ev: &Event) -> Result<(), Gone> {
-        for payload in self.renderer.stream_event(ev) {
+    async fn deliver(&mut self, choice: usize, ev: &Event) -> Result<(), Gone> {
+        for payload in self.renderer.stream_event(choice, ev) {
             let e = event(&self.out.stream_id, self.idx, &payload.to_data());
             self.out.send(e).await?;
             self.idx += 1;
@@ -141,10 +141,10 @@ struct SseFrames(Renderer);
 impl Frames for SseFrames {
     type Frame = Arc<str>;
 
-    fn frames(&mut self, ev: &Event, out: &mut Vec<(Option<u64>, Arc<str>)>) {
+    fn frames(&mut self, choice: usize, ev: &Event, out: &mut Vec<(Option<u64>, Arc<str>)>) {
         out.extend(
             self.0
-                .stream_event(ev)
+                .stream_event(choice, ev)
                 .iter()
                 .map(|p| (None, Arc::from(p.to_data()))),
         );
@@ -159,7 +159,7 @@ impl Frames for SseFrames {
 pub fn respond(
     state: SharedState,
     renderer: Renderer,
-    mut stream: RequestStream,
+    mut stream: Choices,
     resumable: bool,
     owner: Option<String>,
 ) -> Response {
@@ -176,7 +176,7 @@ pub fn respond(
         state.streams.insert(
             &id,
             StreamEntry {
-                request_id: stream.id(),
+                request_ids: stream.ids(),
                 resumable: Resumable::Sse(buf.clone()),
                 owner,
             },
@@ -192,7 +192,7 @@ pub fn respond(
     state.streams.insert(
         &id,
         StreamEntry {
-            request_id: stream.id(),
+            request_ids: stream.ids(),
             resumable: Resumable::No,
             owner,
         },

@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
 use futures_util::{SinkExt, StreamExt};
-use rill_scheduler::{ErrorCode, Event};
+use rill_scheduler::{ErrorCode, Event, FinishReason};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -31,11 +31,13 @@ use crate::params::{self, Kind};
 use crate::protocol::openai::UsageBody;
 use crate::protocol::ws::{
     decode, ClientFrame, CompleteFrame, GenerateFrame, ServerFrame, Summary, TokenFrame, TokenInfo,
+    ToolCallFrame,
 };
 use crate::protocol::{ApiError, ErrorKind};
-use crate::relay::{self, BufferSink, FollowSink, Frames, Gone, Sink};
+use crate::relay::{self, BufferSink, Choices, FollowSink, Frames, Gone, Sink};
 use crate::resume::{Follower, Resumable, StreamBuffer, StreamEntry};
 use crate::state::SharedState;
+use crate::tools::parser::{CallParser, Piece};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Encoding {
@@ -175,7 +177,9 @@ async fn handle_frame(
                     let _ = c.send(());
                 }
             } else if let Some(e) = state.streams.get(&ws_key(key, &id)) {
-                state.sched.cancel(e.request_id);
+                for &r in &e.request_ids {
+                    state.sched.cancel(r);
+                }
             } else {
                 let e = ApiError::not_found("no running generation with this id");
                 send_error(out, Some(&id), &e).await;
@@ -232,16 +236,48 @@ struct WsRender {
     last: Instant,
     /// One frame per token (resumable streams: exact positions to resume from).
     split: bool,
+    /// With tools: token frames carry the content, `tool_call` frames the calls.
+    calls: Option<CallParser>,
 }
 
 impl WsRender {
-    fn new(id: String, split: bool) -> Self {
+    fn new(id: String, split: bool, tool_calls: bool) -> Self {
         Self {
             id,
             position: 0,
             last: Instant::now(),
             split,
+            calls: tool_calls.then(CallParser::new),
         }
+    }
+
+    /// Splits `pieces` into their content (returned) and `tool_call` frames at `position`.
+    fn tool_frames(
+        &self,
+        pieces: Vec<Piece>,
+        position: u64,
+        out: &mut Vec<(Option<u64>, Arc<ServerFrame>)>,
+    ) -> String {
+        let mut content = String::new();
+        for p in pieces {
+            let (index, call_id, name, arguments) = match p {
+                Piece::Content(t) => {
+                    content.push_str(&t);
+                    continue;
+                }
+                Piece::Start { index, id, name } => (index, Some(id), Some(name), String::new()),
+                Piece::Arguments { index, text } => (index, None, None, text),
+            };
+            let f = ServerFrame::ToolCall(ToolCallFrame {
+                id: self.id.clone(),
+                index,
+                call_id,
+                name,
+                arguments,
+            });
+            out.push((Some(position), Arc::new(f)));
+        }
+        content
     }
 
     fn token_frame(&self, token: TokenInfo) -> ServerFrame {
@@ -258,52 +294,19 @@ impl WsRender {
         match ev {
             Event::Started { .. } => {}
             Event::Tokens { tokens, text, .. } => {
-                let now = Instant::now();
-                let latency = now.duration_since(self.last).as_secs_f64() * 1e3;
-                self.last = now;
-                if tokens.is_empty() {
-                    if !text.is_empty() {
-                        let t = TokenInfo {
-                            id: None,
-                            text: text.clone(),
-                            position: self.position,
-                            latency_ms: 0.0,
-                        };
-                        out.push((Some(self.position), Arc::new(self.token_frame(t))));
+                let mut calls = Vec::new();
+                let content;
+                let text = match self.calls.as_mut() {
+                    Some(p) => {
+                        let pieces = p.push(text);
+                        let at = (self.position + tokens.len() as u64).saturating_sub(1);
+                        content = self.tool_frames(pieces, at, &mut calls);
+                        &content
                     }
-                    return;
-                }
-                let n = tokens.len();
-                let first = self.position;
-                let items: Vec<TokenInfo> = tokens
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| TokenInfo {
-                        id: Some(t.id),
-                        text: if i + 1 == n {
-                            text.clone()
-                        } else {
-                            String::new()
-                        },
-                        position: first + i as u64,
-                        latency_ms: if i == 0 { latency } else { 0.0 },
-                    })
-                    .collect();
-                self.position += n as u64;
-                if n == 1 || self.split {
-                    for t in items {
-                        let p = t.position;
-                        out.push((Some(p), Arc::new(self.token_frame(t))));
-                    }
-                } else {
-                    let f = ServerFrame::Token(TokenFrame {
-                        id: self.id.clone(),
-                        token: None,
-                        tokens: Some(items),
-                        text: Some(text.clone()),
-                    });
-                    out.push((Some(first + n as u64 - 1), Arc::new(f)));
-                }
+                    None => text,
+                };
+                self.frames_of_tokens(tokens, text, out);
+                out.append(&mut calls);
             }
             Event::Finished {
                 reason,
@@ -311,9 +314,22 @@ impl WsRender {
                 timings,
                 ..
             } => {
+                let mut called = false;
+                if let Some(mut p) = self.calls.take() {
+                    let rest = p.finish();
+                    let mut calls = Vec::new();
+                    let content = self.tool_frames(rest, self.position, &mut calls);
+                    self.frames_of_tokens(&[], &content, out);
+                    out.append(&mut calls);
+                    called = p.completed() > 0;
+                }
+                let finish_reason = match reason {
+                    FinishReason::Stop if called => "tool_calls",
+                    r => r.as_str(),
+                };
                 let f = ServerFrame::Complete(CompleteFrame {
                     id: self.id.clone(),
-                    finish_reason: reason.as_str(),
+                    finish_reason,
                     usage: UsageBody::from(usage),
                     summary: Summary {
                         total_tokens: usage.completion_tokens,
@@ -336,12 +352,67 @@ impl WsRender {
             }
         }
     }
+
+    /// The token frames of `tokens` releasing `text` (a frame of text alone without tokens).
+    fn frames_of_tokens(
+        &mut self,
+        tokens: &[rill_engine::SampledToken],
+        text: &str,
+        out: &mut Vec<(Option<u64>, Arc<ServerFrame>)>,
+    ) {
+        let now = Instant::now();
+        let latency = now.duration_since(self.last).as_secs_f64() * 1e3;
+        self.last = now;
+        if tokens.is_empty() {
+            if !text.is_empty() {
+                let t = TokenInfo {
+                    id: None,
+                    text: text.to_string(),
+                    position: self.position,
+                    latency_ms: 0.0,
+                };
+                out.push((Some(self.position), Arc::new(self.token_frame(t))));
+            }
+            return;
+        }
+        let n = tokens.len();
+        let first = self.position;
+        let items: Vec<TokenInfo> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TokenInfo {
+                id: Some(t.id),
+                text: if i + 1 == n {
+                    text.to_string()
+                } else {
+                    String::new()
+                },
+                position: first + i as u64,
+                latency_ms: if i == 0 { latency } else { 0.0 },
+            })
+            .collect();
+        self.position += n as u64;
+        if n == 1 || self.split {
+            for t in items {
+                let p = t.position;
+                out.push((Some(p), Arc::new(self.token_frame(t))));
+            }
+        } else {
+            let f = ServerFrame::Token(TokenFrame {
+                id: self.id.clone(),
+                token: None,
+                tokens: Some(items),
+                text: Some(text.to_string()),
+            });
+            out.push((Some(first + n as u64 - 1), Arc::new(f)));
+        }
+    }
 }
 
 impl Frames for WsRender {
     type Frame = Arc<ServerFrame>;
 
-    fn frames(&mut self, ev: &Event, out: &mut Vec<(Option<u64>, Arc<ServerFrame>)>) {
+    fn frames(&mut self, _: usize, ev: &Event, out: &mut Vec<(Option<u64>, Arc<ServerFrame>)>) {
         WsRender::frames(self, ev, out)
     }
 }
@@ -356,7 +427,7 @@ struct WsSink {
 }
 
 impl Sink for WsSink {
-    async fn deliver(&mut self, ev: &Event) -> Result<(), Gone> {
+    async fn deliver(&mut self, _: usize, ev: &Event) -> Result<(), Gone> {
         self.render.frames(ev, &mut self.scratch);
         for (_, f) in self.scratch.drain(..) {
             self.out.send(f).await.map_err(|_| Gone)?;
@@ -426,6 +497,13 @@ async fn generate(
     let (h, limits) = (state.sched.clone(), params::RequestLimits::of(&state.cfg));
     let parsed = tokio::task::spawn_blocking(move || params::parse(kind, &body, &h, limits)).await;
     let p = match parsed {
+        Ok(Ok(p)) if p.n > 1 => {
+            let e = ApiError::param(
+                "n",
+                "a WebSocket generation has one choice: send one `generate` per choice (n > 1 is served on /v1/chat/completions and /v1/completions)",
+            );
+            return send_error(&out, Some(&id), &e).await;
+        }
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return send_error(&out, Some(&id), &e).await,
         Err(_) => {
@@ -437,7 +515,7 @@ async fn generate(
         return send_error(&out, Some(&id), &e).await;
     }
     let mut stream = match state.sched.submit(p.request) {
-        Ok(s) => s,
+        Ok(s) => Choices::one(s),
         Err(e) => return send_error(&out, Some(&id), &ApiError::from(e)).await,
     };
     if frame.resumable {
@@ -446,14 +524,14 @@ async fn generate(
         state.streams.insert(
             &rkey,
             StreamEntry {
-                request_id: stream.id(),
+                request_ids: stream.ids(),
                 resumable: Resumable::Ws(buf.clone()),
                 owner: Some(key.0.clone()),
             },
         );
         let follower: Follower<Arc<ServerFrame>> = buf.follower();
         let window = Duration::from_secs(state.cfg.resume_window_s);
-        let sink = BufferSink::new(WsRender::new(id.clone(), true), buf, window);
+        let sink = BufferSink::new(WsRender::new(id.clone(), true, p.tool_calls), buf, window);
         tokio::spawn(relay::run_resumable(
             state,
             rkey,
@@ -467,7 +545,7 @@ async fn generate(
     }
     let mut sink = WsSink {
         out,
-        render: WsRender::new(id, false),
+        render: WsRender::new(id, false, p.tool_calls),
         last_position: None,
         scratch: Vec::new(),
     };

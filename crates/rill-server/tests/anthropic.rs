@@ -236,8 +236,10 @@ async fn bad_requests_are_anthropic_400s_naming_the_field() {
     let image = json!({"messages": [user.clone(), {"role": "assistant", "content": "Hello"},
         {"role": "user", "content": [{"type": "text", "text": "What is this?"},
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}]}]});
-    let tool_result = json!({"messages": [user.clone(), {"role": "assistant", "content": "Hello"},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42"}]}]});
+    // A tool result belongs in a user turn.
+    let tool_result = json!({"messages": [user.clone(),
+        {"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42"}]},
+        user.clone()]});
     let cases = [
         (json!({"messages": [user.clone()]}), "max_tokens"),
         (with(json!({"max_tokens": 0})), "max_tokens"),
@@ -245,8 +247,12 @@ async fn bad_requests_are_anthropic_400s_naming_the_field() {
         (with(json!({"temperature": "hot"})), "temperature"),
         (with(json!({"top_p": 0})), "top_p"),
         (
-            with(json!({"tools": [{"name": "f", "input_schema": {"type": "object"}}]})),
-            "tools",
+            with(json!({"tools": [{"name": "f", "input_schema": {"type": "string"}}]})),
+            "tools[0].input_schema",
+        ),
+        (
+            with(json!({"tools": [{"type": "bash_20250124", "name": "bash"}]})),
+            "tools[0].type",
         ),
         (with(json!({"tool_choice": {"type": "any"}})), "tool_choice"),
         (
@@ -254,7 +260,7 @@ async fn bad_requests_are_anthropic_400s_naming_the_field() {
             "thinking",
         ),
         (with(image), "messages[2].content[1].type"),
-        (with(tool_result), "messages[2].content[0].type"),
+        (with(tool_result), "messages[1].content[0].type"),
         (
             with(json!({"messages": [{"role": "system", "content": "x"}]})),
             "messages[0].role",
@@ -283,7 +289,7 @@ async fn bad_requests_are_anthropic_400s_naming_the_field() {
     )
     .await;
     assert_eq!(r.status(), 400);
-    check(&r.json().await.unwrap(), "tools");
+    check(&r.json().await.unwrap(), "tools[0].input_schema");
     // Malformed JSON.
     let r = client()
         .post(url(&s, "/v1/messages"))
@@ -451,4 +457,102 @@ async fn a_failure_mid_stream_is_an_error_event() {
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn tools_come_back_as_tool_use_blocks_whole_and_streamed() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+        "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]});
+    let tools = json!([{"name": "get_weather", "description": "Weather in a city", "input_schema": schema},
+        {"name": "get_time", "description": "Time in a timezone",
+         "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}]);
+    for choice in [
+        json!({"type": "any"}),
+        json!({"type": "tool", "name": "get_weather"}),
+    ] {
+        let mut b = body("What is the weather in Paris?", 100, false);
+        b["tools"] = tools.clone();
+        b["tool_choice"] = choice.clone();
+        let whole: Value = post(&s, "/v1/messages", &b).await.json().await.unwrap();
+        assert_eq!(whole["stop_reason"], "tool_use", "{whole}");
+        let uses: Vec<&Value> = whole["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["type"] == "tool_use")
+            .collect();
+        assert!(!uses.is_empty(), "{whole}");
+        for u in &uses {
+            assert!(u["id"].as_str().unwrap().starts_with("toolu_"), "{u}");
+            if u["name"] == "get_weather" {
+                let input = u["input"].as_object().unwrap();
+                assert!(input["city"].is_string(), "{u}");
+                assert!(
+                    ["celsius", "fahrenheit"].contains(&input["unit"].as_str().unwrap()),
+                    "{u}"
+                );
+                assert_eq!(input.len(), 2, "{u}");
+            } else {
+                assert_eq!(choice["type"], "any", "a named choice calls that tool: {u}");
+            }
+        }
+        b["stream"] = json!(true);
+        let events = read_events(post(&s, "/v1/messages", &b).await).await;
+        let n = names(&events);
+        assert_eq!(n[..2], ["message_start", "ping"], "{n:?}");
+        assert_eq!(n[n.len() - 2..], ["message_delta", "message_stop"], "{n:?}");
+        assert_eq!(
+            find(&events, "message_delta")["delta"]["stop_reason"],
+            "tool_use"
+        );
+        // Each tool_use block: a start with id and name, input_json_delta pieces that
+        // concatenate to the whole response's input (greedy), a stop.
+        let mut streamed = Vec::new();
+        for (name, data) in &events {
+            match name.as_str() {
+                "content_block_start" => {
+                    assert_eq!(data["index"].as_u64().unwrap() as usize, streamed.len());
+                    streamed.push((data["content_block"].clone(), String::new()));
+                }
+                "content_block_delta" => {
+                    let i = data["index"].as_u64().unwrap() as usize;
+                    assert_eq!(i + 1, streamed.len(), "deltas go to the open block");
+                    if let Some(j) = data["delta"]["partial_json"].as_str() {
+                        streamed[i].1.push_str(j);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let got: Vec<(Value, Value)> = streamed
+            .iter()
+            .filter(|(b, _)| b["type"] == "tool_use")
+            .map(|(b, j)| (b["name"].clone(), serde_json::from_str(j).unwrap()))
+            .collect();
+        let want: Vec<(Value, Value)> = uses
+            .iter()
+            .map(|u| (u["name"].clone(), u["input"].clone()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    // A tool result answered; the tool_use turn before it renders through the same history.
+    let b = json!({"max_tokens": 20, "temperature": 0, "tools": tools, "messages": [
+        {"role": "user", "content": "Weather in London?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+            "input": {"city": "London", "unit": "celsius"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "14 degrees, rain"}]}],
+        "tool_choice": {"type": "none"}});
+    let r = post(&s, "/v1/messages", &b).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["content"][0]["type"], "text", "{v}");
+    let counted: Value = post(&s, "/v1/messages/count_tokens", &b)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(counted["input_tokens"], v["usage"]["input_tokens"]);
 }

@@ -216,7 +216,7 @@ async fn bad_requests_get_typed_4xx_and_the_server_keeps_serving() {
     assert_eq!(r.status(), 400);
     check(&r.json().await.unwrap(), Some("max_tokens"));
     let r = post(
-        json!({"messages": [{"role": "user", "content": "hi"}], "n": 2})
+        json!({"messages": [{"role": "user", "content": "hi"}], "n": 9})
             .to_string()
             .into_bytes(),
     )
@@ -836,10 +836,7 @@ async fn unimplemented_fields_are_refused_and_logit_bias_steers_sampling() {
         b
     };
     for (field, value) in [
-        (
-            "tools",
-            json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-        ),
+        ("tools", json!([{"type": "code_interpreter"}])),
         ("tool_choice", json!("required")),
         ("response_format", json!({"type": "xml"})),
         ("functions", json!([{"name": "f"}])),
@@ -847,7 +844,8 @@ async fn unimplemented_fields_are_refused_and_logit_bias_steers_sampling() {
     ] {
         let (status, v) = post("/v1/chat/completions", chat(json!({field: value}))).await;
         assert_eq!(status, 400, "{field}: {v}");
-        assert_eq!(v["error"]["param"], field, "{v}");
+        let param = v["error"]["param"].as_str().unwrap();
+        assert!(param.starts_with(field), "{v}");
         assert_eq!(v["error"]["code"], "invalid_value", "{v}");
     }
     for (field, value) in [
@@ -868,10 +866,7 @@ async fn unimplemented_fields_are_refused_and_logit_bias_steers_sampling() {
         (400, Some("echo")),
         "{v}"
     );
-    for (role, extra) in [
-        ("wizard", json!({})),
-        ("tool", json!({"tool_call_id": "x"})),
-    ] {
+    for (role, extra) in [("wizard", json!({})), ("function", json!({"name": "f"}))] {
         let mut m = json!({"role": role, "content": "hi"});
         for (k, v) in extra.as_object().unwrap() {
             m[k] = v.clone();
@@ -1151,4 +1146,275 @@ async fn response_format_constrains_the_output_and_nothing_else() {
             "{bad}: {v}"
         );
     }
+}
+
+/// The calls of a streamed chat answer, assembled from `delta.tool_calls` fragments by index:
+/// (name, arguments) each, and the finish reason.
+fn streamed_calls(events: &[SseEvent]) -> (Vec<(String, String)>, String) {
+    let mut calls: Vec<(String, String)> = Vec::new();
+    let mut finish = String::new();
+    for e in events.iter().filter(|e| !e.is_done()) {
+        let v = e.json();
+        let choice = &v["choices"][0];
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = f.to_string();
+        }
+        for d in choice["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let i = d["index"].as_u64().unwrap() as usize;
+            if let Some(name) = d["function"]["name"].as_str() {
+                assert_eq!(i, calls.len(), "a call's first fragment names it, in order");
+                assert!(d["id"].as_str().unwrap().starts_with("call_"), "{d}");
+                assert_eq!(d["type"], "function");
+                calls.push((name.to_string(), String::new()));
+            }
+            if let Some(a) = d["function"]["arguments"].as_str() {
+                calls[i].1.push_str(a);
+            }
+        }
+    }
+    (calls, finish)
+}
+
+/// A whole response's calls: (name, arguments) each.
+fn response_calls(v: &Value) -> Vec<(String, String)> {
+    v["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            assert!(c["id"].as_str().unwrap().starts_with("call_"), "{c}");
+            (
+                c["function"]["name"].as_str().unwrap().to_string(),
+                c["function"]["arguments"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tool_calls_are_forced_named_or_chosen_and_stream_as_generated() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let c = client();
+    let post = |body: Value| post_json(url(&s, "/v1/chat/completions"), body);
+    let weather = json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+        "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]});
+    let time = json!({"type": "object", "properties": {"tz": {"type": "string", "maxLength": 30}},
+        "required": ["tz"]});
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": weather}},
+        {"type": "function", "function": {"name": "get_time", "description": "Time in a timezone", "parameters": time}}]);
+    let schema_of = |name: &str| {
+        let mut s = if name == "get_weather" {
+            weather.clone()
+        } else {
+            time.clone()
+        };
+        s["additionalProperties"] = json!(false);
+        s
+    };
+    let check = |calls: &[(String, String)]| {
+        assert!(!calls.is_empty());
+        for (name, args) in calls {
+            let v: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{e}: {args}"));
+            conforms(&v, &schema_of(name)).unwrap_or_else(|e| panic!("{name} {e}: {args}"));
+        }
+    };
+    let ask = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+
+    // required, named: whole and streamed alike (greedy), valid against the schemas.
+    let named = json!({"type": "function", "function": {"name": "get_time"}});
+    for choice in [json!("required"), named] {
+        let body = json!({"messages": ask, "tools": tools, "tool_choice": choice,
+            "temperature": 0, "max_tokens": 120});
+        let (status, whole) = post(body.clone()).await;
+        assert_eq!(status, 200, "{whole}");
+        assert_eq!(
+            whole["choices"][0]["finish_reason"], "tool_calls",
+            "{whole}"
+        );
+        assert!(
+            whole["choices"][0]["message"]["content"].is_null(),
+            "{whole}"
+        );
+        let calls = response_calls(&whole);
+        check(&calls);
+        if choice != "required" {
+            assert_eq!(calls.len(), 1, "a named choice makes one call: {whole}");
+            assert_eq!(calls[0].0, "get_time");
+        }
+        let mut streamed = body;
+        streamed["stream"] = json!(true);
+        let r = c
+            .post(url(&s, "/v1/chat/completions"))
+            .json(&streamed)
+            .send()
+            .await
+            .unwrap();
+        let (events, _) = read_sse(r, usize::MAX).await;
+        let (scalls, finish) = streamed_calls(&events);
+        assert_eq!((scalls, finish.as_str()), (calls, "tool_calls"));
+    }
+
+    // auto: a conversation the model continues with a call (constrained from `<tool_call>`
+    // on), and a question it answers in text.
+    let call = |city: &str, id: &str| {
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function",
+            "function": {"name": "get_weather", "arguments": json!({"city": city, "unit": "celsius"}).to_string()}}]})
+    };
+    let user = |q: &str| json!({"role": "user", "content": q});
+    let history = json!([
+        user("Weather in London?"),
+        call("London", "call_1"),
+        user("Weather in Rome?"),
+        call("Rome", "call_2"),
+        user("Weather in Paris?")
+    ]);
+    let (_, v) = post(
+        json!({"messages": history, "tools": tools, "tool_choice": "auto",
+        "parallel_tool_calls": false, "temperature": 0, "max_tokens": 80}),
+    )
+    .await;
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    let calls = response_calls(&v);
+    check(&calls);
+    assert_eq!(calls[0].0, "get_weather");
+    let (_, v) =
+        post(json!({"messages": ask, "tools": tools, "temperature": 0, "max_tokens": 40})).await;
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+    assert!(
+        !v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .is_empty(),
+        "{v}"
+    );
+
+    // A tool result in the history is answered.
+    let with_result = json!([user("Weather in London?"), call("London", "call_1"),
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 14}"}]);
+    let (status, v) = post(
+        json!({"messages": with_result, "tools": tools, "tool_choice": "none",
+        "temperature": 0, "max_tokens": 20}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+
+    // Bad tools name their field.
+    for (body, param) in [
+        (
+            json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]}),
+            "tools[0].function.parameters",
+        ),
+        (
+            json!({"tools": tools, "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            json!({"tools": tools, "messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]}, user("x")]}),
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+    ] {
+        let mut b = json!({"messages": ask, "max_tokens": 4});
+        for (k, v) in body.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let (status, v) = post(b).await;
+        assert_eq!(
+            (status, v["error"]["param"].as_str()),
+            (400, Some(param)),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn n_choices_share_the_prompt_and_stream_with_their_index() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let c = client();
+    let post = |path: &'static str, body: Value| post_json(url(&s, path), body);
+    let ask = json!([{"role": "user", "content": "Give me a name for a boat. ".repeat(8)}]);
+
+    // Greedy: every choice is the same answer; the prompt is computed once (the siblings
+    // attach its blocks from the prefix cache) and counted once.
+    let hits = s.state.sched.stats().prefix_hit_tokens;
+    let (status, v) = post(
+        "/v1/chat/completions",
+        json!({"messages": ask, "max_tokens": 12, "temperature": 0, "n": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let reused = s.state.sched.stats().prefix_hit_tokens - hits;
+    let (_, one) = post(
+        "/v1/chat/completions",
+        json!({"messages": ask, "max_tokens": 12, "temperature": 0}),
+    )
+    .await;
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, ch) in choices.iter().enumerate() {
+        assert_eq!(ch["index"], i, "{v}");
+        assert_eq!(
+            ch["message"]["content"], one["choices"][0]["message"]["content"],
+            "{v}"
+        );
+    }
+    let prompt = one["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], prompt, "{v}");
+    assert_eq!(
+        v["usage"]["completion_tokens"].as_u64().unwrap(),
+        3 * one["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(
+        reused as u64 >= 2 * ((prompt - 1) / 16 * 16),
+        "the siblings attached the prompt's blocks from the prefix cache ({reused} tokens reused)"
+    );
+
+    // Sampled with a seed: streamed chunks carry their choice's index, each choice ends once,
+    // and the streamed choices equal the whole response's.
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 16, "temperature": 1.0,
+        "seed": 7, "n": 4});
+    let (_, whole) = post("/v1/completions", body.clone()).await;
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let r = c
+        .post(url(&s, "/v1/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let (events, _) = read_sse(r, usize::MAX).await;
+    let mut texts = vec![String::new(); 4];
+    let mut ends = [0; 4];
+    for e in events.iter().filter(|e| !e.is_done()) {
+        let v = e.json();
+        for ch in v["choices"].as_array().unwrap() {
+            let i = ch["index"].as_u64().unwrap() as usize;
+            texts[i].push_str(ch["text"].as_str().unwrap());
+            ends[i] += usize::from(ch["finish_reason"].is_string());
+        }
+    }
+    assert_eq!(ends, [1; 4]);
+    assert_eq!(events.iter().filter(|e| e.is_done()).count(), 1);
+    for (i, t) in texts.iter().enumerate() {
+        assert_eq!(
+            t,
+            whole["choices"][i]["text"].as_str().unwrap(),
+            "choice {i}"
+        );
+    }
+    assert!(
+        texts.iter().any(|t| t != &texts[0]),
+        "seeded choices sample differently: {texts:?}"
+    );
 }

@@ -315,3 +315,64 @@ async fn one_error_map_across_http_sse_and_websocket() {
         assert_eq!(e["recoverable"], true, "{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_with_tools_sends_tool_call_frames_and_response_format_holds() {
+    let _g = serial().await;
+    let s = server(config()).await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                       "required": ["city"]}}}]);
+    let ask = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    let (_, whole) = post_json(
+        url(&s, "/v1/chat/completions"),
+        json!({"messages": ask, "tools": tools, "tool_choice": "required",
+               "parallel_tool_calls": false, "temperature": 0, "max_tokens": 60}),
+    )
+    .await;
+    let want = &whole["choices"][0]["message"]["tool_calls"][0]["function"];
+    let mut ws = connect(&s, None).await;
+    send(
+        &mut ws,
+        json!({"type": "generate", "id": "t", "messages": ask, "max_tokens": 60, "tools": tools,
+               "tool_choice": "required", "parallel_tool_calls": false,
+               "params": {"temperature": 0}}),
+    )
+    .await;
+    let (mut text, mut name, mut args) = (String::new(), None, String::new());
+    let complete = loop {
+        let f = next(&mut ws).await;
+        match f["type"].as_str().unwrap() {
+            "token" => text.push_str(f["token"]["text"].as_str().unwrap_or_default()),
+            "tool_call" => {
+                assert_eq!(f["index"], 0, "{f}");
+                if let Some(n) = f["name"].as_str() {
+                    assert!(name.is_none(), "one call");
+                    assert!(f["call_id"].as_str().unwrap().starts_with("call_"), "{f}");
+                    name = Some(n.to_string());
+                }
+                args.push_str(f["arguments"].as_str().unwrap());
+            }
+            "complete" => break f,
+            other => panic!("unexpected frame {other}: {f}"),
+        }
+    };
+    assert_eq!(complete["finish_reason"], "tool_calls", "{complete}");
+    assert_eq!(text, "", "the call's text comes as tool_call frames only");
+    assert_eq!(name.as_deref(), want["name"].as_str());
+    assert_eq!(args, want["arguments"].as_str().unwrap());
+    // response_format at the top level of the frame.
+    send(
+        &mut ws,
+        json!({"type": "generate", "id": "j", "messages": ask, "max_tokens": 80,
+               "response_format": {"type": "json_object"}, "params": {"temperature": 0}}),
+    )
+    .await;
+    let done = run_until_done(&mut ws, &["j"]).await;
+    let (text, end, _) = &done["j"];
+    assert_eq!(end["finish_reason"], "stop", "{end}");
+    assert!(
+        serde_json::from_str::<Value>(text).unwrap().is_object(),
+        "{text}"
+    );
+}

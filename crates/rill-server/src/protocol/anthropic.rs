@@ -16,6 +16,8 @@ use serde_json::{json, Map, Value};
 
 use crate::params;
 use crate::protocol::{ApiError, ErrorKind};
+use crate::tools::parser::{CallParser, Piece};
+use crate::tools::{self, check_tools, parameters_schema, Choice, Tool, Tools};
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -46,9 +48,10 @@ pub struct MessagesRequest {
     pub metadata: Option<Metadata>,
     /// Accepted and ignored (one tier here).
     pub service_tier: Option<String>,
-    /// Refused when non-empty: tool calling is not implemented yet.
+    /// Client tools (`name`, `description`, `input_schema`); server tools (a `type` other
+    /// than `custom`) are refused.
     pub tools: Option<Vec<Value>>,
-    /// Refused unless `auto` or `none` (which, without tools, change nothing).
+    /// `{"type": "auto" | "any" | "tool" | "none", "name", "disable_parallel_tool_use"}`.
     pub tool_choice: Option<Value>,
     /// Refused unless `{"type": "disabled"}`: extended thinking is not implemented.
     pub thinking: Option<Value>,
@@ -132,55 +135,139 @@ impl<'de> Deserialize<'de> for Content {
     }
 }
 
-/// A content block of a request. Only `{"type": "text", "text": ...}` is served; other keys
-/// of a text block (`cache_control`, `citations`) do not change the output and are ignored.
+/// A content block of a request: `text`, an assistant's `tool_use` or a user's
+/// `tool_result`; other types (`image`, `document`, ...) are refused. Keys that do not
+/// change the output (`cache_control`, `citations`) are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ContentBlock {
-    /// The block type (`text`; anything else is refused).
+    /// The block type.
     #[serde(rename = "type")]
     pub kind: Option<String>,
     /// The text of a `text` block.
     pub text: Option<String>,
+    /// A `tool_use` block's id.
+    pub id: Option<String>,
+    /// A `tool_use` block's tool.
+    pub name: Option<String>,
+    /// A `tool_use` block's arguments.
+    pub input: Option<Value>,
+    /// A `tool_result` block's call.
+    pub tool_use_id: Option<String>,
+    /// A `tool_result` block's result: a string or text blocks.
+    pub content: Option<Box<Content>>,
+    /// A `tool_result` that reports a failure.
+    pub is_error: Option<bool>,
 }
 
 impl Content {
     /// The content as the OpenAI route takes it (text parts are joined the same way there);
-    /// `at` is its JSON path, for errors.
+    /// `at` is its JSON path, for errors. Only text: the system prompt, a tool result.
     fn to_openai(&self, at: &str) -> Result<Value, ApiError> {
         match self {
             Content::Text(s) => Ok(Value::String(s.clone())),
             Content::Blocks(blocks) => blocks
                 .iter()
                 .enumerate()
-                .map(|(j, b)| {
-                    let p = format!("{at}[{j}]");
-                    match b.kind.as_deref() {
-                        Some("text") => {}
-                        Some(other) => {
-                            return Err(ApiError::param(
-                                &format!("{p}.type"),
-                                format!(
-                                    "`{other}` content blocks are not supported (only `text`; \
-                                     tool_use and tool_result come with tool calling)"
-                                ),
-                            ))
-                        }
-                        None => {
-                            return Err(ApiError::param(
-                                &format!("{p}.type"),
-                                "a content block needs a `type`",
-                            ))
-                        }
-                    }
-                    let text = b.text.as_ref().ok_or_else(|| {
-                        ApiError::param(&format!("{p}.text"), "a text block needs `text`")
-                    })?;
-                    Ok(json!({"type": "text", "text": text}))
-                })
+                .map(|(j, b)| text_part(b, &format!("{at}[{j}]")))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
         }
     }
+
+    /// One turn as OpenAI chat messages: a user turn's `tool_result` blocks become `tool`
+    /// messages (before the turn's text, as Anthropic orders them), an assistant turn's
+    /// `tool_use` blocks its `tool_calls`.
+    fn to_openai_turn(&self, role: Role, at: &str) -> Result<Vec<Value>, ApiError> {
+        let blocks = match self {
+            Content::Text(s) => return Ok(vec![json!({"role": role.as_str(), "content": s})]),
+            Content::Blocks(b) => b,
+        };
+        let mut text = Vec::new();
+        let mut calls = Vec::new();
+        let mut results = Vec::new();
+        for (j, b) in blocks.iter().enumerate() {
+            let p = format!("{at}[{j}]");
+            let need = |v: Option<&String>, key: &str| {
+                v.cloned().ok_or_else(|| {
+                    ApiError::param(
+                        &format!("{p}.{key}"),
+                        format!("`{key}` (a string) is required"),
+                    )
+                })
+            };
+            match (b.kind.as_deref(), role) {
+                (Some("tool_use"), Role::Assistant) => {
+                    let input = b.input.clone().unwrap_or_else(|| json!({}));
+                    if !input.is_object() {
+                        return Err(ApiError::param(
+                            &format!("{p}.input"),
+                            "`input` must be an object",
+                        ));
+                    }
+                    calls.push(json!({"id": need(b.id.as_ref(), "id")?, "type": "function",
+                        "function": {"name": need(b.name.as_ref(), "name")?, "arguments": input.to_string()}}));
+                }
+                (Some("tool_result"), Role::User) => {
+                    let mut content = match b.content.as_deref() {
+                        None => String::new(),
+                        Some(Content::Text(s)) => s.clone(),
+                        Some(c @ Content::Blocks(_)) => c
+                            .to_openai(&format!("{p}.content"))?
+                            .as_array()
+                            .map(|parts| parts.iter().filter_map(|x| x["text"].as_str()).collect())
+                            .unwrap_or_default(),
+                    };
+                    if b.is_error == Some(true) {
+                        content.insert_str(0, "Error: ");
+                    }
+                    results.push(json!({"role": "tool", "tool_call_id": need(b.tool_use_id.as_ref(), "tool_use_id")?, "content": content}));
+                }
+                (Some(k @ ("tool_use" | "tool_result")), _) => {
+                    return Err(ApiError::param(
+                        &format!("{p}.type"),
+                        format!(
+                            "`{k}` blocks belong in {} turns",
+                            if k == "tool_use" { "assistant" } else { "user" }
+                        ),
+                    ))
+                }
+                _ => text.push(text_part(b, &p)?),
+            }
+        }
+        let mut out = results;
+        if !text.is_empty() || !calls.is_empty() || out.is_empty() {
+            let mut m = json!({"role": role.as_str(), "content": text});
+            if !calls.is_empty() {
+                m["tool_calls"] = Value::Array(calls);
+            }
+            out.push(m);
+        }
+        Ok(out)
+    }
+}
+
+/// A `text` block as an OpenAI text part; any other type is refused, naming `at`.
+fn text_part(b: &ContentBlock, at: &str) -> Result<Value, ApiError> {
+    match b.kind.as_deref() {
+        Some("text") => {}
+        Some(other) => {
+            return Err(ApiError::param(
+                &format!("{at}.type"),
+                format!("`{other}` content blocks are not supported (text, tool_use, tool_result)"),
+            ))
+        }
+        None => {
+            return Err(ApiError::param(
+                &format!("{at}.type"),
+                "a content block needs a `type`",
+            ))
+        }
+    }
+    let text = b
+        .text
+        .as_ref()
+        .ok_or_else(|| ApiError::param(&format!("{at}.text"), "a text block needs `text`"))?;
+    Ok(json!({"type": "text", "text": text}))
 }
 
 impl MessagesRequest {
@@ -220,8 +307,7 @@ impl MessagesRequest {
             let content = m.content.as_ref().ok_or_else(|| {
                 ApiError::param(&format!("messages[{i}].content"), "`content` is required")
             })?;
-            let content = content.to_openai(&format!("messages[{i}].content"))?;
-            chat.push(json!({"role": role.as_str(), "content": content}));
+            chat.extend(content.to_openai_turn(role, &format!("messages[{i}].content"))?);
         }
         let last = msgs.len() - 1;
         if msgs[last].role == Some(Role::Assistant) {
@@ -260,7 +346,82 @@ impl MessagesRequest {
         if let Some(k) = self.top_k {
             body.insert("top_k".into(), k.into());
         }
+        if let Some(t) = self.tools()? {
+            body.insert("tools".into(), t.openai_json());
+            body.insert(
+                "tool_choice".into(),
+                match &t.choice {
+                    Choice::Auto => json!("auto"),
+                    Choice::Required => json!("required"),
+                    Choice::Named(n) => json!({"type": "function", "function": {"name": n}}),
+                },
+            );
+            body.insert("parallel_tool_calls".into(), t.parallel.into());
+        }
         Ok(body)
+    }
+
+    /// `tools` and `tool_choice` in rill's terms (None: no tools, or `tool_choice` `none`).
+    pub fn tools(&self) -> Result<Option<Tools>, ApiError> {
+        let tools = self
+            .tools
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, t)| {
+                let at = |k: &str| format!("tools[{i}].{k}");
+                let t = t.as_object().ok_or_else(|| {
+                    ApiError::param(&format!("tools[{i}]"), "each tool must be an object")
+                })?;
+                if let Some(k) = t.get("type").and_then(Value::as_str).filter(|k| *k != "custom") {
+                    return Err(ApiError::param(
+                        &at("type"),
+                        format!("server tools (`{k}`) are not supported; define client tools with `name` and `input_schema`"),
+                    ));
+                }
+                let name = t.get("name").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::param(&at("name"), "`name` (a string) is required")
+                })?;
+                let schema = t.get("input_schema").ok_or_else(|| {
+                    ApiError::param(&at("input_schema"), "`input_schema` is required")
+                })?;
+                Ok(Tool {
+                    name: name.to_string(),
+                    description: t.get("description").and_then(Value::as_str).map(String::from),
+                    parameters: parameters_schema(Some(schema), &at("input_schema"))?,
+                    strict: false,
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        check_tools(&tools, "tools")?;
+        let c = self.tool_choice.as_ref();
+        let kind = c.map_or(Some("auto"), |c| c.get("type").and_then(Value::as_str));
+        let choice = match kind {
+            _ if tools.is_empty() && kind != Some("any") && kind != Some("tool") => None,
+            Some("auto") => Some(Choice::Auto),
+            Some("any") => Some(Choice::Required),
+            Some("none") => None,
+            Some("tool") => {
+                let name = c
+                    .and_then(|c| c.get("name"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ApiError::param("tool_choice.name", "`{\"type\": \"tool\"}` needs `name`")
+                    })?;
+                Some(Choice::Named(name.to_string()))
+            }
+            _ => {
+                return Err(ApiError::param(
+                    "tool_choice",
+                    "`tool_choice.type` must be auto, any, tool or none",
+                ))
+            }
+        };
+        let parallel = c
+            .and_then(|c| c.get("disable_parallel_tool_use"))
+            .and_then(Value::as_bool)
+            != Some(true);
+        tools::finish(tools, choice, parallel, "tool_choice")
     }
 
     /// The stop strings, each non-empty.
@@ -277,17 +438,6 @@ impl MessagesRequest {
 
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
         let kind = |v: &Value| v.get("type").and_then(Value::as_str).map(String::from);
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::param("tools", "tool use is not supported yet"));
-        }
-        if let Some(c) = &self.tool_choice {
-            if !matches!(kind(c).as_deref(), Some("auto" | "none")) {
-                return Err(ApiError::param(
-                    "tool_choice",
-                    "tool use is not supported yet (only `auto` and `none`, without tools)",
-                ));
-            }
-        }
         if let Some(t) = &self.thinking {
             if kind(t).as_deref() != Some("disabled") {
                 return Err(ApiError::param(
@@ -321,21 +471,60 @@ pub struct MessageUsage {
     pub output_tokens: usize,
 }
 
-/// A content block of a response: `{"type": "text", "text": ...}`.
+/// A content block of a response: text, or a tool call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TextBlock {
-    /// Always `text`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// The generated text.
-    pub text: String,
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseBlock {
+    /// `{"type": "text", "text": ...}`.
+    Text {
+        /// The generated text.
+        text: String,
+    },
+    /// `{"type": "tool_use", "id", "name", "input"}`.
+    ToolUse {
+        /// `toolu_` and 24 hex digits.
+        id: String,
+        /// The tool.
+        name: String,
+        /// Its arguments (`{}` in `content_block_start`, whose deltas then carry them).
+        input: Value,
+    },
 }
 
-impl TextBlock {
+impl ResponseBlock {
     /// A text block of `text`.
-    pub fn new(text: String) -> Self {
-        Self { kind: "text", text }
+    pub fn text(text: String) -> Self {
+        ResponseBlock::Text { text }
     }
+}
+
+/// The Anthropic id of a call the parser named `call_...`.
+fn tool_use_id(call_id: &str) -> String {
+    format!("toolu_{}", call_id.trim_start_matches("call_"))
+}
+
+/// The content blocks of a whole answer: its text (when there is some, or no call), then a
+/// `tool_use` block per call (`input` `{}` when a cut call's arguments do not parse). The
+/// bool: some call was complete.
+pub fn response_blocks(text: &str, tool_calls: bool) -> (Vec<ResponseBlock>, bool) {
+    if !tool_calls {
+        return (vec![ResponseBlock::text(text.to_string())], false);
+    }
+    let mut p = CallParser::new();
+    p.push(text);
+    p.finish();
+    let mut blocks = Vec::new();
+    if !p.content().trim().is_empty() || p.calls().is_empty() {
+        blocks.push(ResponseBlock::text(p.content().to_string()));
+    }
+    for c in p.calls() {
+        blocks.push(ResponseBlock::ToolUse {
+            id: tool_use_id(&c.id),
+            name: c.name.clone(),
+            input: serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({})),
+        });
+    }
+    (blocks, p.completed() > 0)
 }
 
 /// A whole message (`type: "message"`): the non-streamed response, and with empty content
@@ -351,9 +540,9 @@ pub struct MessageResponse {
     pub role: &'static str,
     /// The served model's name.
     pub model: String,
-    /// One text block (none in `message_start`).
-    pub content: Vec<TextBlock>,
-    /// `end_turn`, `max_tokens` or `stop_sequence` (null in `message_start`).
+    /// Text and tool-use blocks (none in `message_start`).
+    pub content: Vec<ResponseBlock>,
+    /// `end_turn`, `max_tokens`, `stop_sequence` or `tool_use` (null in `message_start`).
     pub stop_reason: Option<&'static str>,
     /// The stop sequence that ended the generation, if one did.
     pub stop_sequence: Option<String>,
@@ -369,23 +558,34 @@ pub struct TokenCount {
 }
 
 /// Anthropic's `stop_reason` and `stop_sequence` for how a generation ended (see the module
-/// documentation for `cancelled`).
-pub fn stop_reason(reason: FinishReason, stop: Option<&str>) -> (&'static str, Option<String>) {
+/// documentation for `cancelled`); `called`: the answer ended after complete tool calls.
+pub fn stop_reason(
+    reason: FinishReason,
+    stop: Option<&str>,
+    called: bool,
+) -> (&'static str, Option<String>) {
     match (reason, stop) {
+        (FinishReason::Stop, None) if called => ("tool_use", None),
         (FinishReason::Stop, Some(s)) => ("stop_sequence", Some(s.to_string())),
         (FinishReason::Stop, None) => ("end_turn", None),
         (FinishReason::Length | FinishReason::Cancelled, _) => ("max_tokens", None),
     }
 }
 
-/// A `text_delta`.
+/// The `delta` of `content_block_delta`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TextDelta {
-    /// Always `text_delta`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// New text.
-    pub text: String,
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BlockDelta {
+    /// More text of a text block.
+    TextDelta {
+        /// New text.
+        text: String,
+    },
+    /// More of a `tool_use` block's arguments (JSON text as generated).
+    InputJsonDelta {
+        /// New JSON text.
+        partial_json: String,
+    },
 }
 
 /// The `delta` of `message_delta`.
@@ -433,25 +633,25 @@ pub enum StreamEvent {
         /// The message so far.
         message: MessageResponse,
     },
-    /// The text block opens.
+    /// A content block opens.
     ContentBlockStart {
-        /// Always 0 (one block).
+        /// The block's index in the message.
         index: u32,
-        /// An empty text block.
-        content_block: TextBlock,
+        /// An empty text block, or a tool call's id and name.
+        content_block: ResponseBlock,
     },
     /// Nothing; also the keep-alive.
     Ping,
-    /// New text.
+    /// More of the open block.
     ContentBlockDelta {
-        /// Always 0.
+        /// The block's index.
         index: u32,
-        /// The text.
-        delta: TextDelta,
+        /// Text or arguments.
+        delta: BlockDelta,
     },
-    /// The text block closes.
+    /// A content block closes.
     ContentBlockStop {
-        /// Always 0.
+        /// The block's index.
         index: u32,
     },
     /// The stop reason and output token count.
@@ -493,70 +693,143 @@ impl StreamEvent {
         });
         Bytes::from(format!("event: {}\ndata: {data}\n\n", self.name()))
     }
+}
+
+/// One streamed message's events: which content block is open, and (with tools) the split of
+/// the text into text and `tool_use` blocks. Without tools the text block opens with the
+/// stream, as Anthropic's does; with tools each block opens when its first piece arrives.
+pub struct MessageStream {
+    calls: Option<CallParser>,
+    /// The open block: its index, and whether it is text.
+    open: Option<(u32, bool)>,
+    blocks: u32,
+}
+
+impl MessageStream {
+    /// A stream whose answer may hold tool calls when `tool_calls`.
+    pub fn new(tool_calls: bool) -> Self {
+        Self {
+            calls: tool_calls.then(CallParser::new),
+            open: None,
+            blocks: 0,
+        }
+    }
 
     /// The events that open a stream of message `id` with `input_tokens` prompt tokens.
-    pub fn opening(id: &str, model: &str, input_tokens: usize) -> [StreamEvent; 3] {
-        [
-            StreamEvent::MessageStart {
-                message: MessageResponse {
-                    id: id.to_string(),
-                    kind: "message",
-                    role: "assistant",
-                    model: model.to_string(),
-                    content: Vec::new(),
-                    stop_reason: None,
-                    stop_sequence: None,
-                    usage: MessageUsage {
-                        input_tokens,
-                        output_tokens: 0,
-                    },
+    pub fn opening(&mut self, id: &str, model: &str, input_tokens: usize) -> Vec<StreamEvent> {
+        let mut out = vec![StreamEvent::MessageStart {
+            message: MessageResponse {
+                id: id.to_string(),
+                kind: "message",
+                role: "assistant",
+                model: model.to_string(),
+                content: Vec::new(),
+                stop_reason: None,
+                stop_sequence: None,
+                usage: MessageUsage {
+                    input_tokens,
+                    output_tokens: 0,
                 },
             },
-            StreamEvent::ContentBlockStart {
-                index: 0,
-                content_block: TextBlock::new(String::new()),
-            },
-            StreamEvent::Ping,
-        ]
+        }];
+        if self.calls.is_none() {
+            self.open_block(ResponseBlock::text(String::new()), &mut out);
+        }
+        out.push(StreamEvent::Ping);
+        out
+    }
+
+    fn close(&mut self, out: &mut Vec<StreamEvent>) {
+        if let Some((index, _)) = self.open.take() {
+            out.push(StreamEvent::ContentBlockStop { index });
+        }
+    }
+
+    fn open_block(&mut self, block: ResponseBlock, out: &mut Vec<StreamEvent>) {
+        self.close(out);
+        let text = matches!(block, ResponseBlock::Text { .. });
+        out.push(StreamEvent::ContentBlockStart {
+            index: self.blocks,
+            content_block: block,
+        });
+        self.open = Some((self.blocks, text));
+        self.blocks += 1;
+    }
+
+    fn piece(&mut self, p: Piece, out: &mut Vec<StreamEvent>) {
+        let delta = match p {
+            Piece::Content(text) if text.is_empty() => return,
+            Piece::Content(text) => {
+                if !matches!(self.open, Some((_, true))) {
+                    self.open_block(ResponseBlock::text(String::new()), out);
+                }
+                BlockDelta::TextDelta { text }
+            }
+            Piece::Start { id, name, .. } => {
+                let block = ResponseBlock::ToolUse {
+                    id: tool_use_id(&id),
+                    name,
+                    input: json!({}),
+                };
+                return self.open_block(block, out);
+            }
+            Piece::Arguments { text, .. } => BlockDelta::InputJsonDelta { partial_json: text },
+        };
+        if let Some((index, _)) = self.open {
+            out.push(StreamEvent::ContentBlockDelta { index, delta });
+        }
     }
 
     /// The events a scheduler event turns into (possibly none).
-    pub fn from_event(ev: &Event) -> Vec<StreamEvent> {
+    pub fn events(&mut self, ev: &Event) -> Vec<StreamEvent> {
+        let mut out = Vec::new();
         match ev {
-            Event::Started { .. } => Vec::new(),
-            Event::Tokens { text, .. } if text.is_empty() => Vec::new(),
-            Event::Tokens { text, .. } => vec![StreamEvent::ContentBlockDelta {
-                index: 0,
-                delta: TextDelta {
-                    kind: "text_delta",
-                    text: text.clone(),
-                },
-            }],
+            Event::Started { .. } => {}
+            Event::Tokens { text, .. } => {
+                let pieces = match self.calls.as_mut() {
+                    Some(p) => p.push(text),
+                    None => vec![Piece::Content(text.clone())],
+                };
+                for p in pieces {
+                    self.piece(p, &mut out);
+                }
+            }
             Event::Finished {
                 reason,
                 stop,
                 usage,
                 ..
             } => {
-                let (stop_reason, stop_sequence) = stop_reason(*reason, stop.as_deref());
-                vec![
-                    StreamEvent::ContentBlockStop { index: 0 },
-                    StreamEvent::MessageDelta {
-                        delta: MessageDelta {
-                            stop_reason,
-                            stop_sequence,
-                        },
-                        usage: DeltaUsage {
-                            output_tokens: usage.completion_tokens,
-                        },
+                let rest = self
+                    .calls
+                    .as_mut()
+                    .map(CallParser::finish)
+                    .unwrap_or_default();
+                for p in rest {
+                    self.piece(p, &mut out);
+                }
+                if self.blocks == 0 {
+                    self.open_block(ResponseBlock::text(String::new()), &mut out);
+                }
+                self.close(&mut out);
+                let called = self.calls.as_ref().is_some_and(|c| c.completed() > 0);
+                let (stop_reason, stop_sequence) = stop_reason(*reason, stop.as_deref(), called);
+                out.push(StreamEvent::MessageDelta {
+                    delta: MessageDelta {
+                        stop_reason,
+                        stop_sequence,
                     },
-                    StreamEvent::MessageStop,
-                ]
+                    usage: DeltaUsage {
+                        output_tokens: usage.completion_tokens,
+                    },
+                });
+                out.push(StreamEvent::MessageStop);
             }
-            Event::Error { code, message, .. } => vec![StreamEvent::Error {
+            Event::Error { code, message, .. } => out.push(StreamEvent::Error {
                 error: error_detail(&ApiError::from_event(*code, message)),
-            }],
+            }),
         }
+        out
     }
 }
 

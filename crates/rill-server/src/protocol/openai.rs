@@ -158,6 +158,56 @@ pub struct Delta {
     /// New text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// New tool-call fragments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A fragment of a streamed tool call: the first of each call carries its `id`, `type` and
+/// `function.name`; the next ones add to `function.arguments`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ToolCallDelta {
+    /// The call's index in the answer.
+    pub index: usize,
+    /// `call_...` (first fragment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function` (first fragment).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// The function's name and/or more of its arguments.
+    pub function: FunctionDelta,
+}
+
+/// `tool_calls[].function` of a fragment.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FunctionDelta {
+    /// The function's name (first fragment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// More of the arguments' JSON text, as generated.
+    pub arguments: String,
+}
+
+/// A whole tool call of a response message.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ToolCall {
+    /// `call_` and 24 hex digits.
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The function and its arguments.
+    pub function: FunctionCall,
+}
+
+/// `tool_calls[].function` of a response message.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FunctionCall {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments as JSON text, as generated.
+    pub arguments: String,
 }
 
 /// One choice of a streamed chunk.
@@ -216,8 +266,11 @@ pub struct Chunk {
 pub struct Message {
     /// `assistant`.
     pub role: &'static str,
-    /// The generated text.
-    pub content: String,
+    /// The generated text (null when the answer is only tool calls).
+    pub content: Option<String>,
+    /// The answer's tool calls, when it made any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
     /// Always null.
     pub refusal: Option<String>,
 }

@@ -47,15 +47,25 @@ pub struct GenerateFrame {
     /// OpenAI request fields.
     #[serde(default)]
     pub params: Map<String, Value>,
-    /// Every other field; `prompt`, `messages`, `max_tokens`, `stop` and `priority` here
-    /// override `params`.
+    /// Every other field; `prompt`, `messages`, `max_tokens`, `stop`, `priority`, `tools`,
+    /// `tool_choice`, `parallel_tool_calls` and `response_format` here override `params`.
     #[serde(flatten)]
     pub fields: Map<String, Value>,
 }
 
 impl GenerateFrame {
     /// Fields taken from the top level of the frame (over `params`).
-    const TOP_LEVEL: [&'static str; 5] = ["prompt", "messages", "max_tokens", "stop", "priority"];
+    const TOP_LEVEL: [&'static str; 9] = [
+        "prompt",
+        "messages",
+        "max_tokens",
+        "stop",
+        "priority",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+    ];
 
     /// The OpenAI request body the frame describes.
     pub fn body(&self) -> Map<String, Value> {
@@ -102,6 +112,9 @@ pub enum ServerFrame {
     },
     /// New tokens.
     Token(TokenFrame),
+    /// A piece of a tool call (a generation with `tools`): the first of each call carries its
+    /// `call_id` and `name`, the next ones more `arguments` (JSON text as generated).
+    ToolCall(ToolCallFrame),
     /// The generation ended normally.
     Complete(CompleteFrame),
     /// A failure: of one generation (`id`) or of a frame the server could not take.
@@ -158,12 +171,29 @@ pub struct TokenFrame {
     pub text: Option<String>,
 }
 
+/// A `tool_call` frame.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallFrame {
+    /// The generation's id.
+    pub id: String,
+    /// The call's index in the answer.
+    pub index: usize,
+    /// `call_...` (first piece of a call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// The function (first piece of a call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// More of the arguments.
+    pub arguments: String,
+}
+
 /// A `complete` frame.
 #[derive(Debug, Clone, Serialize)]
 pub struct CompleteFrame {
     /// The generation's id.
     pub id: String,
-    /// `stop`, `length` or `cancelled`.
+    /// `stop`, `length`, `cancelled`, or `tool_calls` (it ended after complete tool calls).
     pub finish_reason: &'static str,
     /// Token counts.
     pub usage: UsageBody,

@@ -3,7 +3,9 @@
 Usage: python test_anthropic_sdk.py PATH_TO_RILL_BINARY
 Starts the server on a free port with an API key (the SDK sends it as `x-api-key`), waits for
 /ready, then drives the Messages API: `messages.create` streamed and not, `messages.stream`
-(text_stream, get_final_message), every stop_reason, `messages.count_tokens`, and typed errors.
+(text_stream, get_final_message), every stop_reason, `messages.count_tokens`, forced `tool_use`
+blocks (whole and through `messages.stream`, input valid against the schema), a `tool_result`
+turn answered, and typed errors.
 Exits non-zero on the first failure.
 """
 
@@ -74,14 +76,47 @@ def run(client, base):
                                 max_tokens=200, temperature=0)
     check(r4.stop_reason == "end_turn" and r4.usage.output_tokens < 200, f"end_turn: {r4.stop_reason}")
 
+    # Tools: a forced tool_use block, whole and streamed, then its result answered.
+    tools = [{"name": "get_weather", "description": "The weather in a city",
+              "input_schema": {"type": "object", "properties": {
+                  "city": {"type": "string", "maxLength": 30},
+                  "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                  "required": ["city", "unit"]}}]
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for choice in ({"type": "any"}, {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}):
+        t = client.messages.create(model=model, messages=ask, tools=tools, tool_choice=choice, max_tokens=80,
+                                   temperature=0)
+        uses = [b for b in t.content if b.type == "tool_use"]
+        check(t.stop_reason == "tool_use" and uses, f"tool_use ({choice}): {t}")
+        for u in uses:
+            check(u.name == "get_weather" and u.id.startswith("toolu_"), f"tool_use block {u}")
+            check(set(u.input) == {"city", "unit"} and isinstance(u.input["city"], str)
+                  and u.input["unit"] in ("celsius", "fahrenheit"), f"input valid against the schema: {u.input}")
+        with client.messages.stream(model=model, messages=ask, tools=tools, tool_choice=choice, max_tokens=80,
+                                    temperature=0) as stream:
+            final = stream.get_final_message()
+        streamed = [(b.name, b.input) for b in final.content if b.type == "tool_use"]
+        check(streamed == [(u.name, u.input) for u in uses], f"streamed tool_use {streamed}")
+        check(final.stop_reason == "tool_use", f"streamed stop_reason {final.stop_reason}")
+    answered = client.messages.create(model=model, tools=tools, max_tokens=20, temperature=0, messages=ask + [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": uses[0].id, "name": "get_weather",
+                                           "input": uses[0].input}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id,
+                                      "content": "21 degrees and sunny"}]}],
+        tool_choice={"type": "none"})
+    check(answered.content[0].type == "text" and answered.stop_reason in ("end_turn", "max_tokens"),
+          f"a tool result answered: {answered}")
+    n = count(model=model, messages=ask, tools=tools)
+    check(n.input_tokens > count(model=model, messages=ask).input_tokens, "tools count as prompt tokens")
+
     # Typed errors.
     try:
         client.messages.create(model=model, messages=msgs, max_tokens=8,
-                               tools=[{"name": "f", "input_schema": {"type": "object"}}])
-        check(False, "tools must fail")
+                               tools=[{"name": "f", "input_schema": {"type": "string"}}])
+        check(False, "a non-object input_schema must fail")
     except anthropic.BadRequestError as e:
         check(e.status_code == 400 and e.body["error"]["type"] == "invalid_request_error", f"400 shape: {e.body}")
-        check(e.body["error"]["message"].startswith("tools: "), f"names tools: {e.body}")
+        check(e.body["error"]["message"].startswith("tools[0].input_schema: "), f"names the schema: {e.body}")
     try:
         client.messages.create(model=model, max_tokens=8, messages=[{"role": "user", "content": [
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}]}])

@@ -4,7 +4,9 @@
 // of coalesced tokens through a small jitter buffer, and resumes an answer after a dropped
 // connection (every generation is resumable; the page reconnects with backoff and asks for
 // the tokens after the last position it showed). A message sent while the WebSocket is still
-// connecting waits for it, and goes over SSE if the socket then fails.
+// connecting waits for it, and goes over SSE if the socket then fails. With tools (Settings,
+// OpenAI's JSON), each tool call the model makes shows as a code block: the function's name,
+// then its arguments as they stream.
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -90,6 +92,11 @@
     const p = { temperature: num("temperature"), top_p: num("top_p") };
     const seed = num("seed");
     if (seed !== undefined) p.seed = seed;
+    const tools = $("tools").value.trim();
+    if (tools) {
+      p.tools = JSON.parse(tools); // a syntax error is reported on the answer by start()
+      p.tool_choice = $("tool_choice").value;
+    }
     return { params: p, max_tokens: num("max_tokens") || 256 };
   }
 
@@ -104,14 +111,15 @@
     const a = {
       id: `c${Date.now().toString(36)}${counter++}`, li, body: li.querySelector(".body"),
       raw: "", shown: "", pending: "", announced: 0, lastPosition: -1, done: false,
-      finish: null, error: null, summary: null, streamId: null, lastEventId: null,
+      finish: null, error: null, summary: null, streamId: null, lastEventId: null, calls: [],
     };
     a.stats = answerMeta(li, a);
     current = a;
     setBusy(true);
-    const { params: p, max_tokens } = params();
-    transport.generate(a, messages(), max_tokens, p);
     requestAnimationFrame(pump);
+    let req;
+    try { req = params(); } catch (e) { onError(a, "invalid_tools", `Tools must be a JSON array of OpenAI tools: ${e.message}`); return; }
+    transport.generate(a, messages(), req.max_tokens, req.params);
   }
 
   function onQueued(a, position) { if (!a.raw) a.stats.textContent = `queued: position ${position}`; }
@@ -122,7 +130,23 @@
     a.pending += text;
     if (a.stats.textContent.startsWith("queued") || a.stats.textContent === "waiting…") a.stats.textContent = "…";
   }
-  function onComplete(a, finish, summary) { a.finish = finish; a.summary = summary; a.done = true; }
+  // A tool call's first piece (with its name) opens a code block; the next ones stream its
+  // arguments into it; the next call or the end closes it. Only the display shows the block:
+  // the conversation keeps the call as a tool call.
+  function onToolCall(a, index, id, name, args) {
+    if (name) {
+      if (a.calls.length) a.pending += "\n```\n";
+      a.calls[index] = { id: id || `call_${index}`, type: "function", function: { name, arguments: "" } };
+      a.pending += `\n\n**Tool call** \`${name}\`\n\n\`\`\`json\n`;
+    }
+    const c = a.calls[index];
+    if (c && args) { c.function.arguments += args; a.pending += args; }
+    if (a.stats.textContent.startsWith("queued") || a.stats.textContent === "waiting…") a.stats.textContent = "…";
+  }
+  function onComplete(a, finish, summary) {
+    if (a.calls.length && !a.done) a.pending += "\n```\n";
+    a.finish = finish; a.summary = summary; a.done = true;
+  }
   function onError(a, code, message) { a.error = { code, message }; a.done = true; }
 
   function finish(a) {
@@ -146,9 +170,9 @@
       parts.push(a.finish || "stop");
       a.stats.textContent = parts.join(" · ");
       if (a.finish === "cancelled") a.li.classList.add("stopped");
-      conversation.push({ role: "assistant", content: a.raw });
+      conversation.push(a.calls.length ? { role: "assistant", content: a.raw, tool_calls: a.calls } : { role: "assistant", content: a.raw });
     }
-    hooks.answers.push({ text: a.raw, finish: a.finish, error: a.error });
+    hooks.answers.push({ text: a.raw, finish: a.finish, error: a.error, calls: a.calls });
     current = null;
     setBusy(false);
   }
@@ -232,7 +256,8 @@
       else if (f.type === "token") {
         if (f.token) onToken(a, f.token.text, f.token.position);
         else onToken(a, f.text, f.tokens.length ? f.tokens[f.tokens.length - 1].position : undefined);
-      } else if (f.type === "complete") onComplete(a, f.finish_reason, f.summary);
+      } else if (f.type === "tool_call") onToolCall(a, f.index, f.call_id, f.name, f.arguments);
+      else if (f.type === "complete") onComplete(a, f.finish_reason, f.summary);
       else if (f.type === "error") onError(a, f.error.code, f.error.message);
     }
     drop() { if (this.ws) this.ws.close(); }
@@ -276,6 +301,7 @@
               if (j.error) { onError(a, j.error.code, j.error.message); continue; }
               const c = j.choices && j.choices[0];
               if (c && c.delta && c.delta.content) onToken(a, c.delta.content);
+              for (const t of (c && c.delta && c.delta.tool_calls) || []) onToolCall(a, t.index, t.id, t.function && t.function.name, t.function && t.function.arguments);
               if (c && c.finish_reason) a.finish = c.finish_reason;
               if (j.timings) a.summary = { ttft_ms: j.timings.ttft_ms, tokens_per_second: j.timings.generation_tokens_per_s, total_tokens: j.usage ? j.usage.completion_tokens : undefined };
             }

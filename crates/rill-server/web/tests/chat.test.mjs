@@ -4,7 +4,8 @@
 // uninterrupted greedy run gives; model text with <script> or event handlers never executes;
 // keyboard-only use; phone width; with WebSockets blocked the page falls back to SSE (and
 // resumes there); a message sent while the WebSocket is still connecting is answered over SSE
-// when that connection then fails. Screenshots go to target/screenshots/chat-BROWSER-*.png.
+// when that connection then fails; with tools in Settings a tool call shows as a code block of
+// its arguments (over WebSocket and SSE). Screenshots go to target/screenshots/chat-BROWSER-*.png.
 // Usage: node crates/rill-server/web/tests/chat.test.mjs PATH_TO_RILL_BINARY [chromium|firefox]
 import net from "node:net";
 import path from "node:path";
@@ -42,6 +43,29 @@ async function ask(page, text) {
   await page.keyboard.type(text);
   await page.keyboard.press("Enter");
   await page.waitForFunction(() => window.rillChat.busy, { timeout: 10000 });
+}
+
+// Asks for a forced tool call with the Settings' tools; checks the call and its code block.
+async function toolCall(page, transport) {
+  await page.evaluate(() => {
+    document.getElementById("tools").value = JSON.stringify([{ type: "function", function: { name: "get_weather",
+      parameters: { type: "object", properties: { city: { type: "string", maxLength: 20 } }, required: ["city"] } } }]);
+    document.getElementById("tool_choice").value = "required";
+  });
+  await ask(page, "What is the weather in Paris?");
+  await waitIdle(page, 60000);
+  const a = await lastAnswer(page);
+  const call = a.calls[0];
+  check(a.finish === "tool_calls" && call && call.function.name === "get_weather", `${transport}: a tool call ends the answer (${JSON.stringify(a)})`);
+  const args = JSON.parse(call.function.arguments);
+  check(typeof args.city === "string", `${transport}: the call's arguments are the tool's (${call.function.arguments})`);
+  const shown = await page.evaluate(() => {
+    const code = document.querySelector(".msg.assistant:last-child .body pre code");
+    return { code: code ? code.textContent : null, text: document.querySelector(".msg.assistant:last-child .body").textContent };
+  });
+  check(shown.code !== null && JSON.stringify(JSON.parse(shown.code)) === JSON.stringify(args) && shown.text.includes("get_weather"),
+    `${transport}: the call shows as a code block of its arguments (${JSON.stringify(shown)})`);
+  await page.evaluate(() => { document.getElementById("tools").value = ""; });
 }
 
 const waitIdle = (page, ms = 120000) => page.waitForFunction(() => !window.rillChat.busy, { timeout: ms });
@@ -120,6 +144,10 @@ try {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
   check(!overflow, "no horizontal scrolling at phone width");
   await page.screenshot({ path: shot("mobile"), fullPage: true });
+  await page.setViewport({ width: 1100, height: 900 });
+  await setParams(page, { temperature: 0, maxTokens: 80 });
+  await toolCall(page, "ws");
+  await page.screenshot({ path: shot("tool-call"), fullPage: true });
   check(errors.length === 0, `no script errors (${errors.join("; ")})`);
 
   // 6. WebSockets blocked: the page falls back to SSE, and still resumes after a cut.
@@ -142,6 +170,7 @@ try {
   const viaSse = await lastAnswer(sse);
   check((await sse.evaluate(() => window.rillChat.reconnects)) >= 1, "the SSE fallback reconnected with Last-Event-ID");
   check(viaSse.text === want, `over SSE, after a cut, the same text (${JSON.stringify(viaSse.text.slice(0, 40))}…)`);
+  await toolCall(sse, "sse");
 
   // 7. A message sent while the WebSocket is still connecting, whose connection then fails: the
   // page falls back to SSE and the answer arrives there. The page's WebSocket goes to a TCP
