@@ -40,6 +40,11 @@ pub trait Backend: Send + 'static {
     /// One batched forward pass: each item's tokens are appended to its sequence, and the
     /// logits of each item's last `logits` tokens come back in item order. All-or-nothing.
     fn step(&mut self, items: &[StepItem<'_>]) -> Result<StepLogits<'_>, EngineError>;
+    /// CPU threads a step keeps busy (decides whether constraint masks can be computed beside
+    /// it on a spare core).
+    fn compute_threads(&self) -> usize {
+        1
+    }
 }
 
 impl Backend for Engine {
@@ -85,6 +90,10 @@ impl Backend for Engine {
 
     fn truncate_sequence(&mut self, seq: SeqId, len: usize) -> Result<(), EngineError> {
         Engine::truncate_sequence(self, seq, len)
+    }
+
+    fn compute_threads(&self) -> usize {
+        self.threads()
     }
 
     fn step(&mut self, items: &[StepItem<'_>]) -> Result<StepLogits<'_>, EngineError> {

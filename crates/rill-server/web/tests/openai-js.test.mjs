@@ -1,5 +1,6 @@
 // The official OpenAI JavaScript SDK (npm `openai`) against a real `rill serve`: chat and
-// completions, streamed and not, with usage, logprobs and typed errors.
+// completions, streamed and not, with usage, logprobs, tool calls (required and named, whole
+// and streamed through the SDK's stream helper), `n` choices, and typed errors.
 // Usage: node crates/rill-server/web/tests/openai-js.test.mjs PATH_TO_RILL_BINARY
 import { spawn } from "node:child_process";
 import net from "node:net";
@@ -47,6 +48,24 @@ try {
   let ctext = "";
   for await (const chunk of cs) ctext += chunk.choices.length ? chunk.choices[0].text : "";
   check(c.choices[0].text.length > 0 && ctext === c.choices[0].text, "completions, streamed and not");
+  // Tool calls: forced, whole and streamed (the SDK's chat stream helper assembles them).
+  const tools = [{ type: "function", function: { name: "get_weather", description: "Weather in a city",
+    parameters: { type: "object", properties: { city: { type: "string", maxLength: 30 } }, required: ["city"] } } }];
+  const ask = [{ role: "user", content: "What is the weather in Paris?" }];
+  for (const tool_choice of ["required", { type: "function", function: { name: "get_weather" } }]) {
+    const body = { model, messages: ask, tools, tool_choice, parallel_tool_calls: false, max_tokens: 60, temperature: 0 };
+    const whole = await client.chat.completions.create(body);
+    const call = whole.choices[0].message.tool_calls[0];
+    check(whole.choices[0].finish_reason === "tool_calls" && call.function.name === "get_weather"
+      && typeof JSON.parse(call.function.arguments).city === "string", `tool call (${JSON.stringify(tool_choice)}): ${call.function.arguments}`);
+    const runner = client.beta.chat.completions.stream(body);
+    const final = await runner.finalChatCompletion();
+    const scall = final.choices[0].message.tool_calls[0];
+    check(scall.function.name === call.function.name && scall.function.arguments === call.function.arguments, "the streamed call assembles to the same call");
+  }
+  // n choices, each with its index.
+  const many = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0.9, seed: 3, n: 3 });
+  check(many.choices.length === 3 && many.choices.every((ch, i) => ch.index === i && ch.message.content.length > 0), "n = 3 choices");
   try {
     await client.chat.completions.create({ model, messages, top_p: 3 });
     check(false, "top_p=3 must fail");
