@@ -221,14 +221,13 @@ impl<B: Backend> EngineLoop<B> {
             }),
         });
         let spec =
-            (self.cfg.spec.mode == SpecMode::Ngram && request.speculative && constraint.is_none())
-                .then(|| SpecState {
-                    index: NgramIndex::new(self.cfg.spec.ngram_min, self.cfg.spec.ngram_max),
-                    acceptance: Acceptance::starting_from(&self.spec_prior),
-                    drafted: 0,
-                    accepted: 0,
-                    last_accepted: 0,
-                });
+            (self.cfg.spec.mode == SpecMode::Ngram && request.speculative).then(|| SpecState {
+                index: NgramIndex::new(self.cfg.spec.ngram_min, self.cfg.spec.ngram_max),
+                acceptance: Acceptance::starting_from(&self.spec_prior),
+                drafted: 0,
+                accepted: 0,
+                last_accepted: 0,
+            });
         let seq = Sequence {
             seq: self.new_seq_id(),
             prompt_len: request.prompt.len(),
@@ -562,6 +561,12 @@ impl<B: Backend> EngineLoop<B> {
             };
             if room > 0 {
                 spec.index.draft(&s.context, room, &mut p.draft);
+            }
+            // A constrained sequence drafts only what its constraint allows (verification
+            // masks each position anyway; this keeps doomed rows out of the step).
+            if let Some(c) = s.constraint.as_mut().filter(|c| c.active()) {
+                let valid = c.state.valid_prefix(&p.draft).unwrap_or(0);
+                p.draft.truncate(valid);
             }
             if p.draft.is_empty() {
                 spec.acceptance.idle();

@@ -26,7 +26,8 @@ pub struct Request {
     pub speculative: bool,
     /// What the output must match (JSON schema, grammar, regex): each step's logits are
     /// masked to the tokens it allows, and the generation stops when it is complete. A
-    /// constrained request does not speculate.
+    /// constrained request speculates like any other: drafts are trimmed to what the
+    /// constraint allows, and each verified position is masked before it is sampled.
     pub constraint: Option<Constrained>,
 }
 

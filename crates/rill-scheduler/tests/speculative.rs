@@ -287,3 +287,47 @@ fn preempting_mid_speculation_changes_no_stream() {
     wait_for(&h, "an idle pool", |s| s.kv.sequences == 0);
     sched.shutdown(std::time::Duration::from_secs(1));
 }
+
+#[test]
+fn constrained_sequences_speculate_without_changing_a_token() {
+    let _g = serial();
+    let sched = scheduler(8192, config(SpecMode::Ngram));
+    let h = sched.handle();
+    let env = h.constraint_env().unwrap();
+    let record = r#"{"city": "Lyon", "river": "Rhone", "bridges": ["Bonaparte", "Lafayette", "Wilson", "Morand"], "founded": 43}"#;
+    let text = format!("Original:\n{record}\n\nCopy:\n");
+    let prompt = h.tokenizer().encode(&text, true).unwrap();
+    let constraints = [
+        rill_engine::Constraint::JsonObject,
+        // Lower-case words only: drafts of the copy break off at the capitals.
+        rill_engine::Constraint::Regex("[a-z\"{}:, \\[\\]]{1,120}".into()),
+    ];
+    let stats0 = h.stats();
+    for (k, c) in constraints.iter().enumerate() {
+        for seed in [None, Some(4)] {
+            let run = |spec: bool| {
+                let mut r = request(prompt.clone(), seed, spec);
+                r.max_tokens = 64;
+                r.constraint = Some(rill_scheduler::Constrained::new(env.compile(c).unwrap()));
+                collect(h.submit(r).unwrap())
+            };
+            let (off, on) = (run(false), run(true));
+            assert_eq!(on.tokens, off.tokens, "constraint {k}, seed {seed:?}");
+            assert_eq!(on.finish, off.finish);
+            if k == 0 {
+                assert!(
+                    serde_json::from_str::<serde_json::Value>(&on.text).is_ok()
+                        || on.finish == Some(FinishReason::Length),
+                    "{}",
+                    on.text
+                );
+            }
+        }
+    }
+    let s = h.stats();
+    assert!(
+        s.accepted_tokens > stats0.accepted_tokens,
+        "constrained sequences drafted and had drafts accepted: {s:?}"
+    );
+    sched.shutdown(std::time::Duration::from_secs(1));
+}
