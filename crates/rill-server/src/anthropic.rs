@@ -205,7 +205,7 @@ async fn messages_inner(
     let input_tokens = p.request.prompt.len();
     state.charge(&key.0, input_tokens + p.request.max_tokens)?;
     let mut stream = Choices::one(state.sched.submit(p.request)?);
-    let id = new_message_id();
+    let id = format!("{}.{}", new_message_id(), state.replica);
     state.streams.insert(
         &id,
         StreamEntry {

@@ -19,6 +19,10 @@ pub struct ServeConfig {
     pub model: String,
     /// The model id reported by `/v1/models` and in responses; empty: the file's stem.
     pub served_model_name: String,
+    /// This replica's id, the suffix of every stream id it makes (`chatcmpl-HEX.ID`), so a
+    /// balancer can route `GET`/`DELETE /v1/streams/{id}` to the replica that owns the stream;
+    /// empty: the host name. Letters, digits, `-` and `_`, at most 63.
+    pub replica_id: String,
     /// Compute threads (0: one per physical core).
     pub threads: usize,
     /// KV cache size in MiB (0: derived from memory, see `rill info`).
@@ -77,6 +81,14 @@ pub struct ServeConfig {
     pub bench_db: Option<PathBuf>,
 }
 
+/// 1-63 ASCII letters, digits, `-` and `_`.
+fn valid_replica_id(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
@@ -84,6 +96,7 @@ impl Default for ServeConfig {
             port: 8080,
             model: String::new(),
             served_model_name: String::new(),
+            replica_id: String::new(),
             threads: 0,
             kv_cache_mib: 0,
             kv_type: "f16".into(),
@@ -127,6 +140,8 @@ pub struct Overrides {
     pub model: Option<String>,
     /// Replaces [`ServeConfig::served_model_name`].
     pub served_model_name: Option<String>,
+    /// Replaces [`ServeConfig::replica_id`].
+    pub replica_id: Option<String>,
     /// Replaces [`ServeConfig::threads`].
     pub threads: Option<usize>,
     /// Replaces [`ServeConfig::kv_cache_mib`].
@@ -223,6 +238,7 @@ impl ServeConfig {
             port,
             model,
             served_model_name,
+            replica_id,
             threads,
             kv_cache_mib,
             kv_type,
@@ -264,8 +280,38 @@ impl ServeConfig {
         })
     }
 
-    /// Checks every setting's range (host, KV type, latency target, speculation, limits, CORS
-    /// origins, keys file); the first bad one is returned as [`ConfigError::Invalid`].
+    /// The replica id stream ids carry: `replica_id`, else the host name made valid (other
+    /// characters become `-`), else `rill`.
+    pub fn replica(&self) -> String {
+        if !self.replica_id.is_empty() {
+            return self.replica_id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .unwrap_or_default();
+        let id: String = host
+            .trim()
+            .chars()
+            .take(63)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if valid_replica_id(&id) {
+            id
+        } else {
+            "rill".into()
+        }
+    }
+
+    /// Checks every setting's range (host, KV type, replica id, latency target, speculation,
+    /// limits, CORS origins, keys file); the first bad one is returned as
+    /// [`ConfigError::Invalid`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(key: &'static str, value: impl ToString, allowed: &str) -> ConfigError {
             ConfigError::Invalid {
@@ -283,6 +329,13 @@ impl ServeConfig {
         }
         if self.kv_type.parse::<rill_engine::KvType>().is_err() {
             return Err(bad("kv_type", &self.kv_type, "one of f16, q8_0, q4_0"));
+        }
+        if !self.replica_id.is_empty() && !valid_replica_id(&self.replica_id) {
+            return Err(bad(
+                "replica_id",
+                &self.replica_id,
+                "1-63 letters, digits, `-` and `_`",
+            ));
         }
         if !(self.target_itl_ms.is_finite() && self.target_itl_ms > 0.0) {
             return Err(bad(
@@ -373,6 +426,24 @@ impl ServeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_ids_are_checked_and_default_to_the_host() {
+        let o = |id: &str| Overrides {
+            replica_id: Some(id.into()),
+            ..Overrides::default()
+        };
+        let c = ServeConfig::build(None, o("r-1_a")).unwrap_or_default();
+        assert_eq!(c.replica(), "r-1_a");
+        for bad in ["a.b", "a b", &"x".repeat(64)] {
+            let e = ServeConfig::build(None, o(bad))
+                .err()
+                .map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains("replica_id")), "{bad}");
+        }
+        let host = ServeConfig::default().replica();
+        assert!(valid_replica_id(&host), "{host}");
+    }
 
     #[test]
     fn layers_and_validation() {

@@ -16,7 +16,7 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
-use crate::openai::{new_id, Renderer};
+use crate::openai::Renderer;
 use crate::params::{self, GenParams, Kind};
 use crate::protocol::ApiError;
 use crate::relay::{relay, Choices, Collector, Relayed};
@@ -343,7 +343,7 @@ async fn generate_inner(
             .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     state.charge(&key.0, p.request.prompt.len() + p.request.max_tokens * p.n)?;
     let mut stream = submit_choices(&state, &p).await?;
-    let id = new_id(match kind {
+    let id = state.new_stream_id(match kind {
         Kind::Chat => "chatcmpl",
         Kind::Completion => "cmpl",
     });

@@ -72,7 +72,11 @@ fn seconds_histogram(start: f64, count: u16) -> Histogram {
 impl Metrics {
     /// A registry with every family, reading scheduler state from `sched` at scrape time.
     pub fn new(sched: SchedulerHandle) -> Self {
-        let mut registry = Registry::with_prefix("rill");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(GatewayCollector {
+            sched: sched.clone(),
+        }));
+        let registry = root.sub_registry_with_prefix("rill");
         let m = Self {
             ttft: seconds_histogram(0.005, 14),
             itl: seconds_histogram(0.001, 14),
@@ -144,7 +148,10 @@ impl Metrics {
             m.rejected.clone(),
         );
         registry.register_collector(Box::new(SchedulerCollector { sched }));
-        Self { registry, ..m }
+        Self {
+            registry: root,
+            ..m
+        }
     }
 
     /// Observes one event of a request (call for every event, in order).
@@ -305,6 +312,65 @@ impl Metrics {
             s.clear();
         }
         s
+    }
+}
+
+/// The gauges an inference gateway reads, under vLLM's names (the Gateway API Inference
+/// Extension's endpoint picker scrapes `vllm:num_requests_waiting`,
+/// `vllm:num_requests_running`, `vllm:kv_cache_usage_perc` and
+/// `vllm:cache_config_info{block_size,num_gpu_blocks}`): the same values as
+/// `rill_waiting_requests`, `rill_running_sequences` and `rill_kv_blocks_used` /
+/// `rill_kv_blocks_total`, read from one scheduler snapshot (cheap enough for a scrape every
+/// 50 ms).
+struct GatewayCollector {
+    sched: SchedulerHandle,
+}
+
+impl std::fmt::Debug for GatewayCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayCollector")
+    }
+}
+
+impl Collector for GatewayCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.sched.stats();
+        for (name, help, v) in [
+            (
+                "vllm:num_requests_running",
+                "Requests in the running batch (rill_running_sequences)",
+                s.running as i64,
+            ),
+            (
+                "vllm:num_requests_waiting",
+                "Requests waiting for admission (rill_waiting_requests)",
+                s.waiting as i64,
+            ),
+        ] {
+            let g = ConstGauge::new(v);
+            g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let usage = s.kv.used_blocks() as f64 / s.kv.total_blocks.max(1) as f64;
+        let g = ConstGauge::new(usage);
+        g.encode(enc.encode_descriptor(
+            "vllm:kv_cache_usage_perc",
+            "KV cache blocks held by sequences, 0 to 1 (rill_kv_blocks_used / rill_kv_blocks_total)",
+            None,
+            g.metric_type(),
+        )?)?;
+        let labels = [
+            ("block_size".to_string(), s.kv.block_tokens.to_string()),
+            ("num_gpu_blocks".to_string(), s.kv.total_blocks.to_string()),
+        ];
+        let g = ConstGauge::new(1i64);
+        let mut family = enc.encode_descriptor(
+            "vllm:cache_config_info",
+            "The KV cache's configuration (tokens per block, blocks in the pool; memory is host RAM here)",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(family.encode_family(&labels)?)?;
+        Ok(())
     }
 }
 

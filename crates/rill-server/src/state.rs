@@ -28,6 +28,8 @@ pub struct AppState {
     pub cfg: ServeConfig,
     /// The model id reported by `/v1/models` and in every response's `model` field.
     pub model_id: String,
+    /// This replica's id, the suffix of its stream ids ([`ServeConfig::replica`]).
+    pub replica: String,
     /// When the server started, in Unix seconds (the model's `created`).
     pub created: u64,
     /// Resumable streams by id, for `GET`/`DELETE /v1/streams/{id}`.
@@ -60,6 +62,7 @@ impl AppState {
             metrics: crate::metrics::Metrics::new(sched.clone()),
             snapshots: crate::dashboard::Snapshots::default(),
             sched,
+            replica: cfg.replica(),
             cfg,
             model_id,
             created: crate::openai::now_unix(),
@@ -69,6 +72,12 @@ impl AppState {
             ready: AtomicBool::new(true),
             shutdown: watch::channel(false).0,
         }
+    }
+
+    /// A new stream id: `prefix`, 24 random hex digits and this replica's id
+    /// (`chatcmpl-HEX.REPLICA`).
+    pub fn new_stream_id(&self, prefix: &str) -> String {
+        format!("{}.{}", crate::openai::new_id(prefix), self.replica)
     }
 
     /// Whether new requests are taken (`/ready` answers 200): not shutting down and the

@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// Model id reported to clients (default: the file name).
     #[arg(long, env = "RILL_SERVED_MODEL_NAME")]
     served_model_name: Option<String>,
+    /// This replica's id, carried by every stream id so a balancer can route a stream's
+    /// resume and cancel to it (default: the host name).
+    #[arg(long, env = "RILL_REPLICA_ID")]
+    replica_id: Option<String>,
     /// Compute threads (0: one per physical core).
     #[arg(long, short = 't', env = "RILL_THREADS")]
     threads: Option<usize>,
@@ -101,6 +105,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             port: a.port,
             model: a.model,
             served_model_name: a.served_model_name,
+            replica_id: a.replica_id,
             threads: a.threads,
             kv_cache_mib: a.kv_cache_mib,
             kv_type: a.kv_type,
