@@ -6,7 +6,8 @@ Brings up `deploy/local/cluster.sh up 3 PORT` (RILL_BIN picks the binary), then 
   `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`, `vllm:cache_config_info`), and they
   move while a request runs;
 - SSE through HAProxy arrives token by token (the first content chunk of a long answer well
-  before its end: no proxy buffering);
+  before its end: no proxy buffering), and a WebSocket generation works through it (the
+  upgrade passes);
 - a resumable stream dropped mid-way resumes through HAProxy with `Last-Event-ID` (routed to
   its replica by the replica id in the stream id), nothing lost or repeated;
 - 16 concurrent streaming clients for DURATION seconds (default 60) while each replica is
@@ -15,10 +16,13 @@ Brings up `deploy/local/cluster.sh up 3 PORT` (RILL_BIN picks the binary), then 
 Then `cluster.sh down`. Exits non-zero on the first failure.
 """
 
+import base64
 import http.client
 import json
 import os
 import random
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -108,12 +112,20 @@ def gauges(lb):
     events = sse(r)
     next(events)
     next(events)
-    busy = metrics(lb + 1)
+    # The scheduler publishes its counts once per step: poll until the running request shows.
+    for _ in range(50):
+        busy = metrics(lb + 1)
+        if busy["vllm:num_requests_running"] == 1:
+            break
+        time.sleep(0.1)
     check(busy["vllm:num_requests_running"] == 1 and busy["vllm:kv_cache_usage_perc"] > 0,
           f"the gauges move with load ({busy})")
     c.close()
-    time.sleep(0.5)
-    idle = metrics(lb + 1)
+    for _ in range(50):
+        idle = metrics(lb + 1)
+        if idle["vllm:num_requests_running"] == 0:
+            break
+        time.sleep(0.1)
     check(idle["vllm:num_requests_running"] == 0, f"and back when it ends ({idle})")
 
 
@@ -126,6 +138,43 @@ def token_by_token(lb):
     distinct = len({round(t, 3) for t in times})
     check(len(times) > 100 and distinct > 50 and times[1] - times[0] < span / 4,
           f"events arrive one by one through the proxy ({len(times)} events, {distinct} distinct arrival times over {span:.2f} s)")
+
+
+def websocket(lb):
+    """One `generate` over /v1/ws through HAProxy (a minimal RFC 6455 client)."""
+    sock = socket.create_connection(("127.0.0.1", lb), timeout=60)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{lb}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    f = sock.makefile("rb")
+    status = f.readline().decode()
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    check(" 101 " in status, f"the WebSocket upgrade passes through HAProxy ({status.strip()})")
+    payload = json.dumps({"type": "generate", "id": "g1", "max_tokens": 12,
+                          "messages": [{"role": "user", "content": "Name a colour."}]}).encode()
+    mask = os.urandom(4)
+    head = bytes([0x81]) + (bytes([0x80 | len(payload)]) if len(payload) < 126
+                            else bytes([0x80 | 126]) + struct.pack(">H", len(payload)))
+    sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    text, end = "", None
+    while end is None:
+        b0, b1 = f.read(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack(">H", f.read(2))[0]
+        elif n == 127:
+            n = struct.unpack(">Q", f.read(8))[0]
+        data = f.read(n)
+        if b0 & 0x0F != 1:
+            continue
+        frame = json.loads(data)
+        if frame["type"] == "token":
+            text += frame["token"]["text"] if "token" in frame else frame["text"]
+        elif frame["type"] in ("complete", "error"):
+            end = frame
+    sock.close()
+    check(end["type"] == "complete" and text, f"a WebSocket generation through HAProxy ({text!r}, {end.get('finish_reason')})")
 
 
 def resume(lb):
@@ -217,6 +266,7 @@ def main():
     try:
         gauges(lb)
         token_by_token(lb)
+        websocket(lb)
         resume(lb)
         rolling(lb, duration)
     finally:
