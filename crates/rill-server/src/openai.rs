@@ -103,23 +103,38 @@ impl ChoiceState {
     }
 }
 
-/// A chat delta of parsed pieces: their content, and their call fragments (a call's start
-/// and its first arguments in one fragment).
-fn delta_of(pieces: Vec<Piece>) -> Delta {
+/// The chat deltas of parsed pieces, in order: content, and call fragments. A call's first
+/// fragment carries only its `id`, `type` and `function.name` (with `arguments: ""`, as OpenAI
+/// sends it) and ends its delta; the call's arguments follow in the next one.
+fn deltas_of(pieces: Vec<Piece>) -> Vec<Delta> {
+    let mut out = Vec::new();
     let mut content: Option<String> = None;
     let mut calls: Vec<ToolCallDelta> = Vec::new();
+    let flush =
+        |content: &mut Option<String>, calls: &mut Vec<ToolCallDelta>, out: &mut Vec<Delta>| {
+            if content.is_some() || !calls.is_empty() {
+                out.push(Delta {
+                    role: None,
+                    content: content.take(),
+                    tool_calls: (!calls.is_empty()).then(|| std::mem::take(calls)),
+                });
+            }
+        };
     for p in pieces {
         match p {
             Piece::Content(t) => content.get_or_insert_with(String::new).push_str(&t),
-            Piece::Start { index, id, name } => calls.push(ToolCallDelta {
-                index,
-                id: Some(id),
-                kind: Some("function"),
-                function: FunctionDelta {
-                    name: Some(name),
-                    arguments: String::new(),
-                },
-            }),
+            Piece::Start { index, id, name } => {
+                calls.push(ToolCallDelta {
+                    index,
+                    id: Some(id),
+                    kind: Some("function"),
+                    function: FunctionDelta {
+                        name: Some(name),
+                        arguments: String::new(),
+                    },
+                });
+                flush(&mut content, &mut calls, &mut out);
+            }
             Piece::Arguments { index, text } => match calls.last_mut() {
                 Some(c) if c.index == index => c.function.arguments.push_str(&text),
                 _ => calls.push(ToolCallDelta {
@@ -134,11 +149,8 @@ fn delta_of(pieces: Vec<Piece>) -> Delta {
             },
         }
     }
-    Delta {
-        role: None,
-        content,
-        tool_calls: (!calls.is_empty()).then_some(calls),
-    }
+    flush(&mut content, &mut calls, &mut out);
+    out
 }
 
 impl Renderer {
@@ -269,41 +281,57 @@ impl Renderer {
             },
             Event::Tokens { tokens, text, .. } => {
                 let with_lp = self.logprobs.is_some() && !tokens.is_empty();
-                let delta = match self.choices[choice].calls.as_mut() {
-                    Some(p) => delta_of(p.push(text)),
-                    None => Delta {
+                let deltas = match self.choices[choice].calls.as_mut() {
+                    Some(p) => deltas_of(p.push(text)),
+                    None => vec![Delta {
                         role: None,
                         content: Some(text.clone()),
                         tool_calls: None,
-                    },
+                    }],
                 };
                 let empty = match self.kind {
-                    Kind::Chat => {
-                        delta.content.as_ref().is_none_or(String::is_empty)
-                            && delta.tool_calls.is_none()
-                    }
+                    Kind::Chat => deltas.iter().all(|d| {
+                        d.content.as_ref().is_none_or(String::is_empty) && d.tool_calls.is_none()
+                    }),
                     Kind::Completion => text.is_empty(),
                 };
                 if empty && !with_lp {
                     return Vec::new();
                 }
-                let choice = match self.kind {
-                    Kind::Chat => ChunkChoice::Chat {
-                        index,
-                        delta,
-                        logprobs: with_lp.then(|| ChatLogprobs {
+                match self.kind {
+                    Kind::Chat => {
+                        // The tokens' log probabilities ride on the event's first chunk.
+                        let mut logprobs = with_lp.then(|| ChatLogprobs {
                             content: tokens.iter().map(|t| self.chat_logprob(t)).collect(),
-                        }),
-                        finish_reason: None,
-                    },
-                    Kind::Completion => ChunkChoice::Text {
-                        index,
-                        text: text.clone(),
-                        logprobs: with_lp.then(|| self.completion_logprobs(choice, tokens)),
-                        finish_reason: None,
-                    },
-                };
-                one(self.chunk(vec![choice]))
+                        });
+                        let deltas = if deltas.is_empty() {
+                            vec![Delta::default()]
+                        } else {
+                            deltas
+                        };
+                        deltas
+                            .into_iter()
+                            .map(|delta| {
+                                let c = ChunkChoice::Chat {
+                                    index,
+                                    delta,
+                                    logprobs: logprobs.take(),
+                                    finish_reason: None,
+                                };
+                                SsePayload::Chunk(Box::new(self.chunk(vec![c])))
+                            })
+                            .collect()
+                    }
+                    Kind::Completion => {
+                        let c = ChunkChoice::Text {
+                            index,
+                            text: text.clone(),
+                            logprobs: with_lp.then(|| self.completion_logprobs(choice, tokens)),
+                            finish_reason: None,
+                        };
+                        one(self.chunk(vec![c]))
+                    }
+                }
             }
             Event::Finished {
                 reason,
@@ -316,11 +344,11 @@ impl Renderer {
                 let rest = c.calls.as_mut().map(CallParser::finish).unwrap_or_default();
                 c.finish = Some((*reason, *usage, *timings));
                 let finish_reason = Some(c.finish_reason(*reason));
-                if !rest.is_empty() {
+                for delta in deltas_of(rest) {
                     out.push(SsePayload::Chunk(Box::new(self.chunk(vec![
                         ChunkChoice::Chat {
                             index,
-                            delta: delta_of(rest),
+                            delta,
                             logprobs: None,
                             finish_reason: None,
                         },
@@ -448,5 +476,28 @@ impl Renderer {
             usage: UsageBody::from(&usage),
             timings: TimingsBody::new(&timings, &usage),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_calls_first_fragment_has_only_its_name_and_the_arguments_follow() {
+        let mut p = CallParser::new();
+        // One token event that completes the head and starts the arguments.
+        let deltas = deltas_of(
+            p.push("Sure.<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>"),
+        );
+        assert_eq!(deltas.len(), 2, "{deltas:?}");
+        let first = &deltas[0];
+        assert_eq!(first.content.as_deref(), Some("Sure."));
+        let call = &first.tool_calls.as_ref().unwrap()[0];
+        assert_eq!(call.function.name.as_deref(), Some("f"));
+        assert!(call.id.is_some() && call.function.arguments.is_empty());
+        let rest = &deltas[1].tool_calls.as_ref().unwrap()[0];
+        assert!(rest.id.is_none() && rest.function.name.is_none());
+        assert_eq!(rest.function.arguments, "{\"a\": 1}");
     }
 }
