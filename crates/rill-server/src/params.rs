@@ -1,11 +1,18 @@
-//! Turns an OpenAI request body into a scheduler [`Request`]: every field checked for type and
-//! range with errors that name the parameter; unknown fields ignored, as OpenAI clients expect.
+//! Turns an OpenAI request body into a scheduler [`Request`]: the body deserializes into the
+//! typed request of its endpoint ([`crate::protocol::request`], which checks every field's type
+//! and range and names the parameter at fault; unknown fields are ignored, as OpenAI clients
+//! expect), then what needs the model is checked here: the prompt's length, token ids,
+//! `response_format` and tool grammars.
 
 use rill_engine::Constraint;
 use rill_engine::{ChatMessage, SamplingParams};
 use rill_scheduler::{Constrained, Request, SchedulerHandle};
 use serde_json::{Map, Value};
 
+use crate::protocol::request::{
+    self, ChatCompletionRequest, Choices, CompletionRequest, Generation, InputMessage, LogitBias,
+    Prompt, ResponseFormat,
+};
 use crate::protocol::ApiError;
 use crate::tools::{self, Tools};
 
@@ -19,7 +26,7 @@ pub enum Kind {
 }
 
 /// The most choices (`n`) one request may ask for.
-pub const MAX_CHOICES: usize = 8;
+pub const MAX_CHOICES: usize = Choices::RANGE.max as usize;
 
 /// A parsed generation request.
 #[derive(Debug, Clone)]
@@ -47,71 +54,6 @@ pub struct GenParams {
     pub resumable: bool,
 }
 
-struct Obj<'a>(&'a Map<String, Value>);
-
-impl<'a> Obj<'a> {
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.0.get(key).filter(|v| !v.is_null())
-    }
-
-    fn f64(&self, key: &str, min: f64, max: f64) -> Result<Option<f64>, ApiError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => {
-                let x = v
-                    .as_f64()
-                    .ok_or_else(|| ApiError::param(key, format!("`{key}` must be a number")))?;
-                if !(min..=max).contains(&x) {
-                    return Err(ApiError::param(
-                        key,
-                        format!("`{key}` = {x} is out of range [{min}, {max}]"),
-                    ));
-                }
-                Ok(Some(x))
-            }
-        }
-    }
-
-    fn int(&self, key: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => {
-                let x = v
-                    .as_i64()
-                    .or_else(|| v.as_u64().map(|u| u as i64))
-                    .ok_or_else(|| ApiError::param(key, format!("`{key}` must be an integer")))?;
-                if !(min..=max).contains(&x) {
-                    return Err(ApiError::param(
-                        key,
-                        format!("`{key}` = {x} is out of range [{min}, {max}]"),
-                    ));
-                }
-                Ok(Some(x))
-            }
-        }
-    }
-
-    fn bool(&self, key: &str) -> Result<Option<bool>, ApiError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| ApiError::param(key, format!("`{key}` must be a boolean"))),
-        }
-    }
-
-    fn str(&self, key: &str) -> Result<Option<&'a str>, ApiError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| ApiError::param(key, format!("`{key}` must be a string"))),
-        }
-    }
-}
-
 /// The server's bounds on one request (from [`crate::ServeConfig`]).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLimits {
@@ -131,123 +73,27 @@ impl RequestLimits {
     }
 }
 
-/// OpenAI fields rill does not implement yet and that would change the output: refused with a
-/// 400 naming them (absent, null, or the value in the second column is accepted: it changes
-/// nothing).
-const NOT_IMPLEMENTED: [(&str, Kinds, Neutral); 10] = [
-    ("tools", Kinds::Completion, Neutral::EmptyArray),
-    ("tool_choice", Kinds::Completion, Neutral::Str("none")),
-    ("functions", Kinds::Both, Neutral::EmptyArray),
-    ("function_call", Kinds::Both, Neutral::Str("none")),
-    ("audio", Kinds::Chat, Neutral::Nothing),
-    ("modalities", Kinds::Chat, Neutral::TextOnly),
-    ("prediction", Kinds::Chat, Neutral::Nothing),
-    ("web_search_options", Kinds::Chat, Neutral::Nothing),
-    ("suffix", Kinds::Completion, Neutral::Str("")),
-    ("echo", Kinds::Completion, Neutral::False),
-];
-
-/// Which endpoints a refused field belongs to.
-#[derive(Clone, Copy, PartialEq)]
-enum Kinds {
-    Chat,
-    Completion,
-    Both,
-}
-
-/// The value of a refused field that asks for nothing rill lacks.
-#[derive(Clone, Copy)]
-enum Neutral {
-    Nothing,
-    EmptyArray,
-    Str(&'static str),
-    False,
-    /// `["text"]`.
-    TextOnly,
-}
-
-impl Neutral {
-    fn accepts(self, v: &Value) -> bool {
-        match self {
-            Neutral::Nothing => false,
-            Neutral::EmptyArray => v.as_array().is_some_and(Vec::is_empty),
-            Neutral::Str(s) => v.as_str() == Some(s),
-            Neutral::False => v.as_bool() == Some(false),
-            Neutral::TextOnly => v.as_array().is_some_and(|a| a.len() == 1 && a[0] == "text"),
-        }
-    }
-}
-
-/// Refuses fields that would change the output and are not implemented.
-fn refuse_unimplemented(kind: Kind, o: &Obj) -> Result<(), ApiError> {
-    for (field, kinds, neutral) in NOT_IMPLEMENTED {
-        let applies = match kinds {
-            Kinds::Both => true,
-            Kinds::Chat => kind == Kind::Chat,
-            Kinds::Completion => kind == Kind::Completion,
-        };
-        if o.get(field).is_some_and(|v| applies && !neutral.accepts(v)) {
-            return Err(ApiError::param(
-                field,
-                format!("`{field}` is not supported by this server yet; the request would not get what it asks for"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// `response_format`: what the output must match, compiled against the model's vocabulary.
-/// `text` (or absent): nothing; `json_object`; `json_schema` (`{"json_schema": {"name",
-/// "schema", "strict"}}`; `strict` false, OpenAI's default, ignores the keywords that cannot
-/// be enforced); rill's `grammar` (`{"grammar": LARK}`) and `regex` (`{"regex": ...}`). An
-/// invalid schema, grammar or expression is a 400 naming `response_format`.
-fn response_format(o: &Obj, h: &SchedulerHandle) -> Result<Option<Constrained>, ApiError> {
-    let Some(v) = o.get("response_format") else {
-        return Ok(None);
-    };
-    let bad = |m: &str| ApiError::param("response_format", m);
-    let f = v
-        .as_object()
-        .ok_or_else(|| bad("`response_format` must be an object"))?;
-    let text = |key: &str| {
-        f.get(key)
-            .and_then(Value::as_str)
-            .map(String::from)
-            .ok_or_else(|| bad(&format!("`response_format.{key}` (a string) is required")))
-    };
-    let constraint = match text("type")?.as_str() {
-        "text" => return Ok(None),
-        "json_object" => Constraint::JsonObject,
-        "json_schema" => {
-            let js = f.get("json_schema").and_then(Value::as_object).ok_or_else(|| {
-                bad("`response_format.json_schema` (an object with `schema`) is required")
-            })?;
-            let schema = js
-                .get("schema")
-                .filter(|s| s.is_object() || s.is_boolean())
-                .cloned()
-                .ok_or_else(|| bad("`response_format.json_schema.schema` must be a JSON Schema"))?;
-            let strict = match js.get("strict") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(bad("`response_format.json_schema.strict` must be a boolean")),
-            };
-            Constraint::JsonSchema { schema, strict }
-        }
-        "grammar" => Constraint::Lark(text("grammar")?),
-        "regex" => Constraint::Regex(text("regex")?),
-        other => {
-            return Err(bad(&format!(
-                "unknown `response_format.type` `{other}` (text, json_object, json_schema, grammar, regex)"
-            )))
-        }
+/// `response_format` compiled against the model's vocabulary (None: `text`). An invalid
+/// schema, grammar or expression is a 400 naming `response_format`.
+fn response_format(
+    f: ResponseFormat,
+    h: &SchedulerHandle,
+) -> Result<Option<Constrained>, ApiError> {
+    let constraint = match f {
+        ResponseFormat::Text => return Ok(None),
+        ResponseFormat::JsonObject => Constraint::JsonObject,
+        ResponseFormat::JsonSchema { schema, strict } => Constraint::JsonSchema { schema, strict },
+        ResponseFormat::Grammar(g) => Constraint::Lark(g),
+        ResponseFormat::Regex(r) => Constraint::Regex(r),
     };
     let env = h.constraint_env().map_err(|e| {
         ApiError::internal(format!(
             "cannot build this model's constraint vocabulary: {e}"
         ))
     })?;
-    let state = env.compile(&constraint).map_err(|e| bad(&e.to_string()))?;
+    let state = env
+        .compile(&constraint)
+        .map_err(|e| ApiError::param("response_format", e.to_string()))?;
     Ok(Some(Constrained::new(state)))
 }
 
@@ -271,44 +117,16 @@ pub fn tool_constraint(t: &Tools, h: &SchedulerHandle) -> Result<Constrained, Ap
     })
 }
 
-/// `logit_bias`: token id (as a string key) to a bias in [-100, 100].
-fn logit_bias(o: &Obj, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
-    let Some(v) = o.get("logit_bias") else {
-        return Ok(Vec::new());
-    };
-    let m = v.as_object().ok_or_else(|| {
-        ApiError::param(
+/// `logit_bias`, each token id checked against the model's vocabulary.
+fn logit_bias(b: Option<LogitBias>, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let b = b.map(|b| b.0).unwrap_or_default();
+    if let Some((t, _)) = b.iter().find(|(t, _)| *t as usize >= vocab) {
+        return Err(ApiError::param(
             "logit_bias",
-            "`logit_bias` must be an object of token id to bias",
-        )
-    })?;
-    if m.len() > 1024 {
-        return Err(ApiError::param("logit_bias", "at most 1024 biased tokens"));
+            format!("`{t}` is not a token id of this model (0..{vocab})"),
+        ));
     }
-    m.iter()
-        .map(|(k, b)| {
-            let t = k
-                .parse::<u32>()
-                .ok()
-                .filter(|&t| (t as usize) < vocab)
-                .ok_or_else(|| {
-                    ApiError::param(
-                        "logit_bias",
-                        format!("`{k}` is not a token id of this model (0..{vocab})"),
-                    )
-                })?;
-            let b = b
-                .as_f64()
-                .filter(|b| (-100.0..=100.0).contains(b))
-                .ok_or_else(|| {
-                    ApiError::param(
-                        "logit_bias",
-                        format!("the bias of token {k} must be a number in [-100, 100]"),
-                    )
-                })?;
-            Ok((t, b as f32))
-        })
-        .collect()
+    Ok(b)
 }
 
 /// Parses the body bytes as a JSON object (400 for invalid UTF-8, malformed JSON, non-objects).
@@ -324,82 +142,40 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn stop_sequences(o: &Obj) -> Result<Vec<String>, ApiError> {
-    let v = match o.get("stop") {
-        None => return Ok(Vec::new()),
-        Some(v) => v,
-    };
-    let stops: Vec<String> = match v {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a
-            .iter()
-            .map(|x| {
-                x.as_str().map(String::from).ok_or_else(|| {
-                    ApiError::param("stop", "`stop` must be a string or an array of strings")
-                })
-            })
-            .collect::<Result<_, _>>()?,
-        _ => {
-            return Err(ApiError::param(
-                "stop",
-                "`stop` must be a string or an array of strings",
-            ))
-        }
-    };
-    if stops.len() > 4 {
-        return Err(ApiError::param("stop", "at most 4 stop sequences"));
-    }
-    if stops.iter().any(String::is_empty) {
-        return Err(ApiError::param("stop", "stop sequences must not be empty"));
-    }
-    Ok(stops)
-}
-
-fn messages(o: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
-    let arr = o
-        .get("messages")
-        .ok_or_else(|| ApiError::param("messages", "`messages` is required"))?
-        .as_array()
-        .ok_or_else(|| ApiError::param("messages", "`messages` must be an array"))?;
-    if arr.is_empty() {
+/// The conversation as chat templates take it: `developer` is `system`, an assistant's calls
+/// carry their arguments as objects.
+fn messages(msgs: Vec<InputMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+    if msgs.is_empty() {
         return Err(ApiError::param("messages", "`messages` must not be empty"));
     }
-    arr.iter()
+    msgs.into_iter()
         .enumerate()
         .map(|(i, m)| {
             let p = |f: &str| format!("messages[{i}].{f}");
-            let m = m.as_object().ok_or_else(|| {
-                ApiError::param(&format!("messages[{i}]"), "each message must be an object")
-            })?;
-            let role = m
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::param(&p("role"), "`role` must be a string"))?;
-            let role = match role {
-                "developer" => "system",
-                "system" | "user" | "assistant" | "tool" => role,
-                "function" => {
-                    return Err(ApiError::param(
-                        &p("role"),
-                        "`function` messages (the deprecated `functions` API) are not supported; use `tools` and `tool` messages",
-                    ))
-                }
-                other => {
-                    return Err(ApiError::param(
-                        &p("role"),
-                        format!("unknown role `{other}` (system, developer, user, assistant, tool)"),
-                    ))
-                }
-            };
-            if m.get("function_call").is_some_and(|v| !v.is_null()) {
+            if m.function_call.as_ref().is_some_and(|v| !v.is_null()) {
                 return Err(ApiError::param(
                     &p("function_call"),
                     "`function_call` (the deprecated `functions` API) is not supported; use `tool_calls`",
                 ));
             }
-            let tool_calls = match m.get("tool_calls") {
-                None | Some(Value::Null) => None,
-                Some(v) if role == "assistant" => Some(history_calls(v, &p("tool_calls"))?),
+            let tool_calls = match m.tool_calls {
+                None => None,
+                Some(calls) if m.role == request::Role::Assistant => Some(Value::Array(
+                    calls
+                        .into_iter()
+                        .map(|c| {
+                            let arguments = c
+                                .function
+                                .arguments
+                                .map_or_else(|| Value::Object(Map::new()), |a| a.0);
+                            serde_json::json!({
+                                "id": c.id.unwrap_or_default(),
+                                "type": "function",
+                                "function": {"name": c.function.name, "arguments": arguments},
+                            })
+                        })
+                        .collect(),
+                )),
                 Some(_) => {
                     return Err(ApiError::param(
                         &p("tool_calls"),
@@ -407,121 +183,13 @@ fn messages(o: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
                     ))
                 }
             };
-            let tool_call_id = match m.get("tool_call_id") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(_) => {
-                    return Err(ApiError::param(
-                        &p("tool_call_id"),
-                        "`tool_call_id` must be a string",
-                    ))
-                }
-            };
-            let content = match m.get("content") {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => {
-                    let mut s = String::new();
-                    for part in parts {
-                        match (part.get("type").and_then(Value::as_str), part.get("text")) {
-                            (Some("text"), Some(Value::String(t))) => s.push_str(t),
-                            _ => {
-                                return Err(ApiError::param(
-                                    &p("content"),
-                                    "only text content parts are supported",
-                                ))
-                            }
-                        }
-                    }
-                    s
-                }
-                Some(_) => {
-                    return Err(ApiError::param(
-                        &p("content"),
-                        "`content` must be a string or an array of text parts",
-                    ))
-                }
-            };
-            let mut msg = ChatMessage::new(role, &content);
+            let content = m.content.map(|c| c.0).unwrap_or_default();
+            let mut msg = ChatMessage::new(m.role.template_role(), &content);
             msg.tool_calls = tool_calls;
-            msg.tool_call_id = tool_call_id;
+            msg.tool_call_id = m.tool_call_id;
             Ok(msg)
         })
         .collect()
-}
-
-/// An assistant message's `tool_calls`, with each call's `arguments` (a JSON string on the
-/// wire) parsed into the object chat templates expect.
-fn history_calls(v: &Value, field: &str) -> Result<Value, ApiError> {
-    let calls = v
-        .as_array()
-        .ok_or_else(|| ApiError::param(field, "`tool_calls` must be an array"))?;
-    let calls = calls
-        .iter()
-        .enumerate()
-        .map(|(j, c)| {
-            let f = |x: &str| format!("{field}[{j}].{x}");
-            let func = c
-                .get("function")
-                .and_then(Value::as_object)
-                .ok_or_else(|| {
-                    ApiError::param(&f("function"), "`function` (an object) is required")
-                })?;
-            let name = func.get("name").and_then(Value::as_str).ok_or_else(|| {
-                ApiError::param(&f("function.name"), "`name` (a string) is required")
-            })?;
-            let arguments = match func.get("arguments") {
-                None | Some(Value::Null) => Value::Object(Map::new()),
-                Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| {
-                    ApiError::param(
-                        &f("function.arguments"),
-                        format!("`arguments` is not valid JSON: {e}"),
-                    )
-                })?,
-                Some(o @ Value::Object(_)) => o.clone(),
-                Some(_) => {
-                    return Err(ApiError::param(
-                        &f("function.arguments"),
-                        "`arguments` must be a JSON string",
-                    ))
-                }
-            };
-            Ok(serde_json::json!({
-                "id": c.get("id").and_then(Value::as_str).unwrap_or_default(),
-                "type": "function",
-                "function": {"name": name, "arguments": arguments},
-            }))
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(Value::Array(calls))
-}
-
-/// Prompt token ids of a completions request: a string, one-string array, or token ids.
-fn completion_prompt(o: &Obj, h: &SchedulerHandle) -> Result<Vec<u32>, ApiError> {
-    let bad = || {
-        ApiError::param(
-            "prompt",
-            "`prompt` must be a string, an array of one string, or an array of token ids",
-        )
-    };
-    match o
-        .get("prompt")
-        .ok_or_else(|| ApiError::param("prompt", "`prompt` is required"))?
-    {
-        Value::String(s) => encode(h, s),
-        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
-            encode(h, a[0].as_str().unwrap_or(""))
-        }
-        Value::Array(a) if a.iter().all(Value::is_u64) => a
-            .iter()
-            .map(|x| {
-                x.as_u64()
-                    .and_then(|t| u32::try_from(t).ok())
-                    .ok_or_else(bad)
-            })
-            .collect(),
-        _ => Err(bad()),
-    }
 }
 
 fn encode(h: &SchedulerHandle, text: &str) -> Result<Vec<u32>, ApiError> {
@@ -538,36 +206,71 @@ pub fn parse(
     h: &SchedulerHandle,
     limits: RequestLimits,
 ) -> Result<GenParams, ApiError> {
-    let o = Obj(body);
-    refuse_unimplemented(kind, &o)?;
-    let max_prompt_tokens = limits.max_prompt_tokens;
-    let n = o.int("n", 1, MAX_CHOICES as i64)?.unwrap_or(1) as usize;
-    if o.int("best_of", 1, 1).is_err() {
-        return Err(ApiError::param("best_of", "only best_of = 1 is supported"));
-    }
-    o.str("model")?;
-    let tools = match kind {
-        Kind::Chat => tools::parse_openai(body)?,
-        Kind::Completion => None,
-    };
-    let prompt = match kind {
+    request::refuse_unimplemented(kind, body)?;
+    let (g, tools, prompt, logprobs) = match kind {
         Kind::Chat => {
-            let msgs = messages(&o)?;
+            let ChatCompletionRequest { chat, generation } =
+                ChatCompletionRequest::from_body(body)?;
+            let tools = chat.tools()?;
+            let on = chat.logprobs.unwrap_or(false);
+            if chat.top_logprobs.is_some() && !on {
+                return Err(ApiError::param(
+                    "top_logprobs",
+                    "`top_logprobs` requires `logprobs: true`",
+                ));
+            }
+            let logprobs = on.then(|| chat.top_logprobs.map_or(0, |t| t.0 as usize));
+            let msgs = messages(chat.messages)?;
             let text = tools::prompt::render(h.chat_template(), msgs, tools.as_ref())
                 .map_err(|e| ApiError::param("messages", e.to_string()))?;
-            encode(h, &text)?
+            (generation, tools, encode(h, &text)?, logprobs)
         }
-        Kind::Completion => completion_prompt(&o, h)?,
+        Kind::Completion => {
+            let CompletionRequest {
+                completion,
+                generation,
+            } = CompletionRequest::from_body(body)?;
+            let prompt = match completion.prompt {
+                Prompt::Text(s) => encode(h, &s)?,
+                Prompt::Tokens(t) => t,
+            };
+            let logprobs = completion.logprobs.map(|n| n.0 as usize);
+            (generation, None, prompt, logprobs)
+        }
     };
-    let prompt_param = if kind == Kind::Chat {
-        "messages"
-    } else {
-        "prompt"
+    let Generation {
+        model: _,
+        n,
+        best_of: _,
+        max_tokens,
+        max_completion_tokens,
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        repetition_penalty,
+        frequency_penalty,
+        presence_penalty,
+        seed,
+        ignore_eos,
+        logit_bias: bias,
+        stop,
+        stream,
+        stream_options,
+        priority,
+        speculative,
+        resumable,
+        response_format: format,
+    } = g;
+    let prompt_param = match kind {
+        Kind::Chat => "messages",
+        Kind::Completion => "prompt",
     };
     if prompt.is_empty() {
         return Err(ApiError::param(prompt_param, "the prompt is empty"));
     }
     let default_max_tokens = limits.default_max_tokens;
+    let max_prompt_tokens = limits.max_prompt_tokens;
     let limits = h.limits();
     let prompt_cap = if max_prompt_tokens > 0 {
         max_prompt_tokens.min(limits.max_sequence_tokens)
@@ -588,11 +291,11 @@ pub fn parse(
         return Err(e);
     }
     let room = limits.max_sequence_tokens - prompt.len();
-    let max_tokens = match o.int("max_completion_tokens", 1, i64::MAX)? {
-        Some(v) => Some(v),
-        None => o.int("max_tokens", 1, i64::MAX)?,
-    }
-    .map_or(default_max_tokens.min(room), |v| v as usize);
+    let max_tokens = max_completion_tokens
+        .or(max_tokens)
+        .map_or(default_max_tokens.min(room), |v| {
+            usize::try_from(v.0).unwrap_or(usize::MAX)
+        });
     if max_tokens > room {
         let mut e = ApiError::param(
             "max_tokens",
@@ -606,55 +309,36 @@ pub fn parse(
         return Err(e);
     }
     let d = SamplingParams::default();
-    let logprobs = match kind {
-        Kind::Chat => {
-            let on = o.bool("logprobs")?.unwrap_or(false);
-            let top = o.int("top_logprobs", 0, 20)?;
-            if top.is_some() && !on {
-                return Err(ApiError::param(
-                    "top_logprobs",
-                    "`top_logprobs` requires `logprobs: true`",
-                ));
-            }
-            on.then_some(top.unwrap_or(0) as usize)
-        }
-        Kind::Completion => o.int("logprobs", 0, 20)?.map(|n| n as usize),
-    };
+    let float = |v: Option<f64>, default: f32| v.map_or(default, |v| v as f32);
     let sampling = SamplingParams {
-        temperature: o
-            .f64("temperature", 0.0, 2.0)?
-            .map_or(d.temperature, |v| v as f32),
-        top_p: o.f64("top_p", 0.0, 1.0)?.map_or(d.top_p, |v| v as f32),
-        top_k: o.int("top_k", 0, 1 << 20)?.map_or(d.top_k, |v| v as usize),
-        min_p: o.f64("min_p", 0.0, 1.0)?.map_or(d.min_p, |v| v as f32),
-        repetition_penalty: o
-            .f64("repetition_penalty", 0.0, 10.0)?
-            .map_or(d.repetition_penalty, |v| v as f32),
-        frequency_penalty: o
-            .f64("frequency_penalty", -2.0, 2.0)?
-            .map_or(d.frequency_penalty, |v| v as f32),
-        presence_penalty: o
-            .f64("presence_penalty", -2.0, 2.0)?
-            .map_or(d.presence_penalty, |v| v as f32),
-        seed: o.int("seed", i64::MIN, i64::MAX)?.map(|v| v as u64),
+        temperature: float(temperature.map(|v| v.0), d.temperature),
+        top_p: float(top_p.map(|v| v.0), d.top_p),
+        top_k: top_k.map_or(d.top_k, |v| v.0 as usize),
+        min_p: float(min_p.map(|v| v.0), d.min_p),
+        repetition_penalty: float(repetition_penalty.map(|v| v.0), d.repetition_penalty),
+        frequency_penalty: float(frequency_penalty.map(|v| v.0), d.frequency_penalty),
+        presence_penalty: float(presence_penalty.map(|v| v.0), d.presence_penalty),
+        seed: seed.map(|s| s.0),
         logprobs: logprobs.is_some(),
         top_logprobs: logprobs.unwrap_or(0),
-        ignore_eos: o.bool("ignore_eos")?.unwrap_or(false),
-        logit_bias: logit_bias(&o, limits.vocab_size)?,
+        ignore_eos: ignore_eos.unwrap_or(false),
+        logit_bias: logit_bias(bias, limits.vocab_size)?,
         ..d
     };
     if let Err((field, msg)) = sampling.validate() {
         return Err(ApiError::param(&field, msg));
     }
-    let include_usage = match o.get("stream_options") {
-        None => false,
-        Some(Value::Object(so)) => Obj(so).bool("include_usage")?.unwrap_or(false),
-        Some(_) => {
-            return Err(ApiError::param(
-                "stream_options",
-                "`stream_options` must be an object",
-            ))
-        }
+    let format = match format {
+        None => None,
+        Some(f) => response_format(f, h)?,
+    };
+    let constraint = match &tools {
+        Some(_) if format.is_some() => return Err(ApiError::param(
+            "response_format",
+            "`response_format` cannot be combined with `tools` (unless `tool_choice` is `none`)",
+        )),
+        Some(t) => Some(tool_constraint(t, h)?),
+        None => format,
     };
     Ok(GenParams {
         kind,
@@ -662,27 +346,18 @@ pub fn parse(
             prompt,
             max_tokens,
             sampling,
-            stop: stop_sequences(&o)?,
-            priority: o.int("priority", -1000, 1000)?.unwrap_or(0) as i32,
-            speculative: o.bool("speculative")?.unwrap_or(true),
-            constraint: match &tools {
-                Some(t) => {
-                    if response_format(&o, h)?.is_some() {
-                        return Err(ApiError::param(
-                            "response_format",
-                            "`response_format` cannot be combined with `tools` (unless `tool_choice` is `none`)",
-                        ));
-                    }
-                    Some(tool_constraint(t, h)?)
-                }
-                None => response_format(&o, h)?,
-            },
+            stop: stop.map(|s| s.0).unwrap_or_default(),
+            priority: priority.map_or(0, |p| p.0 as i32),
+            speculative: speculative.unwrap_or(true),
+            constraint,
         },
         tool_calls: tools.is_some(),
-        n,
-        stream: o.bool("stream")?.unwrap_or(false),
-        include_usage,
+        n: n.map_or(1, |n| n.0 as usize),
+        stream: stream.unwrap_or(false),
+        include_usage: stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
         logprobs,
-        resumable: o.bool("resumable")?.unwrap_or(false),
+        resumable: resumable.unwrap_or(false),
     })
 }

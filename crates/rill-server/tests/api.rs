@@ -165,7 +165,20 @@ async fn chat_and_completions_have_openai_shapes() {
         .await
         .unwrap();
     assert!(doc["paths"]["/v1/chat/completions"]["post"].is_object());
-    assert!(doc["components"]["schemas"]["ChatCompletionRequest"].is_object());
+    // The request schemas are the types the handlers deserialize, with their constraints.
+    let schemas = &doc["components"]["schemas"];
+    let chat = &schemas["ChatCompletionRequest"]["properties"];
+    assert_eq!(chat["n"]["oneOf"][1]["maximum"], 8, "{chat}");
+    let t = &chat["temperature"]["oneOf"][1];
+    assert_eq!(
+        (t["minimum"].as_f64(), t["maximum"].as_f64()),
+        (Some(0.0), Some(2.0))
+    );
+    assert_eq!(
+        schemas["Role"]["enum"],
+        json!(["system", "developer", "user", "assistant", "tool"])
+    );
+    assert!(schemas["CompletionRequest"]["properties"]["prompt"].is_object());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,6 +242,15 @@ async fn bad_requests_get_typed_4xx_and_the_server_keeps_serving() {
         .unwrap();
     assert_eq!(r.status(), 400);
     check(&r.json().await.unwrap(), Some("messages"));
+    let r = post(
+        json!({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", 3]})
+            .to_string()
+            .into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    check(&r.json().await.unwrap(), Some("stop[2]"));
     // Oversized body.
     let big =
         json!({"messages": [{"role": "user", "content": "word ".repeat(20_000)}]}).to_string();

@@ -1,7 +1,8 @@
 //! Tool calling, in four parts with one job each:
 //! - this module: the tools a request offers and how it lets the model use them
-//!   ([`Tools`], [`Choice`]), parsed from OpenAI's `tools` / `tool_choice` /
-//!   `parallel_tool_calls` (Anthropic's shapes convert into the same types);
+//!   ([`Tools`], [`Choice`]), converted from OpenAI's `tools` / `tool_choice` /
+//!   `parallel_tool_calls` ([`crate::protocol::request::ChatFields::tools`]) and Anthropic's
+//!   shapes alike;
 //! - [`prompt`]: how tools, earlier calls and their results reach the model, through its own
 //!   template when it speaks the Hermes format, else through rill's generic format;
 //! - [`grammar`]: the Lark grammar that forces the calls (`required`, a named function) or,
@@ -34,7 +35,7 @@ pub const CALL_CLOSE: &str = "</tool_call>";
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tool {
-    /// Its name (`[A-Za-z0-9_-]{1,64}`, OpenAI's rule).
+    /// Its name (`[A-Za-z0-9_-]{1,64}`, OpenAI's rule: [`MAX_NAME_LEN`]).
     pub name: String,
     /// What it does, for the model.
     pub description: Option<String>,
@@ -92,8 +93,11 @@ impl Tools {
     }
 }
 
+/// The longest tool name (OpenAI's rule).
+pub const MAX_NAME_LEN: usize = 64;
+
 fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
+    (1..=MAX_NAME_LEN).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -126,7 +130,7 @@ pub fn check_tools(tools: &[Tool], field: &str) -> Result<(), ApiError> {
             return Err(ApiError::param(
                 &format!("{field}[{i}]"),
                 format!(
-                    "tool name `{}` must be 1-64 characters of A-Z, a-z, 0-9, `_` and `-`",
+                    "tool name `{}` must be 1-{MAX_NAME_LEN} characters of A-Z, a-z, 0-9, `_` and `-`",
                     t.name
                 ),
             ));
@@ -139,67 +143,6 @@ pub fn check_tools(tools: &[Tool], field: &str) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-/// OpenAI's `tools`, `tool_choice` and `parallel_tool_calls` from a chat request body. None:
-/// no tools, or `tool_choice: "none"` (then the model answers in text).
-pub fn parse_openai(body: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
-    let get = |k: &str| body.get(k).filter(|v| !v.is_null());
-    let tools = match get("tools") {
-        None => Vec::new(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .enumerate()
-            .map(|(i, t)| openai_tool(i, t))
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::param("tools", "`tools` must be an array")),
-    };
-    check_tools(&tools, "tools")?;
-    let choice = match get("tool_choice") {
-        None => (!tools.is_empty()).then_some(Choice::Auto),
-        Some(Value::String(s)) => match s.as_str() {
-            "none" => None,
-            "auto" => Some(Choice::Auto),
-            "required" => Some(Choice::Required),
-            other => {
-                return Err(ApiError::param(
-                    "tool_choice",
-                    format!("unknown `tool_choice` `{other}` (none, auto, required, or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}})"),
-                ))
-            }
-        },
-        Some(Value::Object(o)) => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .filter(|_| o.get("type").and_then(Value::as_str) == Some("function"))
-                .ok_or_else(|| {
-                    ApiError::param(
-                        "tool_choice",
-                        "a named `tool_choice` is {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                    )
-                })?;
-            Some(Choice::Named(name.to_string()))
-        }
-        Some(_) => {
-            return Err(ApiError::param(
-                "tool_choice",
-                "`tool_choice` must be a string or an object",
-            ))
-        }
-    };
-    let parallel = match get("parallel_tool_calls") {
-        None => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(ApiError::param(
-                "parallel_tool_calls",
-                "`parallel_tool_calls` must be a boolean",
-            ))
-        }
-    };
-    finish(tools, choice, parallel, "tool_choice")
 }
 
 /// The request's tools once the choice is known: a choice needs tools, a named one a tool of
@@ -232,128 +175,4 @@ pub fn finish(
         choice,
         parallel,
     }))
-}
-
-fn openai_tool(i: usize, t: &Value) -> Result<Tool, ApiError> {
-    let field = |f: &str| format!("tools[{i}].{f}");
-    let t = t
-        .as_object()
-        .ok_or_else(|| ApiError::param(&format!("tools[{i}]"), "each tool must be an object"))?;
-    if t.get("type").and_then(Value::as_str) != Some("function") {
-        return Err(ApiError::param(
-            &field("type"),
-            "only `\"type\": \"function\"` tools are supported",
-        ));
-    }
-    let f = t
-        .get("function")
-        .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::param(&field("function"), "`function` (an object) is required"))?;
-    let name = f
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::param(&field("function.name"), "`name` (a string) is required"))?;
-    let description = match f.get("description") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            return Err(ApiError::param(
-                &field("function.description"),
-                "`description` must be a string",
-            ))
-        }
-    };
-    let strict = match f.get("strict") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(ApiError::param(
-                &field("function.strict"),
-                "`strict` must be a boolean",
-            ))
-        }
-    };
-    Ok(Tool {
-        name: name.to_string(),
-        description,
-        parameters: parameters_schema(f.get("parameters"), &field("function.parameters"))?,
-        strict,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn body(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap_or_default()
-    }
-
-    fn weather() -> Value {
-        json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})
-    }
-
-    #[test]
-    fn choices_parse_and_default_to_auto() {
-        let t = parse_openai(&body(json!({"tools": [weather()]})))
-            .unwrap()
-            .unwrap();
-        assert_eq!(t.choice, Choice::Auto);
-        assert!(t.parallel);
-        let t = parse_openai(&body(
-            json!({"tools": [weather()], "tool_choice": "required", "parallel_tool_calls": false}),
-        ))
-        .unwrap()
-        .unwrap();
-        assert_eq!((t.choice, t.parallel), (Choice::Required, false));
-        let named = json!({"type": "function", "function": {"name": "get_weather"}});
-        let t = parse_openai(&body(json!({"tools": [weather()], "tool_choice": named})))
-            .unwrap()
-            .unwrap();
-        assert_eq!(t.choice, Choice::Named("get_weather".into()));
-        assert_eq!(
-            parse_openai(&body(json!({"tools": [weather()], "tool_choice": "none"}))).unwrap(),
-            None
-        );
-        assert_eq!(parse_openai(&body(json!({}))).unwrap(), None);
-    }
-
-    #[test]
-    fn bad_tools_name_the_field() {
-        let param = |v: Value| parse_openai(&body(v)).unwrap_err().param;
-        assert_eq!(
-            param(json!({"tools": [{"type": "retrieval"}]})).as_deref(),
-            Some("tools[0].type")
-        );
-        assert_eq!(
-            param(json!({"tools": [{"type": "function", "function": {"name": "a b"}}]})).as_deref(),
-            Some("tools[0]")
-        );
-        assert_eq!(
-            param(json!({"tools": [weather(), weather()]})).as_deref(),
-            Some("tools[1]")
-        );
-        assert_eq!(
-            param(json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}))
-                .as_deref(),
-            Some("tools[0].function.parameters")
-        );
-        assert_eq!(
-            param(json!({"tool_choice": "required"})).as_deref(),
-            Some("tool_choice")
-        );
-        assert_eq!(
-            param(json!({"tools": [weather()], "tool_choice": {"type": "function", "function": {"name": "nope"}}}))
-                .as_deref(),
-            Some("tool_choice")
-        );
-        assert_eq!(
-            param(json!({"tools": [weather()], "tool_choice": "sometimes"})).as_deref(),
-            Some("tool_choice")
-        );
-        assert_eq!(
-            param(json!({"tools": [weather()], "parallel_tool_calls": "yes"})).as_deref(),
-            Some("parallel_tool_calls")
-        );
-    }
 }
