@@ -10,6 +10,9 @@ Brings up `deploy/local/cluster.sh up 3 PORT` (RILL_BIN picks the binary), then 
   upgrade passes);
 - a resumable stream dropped mid-way resumes through HAProxy with `Last-Event-ID` (routed to
   its replica by the replica id in the stream id), nothing lost or repeated;
+- a resumable stream too long to finish within its replica's grace period ends, when that
+  replica is restarted, with the typed `server_shutdown` error event and `[DONE]` (the client
+  is told to resubmit), and the replica comes back;
 - 16 concurrent streaming clients for DURATION seconds (default 60) while each replica is
   restarted in turn: every request ends with a finish_reason and `[DONE]`, none fails, none is
   cut, no 5xx reaches a client.
@@ -208,6 +211,29 @@ def resume(lb):
     check(text == want and finish == "length" and done, "resumed through HAProxy: nothing lost or repeated")
 
 
+def outlives_grace(lb):
+    grace = float(os.environ.get("RILL_GRACE", "15"))
+    body = chat("Write a very long story about the sea.", 6000, ignore_eos=True, temperature=0)
+    c, r = post(lb, body, {"X-Rill-Resumable": "true"}, timeout=grace + 60)
+    sid = r.getheader("x-rill-stream-id")
+    check(r.status == 200 and sid, f"a long resumable stream started ({sid})")
+    events = sse(r)
+    next(events)
+    owner = int(sid.rsplit(".r", 1)[1])
+    t0 = time.monotonic()
+    restart = threading.Thread(target=cluster, args=("restart", owner))
+    restart.start()
+    rest = list(events)
+    ended = time.monotonic() - t0
+    c.close()
+    restart.join()
+    text, finish, _ = content_of(rest)
+    done = bool(rest) and rest[-1][1] == "[DONE]"
+    check(finish == ("error", "server_shutdown") and done,
+          f"it ends with server_shutdown and [DONE] after the grace period ({ended:.1f} s, {len(text)} chars, {finish})")
+    check(ended < grace + 10, f"within the grace period ({ended:.1f} s, grace {grace:.0f} s)")
+
+
 class Load:
     def __init__(self, lb):
         self.lb, self.stop = lb, threading.Event()
@@ -268,6 +294,7 @@ def main():
         token_by_token(lb)
         websocket(lb)
         resume(lb)
+        outlives_grace(lb)
         rolling(lb, duration)
     finally:
         cluster("down")

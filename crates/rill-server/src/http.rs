@@ -250,7 +250,7 @@ pub(crate) async fn models(State(state): State<SharedState>) -> Json<serde_json:
     }))
 }
 
-#[utoipa::path(post, path = "/v1/chat/completions", request_body = crate::openapi::ChatCompletionRequest, responses((status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", body = crate::protocol::openai::Completion), (status = 400, body = crate::protocol::ErrorEnvelope), (status = 401, body = crate::protocol::ErrorEnvelope), (status = 413, body = crate::protocol::ErrorEnvelope), (status = 429, description = "Overloaded or rate limited (see Retry-After)", body = crate::protocol::ErrorEnvelope), (status = 503, body = crate::protocol::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = crate::openapi::ChatCompletionRequest, responses((status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", content((crate::protocol::openai::Completion = "application/json"), (crate::openapi::SseEvent = "text/event-stream"))), (status = 400, body = crate::protocol::ErrorEnvelope), (status = 401, body = crate::protocol::ErrorEnvelope), (status = 413, body = crate::protocol::ErrorEnvelope), (status = 429, description = "Overloaded or rate limited (see Retry-After)", body = crate::protocol::ErrorEnvelope), (status = 503, body = crate::protocol::ErrorEnvelope)))]
 pub(crate) async fn chat(
     State(state): State<SharedState>,
     Extension(key): Extension<ApiKey>,
@@ -260,7 +260,7 @@ pub(crate) async fn chat(
     generate(state, key, headers, body, Kind::Chat).await
 }
 
-#[utoipa::path(post, path = "/v1/completions", request_body = crate::openapi::CompletionRequest, responses((status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", body = crate::protocol::openai::Completion), (status = 400, body = crate::protocol::ErrorEnvelope), (status = 429, body = crate::protocol::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/completions", request_body = crate::openapi::CompletionRequest, responses((status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", content((crate::protocol::openai::Completion = "application/json"), (crate::openapi::SseEvent = "text/event-stream"))), (status = 400, body = crate::protocol::ErrorEnvelope), (status = 429, body = crate::protocol::ErrorEnvelope)))]
 pub(crate) async fn completions(
     State(state): State<SharedState>,
     Extension(key): Extension<ApiKey>,
@@ -398,7 +398,7 @@ fn owned(entry: &crate::resume::StreamEntry, key: &ApiKey) -> bool {
     entry.owner.as_deref().is_none_or(|o| o == key.0)
 }
 
-#[utoipa::path(get, path = "/v1/streams/{id}", params(("id" = String, Path, description = "The stream id (X-Rill-Stream-Id)"), ("Last-Event-ID" = Option<String>, Header, description = "STREAM_ID:INDEX of the last event received")), responses((status = 200, description = "SSE: every event after Last-Event-ID, then live ones"), (status = 404, body = crate::protocol::ErrorEnvelope), (status = 410, body = crate::protocol::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/v1/streams/{id}", params(("id" = String, Path, description = "The stream id (X-Rill-Stream-Id)"), ("Last-Event-ID" = Option<String>, Header, description = "STREAM_ID:INDEX of the last event received")), responses((status = 200, description = "SSE: every event after Last-Event-ID, then live ones", content((crate::openapi::SseEvent = "text/event-stream"))), (status = 404, body = crate::protocol::ErrorEnvelope), (status = 410, body = crate::protocol::ErrorEnvelope)))]
 /// `GET /v1/streams/{id}` with `Last-Event-ID`: replay and follow a resumable stream.
 pub(crate) async fn resume(
     State(state): State<SharedState>,

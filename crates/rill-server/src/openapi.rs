@@ -30,6 +30,18 @@ pub struct ModelList {
     pub data: Vec<Model>,
 }
 
+/// One event of a `text/event-stream` response, as an SSE parser hands it over: `data` is a
+/// JSON chunk (an error object after a failure), or `[DONE]` last.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SseEvent {
+    /// `STREAM_ID:INDEX`: what `Last-Event-ID` names when resuming.
+    pub id: Option<String>,
+    /// The event type (`message` for every data event).
+    pub event: Option<String>,
+    /// The JSON chunk, or `[DONE]`.
+    pub data: String,
+}
+
 /// The OpenAPI description of the HTTP API: the documented routes and their schemas.
 #[derive(OpenApi)]
 #[openapi(
@@ -52,7 +64,8 @@ pub struct ModelList {
         CompletionRequest,
         crate::protocol::openai::Completion,
         crate::protocol::ErrorEnvelope,
-        ModelList
+        ModelList,
+        SseEvent
     ))
 )]
 pub struct ApiDoc;
