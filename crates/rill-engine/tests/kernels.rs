@@ -303,6 +303,11 @@ fn float_gemms_match_the_single_row_reference() {
             (1157, 5, 13),
             (576, 8, 6),
             (640, 4, 12),
+            // Several weight panels (the last one short, an odd row count), activation
+            // tiles with 1-3 leftover rows, and a tail past the lanes.
+            (576, 37, 20),
+            (640, 30, 9),
+            (600, 29, 11),
         ] {
             let w = rand_f32(&mut rng, rows * cols, 1.0);
             let a = rand_f32(&mut rng, batch * cols, 1.0);
