@@ -487,15 +487,10 @@ impl<'de> Deserialize<'de> for Stop {
 
 impl PartialSchema for Stop {
     fn schema() -> RefOr<Schema> {
-        let one = || {
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-        };
         one_of([
-            one().into(),
+            non_empty_string().into(),
             ArrayBuilder::new()
-                .items(one())
+                .items(non_empty_string())
                 .max_items(Some(MAX_STOP))
                 .into(),
         ])
@@ -1147,15 +1142,10 @@ impl<'de> Deserialize<'de> for Prompt {
 impl PartialSchema for Prompt {
     fn schema() -> RefOr<Schema> {
         // Text that tokenizes to nothing (only "" with most tokenizers) is refused.
-        let text = || {
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-        };
         one_of([
-            text().into(),
+            non_empty_string().into(),
             ArrayBuilder::new()
-                .items(text())
+                .items(non_empty_string())
                 .min_items(Some(1))
                 .max_items(Some(1))
                 .into(),
@@ -1382,6 +1372,13 @@ fn one_of<const N: usize>(items: [RefOr<Schema>; N]) -> OneOfBuilder {
     items
         .into_iter()
         .fold(OneOfBuilder::new(), |o, item| o.item(item))
+}
+
+/// A string schema that refuses "".
+fn non_empty_string() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
 }
 
 /// A string schema that takes these values.
