@@ -506,6 +506,17 @@ fn tiles_round_trip_and_match_row_dots_on_every_tier() {
     );
     check_tiles!(
         rng,
+        TileQ5K,
+        BlockQ8K,
+        ActFormat::Q8K,
+        kquants::dot_q5k_q8k,
+        |b: &mut BlockQ5K, r: &mut StdRng| {
+            b.d = f16r(r, 0.0, 0.05);
+            b.dmin = f16r(r, 0.0, 0.05);
+        }
+    );
+    check_tiles!(
+        rng,
         TileQ6K,
         BlockQ8K,
         ActFormat::Q8K,

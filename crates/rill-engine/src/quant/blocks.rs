@@ -240,7 +240,7 @@ impl Default for BlockQ2K {
 }
 
 /// Q5_K: Q4_K's layout plus one high bit per value in `qh`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ5K {
     /// The scale of the sub-block scales, f16 bits.
@@ -255,6 +255,19 @@ pub struct BlockQ5K {
     pub qs: [u8; QK_K / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
+
+impl Default for BlockQ5K {
+    /// A zero block (scales 0): the padding rows of a tile.
+    fn default() -> Self {
+        Self {
+            d: 0,
+            dmin: 0,
+            scales: [0; 12],
+            qh: [0; QK_K / 8],
+            qs: [0; QK_K / 2],
+        }
+    }
+}
 
 /// IQ4_XS: IQ4_NL codes in 8 sub-blocks of 32 with 6-bit scales (offset by 32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -455,6 +468,27 @@ pub struct TileQ4K {
 }
 const _: () = assert!(std::mem::size_of::<TileQ4K>() == 1184);
 
+/// 8 rows' Q5_K super-blocks (`repack`): [`TileQ4K`]'s layout plus the fifth bits, whose bytes
+/// are interleaved the same way (group `g` holds `qh` bytes `4g ..` of each row; bit `s` of a
+/// row's byte `l` belongs to value `32s + l`): 32 bytes more than the 8 blocks' 1408.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TileQ5K {
+    /// Each row's scale of its sub-block scales, f16 bits.
+    pub d: [u16; TILE_ROWS],
+    /// Each row's scale of its sub-block minimums, f16 bits.
+    pub dmin: [u16; TILE_ROWS],
+    /// `sc[j][r]` = row r's scale of sub-block j.
+    pub sc: [[u8; 8]; 8],
+    /// `m[p][2r + h]` = row r's minimum of sub-block `2p + h`.
+    pub m: [[u8; 16]; 4],
+    /// The rows' fifth-bit bytes, interleaved.
+    pub qh: [u8; 256],
+    /// The rows' nibble bytes, interleaved.
+    pub qs: [u8; 1024],
+}
+const _: () = assert!(std::mem::size_of::<TileQ5K>() == 1440);
+
 /// 8 rows' Q6_K super-blocks (`repack`): `ql` and `qh` interleaved 4 bytes per row per 32-byte
 /// group (as [`TileQ4_0`]), the 16 scales per group of 16 values side by side for the 8 rows
 /// (the same 1680 bytes as the 8 blocks).
@@ -526,6 +560,7 @@ const _: () = assert!(std::mem::size_of::<TileQ3K>() == 912);
 unsafe impl PodBlock for TileQ2K {}
 unsafe impl PodBlock for TileQ3K {}
 unsafe impl PodBlock for TileQ4K {}
+unsafe impl PodBlock for TileQ5K {}
 unsafe impl PodBlock for TileIq4Xs {}
 unsafe impl PodBlock for TileQ6K {}
 unsafe impl PodBlock for TileQ4_0 {}

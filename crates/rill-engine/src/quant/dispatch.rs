@@ -37,8 +37,6 @@ impl std::fmt::Display for KernelTier {
 
 /// A weight row against one activation row.
 type Dot<W, A> = fn(&[W], &[A]) -> f32;
-/// A weight row against four activation rows, each pair bit-identical to [`Dot`].
-type Dot4<W, A> = fn(&[W], [&[A]; 4]) -> [f32; 4];
 /// One tile row (8 weight rows, `repack`) against N activation rows with their per-block
 /// values (`QuantActs::row_meta`): `out[n][j]` is row j against activation n, bit-identical
 /// to `scalar::dot32` on the unpacked rows.
@@ -186,6 +184,7 @@ tile_formats! {
     TileQ2K, BlockQ8K, q2k;
     TileQ3K, BlockQ8K, q3k;
     TileQ4K, BlockQ8K, q4k;
+    TileQ5K, BlockQ8K, q5k;
     TileQ6K, BlockQ8K, q6k;
     TileIq4Xs, BlockQ8K, iq4xs;
 }
@@ -197,8 +196,6 @@ tile_formats! {
 pub struct Kernels {
     tier: KernelTier,
     tiles: TileTable,
-    dot_q5k_q8k: Dot<BlockQ5K, BlockQ8K>,
-    dot4_q5k_q8k: Dot4<BlockQ5K, BlockQ8K>,
     dot_f32: Dot<f32, f32>,
     dot_bf16: Dot<u16, u16>,
     dot_f16_f16: Dot<u16, u16>,
@@ -234,6 +231,17 @@ fn check_quant_attend(q: &[f32], hs: &std::ops::Range<usize>, hd: usize, o: &[f3
 impl Kernels {
     /// The portable reference set, available on every CPU.
     pub fn scalar() -> Self {
+        // A super-block format's scalar tile kernels: its reference dot, row by row.
+        macro_rules! ktiles {
+            ($dot:path) => {
+                TileKernels {
+                    x1: TileKernel(|t, y, _| kquants::tiles(t, y, $dot)),
+                    x4: TileKernel(|t, y, _| kquants::tiles(t, y, $dot)),
+                    x16: None,
+                    pair: None,
+                }
+            };
+        }
         Self {
             tier: KernelTier::Scalar,
             tiles: TileTable {
@@ -243,39 +251,13 @@ impl Kernels {
                 q5_1: TileKernels::scalar(true),
                 q8_0: TileKernels::scalar(false),
                 iq4nl: TileKernels::scalar(false),
-                q2k: TileKernels {
-                    x1: TileKernel(|t, y, _| kquants::tiles_q2k(t, y)),
-                    x4: TileKernel(|t, y, _| kquants::tiles_q2k(t, y)),
-                    x16: None,
-                    pair: None,
-                },
-                q3k: TileKernels {
-                    x1: TileKernel(|t, y, _| kquants::tiles_q3k(t, y)),
-                    x4: TileKernel(|t, y, _| kquants::tiles_q3k(t, y)),
-                    x16: None,
-                    pair: None,
-                },
-                q4k: TileKernels {
-                    x1: TileKernel(|t, y, _| kquants::tiles_q4k(t, y)),
-                    x4: TileKernel(|t, y, _| kquants::tiles_q4k(t, y)),
-                    x16: None,
-                    pair: None,
-                },
-                q6k: TileKernels {
-                    x1: TileKernel(|t, y, _| kquants::tiles_q6k(t, y)),
-                    x4: TileKernel(|t, y, _| kquants::tiles_q6k(t, y)),
-                    x16: None,
-                    pair: None,
-                },
-                iq4xs: TileKernels {
-                    x1: TileKernel(|t, y, _| kquants::tiles_iq4xs(t, y)),
-                    x4: TileKernel(|t, y, _| kquants::tiles_iq4xs(t, y)),
-                    x16: None,
-                    pair: None,
-                },
+                q2k: ktiles!(kquants::dot_q2k_q8k),
+                q3k: ktiles!(kquants::dot_q3k_q8k),
+                q4k: ktiles!(kquants::dot_q4k_q8k),
+                q5k: ktiles!(kquants::dot_q5k_q8k),
+                q6k: ktiles!(kquants::dot_q6k_q8k),
+                iq4xs: ktiles!(kquants::dot_iq4xs_q8k),
             },
-            dot_q5k_q8k: kquants::dot_q5k_q8k,
-            dot4_q5k_q8k: |x, y| y.map(|a| kquants::dot_q5k_q8k(x, a)),
             dot_f32: scalar::dot_f32,
             dot_bf16: scalar::dot_bf16,
             dot_f16_f16: scalar::dot_f16_f16,
@@ -345,26 +327,10 @@ impl Kernels {
         self.tier
     }
 
-    /// The kernels of tiled weight format `T` (a 32-element format, Q2_K, Q3_K, Q4_K, Q6_K or
-    /// IQ4_XS, repacked by [`super::repack`]).
+    /// The kernels of tiled weight format `T` (a 32-element format, a K-quant or IQ4_XS,
+    /// repacked by [`super::repack`]).
     pub fn tiles<T: TileFormat>(&self) -> &TileKernels<T, T::Act> {
         T::kernels_in(self)
-    }
-
-    /// Q5_K weight row `x` against activation row `y`, in `kquants::dot_q5k_q8k`'s
-    /// arithmetic. Panics if `y` has fewer blocks than `x`.
-    #[inline(always)]
-    pub fn dot_q5k_q8k(&self, x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
-        check_acts(x.len(), &[y]);
-        (self.dot_q5k_q8k)(x, y)
-    }
-
-    /// [`Self::dot_q5k_q8k`] against four activation rows at once (each weight block decoded
-    /// once), each result bit-identical to the one-row call.
-    #[inline(always)]
-    pub fn dot4_q5k_q8k(&self, x: &[BlockQ5K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
-        check_acts(x.len(), &y);
-        (self.dot4_q5k_q8k)(x, y)
     }
 
     /// F32 dot product in `scalar::dot_float_with`'s order. Panics on different lengths.
@@ -540,7 +506,6 @@ mod x86_sets {
     use crate::nn::x86_attention;
     use crate::quant::x86;
     use crate::quant::x86_gemm;
-    use crate::quant::x86_kquants::avx2 as xk;
     use crate::quant::x86_tiles;
 
     /// Wraps each `unsafe` ISA function of module `$m` in a safe fn. Only reachable through
@@ -577,11 +542,10 @@ mod x86_sets {
                     q2k: tiles!(tiles_q2k, x16 = false),
                     q3k: tiles!(tiles_q3k, x16 = false),
                     q4k: tiles!(tiles_q4k, x16 = false),
+                    q5k: tiles!(tiles_q5k, x16 = false),
                     q6k: tiles!(tiles_q6k, x16 = false),
                     iq4xs: tiles!(tiles_iq4xs, x16 = false),
                 },
-                dot_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<1>(x, &[y])[0] },
-                dot4_q5k_q8k: |x, y| unsafe { xk::dot_q5k_q8k::<4>(x, &y) },
                 dot_f32: |x, y| {
                     assert_eq!(x.len(), y.len(), "dot_f32 operand lengths");
                     unsafe { x86::$m::dot_f32(x, y) }

@@ -342,43 +342,14 @@ pub fn dequantize_iq4xs(x: &[BlockIq4Xs], out: &mut [f32]) {
     }
 }
 
-/// The scalar tier's Q4_K tile product: each of the tile row's 8 rows, unpacked, through
-/// [`dot_q4k_q8k`] (the reference itself).
-pub fn tiles_q4k<const N: usize>(t: &[TileQ4K], y: &[&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
-    use super::repack::Tiled;
-    let rows: [Vec<BlockQ4K>; TILE_ROWS] =
+/// The scalar tier's tile product of a super-block format: each of the tile row's 8 rows,
+/// unpacked, through the format's reference dot `dot` (the reference itself).
+pub fn tiles<T: super::repack::Tiled, const N: usize>(
+    t: &[T],
+    y: &[&[BlockQ8K]; N],
+    dot: fn(&[T::Row], &[BlockQ8K]) -> f32,
+) -> [[f32; TILE_ROWS]; N] {
+    let rows: [Vec<T::Row>; TILE_ROWS] =
         std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
-    y.map(|a| std::array::from_fn(|j| dot_q4k_q8k(&rows[j], a)))
-}
-
-/// The scalar tier's Q6_K tile product: each row unpacked, through [`dot_q6k_q8k`].
-pub fn tiles_q6k<const N: usize>(t: &[TileQ6K], y: &[&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
-    use super::repack::Tiled;
-    let rows: [Vec<BlockQ6K>; TILE_ROWS] =
-        std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
-    y.map(|a| std::array::from_fn(|j| dot_q6k_q8k(&rows[j], a)))
-}
-
-/// The scalar tier's IQ4_XS tile product: each row unpacked, through [`dot_iq4xs_q8k`].
-pub fn tiles_iq4xs<const N: usize>(t: &[TileIq4Xs], y: &[&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
-    use super::repack::Tiled;
-    let rows: [Vec<BlockIq4Xs>; TILE_ROWS] =
-        std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
-    y.map(|a| std::array::from_fn(|j| dot_iq4xs_q8k(&rows[j], a)))
-}
-
-/// The scalar tier's Q2_K tile product: each row unpacked, through [`dot_q2k_q8k`].
-pub fn tiles_q2k<const N: usize>(t: &[TileQ2K], y: &[&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
-    use super::repack::Tiled;
-    let rows: [Vec<BlockQ2K>; TILE_ROWS] =
-        std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
-    y.map(|a| std::array::from_fn(|j| dot_q2k_q8k(&rows[j], a)))
-}
-
-/// The scalar tier's Q3_K tile product: each row unpacked, through [`dot_q3k_q8k`].
-pub fn tiles_q3k<const N: usize>(t: &[TileQ3K], y: &[&[BlockQ8K]; N]) -> [[f32; TILE_ROWS]; N] {
-    use super::repack::Tiled;
-    let rows: [Vec<BlockQ3K>; TILE_ROWS] =
-        std::array::from_fn(|j| t.iter().map(|tile| tile.unpack(j)).collect());
-    y.map(|a| std::array::from_fn(|j| dot_q3k_q8k(&rows[j], a)))
+    y.map(|a| std::array::from_fn(|j| dot(&rows[j], a)))
 }

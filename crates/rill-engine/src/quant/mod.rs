@@ -1,9 +1,8 @@
 //! Quantized tensors and the products the model runs on them.
 //!
-//! A weight matrix ([`QMatrix`]) of a 32-element block format, Q2_K, Q3_K, Q4_K, Q6_K or IQ4_XS
-//! is repacked at load into interleaved tiles of 8 rows ([`repack`]); Q5_K and the float
-//! formats stay in the mmap in their GGUF encoding (the float ones multiply through a
-//! register-tiled GEMM, `x86_gemm`). Activations are quantized once per step into the 8-bit block type
+//! A weight matrix ([`QMatrix`]) of a 32-element block format, a K-quant (Q2_K..Q6_K) or IQ4_XS
+//! is repacked at load into interleaved tiles of 8 rows ([`repack`]); the float formats stay in
+//! the mmap in their GGUF encoding and multiply through a register-tiled GEMM (`x86_gemm`). Activations are quantized once per step into the 8-bit block type
 //! ggml pairs with that weight type ([`ActFormat`]); then each tile row (or weight row) is
 //! multiplied with the activation rows of the batch, a few at a time, while it is hot in L1:
 //! each weight byte is read from memory once per step, whatever the batch.
@@ -17,8 +16,6 @@ pub mod scalar;
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_gemm;
-#[cfg(target_arch = "x86_64")]
-pub mod x86_kquants;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_tiles;
 #[cfg(target_arch = "x86_64")]
@@ -469,7 +466,7 @@ impl<'a> QMatrix<'a> {
         Ok(m)
     }
 
-    /// The interleaved tiles of a 32-element block format (None for the others).
+    /// The interleaved tiles of a block format (None for the float formats).
     fn repack(&self) -> Option<Tiles> {
         use repack::Tiled;
         fn pack<T: Tiled>(m: &QMatrix<'_>) -> Tiles {
@@ -483,6 +480,7 @@ impl<'a> QMatrix<'a> {
             GgmlType::Q8_0 => pack::<TileQ8_0>(self),
             GgmlType::Iq4Nl => pack::<TileIq4Nl>(self),
             GgmlType::Q4K => pack::<TileQ4K>(self),
+            GgmlType::Q5K => pack::<TileQ5K>(self),
             GgmlType::Q6K => pack::<TileQ6K>(self),
             GgmlType::Iq4Xs => pack::<TileIq4Xs>(self),
             GgmlType::Q2K => pack::<TileQ2K>(self),
@@ -543,44 +541,6 @@ impl<'a> QMatrix<'a> {
             self.act_format(),
             "activation format of the matrix"
         );
-        // Q5_K, the super-block format without tiles: one weight row against 4 activation
-        // rows per call, so each block is decoded once for 4 rows; 2-3 leftover rows go
-        // through one more 4-row call with the last row repeated, a single one (and
-        // single-stream decode, which streams the weights with prefetch) through the one-row
-        // kernel. Same bits either way.
-        let q5k = |out: &mut dyn FnMut(usize, usize, &[f32])| {
-            let arow = |t: usize| -> &[BlockQ8K] { cast_ref(acts.row(t)) };
-            let n = toks.len();
-            let quads = toks.start + n / 4 * 4;
-            let left = toks.end - quads;
-            let last = toks.end.saturating_sub(1);
-            for r in rows.clone() {
-                if acts.rows == 1 {
-                    self.prefetch_row(r + PREFETCH_ROWS_AHEAD);
-                }
-                let w: &[BlockQ5K] = cast_weights(self.row_bytes(r));
-                for t in (toks.start..quads).step_by(4) {
-                    let v = k.dot4_q5k_q8k(w, [arow(t), arow(t + 1), arow(t + 2), arow(t + 3)]);
-                    for (j, &x) in v.iter().enumerate() {
-                        out(t + j, r, &[x]);
-                    }
-                }
-                if left >= 2 {
-                    let ix = [
-                        quads,
-                        quads + 1,
-                        (quads + 2).min(last),
-                        (quads + 3).min(last),
-                    ];
-                    let v = k.dot4_q5k_q8k(w, ix.map(arow));
-                    for (j, &x) in v.iter().take(left).enumerate() {
-                        out(quads + j, r, &[x]);
-                    }
-                } else if left == 1 {
-                    out(quads, r, &[k.dot_q5k_q8k(w, arow(quads))]);
-                }
-            }
-        };
         let t2 = toks.clone();
         match self.dtype {
             GgmlType::Q4_0 => self.tiled(k.tiles::<TileQ4_0>(), acts, rows, t2, out),
@@ -592,7 +552,7 @@ impl<'a> QMatrix<'a> {
             GgmlType::Q2K => self.tiled(k.tiles::<TileQ2K>(), acts, rows, t2, out),
             GgmlType::Q3K => self.tiled(k.tiles::<TileQ3K>(), acts, rows, t2, out),
             GgmlType::Q4K => self.tiled(k.tiles::<TileQ4K>(), acts, rows, t2, out),
-            GgmlType::Q5K => q5k(out),
+            GgmlType::Q5K => self.tiled(k.tiles::<TileQ5K>(), acts, rows, t2, out),
             GgmlType::Q6K => self.tiled(k.tiles::<TileQ6K>(), acts, rows, t2, out),
             GgmlType::Iq4Xs => self.tiled(k.tiles::<TileIq4Xs>(), acts, rows, t2, out),
             GgmlType::F16 => self.float(

@@ -1,5 +1,5 @@
 //! The load-time transform of the 32-element block formats and the K-quants (Q2_K, Q3_K,
-//! Q4_K, Q6_K) and IQ4_XS from GGUF's row-major blocks into
+//! Q4_K, Q5_K, Q6_K) and IQ4_XS from GGUF's row-major blocks into
 //! interleaved tiles (`blocks::Tile*`): the blocks of 8 consecutive rows for one column block
 //! side by side, arranged so that one 32-byte load yields 4 values of each of the 8 rows. The
 //! SIMD kernels then keep one output row per f32 lane, sum each block's products exactly in
@@ -115,28 +115,69 @@ impl Tiled for TileQ8_0 {
     }
 }
 
+/// The unpacked 6-bit scales and minimums of 8 Q4_K/Q5_K rows, as [`TileQ4K`] and [`TileQ5K`]
+/// store them: `sc[j][r]` and `m[p][2r + h]` (sub-block `2p + h`).
+type KScales = ([[u8; 8]; 8], [[u8; 16]; 4]);
+
+fn k_scales(packed: [&[u8; 12]; TILE_ROWS]) -> KScales {
+    let sm: [[(u8, u8); 8]; TILE_ROWS] =
+        packed.map(|q| std::array::from_fn(|j| q4k_scale_min(j, q)));
+    (
+        std::array::from_fn(|j| std::array::from_fn(|r| sm[r][j].0)),
+        std::array::from_fn(|p| std::array::from_fn(|k| sm[k / 2][2 * p + k % 2].1)),
+    )
+}
+
+/// Row `r`'s 12 packed scale bytes back out of [`k_scales`]' arrays.
+fn k_scales_row((sc, m): (&[[u8; 8]; 8], &[[u8; 16]; 4]), r: usize) -> [u8; 12] {
+    let s: [u8; 8] = std::array::from_fn(|j| sc[j][r]);
+    let mm: [u8; 8] = std::array::from_fn(|j| m[j / 2][2 * r + j % 2]);
+    q4k_pack_scales(&s, &mm)
+}
+
 impl Tiled for TileQ4K {
     type Row = BlockQ4K;
     const ELEMS: usize = QK_K;
     fn pack(rows: &[BlockQ4K; TILE_ROWS]) -> Self {
-        let sm: [[(u8, u8); 8]; TILE_ROWS] = rows
-            .each_ref()
-            .map(|r| std::array::from_fn(|j| q4k_scale_min(j, &r.scales)));
+        let (sc, m) = k_scales(rows.each_ref().map(|r| &r.scales));
         Self {
             d: rows.each_ref().map(|r| r.d),
             dmin: rows.each_ref().map(|r| r.dmin),
-            sc: std::array::from_fn(|j| std::array::from_fn(|r| sm[r][j].0)),
-            m: std::array::from_fn(|p| std::array::from_fn(|k| sm[k / 2][2 * p + k % 2].1)),
+            sc,
+            m,
             qs: interleave::<32, 1024, u8>(rows.each_ref().map(|r| &r.qs[..])),
         }
     }
     fn unpack(&self, r: usize) -> BlockQ4K {
-        let sc: [u8; 8] = std::array::from_fn(|j| self.sc[j][r]);
-        let m: [u8; 8] = std::array::from_fn(|j| self.m[j / 2][2 * r + j % 2]);
         BlockQ4K {
             d: self.d[r],
             dmin: self.dmin[r],
-            scales: q4k_pack_scales(&sc, &m),
+            scales: k_scales_row((&self.sc, &self.m), r),
+            qs: deinterleave::<32, 128, u8>(&self.qs, r),
+        }
+    }
+}
+
+impl Tiled for TileQ5K {
+    type Row = BlockQ5K;
+    const ELEMS: usize = QK_K;
+    fn pack(rows: &[BlockQ5K; TILE_ROWS]) -> Self {
+        let (sc, m) = k_scales(rows.each_ref().map(|r| &r.scales));
+        Self {
+            d: rows.each_ref().map(|r| r.d),
+            dmin: rows.each_ref().map(|r| r.dmin),
+            sc,
+            m,
+            qh: interleave::<8, 256, u8>(rows.each_ref().map(|r| &r.qh[..])),
+            qs: interleave::<32, 1024, u8>(rows.each_ref().map(|r| &r.qs[..])),
+        }
+    }
+    fn unpack(&self, r: usize) -> BlockQ5K {
+        BlockQ5K {
+            d: self.d[r],
+            dmin: self.dmin[r],
+            scales: k_scales_row((&self.sc, &self.m), r),
+            qh: deinterleave::<8, 32, u8>(&self.qh, r),
             qs: deinterleave::<32, 128, u8>(&self.qs, r),
         }
     }

@@ -1,8 +1,7 @@
 //! x86-64 SIMD kernels of float weights and the activation and KV-cache quantizers, compiled
 //! for AVX2+FMA and again for the AVX-512 VNNI tier (one macro, so the two cannot drift), plus
-//! the vector helpers the block-format kernels share (the 32-element formats' tile kernels are
-//! in `x86_tiles`, the super-block formats in `x86_kquants`; attention, RoPE and SwiGLU in
-//! [`crate::nn`]).
+//! the vector helpers the block-format kernels share (the tile kernels of every block format are
+//! in `x86_tiles` and `x86_tiles512`; attention, RoPE and SwiGLU in [`crate::nn`]).
 //!
 //! SAFETY contract for every `unsafe fn` here: the caller has verified the CPU features named in
 //! the function's `target_feature` attribute (only `dispatch::Kernels::detect` calls them), and

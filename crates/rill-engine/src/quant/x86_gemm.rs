@@ -11,7 +11,7 @@
 //! FMAs each. Each lane sees the reference's operations in the reference's order, so the bits
 //! are the single-row dot's on every tier. AVX2: tiles of 2 x 6 (12 accumulators of 16 ymm),
 //! one pass over `k` per lane group, the lanes folded from memory. AVX-512: all of a pair's
-//! lane groups in registers (f16 2 x 3 pairs of 4 zmm, BF16/F32 3 x 4 of 2), folded in
+//! lane groups in registers (f16 1 x 6 pairs of 4 zmm, BF16/F32 2 x 6 of 2), folded in
 //! registers (measured: the per-pair store and fold of the pass style cost as much as the FMAs
 //! at SmolLM2's 576-wide rows).
 //!
@@ -353,8 +353,8 @@ gemm_tier!(
 );
 
 /// The AVX-512 tier: every lane group of a pair in its own zmm accumulator through the whole
-/// pass over `k` (f16: 4 per pair, tiles of 2 weight x 3 activation rows; BF16/F32: 2 per pair,
-/// 3 x 4), folded in registers at the end: 24 accumulators of 32 zmm either way. The AVX2 tier
+/// pass over `k` (f16: 4 per pair, tiles of 1 weight x 6 activation rows; BF16/F32: 2 per pair,
+/// 2 x 6), folded in registers at the end: 24 accumulators of 32 zmm either way. The AVX2 tier
 /// cannot hold a pair's 8 f16 lane groups with a useful tile in 16 ymm, so it passes over `k`
 /// once per group instead (`gemm_fn!`).
 pub mod avx512 {

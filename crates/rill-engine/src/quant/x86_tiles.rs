@@ -1,4 +1,4 @@
-//! AVX2 kernels over the interleaved tiles of the 32-element formats and Q4_K (`repack`): one tile row
+//! AVX2 kernels over the interleaved tiles of every block format (`repack`): one tile row
 //! (8 weight rows, one per f32 lane) against N activation rows. Per column block, the 32
 //! products of every (row, activation) pair are summed exactly in integers, 4 values of all 8
 //! rows per `maddubs` against one broadcast group of 4 activation bytes; then one conversion and
@@ -477,6 +477,111 @@ unsafe fn fold_min_scaled(
     _mm256_fnmadd_ps(_mm256_mul_ps(dm, yd), _mm256_cvtepi32_ps(summ), t1)
 }
 
+/// The fifth bits of sub-blocks `2C` and `2C + 1` in a Q5_K tile's interleaved `qh` bytes `h`,
+/// as 0x10 per byte: bit `s` moved to bit 4 by an immediate 16-bit shift (left by at most 4 or
+/// right by at most 3, so every byte's bit 4 comes from its own byte), the rest masked off.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q5k_fifth_bits<const C: usize>(h: __m256i) -> (__m256i, __m256i) {
+    let (lo, hi) = match C {
+        0 => (_mm256_slli_epi16::<4>(h), _mm256_slli_epi16::<3>(h)),
+        1 => (_mm256_slli_epi16::<2>(h), _mm256_slli_epi16::<1>(h)),
+        2 => (h, _mm256_srli_epi16::<1>(h)),
+        _ => (_mm256_srli_epi16::<2>(h), _mm256_srli_epi16::<3>(h)),
+    };
+    let m = _mm256_set1_epi8(0x10);
+    (_mm256_and_si256(lo, m), _mm256_and_si256(hi, m))
+}
+
+/// Sub-blocks `2c` (low nibbles) and `2c + 1` (high nibbles) of group `g` of a Q4_K tile, or
+/// with `Q5` of a Q5_K tile (its fifth bits `qh` added; then `c == C`): the rows' values as u8.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn k45_values<const C: usize, const Q5: bool>(
+    qs: &[u8; 1024],
+    qh: Option<&[u8; 256]>,
+    c: usize,
+    g: usize,
+) -> (__m256i, __m256i) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let v = _mm256_loadu_si256(qs[32 * (8 * c + g)..].as_ptr().cast());
+    let (lo, hi) = (
+        _mm256_and_si256(v, m4),
+        _mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+    );
+    match qh {
+        Some(qh) if Q5 => {
+            let (bl, bh) = q5k_fifth_bits::<C>(_mm256_loadu_si256(qh[32 * g..].as_ptr().cast()));
+            (_mm256_or_si256(lo, bl), _mm256_or_si256(hi, bh))
+        }
+        _ => (lo, hi),
+    }
+}
+
+/// A Q4_K/Q5_K tile's exact `sum(scale * sum(v * y))` per row (lane) against N activation
+/// blocks: the tier's `k45_chunk` for each pair of sub-blocks, compiled apart for Q4_K and
+/// Q5_K (`Q5`, with the tile's `qh`). Q4_K loops over the pairs (unrolled, its kernels spilled
+/// registers: +5% instructions at 4 rows); Q5_K is unrolled so that its bit shifts are
+/// immediates (with a shift count in a register, 2 uops each on Intel, it ran 2x slower).
+macro_rules! k45_sums {
+    ($f:literal) => {
+        /// A Q4_K (or with `Q5` and `qh`, Q5_K) tile's exact `sum(scale * sum(v * y))` per row
+        /// against N activation blocks, sub-block pair after pair (`k45_chunk`).
+        #[target_feature(enable = $f)]
+        #[inline]
+        unsafe fn k45_sums<const N: usize, const Q5: bool>(
+            qs: &[u8; 1024],
+            qh: Option<&[u8; 256]>,
+            sc: &[[u8; 8]; 8],
+            yb: [&BlockQ8K; N],
+        ) -> [__m256i; N] {
+            let ys: [*const i8; N] = std::array::from_fn(|n| yb[n].qs.as_ptr());
+            let mut sumi = [_mm256_setzero_si256(); N];
+            let mut add = |p: [__m256i; N]| {
+                for n in 0..N {
+                    sumi[n] = _mm256_add_epi32(sumi[n], p[n]);
+                }
+            };
+            if Q5 {
+                add(k45_chunk::<0, N, true>(qs, qh, sc, 0, ys));
+                add(k45_chunk::<1, N, true>(qs, qh, sc, 1, ys));
+                add(k45_chunk::<2, N, true>(qs, qh, sc, 2, ys));
+                add(k45_chunk::<3, N, true>(qs, qh, sc, 3, ys));
+            } else {
+                for c in 0..4 {
+                    add(k45_chunk::<0, N, false>(qs, None, sc, c, ys));
+                }
+            }
+            sumi
+        }
+    };
+}
+
+/// Q4_K/Q5_K's fold of a super-block into each activation row's totals: `sum(min * bsum)`
+/// (one `madd` per two sub-blocks), then `kquants::fold_min`'s two FMAs per lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn k45_fold<const N: usize>(
+    total: &mut [__m256; N],
+    (d, dmin, m): (&[u16; TILE_ROWS], &[u16; TILE_ROWS], &[[u8; 16]; 4]),
+    yb: [&BlockQ8K; N],
+    sumi: &[__m256i; N],
+) {
+    let (dw, dm) = (lanes_f16(d), lanes_f16(dmin));
+    for n in 0..N {
+        let bs = &yb[n].bsums;
+        let mut summ = _mm256_setzero_si256();
+        for (p, mp) in m.iter().enumerate() {
+            let m16 = _mm256_cvtepu8_epi16(_mm_loadu_si128(mp.as_ptr().cast()));
+            let lo = bs[4 * p].wrapping_add(bs[4 * p + 1]) as u16 as u32;
+            let hi = bs[4 * p + 2].wrapping_add(bs[4 * p + 3]) as u16 as u32;
+            let pair = _mm256_set1_epi32((lo | hi << 16) as i32);
+            summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m16, pair));
+        }
+        total[n] = fold_min_scaled(total[n], dw, dm, yb[n].d, sumi[n], summ);
+    }
+}
+
 /// A super-block format's tile kernel `$name::<N>` against Q8_K rows: `$body` folds tile `$t`
 /// and the N rows' blocks `$yb` into the 8-lane totals `$total`, super-block after super-block.
 macro_rules! ktile_kernel {
@@ -527,32 +632,24 @@ macro_rules! tile_kernels {
             $f,
             /// Q4_K tiles against N Q8_K rows: `kquants::dot_q4k_q8k`'s arithmetic for 8 rows
             /// at once. Per super-block and row the exact `sum(scale * sum(v * y))`
-            /// (`q4k_pair`) and `sum(min * bsum)` (one `madd` per two sub-blocks), then its two
-            /// FMAs per lane.
+            /// (`k45_sums`) and `sum(min * bsum)`, then its two FMAs per lane (`k45_fold`).
             tiles_q4k,
             TileQ4K,
             |t, yb, total| {
-                let ys: [*const i8; N] = std::array::from_fn(|n| yb[n].qs.as_ptr());
-                let mut sumi = [_mm256_setzero_si256(); N];
-                for c in 0..4 {
-                    let p = q4k_pair(t, c, ys);
-                    for n in 0..N {
-                        sumi[n] = _mm256_add_epi32(sumi[n], p[n]);
-                    }
-                }
-                let (dw, dm) = (lanes_f16(&t.d), lanes_f16(&t.dmin));
-                for n in 0..N {
-                    let bs = &yb[n].bsums;
-                    let mut summ = _mm256_setzero_si256();
-                    for p in 0..4 {
-                        let m16 = _mm256_cvtepu8_epi16(_mm_loadu_si128(t.m[p].as_ptr().cast()));
-                        let lo = bs[4 * p].wrapping_add(bs[4 * p + 1]) as u16 as u32;
-                        let hi = bs[4 * p + 2].wrapping_add(bs[4 * p + 3]) as u16 as u32;
-                        let pair = _mm256_set1_epi32((lo | hi << 16) as i32);
-                        summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m16, pair));
-                    }
-                    total[n] = fold_min_scaled(total[n], dw, dm, yb[n].d, sumi[n], summ);
-                }
+                let sumi = k45_sums::<N, false>(&t.qs, None, &t.sc, yb);
+                k45_fold(&mut total, (&t.d, &t.dmin, &t.m), yb, &sumi);
+            }
+        );
+
+        ktile_kernel!(
+            $f,
+            /// Q5_K tiles against N Q8_K rows: `kquants::dot_q5k_q8k`'s arithmetic for 8 rows
+            /// at once, as Q4_K's with each value's fifth bit added (`k45_values`).
+            tiles_q5k,
+            TileQ5K,
+            |t, yb, total| {
+                let sumi = k45_sums::<N, true>(&t.qs, Some(&t.qh), &t.sc, yb);
+                k45_fold(&mut total, (&t.d, &t.dmin, &t.m), yb, &sumi);
             }
         );
 
@@ -765,40 +862,51 @@ pub mod avx2 {
         s16.map(|v| widen(v))
     }
 
-    /// Sub-blocks `2c` and `2c + 1` of a Q4_K tile against N activation rows: per row (lane),
-    /// each sub-block's 32 products summed in i16 (8 groups of pairs: at most 8 * 2 * 15 *
-    /// 127 = 30480), then `madd` by the row's scale (repeated in both i16 halves of its lane).
+    /// Sub-blocks `2c` and `2c + 1` of a Q4_K/Q5_K tile (Q5_K: `c == C`) against N activation
+    /// blocks, added to each row's (lane's) `sumi`: per sub-block the products summed in i16 (`maddubs` pairs,
+    /// at most 2 * 31 * 127 = 7874; Q4_K's values (<= 15) all 8 groups before widening, 8 *
+    /// 3810 = 30480, Q5_K's 4 at a time, 31496), then `madd` by the row's scale (in both i16
+    /// halves of its lane).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn q4k_pair<const N: usize>(t: &TileQ4K, c: usize, ys: [*const i8; N]) -> [__m256i; N] {
-        let m4 = _mm256_set1_epi8(0x0f);
-        let (mut lo16, mut hi16) = ([_mm256_setzero_si256(); N], [_mm256_setzero_si256(); N]);
-        for g in 0..8 {
-            let v = _mm256_loadu_si256(t.qs[32 * (8 * c + g)..].as_ptr().cast());
-            let (lo, hi) = (
-                _mm256_and_si256(v, m4),
-                _mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+    unsafe fn k45_chunk<const C: usize, const N: usize, const Q5: bool>(
+        qs: &[u8; 1024],
+        qh: Option<&[u8; 256]>,
+        sc: &[[u8; 8]; 8],
+        c: usize,
+        ys: [*const i8; N],
+    ) -> [__m256i; N] {
+        let run = if Q5 { 4 } else { 8 };
+        let mut out = [_mm256_setzero_si256(); N];
+        for half in 0..8 / run {
+            let g0 = half * run;
+            let (mut lo16, mut hi16) = ([_mm256_setzero_si256(); N], [_mm256_setzero_si256(); N]);
+            for g in g0..g0 + run {
+                let (lo, hi) = k45_values::<C, Q5>(qs, qh, c, g);
+                for n in 0..N {
+                    // SAFETY: 64c + 32 + 4g + 4 <= 256, inside the activation block's quants.
+                    let (al, ah) = unsafe { (ys[n].add(64 * c), ys[n].add(64 * c + 32)) };
+                    lo16[n] = _mm256_add_epi16(lo16[n], pairs_u(lo, group(al, g)));
+                    hi16[n] = _mm256_add_epi16(hi16[n], pairs_u(hi, group(ah, g)));
+                }
+            }
+            // The scales after the products (loaded before, they cost spills: +5% instructions).
+            let (sl, sh) = (
+                row_pairs_i16(&sc[2 * c], false),
+                row_pairs_i16(&sc[2 * c + 1], false),
             );
             for n in 0..N {
-                // SAFETY: 64c + 32 + 4g + 4 <= 256, inside the activation block's quants.
-                let (al, ah) = unsafe { (ys[n].add(64 * c), ys[n].add(64 * c + 32)) };
-                lo16[n] = _mm256_add_epi16(lo16[n], pairs_u(lo, group(al, g)));
-                hi16[n] = _mm256_add_epi16(hi16[n], pairs_u(hi, group(ah, g)));
+                let p = _mm256_add_epi32(
+                    _mm256_madd_epi16(lo16[n], sl),
+                    _mm256_madd_epi16(hi16[n], sh),
+                );
+                out[n] = _mm256_add_epi32(out[n], p);
             }
-        }
-        let (sl, sh) = (
-            row_pairs_i16(&t.sc[2 * c], false),
-            row_pairs_i16(&t.sc[2 * c + 1], false),
-        );
-        let mut out = [_mm256_setzero_si256(); N];
-        for n in 0..N {
-            out[n] = _mm256_add_epi32(
-                _mm256_madd_epi16(lo16[n], sl),
-                _mm256_madd_epi16(hi16[n], sh),
-            );
         }
         out
     }
+
+    k45_sums!("avx2,fma,f16c");
 
     /// [`q6k_sums_madd`].
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -866,19 +974,21 @@ pub mod vnni {
         s
     }
 
-    /// Sub-blocks `2c` and `2c + 1` of a Q4_K tile against N activation rows: per row, each
-    /// sub-block's products accumulated by `vpdpbusd` in i32, times the row's scale.
+    /// Sub-blocks `2c` and `2c + 1` of a Q4_K/Q5_K tile (Q5_K: `c == C`) against N activation
+    /// blocks, added to each row's `sumi`: each sub-block's products accumulated by `vpdpbusd` in i32, times the
+    /// row's scale.
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     #[inline]
-    unsafe fn q4k_pair<const N: usize>(t: &TileQ4K, c: usize, ys: [*const i8; N]) -> [__m256i; N] {
-        let m4 = _mm256_set1_epi8(0x0f);
+    unsafe fn k45_chunk<const C: usize, const N: usize, const Q5: bool>(
+        qs: &[u8; 1024],
+        qh: Option<&[u8; 256]>,
+        sc: &[[u8; 8]; 8],
+        c: usize,
+        ys: [*const i8; N],
+    ) -> [__m256i; N] {
         let (mut lo, mut hi) = ([_mm256_setzero_si256(); N], [_mm256_setzero_si256(); N]);
         for g in 0..8 {
-            let v = _mm256_loadu_si256(t.qs[32 * (8 * c + g)..].as_ptr().cast());
-            let (wl, wh) = (
-                _mm256_and_si256(v, m4),
-                _mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
-            );
+            let (wl, wh) = k45_values::<C, Q5>(qs, qh, c, g);
             for n in 0..N {
                 // SAFETY: 64c + 32 + 4g + 4 <= 256, inside the activation block's quants.
                 let (al, ah) = unsafe { (ys[n].add(64 * c), ys[n].add(64 * c + 32)) };
@@ -887,14 +997,16 @@ pub mod vnni {
             }
         }
         // The rows' scales as i32 lanes.
-        let sl = _mm256_cvtepu8_epi32(_mm_loadl_epi64(t.sc[2 * c].as_ptr().cast()));
-        let sh = _mm256_cvtepu8_epi32(_mm_loadl_epi64(t.sc[2 * c + 1].as_ptr().cast()));
+        let sl = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc[2 * c].as_ptr().cast()));
+        let sh = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc[2 * c + 1].as_ptr().cast()));
         let mut out = [_mm256_setzero_si256(); N];
         for n in 0..N {
             out[n] = _mm256_add_epi32(_mm256_mullo_epi32(lo[n], sl), _mm256_mullo_epi32(hi[n], sh));
         }
         out
     }
+
+    k45_sums!("avx2,fma,f16c,avx512vnni,avx512vl");
 
     /// A Q6_K tile's `sum(scale * sum(v * y))` per row against N activation blocks, on `u =
     /// v + 32`: the 4 quads of a scale group accumulated by `vpdpbusd`, then one multiply by
