@@ -195,19 +195,26 @@ macro_rules! lanes_kernel {
         ) -> [[f32; TILE_ROWS]; N] {
             let nb = tiles.len();
             check_lengths(nb, y, meta, $min, false);
-            let mut acc = [[_mm256_setzero_ps(); 8]; N];
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm256_setzero_ps(); N];
+            // Left uninitialised (zeroing N rows per call showed as memset in prefill): every row
+            // is stored by the last chunk (or the one-row pass, or the empty case) below.
+            let mut out = MaybeUninit::<[[f32; TILE_ROWS]; N]>::uninit();
+            let op = out.as_mut_ptr().cast::<f32>();
+            // Each row's lanes between chunks (a 1-KiB memset per call when zeroed here): read
+            // only after the row's first chunk wrote them.
+            let mut acc = [MaybeUninit::<[__m256; 8]>::uninit(); N];
             // Scratch left uninitialised (zeroing 17 KiB per call cost more than the work):
             // every entry read below was written first for the same chunk.
             let mut w = [[MaybeUninit::<__m256i>::uninit(); 8]; LANE_CHUNK];
             #[allow(unused_mut, unused_variables)] // |w|, for the signed formats
             let mut wa = [[MaybeUninit::<__m256i>::uninit(); 8]; LANE_CHUNK];
             let mut dw = [MaybeUninit::<__m256>::uninit(); LANE_CHUNK];
-            if N == 1 {
+            if N == 1 || nb == 0 {
                 // One activation row (decode): decoded weights go straight to the multiplier,
                 // one sequential pass over the tiles.
-                for i in 0..nb {
+                let mut a = [_mm256_setzero_ps(); 8];
+                for i in 0..if N == 1 { nb } else { 0 } {
                     let $t = unsafe { tiles.get_unchecked(i) };
                     let ys = unsafe { y[0].get_unchecked(i) }.qs.as_ptr();
                     let da = unsafe { *meta[0].d.get_unchecked(i) };
@@ -215,11 +222,14 @@ macro_rules! lanes_kernel {
                     for $gp in 0..4 {
                         let (wl, wh) = $pair;
                         let pl = lanes_kernel!(@rows_now $signed, wl, group(ys, $gp));
-                        acc[0][$gp] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(pl), acc[0][$gp]);
+                        a[$gp] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(pl), a[$gp]);
                         let ph = lanes_kernel!(@rows_now $signed, wh, group(ys, $gp + 4));
-                        acc[0][$gp + 4] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(ph), acc[0][$gp + 4]);
+                        a[$gp + 4] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(ph), a[$gp + 4]);
                     }
                     tile_kernel!(@min $min, $t, meta, summs, i, N);
+                }
+                for n in 0..N {
+                    lanes_kernel!(@finish $min, a, summs[n], op, n);
                 }
             }
             let chunked = if N == 1 { 0 } else { nb };
@@ -239,7 +249,12 @@ macro_rules! lanes_kernel {
                     tile_kernel!(@min $min, $t, meta, summs, i, N);
                 }
                 for n in 0..N {
-                    let mut a = acc[n];
+                    let mut a = if c0 == 0 {
+                        [_mm256_setzero_ps(); 8]
+                    } else {
+                        // SAFETY: the chunk at 0 stored row n's lanes.
+                        unsafe { acc[n].assume_init() }
+                    };
                     for i in c0..c1 {
                         let ys = unsafe { y[n].get_unchecked(i) }.qs.as_ptr();
                         let da = unsafe { *meta[n].d.get_unchecked(i) };
@@ -250,26 +265,30 @@ macro_rules! lanes_kernel {
                             a[g] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), a[g]);
                         }
                     }
-                    acc[n] = a;
+                    if c1 == chunked {
+                        lanes_kernel!(@finish $min, a, summs[n], op, n);
+                    } else {
+                        acc[n] = MaybeUninit::new(a);
+                    }
                 }
             }
-            // Left uninitialised (zeroing N rows per call showed as memset in prefill): every row
-            // is stored below.
-            let mut out = MaybeUninit::<[[f32; TILE_ROWS]; N]>::uninit();
-            let op = out.as_mut_ptr().cast::<f32>();
-            for n in 0..N {
-                let a = &acc[n];
-                let h = _mm256_add_ps(
-                    _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
-                    _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])),
-                );
-                let r = tile_kernel!(@finish $min, h, summs[n]);
-                _mm256_storeu_ps(op.add(n * TILE_ROWS), r);
-            }
-            // SAFETY: rows 0..N were all stored above.
+            // SAFETY: rows 0..N were all stored above: by the one-row pass (N == 1 or no
+            // blocks) or by the last chunk.
             out.assume_init()
         }
     };
+    // Row n's 8 lanes reduced in `hsum8`'s order (vertical adds over 8 rows at once), the
+    // `m * s` chain added, stored as row n of the output at `op`.
+    (@finish $min:tt, $a:expr, $summ:expr, $op:ident, $n:expr) => {{
+        let a = &$a;
+        let h = _mm256_add_ps(
+            _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+            _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])),
+        );
+        let r = tile_kernel!(@finish $min, h, $summ);
+        // SAFETY: n < N, so the row's 8 floats lie inside the output.
+        unsafe { _mm256_storeu_ps($op.add($n * TILE_ROWS), r) };
+    }};
     (@abs false, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {};
     (@abs true, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {
         $wa[$gp] = MaybeUninit::new(_mm256_abs_epi8($wl));
