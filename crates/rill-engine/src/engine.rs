@@ -88,7 +88,7 @@ impl Engine {
         let kernels = match &cfg.kernels {
             Some(name) => Kernels::by_name(name).ok_or_else(|| {
                 EngineError::InvalidInput(format!(
-                    "kernel set `{name}` is not supported on this CPU (try scalar, avx2, avx512)"
+                    "kernel set `{name}` is not supported on this CPU (try scalar, avx2, avx-vnni, avx512)"
                 ))
             })?,
             None => Kernels::detect(),

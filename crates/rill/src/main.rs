@@ -69,7 +69,7 @@ pub struct ModelArgs {
     /// Compute threads (0: one per physical core).
     #[arg(long, short = 't', default_value_t = 0, env = "RILL_THREADS")]
     pub threads: usize,
-    /// Force a kernel set: scalar, avx2, avx512.
+    /// Force a kernel set: scalar, avx2, avx-vnni, avx512.
     #[arg(long, env = "RILL_KERNELS")]
     pub kernels: Option<String>,
     /// A Jinja chat template file replacing the model's (a base model has none).

@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// Compute threads (0: one per physical core).
     #[arg(long, short = 't', env = "RILL_THREADS")]
     threads: Option<usize>,
-    /// Force a kernel set: scalar, avx2, avx512.
+    /// Force a kernel set: scalar, avx2, avx-vnni, avx512.
     #[arg(long, env = "RILL_KERNELS")]
     kernels: Option<String>,
     /// A Jinja chat template file replacing the model's (a base model has none, and answers

@@ -21,6 +21,9 @@ pub enum KernelTier {
     Scalar,
     /// AVX2 with FMA and F16C.
     Avx2,
+    /// AVX-VNNI (the VEX `vpdpbusd` of Alder Lake and later client CPUs, which have no
+    /// AVX-512) on top of the AVX2 tier's features: its tile kernels, the AVX2 tier's others.
+    AvxVnni,
     /// AVX-512 (F, BW, VL) with VNNI, on top of the AVX2 tier's features.
     Avx512Vnni,
 }
@@ -30,6 +33,7 @@ impl std::fmt::Display for KernelTier {
         f.write_str(match self {
             KernelTier::Scalar => "scalar",
             KernelTier::Avx2 => "avx2+fma",
+            KernelTier::AvxVnni => "avx-vnni",
             KernelTier::Avx512Vnni => "avx512-vnni",
         })
     }
@@ -299,6 +303,9 @@ impl Kernels {
                 && std::is_x86_feature_detected!("f16c")
             {
                 v.push(x86_sets::avx2());
+                if std::is_x86_feature_detected!("avxvnni") {
+                    v.push(x86_sets::avx_vnni());
+                }
                 if std::is_x86_feature_detected!("avx512vnni")
                     && std::is_x86_feature_detected!("avx512vl")
                     && std::is_x86_feature_detected!("avx512f")
@@ -311,7 +318,8 @@ impl Kernels {
         v
     }
 
-    /// A set by name (`scalar`, `avx2`, `avx512-vnni`), if this CPU supports it.
+    /// A set by name (`scalar`, `avx2`, `avx-vnni`, `avx512-vnni`; `avx512` for the last), if
+    /// this CPU supports it.
     pub fn by_name(name: &str) -> Option<Self> {
         Self::all_supported().into_iter().find(|k| {
             k.tier.to_string() == name
@@ -508,23 +516,23 @@ mod x86_sets {
     use crate::quant::x86_gemm;
     use crate::quant::x86_tiles;
 
-    /// Wraps each `unsafe` ISA function of module `$m` in a safe fn. Only reachable through
-    /// `all_supported`, which checked the features first.
+    /// Wraps each `unsafe` ISA function of module `$m` (and the tile kernels of `x86_tiles::$t`)
+    /// in a safe fn. Only reachable through `all_supported`, which checked the features first.
     macro_rules! set {
-        ($m:ident, $tier:expr) => {{
+        ($t:ident, $m:ident, $tier:expr) => {{
             // The 1- and 4-row tile kernels of one format.
             macro_rules! tiles {
                 ($f:ident, x16 = $x16:tt) => {
                     TileKernels {
-                        x1: TileKernel(|t, y, m| unsafe { x86_tiles::$m::$f::<1>(t, y, m) }),
-                        x4: TileKernel(|t, y, m| unsafe { x86_tiles::$m::$f::<4>(t, y, m) }),
+                        x1: TileKernel(|t, y, m| unsafe { x86_tiles::$t::$f::<1>(t, y, m) }),
+                        x4: TileKernel(|t, y, m| unsafe { x86_tiles::$t::$f::<4>(t, y, m) }),
                         x16: tiles!(@x16 $x16, $f),
                         pair: None,
                     }
                 };
                 (@x16 false, $f:ident) => { None };
                 (@x16 true, $f:ident) => {
-                    Some(TileKernel(|t, y, m| unsafe { x86_tiles::$m::$f::<16>(t, y, m) }))
+                    Some(TileKernel(|t, y, m| unsafe { x86_tiles::$t::$f::<16>(t, y, m) }))
                 };
             }
             Kernels {
@@ -597,7 +605,12 @@ mod x86_sets {
     }
 
     pub fn avx2() -> Kernels {
-        set!(avx2, KernelTier::Avx2)
+        set!(avx2, avx2, KernelTier::Avx2)
+    }
+
+    /// The AVX-VNNI tier: the 256-bit tile kernels with VEX `vpdpbusd`, the rest AVX2's.
+    pub fn avx_vnni() -> Kernels {
+        set!(avxvnni, avx2, KernelTier::AvxVnni)
     }
 
     /// The VNNI tier: the 256-bit kernels with `vpdpbusd`, plus the zmm two-tile-row kernels
@@ -614,7 +627,7 @@ mod x86_sets {
                 })
             };
         }
-        let mut k = set!(vnni, KernelTier::Avx512Vnni);
+        let mut k = set!(vnni, vnni, KernelTier::Avx512Vnni);
         let t = &mut k.tiles;
         t.q5_0.pair = pair!(tiles2_q5_0);
         t.q8_0.pair = pair!(tiles2_q8_0);

@@ -15,9 +15,10 @@
 //! - signed formats (Q8_0, IQ4_NL) use the sign trick: |w| (u8, <= 128) times a * sign(w), a
 //!   pair at most 2 * 128 * 127 = 32512, widened per group.
 //!
-//! The kernels are compiled twice from one macro: [`avx2`], and [`vnni`] for the AVX-512 VNNI
-//! tier, where each group's 4-product row sums are one `vpdpbusd` (u8 x i8 summed into i32,
-//! no i16 step) instead of `maddubs` + `madd`. The integers are the same, so are the bits.
+//! The kernels are compiled three times from one macro: [`avx2`], and with each group's
+//! 4-product row sums as one `vpdpbusd` (u8 x i8 summed into i32, no i16 step) instead of
+//! `maddubs` + `madd`, [`vnni`] for the AVX-512 VNNI tier and [`avxvnni`] for AVX-VNNI (its VEX
+//! form, on AVX2 CPUs without AVX-512). The integers are the same, so are the bits.
 //!
 //! SAFETY contract for every `unsafe fn` here: the caller has verified the features in the
 //! function's `target_feature` attribute (only `dispatch::Kernels::detect` calls them). Slice
@@ -967,147 +968,167 @@ pub mod avx2 {
     tile_kernels!("avx2,fma,f16c");
 }
 
-/// The AVX-512 VNNI tier (256-bit `vpdpbusd`, AVX-512 VL).
-pub mod vnni {
-    use super::*;
+/// The 256-bit `vpdpbusd` tiers' module `$tier` (features `$f`, the intrinsic `$dp`): the
+/// same kernels for AVX-512 VNNI (EVEX, with AVX-512 VL) and for AVX-VNNI (VEX: Alder Lake and
+/// later client CPUs, which lack AVX-512).
+macro_rules! vnni_tier {
+    ($(#[$doc:meta])* $tier:ident, $f:literal, $dp:ident) => {
+        $(#[$doc])*
+        pub mod $tier {
+            use super::*;
 
-    /// i32 row sums of unsigned weight bytes `w` times activation group `a`: one `vpdpbusd`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    #[inline]
-    unsafe fn rows_u(w: __m256i, a: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
-    }
-
-    /// The integer part of the 4-bit unsigned formats: `vpdpbusd` accumulating all 8 groups.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    #[inline]
-    unsafe fn nibble_rows<const N: usize>(qs: &[u8; 128], ys: [*const i8; N]) -> [__m256i; N] {
-        let mut s = [_mm256_setzero_si256(); N];
-        for gp in 0..4 {
-            let (lo, hi) = nibbles(qs, gp);
-            for n in 0..N {
-                s[n] = _mm256_dpbusd_epi32(s[n], lo, group(ys[n], gp));
-                s[n] = _mm256_dpbusd_epi32(s[n], hi, group(ys[n], gp + 4));
+            /// i32 row sums of unsigned weight bytes `w` times activation group `a`: one `vpdpbusd`.
+            #[target_feature(enable = $f)]
+            #[inline]
+            unsafe fn rows_u(w: __m256i, a: __m256i) -> __m256i {
+                $dp(_mm256_setzero_si256(), w, a)
             }
-        }
-        s
-    }
 
-    /// Sub-blocks `2c` and `2c + 1` of a Q4_K/Q5_K tile (Q5_K: `c == C`) against N activation
-    /// blocks, added to each row's `sumi`: each sub-block's products accumulated by `vpdpbusd` in i32, times the
-    /// row's scale.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    #[inline]
-    unsafe fn k45_chunk<const C: usize, const N: usize, const Q5: bool>(
-        qs: &[u8; 1024],
-        qh: Option<&[u8; 256]>,
-        sc: &[[u8; 8]; 8],
-        c: usize,
-        ys: [*const i8; N],
-    ) -> [__m256i; N] {
-        let (mut lo, mut hi) = ([_mm256_setzero_si256(); N], [_mm256_setzero_si256(); N]);
-        for g in 0..8 {
-            let (wl, wh) = k45_values::<C, Q5>(qs, qh, c, g);
-            for n in 0..N {
-                // SAFETY: 64c + 32 + 4g + 4 <= 256, inside the activation block's quants.
-                let (al, ah) = unsafe { (ys[n].add(64 * c), ys[n].add(64 * c + 32)) };
-                lo[n] = _mm256_dpbusd_epi32(lo[n], wl, group(al, g));
-                hi[n] = _mm256_dpbusd_epi32(hi[n], wh, group(ah, g));
-            }
-        }
-        // The rows' scales as i32 lanes.
-        let sl = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc[2 * c].as_ptr().cast()));
-        let sh = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc[2 * c + 1].as_ptr().cast()));
-        let mut out = [_mm256_setzero_si256(); N];
-        for n in 0..N {
-            out[n] = _mm256_add_epi32(_mm256_mullo_epi32(lo[n], sl), _mm256_mullo_epi32(hi[n], sh));
-        }
-        out
-    }
-
-    k45_sums!("avx2,fma,f16c,avx512vnni,avx512vl");
-
-    /// A Q6_K tile's `sum(scale * sum(v * y))` per row against N activation blocks, on `u =
-    /// v + 32`: the 4 quads of a scale group accumulated by `vpdpbusd`, then one multiply by
-    /// the scale; the offset off at the end.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    #[inline]
-    unsafe fn q6k_sums<const N: usize>(t: &TileQ6K, yb: [&BlockQ8K; N]) -> [__m256i; N] {
-        if N == 1 {
-            // One row (decode): per-group `madd` by the scale beats accumulate-then-multiply
-            // (`rill bench-engine --kernels avx2|avx512` on the Q6_K file).
-            return q6k_sums_madd(t, yb);
-        }
-        let mut sumi = [_mm256_setzero_si256(); N];
-        for h in 0..2 {
-            let scv = q6k_scales(t, h);
-            for j in 0..2 {
-                let mut acc = [[_mm256_setzero_si256(); 4]; N];
-                for q in 4 * j..4 * j + 4 {
-                    let u = q6k_quad(t, h, q);
+            /// The integer part of the 4-bit unsigned formats: `vpdpbusd` accumulating all 8 groups.
+            #[target_feature(enable = $f)]
+            #[inline]
+            unsafe fn nibble_rows<const N: usize>(qs: &[u8; 128], ys: [*const i8; N]) -> [__m256i; N] {
+                let mut s = [_mm256_setzero_si256(); N];
+                for gp in 0..4 {
+                    let (lo, hi) = nibbles(qs, gp);
                     for n in 0..N {
-                        for (k, &uk) in u.iter().enumerate() {
-                            // SAFETY: 128h + 4q + 32k + 4 <= 256, inside the block's quants.
-                            let a = group(
-                                unsafe { yb[n].qs.as_ptr().add(128 * h + 4 * q + 32 * k) },
-                                0,
-                            );
-                            acc[n][k] = _mm256_dpbusd_epi32(acc[n][k], uk, a);
+                        s[n] = $dp(s[n], lo, group(ys[n], gp));
+                        s[n] = $dp(s[n], hi, group(ys[n], gp + 4));
+                    }
+                }
+                s
+            }
+
+            /// Sub-blocks `2c` and `2c + 1` of a Q4_K/Q5_K tile (Q5_K: `c == C`) against N activation
+            /// blocks, per row: each sub-block's products accumulated by `vpdpbusd` in i32, times the
+            /// row's scale.
+            #[target_feature(enable = $f)]
+            #[inline]
+            unsafe fn k45_chunk<const C: usize, const N: usize, const Q5: bool>(
+                qs: &[u8; 1024],
+                qh: Option<&[u8; 256]>,
+                sc: &[[u8; 8]; 8],
+                c: usize,
+                ys: [*const i8; N],
+            ) -> [__m256i; N] {
+                let (mut lo, mut hi) = ([_mm256_setzero_si256(); N], [_mm256_setzero_si256(); N]);
+                for g in 0..8 {
+                    let (wl, wh) = k45_values::<C, Q5>(qs, qh, c, g);
+                    for n in 0..N {
+                        // SAFETY: 64c + 32 + 4g + 4 <= 256, inside the activation block's quants.
+                        let (al, ah) = unsafe { (ys[n].add(64 * c), ys[n].add(64 * c + 32)) };
+                        lo[n] = $dp(lo[n], wl, group(al, g));
+                        hi[n] = $dp(hi[n], wh, group(ah, g));
+                    }
+                }
+                // The rows' scales as i32 lanes.
+                let sl = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc[2 * c].as_ptr().cast()));
+                let sh = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc[2 * c + 1].as_ptr().cast()));
+                let mut out = [_mm256_setzero_si256(); N];
+                for n in 0..N {
+                    out[n] = _mm256_add_epi32(_mm256_mullo_epi32(lo[n], sl), _mm256_mullo_epi32(hi[n], sh));
+                }
+                out
+            }
+
+            k45_sums!($f);
+
+            /// A Q6_K tile's `sum(scale * sum(v * y))` per row against N activation blocks, on `u =
+            /// v + 32`: the 4 quads of a scale group accumulated by `vpdpbusd`, then one multiply by
+            /// the scale; the offset off at the end.
+            #[target_feature(enable = $f)]
+            #[inline]
+            unsafe fn q6k_sums<const N: usize>(t: &TileQ6K, yb: [&BlockQ8K; N]) -> [__m256i; N] {
+                if N == 1 {
+                    // One row (decode): per-group `madd` by the scale beats accumulate-then-multiply
+                    // (`rill bench-engine --kernels avx2|avx512` on the Q6_K file).
+                    return q6k_sums_madd(t, yb);
+                }
+                let mut sumi = [_mm256_setzero_si256(); N];
+                for h in 0..2 {
+                    let scv = q6k_scales(t, h);
+                    for j in 0..2 {
+                        let mut acc = [[_mm256_setzero_si256(); 4]; N];
+                        for q in 4 * j..4 * j + 4 {
+                            let u = q6k_quad(t, h, q);
+                            for n in 0..N {
+                                for (k, &uk) in u.iter().enumerate() {
+                                    // SAFETY: 128h + 4q + 32k + 4 <= 256, inside the block's quants.
+                                    let a = group(
+                                        unsafe { yb[n].qs.as_ptr().add(128 * h + 4 * q + 32 * k) },
+                                        0,
+                                    );
+                                    acc[n][k] = $dp(acc[n][k], uk, a);
+                                }
+                            }
+                        }
+                        // Group j + 2k's scale as i32 lanes: the low i16 half, sign-extended.
+                        let mut scs = [_mm256_setzero_si256(); 4];
+                        for (k, sc) in scs.iter_mut().enumerate() {
+                            *sc = _mm256_srai_epi32(_mm256_slli_epi32(scv[j + 2 * k], 16), 16);
+                        }
+                        for (s, a) in sumi.iter_mut().zip(&acc) {
+                            for (&ak, &sc) in a.iter().zip(&scs) {
+                                *s = _mm256_add_epi32(*s, _mm256_mullo_epi32(ak, sc));
+                            }
                         }
                     }
-                }
-                // Group j + 2k's scale as i32 lanes: the low i16 half, sign-extended.
-                let mut scs = [_mm256_setzero_si256(); 4];
-                for (k, sc) in scs.iter_mut().enumerate() {
-                    *sc = _mm256_srai_epi32(_mm256_slli_epi32(scv[j + 2 * k], 16), 16);
-                }
-                for (s, a) in sumi.iter_mut().zip(&acc) {
-                    for (&ak, &sc) in a.iter().zip(&scs) {
-                        *s = _mm256_add_epi32(*s, _mm256_mullo_epi32(ak, sc));
+                    for n in 0..N {
+                        sumi[n] = _mm256_sub_epi32(sumi[n], q6k_offset(&scv, &yb[n].bsums, h));
                     }
                 }
+                sumi
             }
-            for n in 0..N {
-                sumi[n] = _mm256_sub_epi32(sumi[n], q6k_offset(&scv, &yb[n].bsums, h));
-            }
-        }
-        sumi
-    }
 
-    /// An IQ4_XS tile's `sum(scale * sum(v * y))` per row against N activation blocks: codes
-    /// looked up as `v + 128` (unsigned, 1..=241) and accumulated by `vpdpbusd`, each
-    /// sub-block's `128 * sum(y)` (two activation block sums) taken off exactly before its
-    /// scale multiplies it.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    #[inline]
-    unsafe fn iq4xs_sums<const N: usize>(t: &TileIq4Xs, yb: [&BlockQ8K; N]) -> [__m256i; N] {
-        let table = _mm256_add_epi8(iq4nl_table(), _mm256_set1_epi8(-128));
-        let m4 = _mm256_set1_epi8(0x0f);
-        let mut sumi = [_mm256_setzero_si256(); N];
-        for ib in 0..8 {
-            let mut s = [_mm256_setzero_si256(); N];
-            for n in 0..N {
-                let bs = &yb[n].bsums;
-                s[n] = _mm256_set1_epi32(-128 * (bs[2 * ib] as i32 + bs[2 * ib + 1] as i32));
-            }
-            for q in 0..4 {
-                let v = _mm256_loadu_si256(t.qs[32 * (4 * ib + q)..].as_ptr().cast());
-                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
-                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-                for n in 0..N {
-                    // SAFETY: 32 * ib + 32 <= 256, inside the activation block's quants.
-                    let a = unsafe { yb[n].qs.as_ptr().add(32 * ib) };
-                    s[n] = _mm256_dpbusd_epi32(s[n], wl, group(a, q));
-                    s[n] = _mm256_dpbusd_epi32(s[n], wh, group(a, q + 4));
+            /// An IQ4_XS tile's `sum(scale * sum(v * y))` per row against N activation blocks: codes
+            /// looked up as `v + 128` (unsigned, 1..=241) and accumulated by `vpdpbusd`, each
+            /// sub-block's `128 * sum(y)` (two activation block sums) taken off exactly before its
+            /// scale multiplies it.
+            #[target_feature(enable = $f)]
+            #[inline]
+            unsafe fn iq4xs_sums<const N: usize>(t: &TileIq4Xs, yb: [&BlockQ8K; N]) -> [__m256i; N] {
+                let table = _mm256_add_epi8(iq4nl_table(), _mm256_set1_epi8(-128));
+                let m4 = _mm256_set1_epi8(0x0f);
+                let mut sumi = [_mm256_setzero_si256(); N];
+                for ib in 0..8 {
+                    let mut s = [_mm256_setzero_si256(); N];
+                    for n in 0..N {
+                        let bs = &yb[n].bsums;
+                        s[n] = _mm256_set1_epi32(-128 * (bs[2 * ib] as i32 + bs[2 * ib + 1] as i32));
+                    }
+                    for q in 0..4 {
+                        let v = _mm256_loadu_si256(t.qs[32 * (4 * ib + q)..].as_ptr().cast());
+                        let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+                        let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                        for n in 0..N {
+                            // SAFETY: 32 * ib + 32 <= 256, inside the activation block's quants.
+                            let a = unsafe { yb[n].qs.as_ptr().add(32 * ib) };
+                            s[n] = $dp(s[n], wl, group(a, q));
+                            s[n] = $dp(s[n], wh, group(a, q + 4));
+                        }
+                    }
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(t.sc[ib].as_ptr().cast()));
+                    for n in 0..N {
+                        sumi[n] = _mm256_add_epi32(sumi[n], _mm256_mullo_epi32(s[n], sc));
+                    }
                 }
+                sumi
             }
-            let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(t.sc[ib].as_ptr().cast()));
-            for n in 0..N {
-                sumi[n] = _mm256_add_epi32(sumi[n], _mm256_mullo_epi32(s[n], sc));
-            }
-        }
-        sumi
-    }
 
-    tile_kernels!("avx2,fma,f16c,avx512vnni,avx512vl");
+            tile_kernels!($f);
+        }
+    };
 }
+
+vnni_tier!(
+    /// The AVX-512 VNNI tier (256-bit `vpdpbusd`, AVX-512 VL).
+    vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl",
+    _mm256_dpbusd_epi32
+);
+vnni_tier!(
+    /// The AVX-VNNI tier (VEX `vpdpbusd` on AVX2 CPUs without AVX-512).
+    avxvnni,
+    "avx2,fma,f16c,avxvnni",
+    _mm256_dpbusd_avx_epi32
+);
