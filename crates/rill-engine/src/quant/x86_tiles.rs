@@ -648,6 +648,13 @@ macro_rules! tile_kernels {
             rows_u(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
         }
 
+        /// `acc` plus [`rows_s`] (accumulated in place by `vpdpbusd` on the VNNI tiers).
+        #[target_feature(enable = $f)]
+        #[inline]
+        unsafe fn rows_acc_s(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+            rows_acc_u(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
+        }
+
         ktile_kernel!(
             $f,
             /// Q4_K tiles against N Q8_K rows: `kquants::dot_q4k_q8k`'s arithmetic for 8 rows
@@ -788,11 +795,8 @@ macro_rules! tile_kernels {
                         _mm256_shuffle_epi8(table, hi),
                     );
                     for n in 0..N {
-                        let s = _mm256_add_epi32(
-                            rows_s(wl, group(ys[n], gp)),
-                            rows_s(wh, group(ys[n], gp + 4)),
-                        );
-                        isum[n] = _mm256_add_epi32(isum[n], s);
+                        let s = rows_acc_s(isum[n], wl, group(ys[n], gp));
+                        isum[n] = rows_acc_s(s, wh, group(ys[n], gp + 4));
                     }
                 }
             }
@@ -862,6 +866,13 @@ pub mod avx2 {
     #[inline]
     unsafe fn rows_u(w: __m256i, a: __m256i) -> __m256i {
         widen(pairs_u(w, a))
+    }
+
+    /// `acc` plus [`rows_u`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn rows_acc_u(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, rows_u(w, a))
     }
 
     /// The integer part of the 4-bit unsigned formats: all 8 groups summed in i16, widened once.
@@ -951,10 +962,7 @@ pub mod avx2 {
                 for n in 0..N {
                     // SAFETY: 32 * ib + 32 <= 256, inside the activation block's quants.
                     let a = unsafe { yb[n].qs.as_ptr().add(32 * ib) };
-                    s[n] = _mm256_add_epi32(
-                        s[n],
-                        _mm256_add_epi32(rows_s(wl, group(a, q)), rows_s(wh, group(a, q + 4))),
-                    );
+                    s[n] = rows_acc_s(rows_acc_s(s[n], wl, group(a, q)), wh, group(a, q + 4));
                 }
             }
             let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(t.sc[ib].as_ptr().cast()));
@@ -982,6 +990,13 @@ macro_rules! vnni_tier {
             #[inline]
             unsafe fn rows_u(w: __m256i, a: __m256i) -> __m256i {
                 $dp(_mm256_setzero_si256(), w, a)
+            }
+
+            /// `acc` plus [`rows_u`]: `vpdpbusd` accumulating into it.
+            #[target_feature(enable = $f)]
+            #[inline]
+            unsafe fn rows_acc_u(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+                $dp(acc, w, a)
             }
 
             /// The integer part of the 4-bit unsigned formats: `vpdpbusd` accumulating all 8 groups.
