@@ -540,9 +540,11 @@ unsafe fn k45_values<const C: usize, const Q5: bool>(
 
 /// A Q4_K/Q5_K tile's exact `sum(scale * sum(v * y))` per row (lane) against N activation
 /// blocks: the tier's `k45_chunk` for each pair of sub-blocks, compiled apart for Q4_K and
-/// Q5_K (`Q5`, with the tile's `qh`). Q4_K loops over the pairs (unrolled, its kernels spilled
-/// registers: +5% instructions at 4 rows); Q5_K is unrolled so that its bit shifts are
-/// immediates (with a shift count in a register, 2 uops each on Intel, it ran 2x slower).
+/// Q5_K (`Q5`, with the tile's `qh`; one shared copy made Q4_K pay Q5_K's branches, +31%
+/// instructions). Q4_K loops over the pairs; Q5_K is unrolled so that its bit shifts are
+/// immediates (with the shift count in a register, 2 uops each on Intel, it ran 2x slower).
+/// Q4_K's 4-row kernel counts 5.8% more instructions than its own kernel before Q5_K shared
+/// it (register allocation; the same wall time in interleaved runs).
 macro_rules! k45_sums {
     ($f:literal) => {
         /// A Q4_K (or with `Q5` and `qh`, Q5_K) tile's exact `sum(scale * sum(v * y))` per row
