@@ -106,7 +106,10 @@ impl ThreadPool {
 
     /// Runs `f(chunk)` for every chunk in `0..n_chunks` across the pool; returns when all ran.
     pub fn run(&self, n_chunks: usize, f: &(dyn Fn(usize) + Sync)) {
-        if n_chunks == 0 {
+        if n_chunks <= 1 {
+            // Inline, and not counted as a region: the contention check's period stays in
+            // decode steps whatever work they run inline.
+            (0..n_chunks).for_each(f);
             return;
         }
         let region = self.regions.get() + 1;
@@ -114,7 +117,7 @@ impl ThreadPool {
         if region.is_multiple_of(CONTENTION_CHECK_REGIONS) {
             self.check_contention();
         }
-        if self.workers.is_empty() || n_chunks == 1 || self.solo.get() {
+        if self.workers.is_empty() || self.solo.get() {
             (0..n_chunks).for_each(f);
             return;
         }
@@ -156,6 +159,30 @@ impl ThreadPool {
 }
 
 impl ThreadPool {
+    /// Runs `f(first_row, rows)` over `data` (rows of `width` elements) in chunks of
+    /// `chunk_rows` rows across the pool, each chunk's rows handed out mutably to one call
+    /// (behind an uncontended lock, as the pool shares one closure).
+    pub fn for_rows<T: Send>(
+        &self,
+        data: &mut [T],
+        width: usize,
+        chunk_rows: usize,
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) {
+        assert!(
+            width > 0 && chunk_rows > 0,
+            "rows and chunks of at least one element"
+        );
+        let chunks: Vec<Mutex<&mut [T]>> = data
+            .chunks_mut(width * chunk_rows)
+            .map(Mutex::new)
+            .collect();
+        self.run(chunks.len(), &|c| {
+            let mut rows = chunks[c].lock().unwrap_or_else(|e| e.into_inner());
+            f(c * chunk_rows, &mut rows)
+        });
+    }
+
     /// Decides between parallel and caller-only regions from the runnable-thread count.
     fn check_contention(&self) {
         let Some(running) = procs_running() else {

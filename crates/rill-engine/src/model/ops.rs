@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use half::f16;
 
 use crate::quant::{ActFormat, Kernels, QMatrix, QuantActs};
+use crate::threadpool::ThreadPool;
 
 /// Scratch buffers reused across steps (grown, never shrunk).
 pub struct Workspace {
@@ -78,10 +79,12 @@ impl ActPool {
         self.0.push(a);
     }
 
-    /// Quantizes `rows` rows of `x` once for each distinct activation format that `mats` need
-    /// (mixed files pair e.g. a Q4_K `attn_q` with a Q5_0 `attn_v`).
+    /// Quantizes `rows` rows of `x` (on `pool`'s threads, if given) once for each distinct
+    /// activation format that `mats` need (mixed files pair e.g. a Q4_K `attn_q` with a Q5_0
+    /// `attn_v`).
     pub fn quantize_for(
         &mut self,
+        pool: Option<&ThreadPool>,
         k: &Kernels,
         mats: &[&QMatrix<'_>],
         x: &[f32],
@@ -93,7 +96,7 @@ impl ActPool {
             let f = m.act_format();
             if !sets.iter().any(|a| a.format == f) {
                 let mut a = self.take(f);
-                a.quantize(k, x, rows, cols);
+                a.quantize_on(pool, k, x, rows, cols);
                 sets.push(a);
             }
         }

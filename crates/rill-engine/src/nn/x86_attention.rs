@@ -96,9 +96,12 @@ unsafe fn shift_up<const K: i32>(x: __m256) -> __m256 {
 /// prefix maximum (3 shift-and-max steps); ties and signed zeros cannot change a weight (a zero
 /// difference has `expf` 1 either way). Returns `(ms, vs)`; `None` where a score is NaN (the
 /// caller then takes the keys one by one, as the reference treats NaN: never a new maximum).
-#[target_feature(enable = "avx2,fma,f16c")]
+macro_rules! weights_fn {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $exp8:ident) => {
+$(#[$doc])*
+#[target_feature(enable = $features)]
 #[inline]
-unsafe fn weights8(
+unsafe fn $name(
     s: __m256,
     lanes: std::ops::Range<usize>,
     m: &mut f32,
@@ -124,19 +127,31 @@ unsafe fn weights8(
         _mm256_castsi256_ps(_mm256_cmpeq_epi32(idx, _mm256_setzero_si256())),
     );
     let up = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(x, before), valid);
-    // Lanes outside `lanes` take exponent 0 (no special-case path in `expf_x4`).
+    // Lanes outside `lanes` take exponent 0 (no special-case path in the exponential).
     let arg = _mm256_blendv_ps(_mm256_sub_ps(x, before), _mm256_sub_ps(before, x), up);
     let arg = _mm256_blendv_ps(_mm256_setzero_ps(), arg, valid);
-    let e = _mm256_set_m128(
-        expf_x4(_mm256_extractf128_ps::<1>(arg)),
-        expf_x4(_mm256_castps256_ps128(arg)),
-    );
+    let e = $exp8(arg);
     let one = _mm256_set1_ps(1.0);
     let mut top = [0f32; 8];
     _mm256_storeu_ps(top.as_mut_ptr(), inclusive);
     *m = top[7];
     Some((_mm256_blendv_ps(one, e, up), _mm256_blendv_ps(e, one, up)))
 }
+    };
+}
+
+weights_fn!(
+    /// In ymm, the exponentials 4 at a time ([`expf_x4`], a gather of the table).
+    weights8,
+    "avx2,fma,f16c",
+    expf_x8_ymm
+);
+weights_fn!(
+    /// With AVX-512, the exponentials 8 at a time in zmm ([`expf_x8`], the table in registers).
+    weights8_512,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl",
+    expf_x8
+);
 
 /// `sum = fma(sum, ms, vs)` over keys `keys` for `H` consecutive rows (row `i`'s weights at
 /// `i * KEYS` of `ms` and `vs`): the reference's sequential chains, interleaved key by key so
@@ -268,6 +283,96 @@ values_fn!(
     round = round16x16
 );
 
+/// Widens the key rows at `offs` (`hd` f16 each, `hd` a multiple of 8) into `kt` transposed:
+/// element `d` of key `j` at `kt[d * KEYS + j]`, by 8x8 transposes of f16 then one conversion
+/// per 8 keys. A last group of fewer than 8 keys repeats its last key in the unused columns.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn widen_keys_t(keys: &[u16], offs: &[usize], hd: usize, kt: &mut [f32]) {
+    assert!(offs.len() <= KEYS && kt.len() >= KEYS * hd && hd.is_multiple_of(8));
+    assert!(
+        offs.iter().all(|&o| o + hd <= keys.len()),
+        "key rows inside the cache"
+    );
+    for j0 in (0..offs.len()).step_by(8) {
+        let rows: [*const u16; 8] =
+            std::array::from_fn(|i| keys.as_ptr().add(offs[(j0 + i).min(offs.len() - 1)]));
+        for d0 in (0..hd).step_by(8) {
+            let r: [__m128i; 8] = std::array::from_fn(|i| _mm_loadu_si128(rows[i].add(d0).cast()));
+            // Pairs of rows interleaved by element, then by pairs, then by quads.
+            let t0 = _mm_unpacklo_epi16(r[0], r[1]);
+            let t1 = _mm_unpackhi_epi16(r[0], r[1]);
+            let t2 = _mm_unpacklo_epi16(r[2], r[3]);
+            let t3 = _mm_unpackhi_epi16(r[2], r[3]);
+            let t4 = _mm_unpacklo_epi16(r[4], r[5]);
+            let t5 = _mm_unpackhi_epi16(r[4], r[5]);
+            let t6 = _mm_unpacklo_epi16(r[6], r[7]);
+            let t7 = _mm_unpackhi_epi16(r[6], r[7]);
+            let u = [
+                _mm_unpacklo_epi32(t0, t2),
+                _mm_unpackhi_epi32(t0, t2),
+                _mm_unpacklo_epi32(t1, t3),
+                _mm_unpackhi_epi32(t1, t3),
+            ];
+            let w = [
+                _mm_unpacklo_epi32(t4, t6),
+                _mm_unpackhi_epi32(t4, t6),
+                _mm_unpacklo_epi32(t5, t7),
+                _mm_unpackhi_epi32(t5, t7),
+            ];
+            for (h, (&a, &b)) in u.iter().zip(&w).enumerate() {
+                let cols = [_mm_unpacklo_epi64(a, b), _mm_unpackhi_epi64(a, b)];
+                for (c, v) in cols.into_iter().enumerate() {
+                    let d = d0 + 2 * h + c;
+                    _mm256_storeu_ps(kt.as_mut_ptr().add(d * KEYS + j0), _mm256_cvtph_ps(v));
+                }
+            }
+        }
+    }
+}
+
+/// [`scores`] from keys widened transposed ([`widen_keys_t`]), 16 keys per zmm: the
+/// reference's lanes (`l`, accumulating positions `l, l + 64, ...` by FMA from 0) are vectors
+/// over keys, so its whole tree (`fold_f16_lanes`, then `reduce16`) is vertical adds in the
+/// same order, with no shuffles; the query elements come broadcast from memory.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+#[inline]
+unsafe fn scores_t<const S: usize>(
+    q: &[f32],
+    kt: &[f32],
+    keys: std::ops::Range<usize>,
+    out: &mut [f32; KEYS],
+) {
+    let hd = 64 * S;
+    assert!(q.len() >= hd && kt.len() >= KEYS * hd && keys.end <= KEYS);
+    let mut j = keys.start / 16 * 16;
+    while j < keys.end {
+        let kp = kt.as_ptr().add(j);
+        let p = |l: usize| {
+            let mut a = _mm512_setzero_ps();
+            for s in 0..S {
+                let d = l + 64 * s;
+                let k = _mm512_loadu_ps(kp.add(d * KEYS));
+                a = _mm512_fmadd_ps(_mm512_set1_ps(*q.get_unchecked(d)), k, a);
+            }
+            a
+        };
+        // fold_f16_lanes' element i (i < 16) ...
+        let f = |i: usize| {
+            _mm512_add_ps(
+                _mm512_add_ps(p(i), p(32 + i)),
+                _mm512_add_ps(p(16 + i), p(48 + i)),
+            )
+        };
+        // ... then reduce16: halves, quarters, and (c0 + c2) + (c1 + c3).
+        let bsum = |i: usize| _mm512_add_ps(f(i), f(i + 8));
+        let c = |i: usize| _mm512_add_ps(bsum(i), bsum(i + 4));
+        let v = _mm512_add_ps(_mm512_add_ps(c(0), c(2)), _mm512_add_ps(c(1), c(3)));
+        _mm512_storeu_ps(out.as_mut_ptr().add(j), v);
+        j += 16;
+    }
+}
+
 /// [`expf`] of 4 values at once (the double-precision steps in ymm, the table look-up
 /// a gather): the same operations in the same order, so the same bits. Lanes that need
 /// glibc's special cases (|x| >= 88, inf, NaN) are redone by [`expf_special`].
@@ -310,6 +415,60 @@ unsafe fn expf_x4(x: __m128) -> __m128 {
     _mm_loadu_ps(o.as_ptr())
 }
 
+/// [`expf`] of 8 values as two [`expf_x4`].
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn expf_x8_ymm(x: __m256) -> __m256 {
+    _mm256_set_m128(
+        expf_x4(_mm256_extractf128_ps::<1>(x)),
+        expf_x4(_mm256_castps256_ps128(x)),
+    )
+}
+
+/// [`expf`] of 8 values in zmm: [`expf_x4`]'s operations on 8 doubles, the 32-entry table
+/// held in 4 registers and looked up by two 16-entry permutes and a blend on bit 4 of the
+/// index (a gather of 8 cost more than the rest of the exponential). Same bits.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+#[inline]
+unsafe fn expf_x8(x: __m256) -> __m256 {
+    let xd = _mm512_cvtps_pd(x);
+    let inv = _mm512_set1_pd(EXPF_INV_LN2_N);
+    let shift = _mm512_set1_pd(EXPF_SHIFT);
+    let kds = _mm512_fmadd_pd(inv, xd, shift);
+    let ki = _mm512_castpd_si512(kds);
+    let kd = _mm512_sub_pd(kds, shift);
+    let r = _mm512_fmsub_pd(inv, xd, kd);
+    let t = EXPF_TABLE.as_ptr();
+    let quarter = |i: usize| _mm512_loadu_si512(t.add(8 * i).cast());
+    let low = _mm512_permutex2var_epi64(quarter(0), ki, quarter(1));
+    let high = _mm512_permutex2var_epi64(quarter(2), ki, quarter(3));
+    let tab = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(ki, _mm512_set1_epi64(16)), low, high);
+    let s = _mm512_castsi512_pd(_mm512_add_epi64(tab, _mm512_slli_epi64::<47>(ki)));
+    let z = _mm512_fmadd_pd(_mm512_set1_pd(EXPF_C[0]), r, _mm512_set1_pd(EXPF_C[1]));
+    let r2 = _mm512_mul_pd(r, r);
+    let y = _mm512_fmadd_pd(r, _mm512_set1_pd(EXPF_C[2]), _mm512_set1_pd(1.0));
+    let y = _mm512_mul_pd(_mm512_fmadd_pd(z, r2, y), s);
+    let out = _mm512_cvtpd_ps(y);
+    // Lanes whose bits 20..31 (sans sign) reach top12(88.0).
+    let top = _mm256_and_si256(
+        _mm256_srli_epi32::<20>(_mm256_castps_si256(x)),
+        _mm256_set1_epi32(0x7ff),
+    );
+    let special = _mm256_cmpgt_epi32(top, _mm256_set1_epi32(EXPF_SPECIAL_TOP12 as i32 - 1));
+    if _mm256_movemask_epi8(special) == 0 {
+        return out;
+    }
+    let (mut xs, mut o) = ([0f32; 8], [0f32; 8]);
+    _mm256_storeu_ps(xs.as_mut_ptr(), x);
+    _mm256_storeu_ps(o.as_mut_ptr(), out);
+    for (o, &x) in o.iter_mut().zip(&xs) {
+        if (x.to_bits() >> 20) & 0x7ff >= EXPF_SPECIAL_TOP12 {
+            *o = expf_special(x);
+        }
+    }
+    _mm256_loadu_ps(o.as_ptr())
+}
+
 /// One tier's public attention kernel over a quantized cache format: `attend_quant` with the
 /// format's dot product and block values.
 macro_rules! attend_quant_entry {
@@ -333,7 +492,10 @@ macro_rules! attend_quant_entry {
 }
 
 macro_rules! attention_tier {
-    ($modname:ident, $features:literal, $rows:literal, $values:ident) => {
+    (
+        $modname:ident, $features:literal, $rows:literal, $values:ident, $weights:ident,
+        transposed_keys = $transposed:literal
+    ) => {
         /// The attention kernels of one tier.
         pub mod $modname {
             use super::*;
@@ -341,6 +503,10 @@ macro_rules! attention_tier {
             /// Rows (token, head) whose value updates run interleaved: 3 with AVX2's 16
             /// registers (12 accumulators and 4 value vectors), 4 where AVX-512 VL gives 32.
             const ATT_ROWS: usize = $rows;
+
+            /// Whether the scores come from keys widened transposed ([`scores_t`], 16 keys
+            /// per zmm) instead of row by row ([`scores`]).
+            const TRANSPOSED_KEYS: bool = $transposed;
 
             /// [`mad_f16`](crate::nn::attention::mad_f16) 8 elements at a time (the same bits).
             #[target_feature(enable = $features)]
@@ -662,11 +828,11 @@ macro_rules! attention_tier {
                 let mut part = Vec::with_capacity(gh);
                 for r in 0..nr {
                     let src = (r / gh) * b.stride + (b.heads.start + r % gh) * hd;
-                    for (d, &v) in q32[r * hd..(r + 1) * hd]
-                        .iter_mut()
-                        .zip(&b.q[src..src + hd])
+                    for (d, v) in q32[r * hd..(r + 1) * hd]
+                        .chunks_exact_mut(8)
+                        .zip(b.q[src..src + hd].chunks_exact(8))
                     {
-                        *d = f16_to_f32(f32_to_f16(v));
+                        _mm256_storeu_ps(d.as_mut_ptr(), round16x8(_mm256_loadu_ps(v.as_ptr())));
                     }
                 }
                 let mut k0 = lo;
@@ -674,8 +840,13 @@ macro_rules! attention_tier {
                     let n = (hi - k0).min(KEYS);
                     for j in 0..n {
                         let off = b.kv.offsets[k0 + j];
-                        widen_row(&b.kv.keys[off..off + hd], &mut kf[j * hd..(j + 1) * hd]);
+                        if !TRANSPOSED_KEYS {
+                            widen_row(&b.kv.keys[off..off + hd], &mut kf[j * hd..(j + 1) * hd]);
+                        }
                         widen_row(&b.kv.values[off..off + hd], &mut vf[j * hd..(j + 1) * hd]);
+                    }
+                    if TRANSPOSED_KEYS {
+                        widen_keys_t(b.kv.keys, &b.kv.offsets[k0..k0 + n], hd, kf);
                     }
                     full.clear();
                     for (t, keys) in b.keys.iter().enumerate() {
@@ -685,7 +856,12 @@ macro_rules! attention_tier {
                         }
                         let own = a - k0..e - k0;
                         for r in t * gh..(t + 1) * gh {
-                            scores::<S>(&q32[r * hd..], &kf, own.clone(), &mut sc[r - t * gh]);
+                            let (q, sr) = (&q32[r * hd..], &mut sc[r - t * gh]);
+                            if TRANSPOSED_KEYS {
+                                scores_t::<S>(q, kf, own.clone(), sr);
+                            } else {
+                                scores::<S>(q, kf, own.clone(), sr);
+                            }
                         }
                         // Per head the weights 8 keys at a time (`weights8`), then the sums'
                         // FMA chains of the token's heads interleaved key by key.
@@ -701,7 +877,7 @@ macro_rules! attention_tier {
                                 let lanes = own.start.max(j0) - j0..own.end.min(j0 + 8) - j0;
                                 let s8 =
                                     _mm256_mul_ps(_mm256_loadu_ps(scr.as_ptr().add(j0)), scale);
-                                match weights8(s8, lanes.clone(), &mut m[r]) {
+                                match $weights(s8, lanes.clone(), &mut m[r]) {
                                     Some((w_ms, w_vs)) => {
                                         _mm256_storeu_ps(msr.as_mut_ptr().add(j0), w_ms);
                                         _mm256_storeu_ps(vsr.as_mut_ptr().add(j0), w_vs);
@@ -759,5 +935,19 @@ macro_rules! attention_tier {
     };
 }
 
-attention_tier!(avx2, "avx2,fma,f16c", 3, values256);
-attention_tier!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 4, values512);
+attention_tier!(
+    avx2,
+    "avx2,fma,f16c",
+    3,
+    values256,
+    weights8,
+    transposed_keys = false
+);
+attention_tier!(
+    vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    4,
+    values512,
+    weights8_512,
+    transposed_keys = true
+);

@@ -29,6 +29,7 @@ use repack::Tiles;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgmlType;
+use crate::threadpool::ThreadPool;
 
 /// The activation encoding a weight type's dot product consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -184,8 +185,22 @@ impl QuantActs {
 
     /// Quantizes `rows` rows of `cols` floats from `x` (row-major), reusing the buffer.
     pub fn quantize(&mut self, k: &Kernels, x: &[f32], rows: usize, cols: usize) {
-        debug_assert_eq!(x.len(), rows * cols);
-        debug_assert_eq!(cols % self.format.block_elems(), 0);
+        self.quantize_on(None, k, x, rows, cols)
+    }
+
+    /// [`Self::quantize`], the rows encoded on `pool`'s threads in chunks of
+    /// [`QUANT_ROW_CHUNK`] (a decode batch stays one chunk, encoded inline): in prefill the
+    /// encoding is otherwise serial work the other threads wait through.
+    pub fn quantize_on(
+        &mut self,
+        pool: Option<&ThreadPool>,
+        k: &Kernels,
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+    ) {
+        assert_eq!(x.len(), rows * cols, "activation rows of `cols` floats");
+        assert_eq!(cols % self.format.block_elems(), 0, "whole blocks per row");
         // Round rows up to whole u64 words so every row starts aligned.
         self.row_bytes = self.format.row_bytes(cols).div_ceil(8) * 8;
         self.rows = rows;
@@ -194,15 +209,49 @@ impl QuantActs {
         if self.buf.len() < words {
             self.buf.resize(words, 0);
         }
-        if matches!(
+        let float = matches!(
             self.format,
             ActFormat::F16 | ActFormat::Bf16 | ActFormat::F32
-        ) {
-            self.wide.resize(rows * cols);
+        );
+        self.wide.resize(if float { rows * cols } else { 0 });
+        let (format, row_words, used) =
+            (self.format, self.row_bytes / 8, self.format.row_bytes(cols));
+        let wide = self.wide.as_mut_slice();
+        // Each chunk's rows: its own words of the buffer and its own f32 rows, behind an
+        // uncontended lock (the pool's closure is shared).
+        let chunks: Vec<std::sync::Mutex<(&mut [u64], &mut [f32])>> = self.buf[..words]
+            .chunks_mut(QUANT_ROW_CHUNK * row_words)
+            .zip(
+                wide.chunks_mut(QUANT_ROW_CHUNK * cols)
+                    .map(Some)
+                    .chain(std::iter::repeat_with(|| None)),
+            )
+            .map(|(b, w)| std::sync::Mutex::new((b, w.unwrap_or_default())))
+            .collect();
+        let encode = |c: usize| {
+            let mut guard = chunks[c].lock().unwrap_or_else(|e| e.into_inner());
+            let (words, wide) = &mut *guard;
+            for (i, row) in words.chunks_mut(row_words).enumerate() {
+                let r = c * QUANT_ROW_CHUNK + i;
+                let w = if float {
+                    &mut wide[i * cols..(i + 1) * cols]
+                } else {
+                    &mut []
+                };
+                encode_row(
+                    format,
+                    k,
+                    &x[r * cols..(r + 1) * cols],
+                    &mut bytes_of(row)[..used],
+                    w,
+                );
+            }
+        };
+        match pool {
+            Some(p) => p.run(chunks.len(), &encode),
+            None => (0..chunks.len()).for_each(encode),
         }
-        for r in 0..rows {
-            self.quantize_row(k, r, &x[r * cols..(r + 1) * cols]);
-        }
+        drop(chunks);
         self.widen_scales(
             k.tiles::<TileQ5_0>().pair.is_some() || k.tiles::<TileQ8_0>().pair.is_some(),
         );
@@ -285,58 +334,6 @@ impl QuantActs {
         }
     }
 
-    /// Quantizes one range of columns of one row (block-aligned) in place: lets a thread that
-    /// produced those columns quantize them without a barrier.
-    pub fn quantize_row(&mut self, k: &Kernels, r: usize, x: &[f32]) {
-        let f = self.format;
-        let cols = self.cols;
-        let bytes = self.row_mut(r);
-        match f {
-            ActFormat::Q8_0 => k.quantize_q8_0(x, &mut cast_mut(bytes)[..x.len() / QK]),
-            ActFormat::Q8_1 => k.quantize_q8_1(x, &mut cast_mut(bytes)[..x.len() / QK]),
-            ActFormat::Q8K => k.quantize_q8k(x, &mut cast_mut(bytes)[..x.len() / QK_K]),
-            ActFormat::F16 => {
-                // `half`'s slice conversion: F16C 8 at a time where the CPU has it, the same
-                // round-to-nearest-even bits as `f32_to_f16` per element.
-                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-                let o = cast_mut::<u16>(bytes);
-                o[..x.len()]
-                    .reinterpret_cast_mut::<half::f16>()
-                    .convert_from_f32_slice(x);
-            }
-            ActFormat::Bf16 => {
-                for (o, &v) in cast_mut::<u16>(bytes).iter_mut().zip(x) {
-                    *o = f32_to_bf16(v);
-                }
-            }
-            ActFormat::F32 => cast_mut::<f32>(bytes)[..x.len()].copy_from_slice(x),
-        }
-        let widen: fn(u16) -> f32 = match f {
-            ActFormat::F16 => f16_to_f32,
-            ActFormat::Bf16 => bf16_to_f32,
-            ActFormat::F32 => {
-                self.wide.as_mut_slice()[r * cols..r * cols + x.len()].copy_from_slice(x);
-                return;
-            }
-            _ => return,
-        };
-        let mut wide = std::mem::take(&mut self.wide);
-        let (dst, src) = (
-            &mut wide.as_mut_slice()[r * cols..(r + 1) * cols],
-            cast_ref::<u16>(self.row(r)),
-        );
-        if f == ActFormat::F16 {
-            use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-            src.reinterpret_cast::<half::f16>()
-                .convert_to_f32_slice(dst);
-        } else {
-            for (o, &h) in dst.iter_mut().zip(src) {
-                *o = widen(h);
-            }
-        }
-        self.wide = wide;
-    }
-
     /// Activation rows `toks` of a float format as f32, contiguous (each value exactly the
     /// rounded one the single-row dots widen).
     pub fn wide_rows(&self, toks: std::ops::Range<usize>) -> &[f32] {
@@ -350,26 +347,61 @@ impl QuantActs {
         &self.wide.as_slice()[toks.start * self.cols..toks.end * self.cols]
     }
 
-    fn row_mut(&mut self, r: usize) -> &mut [u8] {
-        let used = self.format.row_bytes(self.cols);
-        let start = r * self.row_bytes;
-        // SAFETY: u64 storage viewed as bytes; the range lies inside buf (sized in `quantize`).
-        let all = unsafe {
-            std::slice::from_raw_parts_mut(self.buf.as_mut_ptr().cast::<u8>(), self.buf.len() * 8)
-        };
-        &mut all[start..start + used]
-    }
-
     /// Row `r`'s encoded bytes (whole blocks; f16/bf16/f32 values).
     pub fn row(&self, r: usize) -> &[u8] {
         let used = self.format.row_bytes(self.cols);
         let start = r * self.row_bytes;
-        // SAFETY: as in row_mut, read-only.
+        // SAFETY: u64 storage viewed as bytes (any bit pattern valid, alignment 1); the range
+        // lies inside buf (sized in `quantize_on`).
         let all = unsafe {
             std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.buf.len() * 8)
         };
         &all[start..start + used]
     }
+}
+
+/// Activation rows per chunk of [`QuantActs::quantize_on`].
+pub const QUANT_ROW_CHUNK: usize = 32;
+
+/// Encodes one activation row `x` into `bytes` (whole blocks, or f16/bf16/f32 values) and, for
+/// the float formats, the encoded values widened back to f32 into `wide` (what their GEMMs
+/// read; empty for the block formats).
+fn encode_row(f: ActFormat, k: &Kernels, x: &[f32], bytes: &mut [u8], wide: &mut [f32]) {
+    match f {
+        ActFormat::Q8_0 => k.quantize_q8_0(x, &mut cast_mut(bytes)[..x.len() / QK]),
+        ActFormat::Q8_1 => k.quantize_q8_1(x, &mut cast_mut(bytes)[..x.len() / QK]),
+        ActFormat::Q8K => k.quantize_q8k(x, &mut cast_mut(bytes)[..x.len() / QK_K]),
+        ActFormat::F16 => {
+            // `half`'s slice conversions: F16C 8 at a time where the CPU has it, the same
+            // round-to-nearest-even bits as `f32_to_f16` per element.
+            use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+            let o = &mut cast_mut::<u16>(bytes)[..x.len()];
+            o.reinterpret_cast_mut::<half::f16>()
+                .convert_from_f32_slice(x);
+            o.reinterpret_cast::<half::f16>()
+                .convert_to_f32_slice(&mut wide[..x.len()]);
+        }
+        ActFormat::Bf16 => {
+            for ((o, w), &v) in cast_mut::<u16>(bytes)
+                .iter_mut()
+                .zip(wide.iter_mut())
+                .zip(x)
+            {
+                *o = f32_to_bf16(v);
+                *w = bf16_to_f32(*o);
+            }
+        }
+        ActFormat::F32 => {
+            cast_mut::<f32>(bytes)[..x.len()].copy_from_slice(x);
+            wide[..x.len()].copy_from_slice(x);
+        }
+    }
+}
+
+/// A row of `QuantActs`' u64 storage as bytes.
+fn bytes_of(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: u64 storage viewed as bytes: same memory, any bit pattern valid, alignment 1.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
 }
 
 fn cast_mut<T: ActBlock>(bytes: &mut [u8]) -> &mut [T] {
