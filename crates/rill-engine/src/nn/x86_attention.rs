@@ -46,6 +46,12 @@ use crate::quant::x86::{fp16, hsum_f32_8, nibbles_32};
 /// 64) stay in L1 while every row of the call walks them.
 const KEYS: usize = 64;
 
+/// Rows (token, head) from which a call widens its keys transposed, where the tier can: the
+/// transposes cost about 40 more operations per key than widening row by row, and the
+/// transposed scores save about 10 per (row, key). A decode call (one token, a KV group of
+/// 3) keeps the row path: transposed, it decoded 2-4% slower at 1024 tokens of context.
+const TRANSPOSE_MIN_ROWS: usize = 8;
+
 /// The scores of 8 keys come out of the transposed reduction in this lane order.
 const SCORE_ORDER: [i32; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
 
@@ -504,8 +510,9 @@ macro_rules! attention_tier {
             /// registers (12 accumulators and 4 value vectors), 4 where AVX-512 VL gives 32.
             const ATT_ROWS: usize = $rows;
 
-            /// Whether the scores come from keys widened transposed ([`scores_t`], 16 keys
-            /// per zmm) instead of row by row ([`scores`]).
+            /// Whether the scores may come from keys widened transposed ([`scores_t`], 16
+            /// keys per zmm) instead of row by row ([`scores`]): on this tier, for calls of at
+            /// least [`TRANSPOSE_MIN_ROWS`] (token, head) rows.
             const TRANSPOSED_KEYS: bool = $transposed;
 
             /// [`mad_f16`](crate::nn::attention::mad_f16) 8 elements at a time (the same bits).
@@ -809,6 +816,7 @@ macro_rules! attention_tier {
                 let hd = 64 * S;
                 let (nt, gh) = (b.keys.len(), b.heads.len());
                 let nr = nt * gh;
+                let transposed = TRANSPOSED_KEYS && nr >= TRANSPOSE_MIN_ROWS;
                 let lo = b.keys.iter().map(|r| r.start).min().unwrap_or(0);
                 let hi = b.keys.iter().map(|r| r.end).max().unwrap_or(0);
                 // Row r = (token r / gh, head heads.start + r % gh).
@@ -840,12 +848,12 @@ macro_rules! attention_tier {
                     let n = (hi - k0).min(KEYS);
                     for j in 0..n {
                         let off = b.kv.offsets[k0 + j];
-                        if !TRANSPOSED_KEYS {
+                        if !transposed {
                             widen_row(&b.kv.keys[off..off + hd], &mut kf[j * hd..(j + 1) * hd]);
                         }
                         widen_row(&b.kv.values[off..off + hd], &mut vf[j * hd..(j + 1) * hd]);
                     }
-                    if TRANSPOSED_KEYS {
+                    if transposed {
                         widen_keys_t(b.kv.keys, &b.kv.offsets[k0..k0 + n], hd, kf);
                     }
                     full.clear();
@@ -857,7 +865,7 @@ macro_rules! attention_tier {
                         let own = a - k0..e - k0;
                         for r in t * gh..(t + 1) * gh {
                             let (q, sr) = (&q32[r * hd..], &mut sc[r - t * gh]);
-                            if TRANSPOSED_KEYS {
+                            if transposed {
                                 scores_t::<S>(q, kf, own.clone(), sr);
                             } else {
                                 scores::<S>(q, kf, own.clone(), sr);
