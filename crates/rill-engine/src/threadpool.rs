@@ -331,6 +331,26 @@ mod tests {
     }
 
     #[test]
+    fn for_rows_hands_out_every_row_once_with_its_index() {
+        let pool = ThreadPool::new(2);
+        let width = 3;
+        for (rows, chunk) in [(0usize, 4usize), (1, 4), (7, 4), (8, 4), (33, 32), (100, 1)] {
+            let mut data = vec![usize::MAX; rows * width];
+            pool.for_rows(&mut data, width, chunk, &|first, part| {
+                assert!(part.len() <= chunk * width && part.len().is_multiple_of(width));
+                for (i, row) in part.chunks_exact_mut(width).enumerate() {
+                    for v in row.iter_mut() {
+                        assert_eq!(*v, usize::MAX, "row {} written twice", first + i);
+                        *v = first + i;
+                    }
+                }
+            });
+            let want: Vec<usize> = (0..rows).flat_map(|r| [r; 3]).collect();
+            assert_eq!(data, want, "rows={rows} chunk={chunk}");
+        }
+    }
+
+    #[test]
     fn survives_idle_parking() {
         let pool = ThreadPool::new(2);
         let sum = AtomicUsize::new(0);

@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use rill_engine::gguf::GgmlType;
 use rill_engine::quant::blocks::{f32_to_bf16, f32_to_f16};
 use rill_engine::quant::{ActFormat, Kernels, QMatrix, QuantActs};
+use rill_engine::threadpool::ThreadPool;
 
 /// Every format rill computes with, with the byte offsets of its f16 scale fields per block
 /// (random bytes there could be NaN or huge; they are rewritten with small finite scales).
@@ -141,11 +142,14 @@ fn every_tier_and_batch_shape_gives_the_reference_bits() {
     }
 }
 
-/// How the decoder splits a prefill product across threads: blocks of weight rows times
-/// blocks of activation rows (`QMatrix::matmul_block`), each written once.
+/// How the decoder splits a prefill product across threads: activations quantized in chunks
+/// of rows on the pool (`QuantActs::quantize_on`, the same bytes as one serial pass), then
+/// blocks of weight rows times blocks of activation rows (`QMatrix::matmul_block`), each
+/// written once.
 #[test]
 fn blocks_of_rows_and_tokens_give_the_whole_products_bits() {
     let mut rng = StdRng::seed_from_u64(12);
+    let pool = ThreadPool::new(2);
     for &(dtype, scales) in FORMATS {
         let cols = cols_for(dtype);
         let rows = 40;
@@ -156,8 +160,13 @@ fn blocks_of_rows_and_tokens_give_the_whole_products_bits() {
         let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0..2.0)).collect();
         for k in Kernels::all_supported() {
             let whole = product(&k, &m, &x, n);
+            let mut serial = QuantActs::new(m.act_format());
+            serial.quantize(&k, &x, n, m.cols);
             let mut acts = QuantActs::new(m.act_format());
-            acts.quantize(&k, &x, n, m.cols);
+            acts.quantize_on(Some(&pool), &k, &x, n, m.cols);
+            for r in 0..n {
+                assert_eq!(acts.row(r), serial.row(r), "{} row {r}", dtype.name());
+            }
             let mut got = vec![vec![f32::NAN; rows]; n];
             let mut seen = vec![vec![0u8; rows]; n];
             for r in [0..16, 16..24, 24..40] {
