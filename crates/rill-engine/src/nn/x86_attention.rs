@@ -14,17 +14,22 @@
 //!   and heads (a per-token kernel widens every key once per token);
 //! - scores come 8 keys at a time: each key's 64 lanes are folded to 8 in registers as the
 //!   reference folds them, then the 8 keys' last three halving steps run as one transposed
-//!   reduction (3 shuffle-and-add stages for 8 keys instead of 3 per key);
+//!   reduction (3 shuffle-and-add stages for 8 keys instead of 3 per key); on the AVX-512 tier,
+//!   calls of at least `TRANSPOSE_MIN_ROWS` rows widen their keys transposed instead
+//!   (`widen_keys_t`) and score 16 keys per zmm with the whole tree as vertical adds
+//!   (`scores_t`);
 //! - the softmax weights of 8 keys at once: the running maximum before each key is a prefix
-//!   maximum, the exponentials 4 at a time (`weights8`); only the sum's FMA chain stays key by
-//!   key, the chains of a token's heads interleaved (`add_weights`);
+//!   maximum, the exponentials 4 at a time (`weights8`; on AVX-512 8 at a time with the table in
+//!   registers, `weights8_512`); only the sum's FMA chain stays key by key, the chains of a
+//!   token's heads interleaved (`add_weights`);
 //! - the value updates of up to `ATT_ROWS` (token, head) rows that cover the whole key block run
 //!   interleaved with their accumulators in registers, so each row's chain of dependent
 //!   roundings overlaps the others' (in zmm on the AVX-512 tier: `values512`).
 //!
 //! Measured with `instr_probe attention 64 3 RUN` (a 512-token prompt, SmolLM2's head dim and
 //! group, best of 10 windows, AVX-512 tier, Emerald Rapids): the per-token kernel this replaced
-//! 14.0 ns per (head, key) pair; 8-token calls 10.3-11.4 ns.
+//! 14.0 ns per (head, key) pair; 8-token calls 10.3-11.4 ns; with the transposed scores and the
+//! in-register exponentials 9.3-9.5 ns (10.6-11.2 for the row-major build in the same run).
 //!
 //! SAFETY contract for every `unsafe fn` here: the caller has verified the CPU features named in
 //! the function's `target_feature` attribute (only `quant::dispatch::Kernels` builds calls to
