@@ -21,7 +21,7 @@ use super::{FfnActivation, ForwardBatch, ForwardCtx, ModelConfig, RopeMode};
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgmlType, GgufFile};
 use crate::kv_cache::{AttendQuery, BlockId, KvCache};
-use crate::quant::{Kernels, QMatrix, QuantActs, QUANT_ROW_CHUNK};
+use crate::quant::{act_row_chunk, Kernels, QMatrix, QuantActs};
 use crate::threadpool::SharedMut;
 
 /// How an architecture departs from the plain llama block. Optional tensors named here are
@@ -661,12 +661,13 @@ impl Decoder {
         }
     }
 
-    /// xn[t] = RMSNorm(x[t]) * w for the batch's rows, in chunks of rows on the pool (a decode
-    /// batch is one chunk, run inline).
+    /// xn[t] = RMSNorm(x[t]) * w for the batch's rows, in chunks of [`act_row_chunk`] rows on
+    /// the pool.
     fn norm_rows(&self, ctx: &ForwardCtx<'_>, x: &[f32], w: &[f32], xn: &mut [f32], t_n: usize) {
         let dim = self.cfg.dim;
+        let chunk = act_row_chunk(t_n, ctx.pool.n_threads());
         ctx.pool
-            .for_rows(&mut xn[..t_n * dim], dim, QUANT_ROW_CHUNK, &|t0, rows| {
+            .for_rows(&mut xn[..t_n * dim], dim, chunk, &|t0, rows| {
                 for (i, out) in rows.chunks_exact_mut(dim).enumerate() {
                     let t = t0 + i;
                     ops::rms_norm(&x[t * dim..(t + 1) * dim], w, self.cfg.norm_eps, out);

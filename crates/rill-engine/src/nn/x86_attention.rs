@@ -418,12 +418,19 @@ unsafe fn expf_x4(x: __m128) -> __m128 {
     let (mut xs, mut o) = ([0f32; 4], [0f32; 4]);
     _mm_storeu_ps(xs.as_mut_ptr(), x);
     _mm_storeu_ps(o.as_mut_ptr(), out);
-    for (o, &x) in o.iter_mut().zip(&xs) {
+    _mm_loadu_ps(special_lanes(&xs, o).as_ptr())
+}
+
+/// `out` with the lanes whose `x` needs glibc's special cases (|x| >= 88, inf, NaN) redone by
+/// [`expf_special`]: the vector exponentials' rare path.
+#[cold]
+fn special_lanes<const N: usize>(x: &[f32; N], mut out: [f32; N]) -> [f32; N] {
+    for (o, &x) in out.iter_mut().zip(x) {
         if (x.to_bits() >> 20) & 0x7ff >= EXPF_SPECIAL_TOP12 {
             *o = expf_special(x);
         }
     }
-    _mm_loadu_ps(o.as_ptr())
+    out
 }
 
 /// [`expf`] of 8 values as two [`expf_x4`].
@@ -472,12 +479,7 @@ unsafe fn expf_x8(x: __m256) -> __m256 {
     let (mut xs, mut o) = ([0f32; 8], [0f32; 8]);
     _mm256_storeu_ps(xs.as_mut_ptr(), x);
     _mm256_storeu_ps(o.as_mut_ptr(), out);
-    for (o, &x) in o.iter_mut().zip(&xs) {
-        if (x.to_bits() >> 20) & 0x7ff >= EXPF_SPECIAL_TOP12 {
-            *o = expf_special(x);
-        }
-    }
-    _mm256_loadu_ps(o.as_ptr())
+    _mm256_loadu_ps(special_lanes(&xs, o).as_ptr())
 }
 
 /// One tier's public attention kernel over a quantized cache format: `attend_quant` with the

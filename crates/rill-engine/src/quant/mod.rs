@@ -189,8 +189,8 @@ impl QuantActs {
     }
 
     /// [`Self::quantize`], the rows encoded on `pool`'s threads in chunks of
-    /// [`QUANT_ROW_CHUNK`] (a decode batch stays one chunk, encoded inline): in prefill the
-    /// encoding is otherwise serial work the other threads wait through.
+    /// [`act_row_chunk`] rows: in prefill and batched decode the encoding is otherwise serial
+    /// work the other threads wait through.
     pub fn quantize_on(
         &mut self,
         pool: Option<&ThreadPool>,
@@ -217,12 +217,13 @@ impl QuantActs {
         let (format, row_words, used) =
             (self.format, self.row_bytes / 8, self.format.row_bytes(cols));
         let wide = self.wide.as_mut_slice();
+        let chunk_rows = act_row_chunk(rows, pool.map_or(1, ThreadPool::n_threads));
         // Each chunk's rows: its own words of the buffer and its own f32 rows, behind an
         // uncontended lock (the pool's closure is shared).
         let chunks: Vec<std::sync::Mutex<(&mut [u64], &mut [f32])>> = self.buf[..words]
-            .chunks_mut(QUANT_ROW_CHUNK * row_words)
+            .chunks_mut(chunk_rows * row_words)
             .zip(
-                wide.chunks_mut(QUANT_ROW_CHUNK * cols)
+                wide.chunks_mut(chunk_rows * cols)
                     .map(Some)
                     .chain(std::iter::repeat_with(|| None)),
             )
@@ -232,7 +233,7 @@ impl QuantActs {
             let mut guard = chunks[c].lock().unwrap_or_else(|e| e.into_inner());
             let (words, wide) = &mut *guard;
             for (i, row) in words.chunks_mut(row_words).enumerate() {
-                let r = c * QUANT_ROW_CHUNK + i;
+                let r = c * chunk_rows + i;
                 let w = if float {
                     &mut wide[i * cols..(i + 1) * cols]
                 } else {
@@ -360,8 +361,13 @@ impl QuantActs {
     }
 }
 
-/// Activation rows per chunk of [`QuantActs::quantize_on`].
-pub const QUANT_ROW_CHUNK: usize = 32;
+/// Activation rows per chunk when per-row work (normalisation, quantization) of `rows` rows is
+/// split across `threads`: an even share, at least 8 rows (a decode batch of up to 8 stays one
+/// chunk, run inline: a pool region costs more than its work) and at most 32 (prefill gets
+/// enough chunks to even out the threads). Batch-16 decode: 2 chunks.
+pub fn act_row_chunk(rows: usize, threads: usize) -> usize {
+    rows.div_ceil(threads.max(1)).clamp(8, 32)
+}
 
 /// Encodes one activation row `x` into `bytes` (whole blocks, or f16/bf16/f32 values) and, for
 /// the float formats, the encoded values widened back to f32 into `wide` (what their GEMMs
