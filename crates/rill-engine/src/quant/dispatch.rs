@@ -335,6 +335,13 @@ impl Kernels {
         self.tier
     }
 
+    /// Whether this tier's Q8_0/Q5_0 tile kernels read the activations' per-group offsets
+    /// (`ActMeta::offsets16`/`offsets128`: the `vpdpbusd` tiers multiply those formats as
+    /// unsigned `w + K` onto `-K * sum(a)`), so `QuantActs` must compute them.
+    pub fn wants_group_offsets(&self) -> bool {
+        matches!(self.tier, KernelTier::AvxVnni | KernelTier::Avx512Vnni)
+    }
+
     /// The kernels of tiled weight format `T` (a 32-element format, a K-quant or IQ4_XS,
     /// repacked by [`super::repack`]).
     pub fn tiles<T: TileFormat>(&self) -> &TileKernels<T, T::Act> {

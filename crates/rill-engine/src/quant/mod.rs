@@ -253,13 +253,12 @@ impl QuantActs {
             None => (0..chunks.len()).for_each(encode),
         }
         drop(chunks);
-        self.widen_scales(
-            k.tiles::<TileQ5_0>().pair.is_some() || k.tiles::<TileQ8_0>().pair.is_some(),
-        );
+        self.widen_scales(k.wants_group_offsets());
     }
 
-    /// Fills the per-block values of [`ActMeta`] from the quantized rows (`offsets16` only
-    /// when `offsets` is set: a tier with the AVX-512 Q5_0 kernel).
+    /// Fills the per-block values of [`ActMeta`] from the quantized rows (the group offsets
+    /// only when `offsets` is set: a tier whose kernels read them,
+    /// `Kernels::wants_group_offsets`).
     fn widen_scales(&mut self, offsets: bool) {
         let nb = self.cols / QK;
         let (mut sd, mut ss, mut sums) = (

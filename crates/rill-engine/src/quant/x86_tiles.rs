@@ -186,7 +186,7 @@ const LANE_CHUNK: usize = 32;
 /// in memory and against re-decoding per row (`instr_probe speed FORMAT 16`).
 macro_rules! lanes_kernel {
     ($features:literal, $name:ident, $tile:ty, $act:ty, min = $min:tt, signed = $signed:tt,
-     |$t:ident, $gp:ident| $pair:expr) => {
+     by_offset = $by_offset:tt, |$t:ident, $gp:ident| $pair:expr) => {
         /// One tile row against N activation rows: `scalar::dot32`'s bits per pair.
         #[target_feature(enable = $features)]
         pub unsafe fn $name<const N: usize>(
@@ -196,6 +196,7 @@ macro_rules! lanes_kernel {
         ) -> [[f32; TILE_ROWS]; N] {
             let nb = tiles.len();
             check_lengths(nb, y, meta, $min, false);
+            lanes_kernel!(@offsets $signed $by_offset, meta, nb, N);
             #[allow(unused_mut, unused_variables)] // the `m * s` chain of the offset formats
             let mut summs = [_mm256_setzero_ps(); N];
             // Left uninitialised (zeroing N rows per call showed as memset in prefill): every row
@@ -245,7 +246,7 @@ macro_rules! lanes_kernel {
                         let (wl, wh) = $pair;
                         w[i - c0][$gp] = MaybeUninit::new(wl);
                         w[i - c0][$gp + 4] = MaybeUninit::new(wh);
-                        lanes_kernel!(@abs $signed, wa[i - c0], $gp, wl, wh);
+                        lanes_kernel!(@abs $signed $by_offset, wa[i - c0], $gp, wl, wh);
                     }
                     tile_kernel!(@min $min, $t, meta, summs, i, N);
                 }
@@ -262,7 +263,9 @@ macro_rules! lanes_kernel {
                         // SAFETY: entries i - c0 of the scratch were written for this chunk above.
                         let d = _mm256_mul_ps(unsafe { dw[i - c0].assume_init() }, _mm256_set1_ps(da));
                         for g in 0..8 {
-                            let s = lanes_kernel!(@rows $signed, w[i - c0][g], wa[i - c0][g], group(ys, g));
+                            let s = lanes_kernel!(
+                                @rows $signed $by_offset, w[i - c0][g], wa[i - c0][g], group(ys, g), meta[n], 8 * i + g
+                            );
                             a[g] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), a[g]);
                         }
                     }
@@ -291,19 +294,44 @@ macro_rules! lanes_kernel {
         unsafe { _mm256_storeu_ps($op.add($n * TILE_ROWS), r) };
     }};
     (@abs false, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {};
-    (@abs true, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {
+    // The signed formats' second scratch: |w| for the sign trick, or `w + 128` where the
+    // products come by offset (`by_offset`: the VNNI tiers, see `tile_kernels!`).
+    (@abs false $by_offset:tt, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {};
+    (@abs true false, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {
         $wa[$gp] = MaybeUninit::new(_mm256_abs_epi8($wl));
         $wa[$gp + 4] = MaybeUninit::new(_mm256_abs_epi8($wh));
     };
+    (@abs true true, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {
+        let k = _mm256_set1_epi8(i8::MIN);
+        $wa[$gp] = MaybeUninit::new(_mm256_xor_si256($wl, k));
+        $wa[$gp + 4] = MaybeUninit::new(_mm256_xor_si256($wh, k));
+    };
+    // The offset form reads every row's group offsets: checked once per call.
+    (@offsets true true, $meta:ident, $nb:ident, $n:ident) => {
+        if $n > 1 {
+            assert!(
+                $meta.iter().all(|m| m.offsets128.len() >= 8 * $nb),
+                "group offsets of every block (QuantActs with Kernels::wants_group_offsets)"
+            );
+        }
+    };
+    (@offsets $signed:tt $by_offset:tt, $meta:ident, $nb:ident, $n:ident) => {};
     (@rows_now false, $w:expr, $a:expr) => { rows_u($w, $a) };
     (@rows_now true, $w:expr, $a:expr) => { rows_s($w, $a) };
-    // SAFETY (both arms): the scratch entries were written for this chunk (see above).
-    (@rows false, $w:expr, $wa:expr, $a:expr) => {
+    // SAFETY (every arm): the scratch entries were written for this chunk (see above), and
+    // `$gi` < 8 * nb indexes the row's group offsets (checked by `@offsets`).
+    (@rows false $by_offset:tt, $w:expr, $wa:expr, $a:expr, $meta:expr, $gi:expr) => {
         rows_u(unsafe { $w.assume_init() }, $a)
     };
-    (@rows true, $w:expr, $wa:expr, $a:expr) => {{
+    (@rows true false, $w:expr, $wa:expr, $a:expr, $meta:expr, $gi:expr) => {{
         let (w, wa) = unsafe { ($w.assume_init(), $wa.assume_init()) };
         rows_u(wa, _mm256_sign_epi8($a, w))
+    }};
+    (@rows true true, $w:expr, $wa:expr, $a:expr, $meta:expr, $gi:expr) => {{
+        // sum((w + 128) * a) by `vpdpbusd` onto -128 * sum(a): exactly sum(w * a).
+        let wa = unsafe { $wa.assume_init() };
+        let bias = _mm256_set1_epi32(unsafe { *$meta.offsets128.get_unchecked($gi) });
+        rows_acc_u(bias, wa, $a)
     }};
 }
 
@@ -639,9 +667,13 @@ macro_rules! ktile_kernel {
 }
 
 /// Every format's tile kernels for one tier: `$f` its target features; the module around the
-/// invocation provides the integer primitives `rows_u` and `nibble_rows`.
+/// invocation provides the integer primitives `rows_u` and `nibble_rows`. With
+/// `signed_by_offset` (the VNNI tiers), the lane kernels' signed formats (Q8_0, Q5_0) against
+/// several activation rows multiply `w + 128` (unsigned) with `vpdpbusd` accumulating onto
+/// `-128 * sum(a)` of the group (`ActMeta::offsets128`): one operation per group fewer than the
+/// sign trick, the same integers (`maddubs` would saturate, so not on AVX2).
 macro_rules! tile_kernels {
-    ($f:literal) => {
+    ($f:literal, signed_by_offset = $by_offset:tt) => {
         /// i32 row sums of signed weight bytes `w` times activation group `a` (sign trick:
         /// |w| times a * sign(w)).
         #[target_feature(enable = $f)]
@@ -811,6 +843,7 @@ macro_rules! tile_kernels {
             BlockQ8_1,
             min = true,
             signed = false,
+            by_offset = $by_offset,
             |t, gp| { nibbles(&t.qs, gp) }
         );
         // Q5_0 as ggml decodes it: signed values, the nibble minus 16 where the fifth bit is clear.
@@ -821,6 +854,7 @@ macro_rules! tile_kernels {
             BlockQ8_0,
             min = false,
             signed = true,
+            by_offset = $by_offset,
             |t, gp| {
                 let (lo, hi) = nibbles(&t.qs, gp);
                 (signed_q5(lo, t.qh[gp]), signed_q5(hi, t.qh[gp + 4]))
@@ -833,6 +867,7 @@ macro_rules! tile_kernels {
             BlockQ8_1,
             min = true,
             signed = false,
+            by_offset = $by_offset,
             |t, gp| {
                 let (lo, hi) = nibbles(&t.qs, gp);
                 (
@@ -848,6 +883,7 @@ macro_rules! tile_kernels {
             BlockQ8_0,
             min = false,
             signed = true,
+            by_offset = $by_offset,
             |t, gp| {
                 (
                     _mm256_loadu_si256(t.qs[32 * gp..32 * gp + 32].as_ptr().cast()),
@@ -975,7 +1011,7 @@ pub mod avx2 {
         sumi
     }
 
-    tile_kernels!("avx2,fma,f16c");
+    tile_kernels!("avx2,fma,f16c", signed_by_offset = false);
 }
 
 /// The 256-bit `vpdpbusd` tiers' module `$tier` (features `$f`, the intrinsic `$dp`): the
@@ -1132,7 +1168,7 @@ macro_rules! vnni_tier {
                 sumi
             }
 
-            tile_kernels!($f);
+            tile_kernels!($f, signed_by_offset = true);
         }
     };
 }
