@@ -213,46 +213,39 @@ impl QuantActs {
             self.format,
             ActFormat::F16 | ActFormat::Bf16 | ActFormat::F32
         );
-        self.wide.resize(if float { rows * cols } else { 0 });
+        if float {
+            self.wide.resize(rows * cols);
+        }
         let (format, row_words, used) =
             (self.format, self.row_bytes / 8, self.format.row_bytes(cols));
-        let wide = self.wide.as_mut_slice();
-        let chunk_rows = act_row_chunk(rows, pool.map_or(1, ThreadPool::n_threads));
-        // Each chunk's rows: its own words of the buffer and its own f32 rows, behind an
-        // uncontended lock (the pool's closure is shared).
-        let chunks: Vec<std::sync::Mutex<(&mut [u64], &mut [f32])>> = self.buf[..words]
-            .chunks_mut(chunk_rows * row_words)
-            .zip(
-                wide.chunks_mut(chunk_rows * cols)
-                    .map(Some)
-                    .chain(std::iter::repeat_with(|| None)),
-            )
-            .map(|(b, w)| std::sync::Mutex::new((b, w.unwrap_or_default())))
-            .collect();
-        let encode = |c: usize| {
-            let mut guard = chunks[c].lock().unwrap_or_else(|e| e.into_inner());
-            let (words, wide) = &mut *guard;
-            for (i, row) in words.chunks_mut(row_words).enumerate() {
-                let r = c * chunk_rows + i;
-                let w = if float {
-                    &mut wide[i * cols..(i + 1) * cols]
-                } else {
-                    &mut []
-                };
-                encode_row(
-                    format,
-                    k,
-                    &x[r * cols..(r + 1) * cols],
-                    &mut bytes_of(row)[..used],
-                    w,
-                );
-            }
-        };
-        match pool {
-            Some(p) => p.run(chunks.len(), &encode),
-            None => (0..chunks.len()).for_each(encode),
+        let chunk = act_row_chunk(rows, pool.map_or(1, ThreadPool::n_threads));
+        rows_on(
+            pool,
+            &mut self.buf[..words],
+            row_words,
+            chunk,
+            &|r0, part| {
+                for (i, row) in part.chunks_exact_mut(row_words).enumerate() {
+                    let r = r0 + i;
+                    encode_row(
+                        format,
+                        k,
+                        &x[r * cols..(r + 1) * cols],
+                        &mut bytes_of(row)[..used],
+                    );
+                }
+            },
+        );
+        if float {
+            // The float formats' GEMMs read f32: the encoded values widened back, once.
+            let buf = &self.buf;
+            rows_on(pool, self.wide.as_mut_slice(), cols, chunk, &|r0, part| {
+                for (i, out) in part.chunks_exact_mut(cols).enumerate() {
+                    let row = &buf[(r0 + i) * row_words..(r0 + i + 1) * row_words];
+                    widen_row(format, &words_bytes(row)[..used], out);
+                }
+            });
         }
-        drop(chunks);
         self.widen_scales(k.wants_group_offsets());
     }
 
@@ -351,12 +344,7 @@ impl QuantActs {
     pub fn row(&self, r: usize) -> &[u8] {
         let used = self.format.row_bytes(self.cols);
         let start = r * self.row_bytes;
-        // SAFETY: u64 storage viewed as bytes (any bit pattern valid, alignment 1); the range
-        // lies inside buf (sized in `quantize_on`).
-        let all = unsafe {
-            std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.buf.len() * 8)
-        };
-        &all[start..start + used]
+        &words_bytes(&self.buf)[start..start + used]
     }
 }
 
@@ -372,10 +360,8 @@ pub fn act_row_chunk(rows: usize, threads: usize) -> usize {
     rows.div_ceil(threads.max(1)).clamp(8, 32)
 }
 
-/// Encodes one activation row `x` into `bytes` (whole blocks, or f16/bf16/f32 values) and, for
-/// the float formats, the encoded values widened back to f32 into `wide` (what their GEMMs
-/// read; empty for the block formats).
-fn encode_row(f: ActFormat, k: &Kernels, x: &[f32], bytes: &mut [u8], wide: &mut [f32]) {
+/// Encodes one activation row `x` into `bytes` (whole blocks, or f16/bf16/f32 values).
+fn encode_row(f: ActFormat, k: &Kernels, x: &[f32], bytes: &mut [u8]) {
     match f {
         ActFormat::Q8_0 => k.quantize_q8_0(x, &mut cast_mut(bytes)[..x.len() / QK]),
         ActFormat::Q8_1 => k.quantize_q8_1(x, &mut cast_mut(bytes)[..x.len() / QK]),
@@ -384,25 +370,57 @@ fn encode_row(f: ActFormat, k: &Kernels, x: &[f32], bytes: &mut [u8], wide: &mut
             // `half`'s slice conversions: F16C 8 at a time where the CPU has it, the same
             // round-to-nearest-even bits as `f32_to_f16` per element.
             use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-            let o = &mut cast_mut::<u16>(bytes)[..x.len()];
-            o.reinterpret_cast_mut::<half::f16>()
+            cast_mut::<u16>(bytes)[..x.len()]
+                .reinterpret_cast_mut::<half::f16>()
                 .convert_from_f32_slice(x);
-            o.reinterpret_cast::<half::f16>()
-                .convert_to_f32_slice(&mut wide[..x.len()]);
         }
         ActFormat::Bf16 => {
-            for ((o, w), &v) in cast_mut::<u16>(bytes)
-                .iter_mut()
-                .zip(wide.iter_mut())
-                .zip(x)
-            {
+            for (o, &v) in cast_mut::<u16>(bytes).iter_mut().zip(x) {
                 *o = f32_to_bf16(v);
-                *w = bf16_to_f32(*o);
             }
         }
-        ActFormat::F32 => {
-            cast_mut::<f32>(bytes)[..x.len()].copy_from_slice(x);
-            wide[..x.len()].copy_from_slice(x);
+        ActFormat::F32 => cast_mut::<f32>(bytes)[..x.len()].copy_from_slice(x),
+    }
+}
+
+/// A float format's encoded row (`bytes`) widened to f32 into `out` (nothing for the block
+/// formats).
+fn widen_row(f: ActFormat, bytes: &[u8], out: &mut [f32]) {
+    match f {
+        ActFormat::F16 => {
+            use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+            cast_ref::<u16>(bytes)[..out.len()]
+                .reinterpret_cast::<half::f16>()
+                .convert_to_f32_slice(out);
+        }
+        ActFormat::Bf16 => {
+            for (o, &h) in out.iter_mut().zip(cast_ref::<u16>(bytes)) {
+                *o = bf16_to_f32(h);
+            }
+        }
+        ActFormat::F32 => out.copy_from_slice(&cast_ref::<f32>(bytes)[..out.len()]),
+        ActFormat::Q8_0 | ActFormat::Q8_1 | ActFormat::Q8K => {}
+    }
+}
+
+/// `f(first_row, rows)` over `data` (rows of `width`) in chunks of `chunk` rows: on `pool`
+/// ([`ThreadPool::for_rows`]), or in order on the calling thread.
+fn rows_on<T: Send>(
+    pool: Option<&ThreadPool>,
+    data: &mut [T],
+    width: usize,
+    chunk: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    if data.is_empty() {
+        return; // no rows, or empty ones (`width` 0)
+    }
+    match pool {
+        Some(p) => p.for_rows(data, width, chunk, f),
+        None => {
+            for (c, part) in data.chunks_mut(width * chunk).enumerate() {
+                f(c * chunk, part)
+            }
         }
     }
 }
@@ -411,6 +429,12 @@ fn encode_row(f: ActFormat, k: &Kernels, x: &[f32], bytes: &mut [u8], wide: &mut
 fn bytes_of(words: &mut [u64]) -> &mut [u8] {
     // SAFETY: u64 storage viewed as bytes: same memory, any bit pattern valid, alignment 1.
     unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
+}
+
+/// [`bytes_of`], read-only.
+fn words_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: as in `bytes_of`.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) }
 }
 
 fn cast_mut<T: ActBlock>(bytes: &mut [u8]) -> &mut [T] {
