@@ -893,8 +893,9 @@ fn quantized_kv_attention_matches_scalar_on_every_tier() {
     }
 }
 
-/// The 16-row tile kernels of the 5-bit lane formats give every pair the scalar dot's bits,
-/// as the 1- and 4-row ones do (`tiles_round_trip_and_match_row_dots_on_every_tier`).
+/// The 16-row tile kernels of the lane formats that have one (Q5_0, Q5_1, Q8_0) give every
+/// pair the scalar dot's bits, as the 1- and 4-row ones do
+/// (`tiles_round_trip_and_match_row_dots_on_every_tier`).
 #[test]
 fn sixteen_row_tiles_match_row_dots_on_every_tier() {
     let mut rng = StdRng::seed_from_u64(23);
@@ -942,6 +943,13 @@ fn sixteen_row_tiles_match_row_dots_on_every_tier() {
         ActFormat::Q8_0,
         scalar::dot_q5_0_q8_0,
         |b: &mut BlockQ5_0, r: &mut StdRng| b.d = f16r(r, -0.1, 0.1)
+    );
+    check16!(
+        TileQ8_0,
+        BlockQ8_0,
+        ActFormat::Q8_0,
+        scalar::dot_q8_0_q8_0,
+        |b: &mut BlockQ8_0, r: &mut StdRng| b.d = f16r(r, -0.01, 0.01)
     );
     check16!(
         TileQ5_1,

@@ -253,7 +253,7 @@ impl Kernels {
                 q4_1: TileKernels::scalar(false),
                 q5_0: TileKernels::scalar(true),
                 q5_1: TileKernels::scalar(true),
-                q8_0: TileKernels::scalar(false),
+                q8_0: TileKernels::scalar(true),
                 iq4nl: TileKernels::scalar(false),
                 q2k: ktiles!(kquants::dot_q2k_q8k),
                 q3k: ktiles!(kquants::dot_q3k_q8k),
@@ -340,6 +340,13 @@ impl Kernels {
     /// unsigned `w + K` onto `-K * sum(a)`), so `QuantActs` must compute them.
     pub fn wants_group_offsets(&self) -> bool {
         matches!(self.tier, KernelTier::AvxVnni | KernelTier::Avx512Vnni)
+    }
+
+    /// Whether this tier's Q8_0/Q5_0 tile kernels read the activations' quants widened to
+    /// i16 (`ActMeta::q16`: AVX2 multiplies those signed formats with `pmaddwd` on i16 pairs,
+    /// where `maddubs` would need the sign trick), so `QuantActs` must compute them.
+    pub fn wants_wide_quants(&self) -> bool {
+        self.tier == KernelTier::Avx2
     }
 
     /// The kernels of tiled weight format `T` (a 32-element format, a K-quant or IQ4_XS,
@@ -552,7 +559,7 @@ mod x86_sets {
                     q4_1: tiles!(tiles_q4_1, x16 = false),
                     q5_0: tiles!(tiles_q5_0, x16 = true),
                     q5_1: tiles!(tiles_q5_1, x16 = true),
-                    q8_0: tiles!(tiles_q8_0, x16 = false),
+                    q8_0: tiles!(tiles_q8_0, x16 = true),
                     iq4nl: tiles!(tiles_iq4nl, x16 = false),
                     q2k: tiles!(tiles_q2k, x16 = false),
                     q3k: tiles!(tiles_q3k, x16 = false),

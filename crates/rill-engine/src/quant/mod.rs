@@ -109,6 +109,9 @@ pub struct QuantActs {
     /// only, on tiers with the AVX-512 pair kernels; see [`ActMeta::offsets16`]).
     offsets16: Vec<i32>,
     offsets128: Vec<i32>,
+    /// Q8_0's quants sign-extended to i16, contiguous rows of `cols` (on tiers whose kernels
+    /// multiply them with `pmaddwd`, see [`ActMeta::q16`]).
+    q16: Vec<i16>,
     /// The float formats' rows as f32 (each value rounded to the format first), contiguous:
     /// what their GEMMs read, so no activation is widened once per weight row.
     wide: AlignedF32,
@@ -163,6 +166,10 @@ pub struct ActMeta<'a> {
     pub offsets16: &'a [i32],
     /// The same with -128 (Q8_0 weights multiplied as `w + 128`).
     pub offsets128: &'a [i32],
+    /// Q8_0's quants as i16 (`cols` values; empty for other formats and tiers): the AVX2
+    /// tier multiplies the signed weight formats (Q8_0, Q5_0) against several activation rows
+    /// with `pmaddwd` on i16 pairs, broadcast straight from here.
+    pub q16: &'a [i16],
 }
 
 impl QuantActs {
@@ -179,6 +186,7 @@ impl QuantActs {
             sums: Vec::new(),
             offsets16: Vec::new(),
             offsets128: Vec::new(),
+            q16: Vec::new(),
             wide: AlignedF32::default(),
         }
     }
@@ -243,6 +251,23 @@ impl QuantActs {
                 for (i, out) in part.chunks_exact_mut(cols).enumerate() {
                     let row = &buf[(r0 + i) * row_words..(r0 + i + 1) * row_words];
                     widen_row(format, &words_bytes(row)[..used], out);
+                }
+            });
+        }
+        self.q16.clear();
+        if self.format == ActFormat::Q8_0 && k.wants_wide_quants() {
+            // The AVX2 signed lane kernels' i16 activations: the quants sign-extended, once.
+            self.q16.resize(rows * cols, 0);
+            let buf = &self.buf;
+            rows_on(pool, &mut self.q16, cols, chunk, &|r0, part| {
+                for (i, out) in part.chunks_exact_mut(cols).enumerate() {
+                    let row = &buf[(r0 + i) * row_words..(r0 + i + 1) * row_words];
+                    let blocks: &[BlockQ8_0] = cast_ref(&words_bytes(row)[..used]);
+                    for (o, b) in out.chunks_exact_mut(QK).zip(blocks) {
+                        for (o, &q) in o.iter_mut().zip(&b.qs) {
+                            *o = q as i16;
+                        }
+                    }
                 }
             });
         }
@@ -324,6 +349,7 @@ impl QuantActs {
             sum: rows_of(&self.sums, 1, r, nb),
             offsets16: rows_of(&self.offsets16, 8, r, nb),
             offsets128: rows_of(&self.offsets128, 8, r, nb),
+            q16: rows_of(&self.q16, QK, r, nb),
         }
     }
 

@@ -13,7 +13,10 @@
 //!   i16 before widening. Q4_0/Q5_0's offsets (-8, -16) come off exactly as `8 * sum(a)`,
 //!   `16 * sum(a)` (`ActMeta::sum`).
 //! - signed formats (Q8_0, IQ4_NL) use the sign trick: |w| (u8, <= 128) times a * sign(w), a
-//!   pair at most 2 * 128 * 127 = 32512, widened per group.
+//!   pair at most 2 * 128 * 127 = 32512, widened per group. Except in AVX2's lane kernels
+//!   against several activation rows: there Q8_0 and Q5_0 are widened to i16 once per chunk
+//!   and multiplied by the activations' i16 pairs with `pmaddwd` (`rows_i16`: one multiplier
+//!   operation per group fewer than the sign trick).
 //!
 //! The kernels are compiled three times from one macro: [`avx2`], and with each group's
 //! 4-product row sums as one `vpdpbusd` (u8 x i8 summed into i32, no i16 step) instead of
@@ -96,6 +99,41 @@ unsafe fn widen(s16: __m256i) -> __m256i {
     _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
 }
 
+/// A group of signed weight bytes (row r's 4 values in i32 lane r) as the two `pmaddwd`
+/// operands of [`rows_i16`]: lane r holds the i16 pair [w_r0, w_r1], resp. [w_r2, w_r3].
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn pairs_i16(w: __m256i) -> [__m256i; 2] {
+    // Per 128-bit half (4 rows): the rows' first pairs, then their second pairs.
+    let pick = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, //
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+    );
+    // Quad-words [first pairs 0-3, first 4-7, second 0-3, second 4-7].
+    let p = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(w, pick));
+    [
+        _mm256_cvtepi8_epi16(_mm256_castsi256_si128(p)),
+        _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(p)),
+    ]
+}
+
+/// i32 row sums of a signed group ([`pairs_i16`]) times the 4 activation quants at `a16` as
+/// i16: two `pmaddwd` on broadcast pairs (exact: |w| <= 128, |a| <= 127), where the sign
+/// trick (`rows_s`) needs a `psignb`, a `maddubs` and a `madd`: one multiplier operation per
+/// group fewer.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn rows_i16(w: [__m256i; 2], a16: *const i16) -> __m256i {
+    // SAFETY: the caller's `a16` points at 4 readable i16 (`ActMeta::q16` of the group).
+    let (a01, a23) = unsafe {
+        (
+            _mm256_set1_epi32(a16.cast::<i32>().read_unaligned()),
+            _mm256_set1_epi32(a16.add(2).cast::<i32>().read_unaligned()),
+        )
+    };
+    _mm256_add_epi32(_mm256_madd_epi16(w[0], a01), _mm256_madd_epi16(w[1], a23))
+}
+
 /// What the kernels' unchecked indexing relies on: every activation row, and the per-block
 /// values the kernel reads (`d`; `s` with `s`, `sum` with `sum`), cover the tile row's `nb`
 /// blocks.
@@ -176,14 +214,17 @@ const LANE_CHUNK: usize = 32;
 /// activation) pair 8 lane accumulators, lane `g` the exact sum of group `g`'s 4 products,
 /// `fma(d_w * d_a, sum, lane)` per block; the lanes reduced in `hsum8`'s order at the end, as
 /// vertical adds over 8 rows at once. `$pair` decodes the weight vectors of groups `gp` and
-/// `gp + 4`; `$signed` formats multiply with the sign trick, the others directly (u8).
+/// `gp + 4`; `$signed` formats multiply with the sign trick (one row), as `w + 128` onto
+/// group offsets (`by_offset`: several rows on the VNNI tiers) or as i16 pairs (several rows
+/// on AVX2), the others directly (u8).
 ///
 /// The integer multiplier bounds this arithmetic: every 32 products need a `maddubs` and a
 /// `madd`, where the exact block sums (`tile_kernel`) need one `maddubs`. So nothing else may
 /// repeat per activation row: for several rows, a chunk of blocks is decoded once into a
-/// scratch (with |w| for the signed formats), then each activation row runs over it with its
-/// 8 accumulators in registers (8N would not fit). Measured against holding 8N accumulators
-/// in memory and against re-decoding per row (`instr_probe speed FORMAT 16`).
+/// scratch (in the form the rows multiply, `@keep`), then each activation row runs over it
+/// with its 8 accumulators in registers (8N would not fit). Measured against holding 8N
+/// accumulators in memory and against re-decoding per row (`instr_probe speed FORMAT 16`).
+/// On AVX2 the i16 form of Q8_0 against 16 rows: 44 -> 50 GMAC/s over the sign trick.
 macro_rules! lanes_kernel {
     ($features:literal, $name:ident, $tile:ty, $act:ty, min = $min:tt, signed = $signed:tt,
      by_offset = $by_offset:tt, |$t:ident, $gp:ident| $pair:expr) => {
@@ -208,9 +249,9 @@ macro_rules! lanes_kernel {
             let mut acc = [MaybeUninit::<[__m256; 8]>::uninit(); N];
             // Scratch left uninitialised (zeroing 17 KiB per call cost more than the work):
             // every entry read below was written first for the same chunk.
-            let mut w = [[MaybeUninit::<__m256i>::uninit(); 8]; LANE_CHUNK];
-            #[allow(unused_mut, unused_variables)] // |w|, for the signed formats
-            let mut wa = [[MaybeUninit::<__m256i>::uninit(); 8]; LANE_CHUNK];
+            // Each group in the form the activation rows multiply (`@keep`).
+            let mut w = [[MaybeUninit::<lanes_kernel!(@scratch $signed $by_offset)>::uninit(); 8];
+                LANE_CHUNK];
             let mut dw = [MaybeUninit::<__m256>::uninit(); LANE_CHUNK];
             if N == 1 || nb == 0 {
                 // One activation row (decode): decoded weights go straight to the multiplier,
@@ -244,9 +285,9 @@ macro_rules! lanes_kernel {
                     dw[i - c0] = MaybeUninit::new(lanes_f16(&$t.d));
                     for $gp in 0..4 {
                         let (wl, wh) = $pair;
-                        w[i - c0][$gp] = MaybeUninit::new(wl);
-                        w[i - c0][$gp + 4] = MaybeUninit::new(wh);
-                        lanes_kernel!(@abs $signed $by_offset, wa[i - c0], $gp, wl, wh);
+                        w[i - c0][$gp] = MaybeUninit::new(lanes_kernel!(@keep $signed $by_offset, wl));
+                        w[i - c0][$gp + 4] =
+                            MaybeUninit::new(lanes_kernel!(@keep $signed $by_offset, wh));
                     }
                     tile_kernel!(@min $min, $t, meta, summs, i, N);
                 }
@@ -258,13 +299,14 @@ macro_rules! lanes_kernel {
                         unsafe { acc[n].assume_init() }
                     };
                     for i in c0..c1 {
+                        #[allow(unused_variables)] // the AVX2 signed form reads `meta[n].q16`
                         let ys = unsafe { y[n].get_unchecked(i) }.qs.as_ptr();
                         let da = unsafe { *meta[n].d.get_unchecked(i) };
                         // SAFETY: entries i - c0 of the scratch were written for this chunk above.
                         let d = _mm256_mul_ps(unsafe { dw[i - c0].assume_init() }, _mm256_set1_ps(da));
                         for g in 0..8 {
                             let s = lanes_kernel!(
-                                @rows $signed $by_offset, w[i - c0][g], wa[i - c0][g], group(ys, g), meta[n], 8 * i + g
+                                @rows $signed $by_offset, w[i - c0][g], ys, meta[n], i, g
                             );
                             a[g] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), a[g]);
                         }
@@ -293,20 +335,14 @@ macro_rules! lanes_kernel {
         // SAFETY: n < N, so the row's 8 floats lie inside the output.
         unsafe { _mm256_storeu_ps($op.add($n * TILE_ROWS), r) };
     }};
-    (@abs false, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {};
-    // The signed formats' second scratch: |w| for the sign trick, or `w + 128` where the
-    // products come by offset (`by_offset`: the VNNI tiers, see `tile_kernels!`).
-    (@abs false $by_offset:tt, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {};
-    (@abs true false, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {
-        $wa[$gp] = MaybeUninit::new(_mm256_abs_epi8($wl));
-        $wa[$gp + 4] = MaybeUninit::new(_mm256_abs_epi8($wh));
-    };
-    (@abs true true, $wa:expr, $gp:ident, $wl:ident, $wh:ident) => {
-        let k = _mm256_set1_epi8(i8::MIN);
-        $wa[$gp] = MaybeUninit::new(_mm256_xor_si256($wl, k));
-        $wa[$gp + 4] = MaybeUninit::new(_mm256_xor_si256($wh, k));
-    };
-    // The offset form reads every row's group offsets: checked once per call.
+    // The scratch entry of one decoded group: the weights themselves (unsigned), `w + 128`
+    // (signed, by offset: the VNNI tiers), or their i16 pairs (signed on AVX2).
+    (@scratch true false) => { [__m256i; 2] };
+    (@scratch $signed:tt $by_offset:tt) => { __m256i };
+    (@keep false $by_offset:tt, $w:ident) => { $w };
+    (@keep true false, $w:ident) => { pairs_i16($w) };
+    (@keep true true, $w:ident) => { _mm256_xor_si256($w, _mm256_set1_epi8(i8::MIN)) };
+    // The signed forms read every row's group offsets, resp. i16 quants: checked once per call.
     (@offsets true true, $meta:ident, $nb:ident, $n:ident) => {
         if $n > 1 {
             assert!(
@@ -315,23 +351,30 @@ macro_rules! lanes_kernel {
             );
         }
     };
+    (@offsets true false, $meta:ident, $nb:ident, $n:ident) => {
+        if $n > 1 {
+            assert!(
+                $meta.iter().all(|m| m.q16.len() >= QK * $nb),
+                "i16 quants of every block (QuantActs with Kernels::wants_wide_quants)"
+            );
+        }
+    };
     (@offsets $signed:tt $by_offset:tt, $meta:ident, $nb:ident, $n:ident) => {};
     (@rows_now false, $w:expr, $a:expr) => { rows_u($w, $a) };
     (@rows_now true, $w:expr, $a:expr) => { rows_s($w, $a) };
-    // SAFETY (every arm): the scratch entries were written for this chunk (see above), and
-    // `$gi` < 8 * nb indexes the row's group offsets (checked by `@offsets`).
-    (@rows false $by_offset:tt, $w:expr, $wa:expr, $a:expr, $meta:expr, $gi:expr) => {
-        rows_u(unsafe { $w.assume_init() }, $a)
+    // Group `$g` of block `$i` against one activation row (quants at `$ys`, values `$meta`).
+    // SAFETY (every arm): the scratch entry was written for this chunk (see above); `$i` < nb
+    // and `$g` < 8 index the row's group offsets and i16 quants (checked by `@offsets`).
+    (@rows false $by_offset:tt, $w:expr, $ys:ident, $meta:expr, $i:ident, $g:ident) => {
+        rows_u(unsafe { $w.assume_init() }, group($ys, $g))
     };
-    (@rows true false, $w:expr, $wa:expr, $a:expr, $meta:expr, $gi:expr) => {{
-        let (w, wa) = unsafe { ($w.assume_init(), $wa.assume_init()) };
-        rows_u(wa, _mm256_sign_epi8($a, w))
-    }};
-    (@rows true true, $w:expr, $wa:expr, $a:expr, $meta:expr, $gi:expr) => {{
+    (@rows true false, $w:expr, $ys:ident, $meta:expr, $i:ident, $g:ident) => {
+        rows_i16(unsafe { $w.assume_init() }, unsafe { $meta.q16.as_ptr().add(QK * $i + 4 * $g) })
+    };
+    (@rows true true, $w:expr, $ys:ident, $meta:expr, $i:ident, $g:ident) => {{
         // sum((w + 128) * a) by `vpdpbusd` onto -128 * sum(a): exactly sum(w * a).
-        let wa = unsafe { $wa.assume_init() };
-        let bias = _mm256_set1_epi32(unsafe { *$meta.offsets128.get_unchecked($gi) });
-        rows_acc_u(bias, wa, $a)
+        let bias = _mm256_set1_epi32(unsafe { *$meta.offsets128.get_unchecked(8 * $i + $g) });
+        rows_acc_u(bias, unsafe { $w.assume_init() }, group($ys, $g))
     }};
 }
 
