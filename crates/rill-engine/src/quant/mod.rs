@@ -166,9 +166,10 @@ pub struct ActMeta<'a> {
     pub offsets16: &'a [i32],
     /// The same with -128 (Q8_0 weights multiplied as `w + 128`).
     pub offsets128: &'a [i32],
-    /// Q8_0's quants as i16 (`cols` values; empty for other formats and tiers): the AVX2
-    /// tier multiplies the signed weight formats (Q8_0, Q5_0) against several activation rows
-    /// with `pmaddwd` on i16 pairs, broadcast straight from here.
+    /// Q8_0's quants as i16 (`cols` values; empty for other formats and tiers, and when only
+    /// one row was quantized): the AVX2 tier multiplies the signed weight formats (Q8_0,
+    /// Q5_0) against several activation rows with `pmaddwd` on i16 pairs, broadcast straight
+    /// from here.
     pub q16: &'a [i16],
 }
 
@@ -255,8 +256,9 @@ impl QuantActs {
             });
         }
         self.q16.clear();
-        if self.format == ActFormat::Q8_0 && k.wants_wide_quants() {
-            // The AVX2 signed lane kernels' i16 activations: the quants sign-extended, once.
+        if self.format == ActFormat::Q8_0 && k.wants_wide_quants() && rows > 1 {
+            // The AVX2 signed lane kernels' i16 activations: the quants sign-extended, once
+            // (not for one row, which goes through the one-row kernels: they do not read them).
             self.q16.resize(rows * cols, 0);
             let buf = &self.buf;
             rows_on(pool, &mut self.q16, cols, chunk, &|r0, part| {
