@@ -255,10 +255,10 @@ impl QuantActs {
                 }
             });
         }
-        self.q16.clear();
         if self.format == ActFormat::Q8_0 && k.wants_wide_quants() && rows > 1 {
             // The AVX2 signed lane kernels' i16 activations: the quants sign-extended, once
             // (not for one row, which goes through the one-row kernels: they do not read them).
+            // Resized, not cleared first: only a grown tail is zeroed before being overwritten.
             self.q16.resize(rows * cols, 0);
             let buf = &self.buf;
             rows_on(pool, &mut self.q16, cols, chunk, &|r0, part| {
@@ -272,6 +272,8 @@ impl QuantActs {
                     }
                 }
             });
+        } else {
+            self.q16.clear();
         }
         self.widen_scales(k.wants_group_offsets());
     }
