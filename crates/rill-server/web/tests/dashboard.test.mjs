@@ -81,20 +81,28 @@ try {
   const gen = streams(base, 4, 2000);
   await gen.allStarted();
   check(gen.ended === 0, "4 streams are generating");
-  // The first snapshot taken after this one covers a second in which all 4 streams ran.
-  const from = (await page.evaluate(() => window.rillDashboard.snapshots)) + 1;
+  // Snapshots carry the server's clock (`t`, the end of the second each covers; this host's
+  // clock too): only those stamped a second or more after every stream produced text count.
+  // (Counting by arrival instead took, under CI load, a snapshot from before the streams that
+  // was still on its way to the busy browser.)
+  const after = Date.now() / 1000 + 1;
   const samples = 6;
   const headline = [];
-  while ((await page.evaluate(() => window.rillDashboard.snapshots)) < from + samples) {
-    if ((await page.evaluate(() => window.rillDashboard.rendered)) >= from) headline.push(await textOf(page, "#v-tps"));
+  const covered = () => page.evaluate((after) => window.rillDashboard.cols.t.filter((t) => t >= after).length, after);
+  while ((await covered()) < samples) {
+    const shown = await page.evaluate((after) => {
+      const d = window.rillDashboard;
+      return d.rendered === d.snapshots && d.last !== null && d.last.t >= after;
+    }, after);
+    if (shown) headline.push(await textOf(page, "#v-tps"));
     await sleep(200);
   }
   const stillRunning = gen.ended === 0;
-  const live = await page.evaluate((from, samples) => {
+  const live = await page.evaluate((after, samples) => {
     const d = window.rillDashboard;
-    // cols.tps holds the last (up to 300) snapshots, the newest last.
-    return d.cols.tps.slice(d.cols.tps.length - (d.snapshots - from + 1)).slice(0, samples);
-  }, from, samples);
+    const i = d.cols.t.findIndex((t) => t >= after);
+    return d.cols.tps.slice(i, i + samples);
+  }, after, samples);
   await gen.stop();
   check(stillRunning, "no stream ended during the sampled window");
   check(live.length === samples && live.every((v) => v > 0), `tokens/s is non-zero in every 1 s sample while 4 streams generate (${live.map((v) => v.toFixed(0)).join(", ")})`);
